@@ -1,0 +1,102 @@
+package cache
+
+import (
+	"bytes"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+func key(uid uint32) Key {
+	return Key{Account: "corp/alice", Mailbox: "INBOX", UIDValidity: 7, UID: uid}
+}
+
+func TestBoundedInBytes(t *testing.T) {
+	c := New(100, 40)
+	for uid := uint32(1); uid <= 5; uid++ {
+		if !c.Add(key(uid), bytes.Repeat([]byte{'x'}, 30)) {
+			t.Fatalf("Add(%d) refused a body under the ceiling", uid)
+		}
+	}
+	st := c.Stats()
+	if st.Bytes > 100 || st.Entries != 3 || st.Evictions != 2 {
+		t.Fatalf("stats = %+v, want 3 entries within 100 bytes after 2 evictions", st)
+	}
+	if _, ok := c.Get(key(1)); ok {
+		t.Error("oldest entry still cached")
+	}
+	if _, ok := c.Get(key(5)); !ok {
+		t.Error("newest entry missing")
+	}
+}
+
+func TestCeilingKeepsSize(t *testing.T) {
+	c := New(100, 40)
+	if c.Add(key(1), make([]byte, 41)) {
+		t.Fatal("a body over max_message was kept")
+	}
+	if n, ok := c.Size(key(1)); !ok || n != 41 {
+		t.Fatalf("Size = %d, %v; want 41, true", n, ok)
+	}
+}
+
+func TestRecencyProtectsUsedEntries(t *testing.T) {
+	c := New(90, 30)
+	c.Add(key(1), make([]byte, 30))
+	c.Add(key(2), make([]byte, 30))
+	c.Add(key(3), make([]byte, 30))
+	c.Get(key(1))
+	c.Add(key(4), make([]byte, 30))
+	if _, ok := c.Get(key(1)); !ok {
+		t.Error("recently read entry was evicted")
+	}
+	if _, ok := c.Get(key(2)); ok {
+		t.Error("least recently used entry survived")
+	}
+}
+
+func TestReplaceAccountsBytes(t *testing.T) {
+	c := New(100, 100)
+	c.Add(key(1), make([]byte, 60))
+	c.Add(key(1), make([]byte, 20))
+	if st := c.Stats(); st.Bytes != 20 || st.Entries != 1 {
+		t.Fatalf("stats = %+v, want 20 bytes in 1 entry", st)
+	}
+}
+
+func TestKeysSeparateAccountsAndValidity(t *testing.T) {
+	c := New(1000, 100)
+	c.Add(key(1), []byte("alice"))
+	other := key(1)
+	other.Account = "corp/bob"
+	if _, ok := c.Get(other); ok {
+		t.Error("another account's body was served")
+	}
+	other = key(1)
+	other.UIDValidity = 8
+	if _, ok := c.Get(other); ok {
+		t.Error("a body from an older UIDVALIDITY was served")
+	}
+}
+
+func TestConcurrentUse(t *testing.T) {
+	c := New(10_000, 100)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 1000; i++ {
+				k := key(uint32(i % 300))
+				k.Account = fmt.Sprint(g % 2)
+				if _, ok := c.Get(k); !ok {
+					c.Add(k, make([]byte, 50))
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	if st := c.Stats(); st.Bytes > 10_000 {
+		t.Fatalf("over budget: %+v", st)
+	}
+}

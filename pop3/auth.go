@@ -1,0 +1,317 @@
+package pop3
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+)
+
+// authAllowed tells whether credentials may be sent on this connection:
+// over TLS, from loopback, or anywhere when the server allows it
+// (RFC 2595 §2).
+func (c *conn) authAllowed() bool {
+	if c.tls || c.srv.AllowInsecureAuth {
+		return true
+	}
+	if tcp, ok := c.netConn().RemoteAddr().(*net.TCPAddr); ok {
+		return tcp.IP.IsLoopback()
+	}
+	return false
+}
+
+func (c *conn) stlsOffered() bool {
+	return c.srv.TLSConfig != nil && !c.tls && c.state == stateAuthorization
+}
+
+const errPlaintext = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS."
+
+// capa lists the capabilities of RFC 2449 §6 that hold in the current state.
+func (c *conn) capa(string) error {
+	c.reply("+OK Capability list follows")
+	c.reply("CAPA")
+	c.reply("TOP")
+	c.reply("UIDL")
+	c.reply("RESP-CODES")
+	c.reply("PIPELINING")
+	c.reply("AUTH-RESP-CODE")
+	if c.state == stateAuthorization && c.authAllowed() {
+		c.reply("USER")
+		c.reply("SASL PLAIN LOGIN")
+	}
+	if c.stlsOffered() {
+		c.reply("STLS")
+	}
+	if c.state == stateTransaction && c.srv.Implementation != "" {
+		c.reply("IMPLEMENTATION %s", c.srv.Implementation)
+	}
+	c.reply(".")
+	return nil
+}
+
+// user takes the name for a following PASS (RFC 1939 §7).
+func (c *conn) user(arg string) error {
+	if !c.authAllowed() {
+		c.reply(errPlaintext)
+		return nil
+	}
+	if arg == "" {
+		c.reply("-ERR No username given.")
+		return c.badCommand()
+	}
+	c.pending = arg
+	c.reply("+OK")
+	return nil
+}
+
+// pass completes a USER/PASS login. The argument is the rest of the line,
+// spaces included (RFC 1939 §7).
+func (c *conn) pass(arg string) error {
+	if !c.authAllowed() {
+		c.reply(errPlaintext)
+		return nil
+	}
+	if c.pending == "" {
+		c.reply("-ERR No username given.")
+		return c.badCommand()
+	}
+	name := c.pending
+	c.pending = ""
+	return c.login(name, arg, "USER")
+}
+
+// auth runs a SASL exchange (RFC 5034). Without an argument it lists the
+// mechanisms, as many clients expect.
+func (c *conn) auth(arg string) error {
+	if !c.authAllowed() {
+		c.reply(errPlaintext)
+		return nil
+	}
+	c.pending = ""
+	mech, ir, hasIR := strings.Cut(strings.TrimSpace(arg), " ")
+	if mech == "" {
+		c.reply("+OK")
+		c.reply("PLAIN")
+		c.reply("LOGIN")
+		c.reply(".")
+		return nil
+	}
+
+	var username, password string
+	var server sasl.Server
+	switch strings.ToUpper(mech) {
+	case sasl.Plain:
+		server = sasl.NewPlainServer(func(identity, u, p string) error {
+			// Acting for another user is not supported (RFC 4616 §2).
+			if identity != "" && identity != u {
+				return errors.New("authorization identity differs")
+			}
+			username, password = u, p
+			return nil
+		})
+	case sasl.Login:
+		server = &loginServer{done: func(u, p string) { username, password = u, p }}
+	default:
+		c.reply("-ERR Unsupported authentication mechanism.")
+		return c.badCommand()
+	}
+
+	var response []byte
+	if hasIR {
+		// RFC 5034 §4: "=" is an empty initial response.
+		if ir != "=" {
+			var err error
+			if response, err = base64.StdEncoding.DecodeString(ir); err != nil {
+				c.reply("-ERR Invalid base64 data in initial response.")
+				return nil
+			}
+		} else {
+			response = []byte{}
+		}
+	}
+	for {
+		challenge, done, err := server.Next(response)
+		if err != nil {
+			return c.authFailed()
+		}
+		if done {
+			break
+		}
+		c.reply("+ %s", base64.StdEncoding.EncodeToString(challenge))
+		line, err := c.readLine(maxSASLLine)
+		if errors.Is(err, errLineTooLong) {
+			c.reply("-ERR Line too long.")
+			return c.badCommand()
+		}
+		if err != nil {
+			return err
+		}
+		if line == "*" {
+			c.reply("-ERR Authentication cancelled.")
+			return nil
+		}
+		if response, err = base64.StdEncoding.DecodeString(line); err != nil {
+			c.reply("-ERR Invalid base64 data in response.")
+			return nil
+		}
+	}
+	return c.login(username, password, "AUTH "+strings.ToUpper(mech))
+}
+
+// login checks the credentials with the backend and enters the TRANSACTION
+// state (RFC 1939 §4).
+func (c *conn) login(username, password, method string) error {
+	// Credentials travel on as IMAP strings; control characters in them are
+	// refused here, so they can never turn into extra upstream commands.
+	if username == "" || strings.ContainsAny(username, "\x00\r\n") || strings.ContainsAny(password, "\x00\r\n") {
+		return c.authFailed()
+	}
+	login := &LoginInfo{
+		Username: username,
+		Password: password,
+		Remote:   c.netConn().RemoteAddr(),
+		TLS:      c.tls,
+		Method:   method,
+	}
+	md, err := c.srv.Backend.Login(c.ctx, login)
+	if err != nil {
+		e, known := asError(err)
+		if !known {
+			c.log.Error("login failed", "user", username, "err", err)
+		} else {
+			c.log.Info("login refused", "user", username, "method", method, "reason", e.Error())
+		}
+		if e.Code == CodeAuth {
+			return c.authFailed()
+		}
+		c.reply("-ERR %s", e.Error())
+		if e.Fatal {
+			c.result = "error"
+			return errClose
+		}
+		return nil
+	}
+	c.mu.Lock()
+	c.state = stateTransaction
+	c.mu.Unlock()
+	c.maildrop = md
+	c.loginUser = username
+	c.deleted = make([]bool, len(md.Messages()))
+	c.log = c.log.With("user", username)
+	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
+	c.reply("+OK Logged in.")
+	return nil
+}
+
+func (c *conn) authFailed() error {
+	c.authFails++
+	c.reply("-ERR %s", ErrAuthFailed.Error())
+	if c.authFails >= c.srv.maxAuthFailures() {
+		c.result = "auth-failed"
+		return errClose
+	}
+	return nil
+}
+
+// stls upgrades the connection to TLS (RFC 2595 §4). Anything the client
+// sent behind the command is discarded unread, and a name given by USER
+// before it is forgotten.
+func (c *conn) stls(string) error {
+	if !c.stlsOffered() {
+		if c.tls {
+			c.reply("-ERR TLS is already active.")
+		} else {
+			c.reply("-ERR STLS is not available.")
+		}
+		return c.badCommand()
+	}
+	c.reply("+OK Begin TLS negotiation now.")
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+	if n := c.br.Buffered(); n > 0 {
+		c.log.Warn("discarded data pipelined after STLS", "octets", n)
+	}
+	tc := tls.Server(c.netConn(), c.srv.TLSConfig)
+	tc.SetDeadline(time.Now().Add(c.srv.authTimeout()))
+	if err := tc.HandshakeContext(c.ctx); err != nil {
+		c.log.Debug("STLS handshake failed", "err", err)
+		c.result = "tls-failed"
+		return errClose
+	}
+	tc.SetDeadline(time.Time{})
+	c.mu.Lock()
+	c.nc = tc
+	c.mu.Unlock()
+	c.tls = true
+	c.pending = ""
+	c.br = bufio.NewReaderSize(tc, 4096)
+	return nil
+}
+
+// quit ends the session; in the TRANSACTION state it first enters the
+// UPDATE state and removes the messages marked deleted (RFC 1939 §6).
+func (c *conn) quit(string) error {
+	if c.state != stateTransaction {
+		c.result = "ok"
+		c.reply("+OK Logging out.")
+		return errClose
+	}
+	var marked []int
+	for i, d := range c.deleted {
+		if d {
+			marked = append(marked, i)
+		}
+	}
+	if len(marked) == 0 {
+		c.result = "ok"
+		c.reply("+OK Logging out.")
+		return errClose
+	}
+	if err := c.maildrop.Commit(c.ctx, marked); err != nil {
+		c.log.Error("applying deletes failed", "err", err, "marked", len(marked))
+		c.result = "commit-failed"
+		c.reply("-ERR [%s] Some deleted messages were not removed.", CodeSysTemp)
+		return errClose
+	}
+	c.deletes = len(marked)
+	c.result = "ok"
+	c.reply("+OK Logging out, messages deleted.")
+	return errClose
+}
+
+// loginServer is the server side of the LOGIN mechanism
+// (draft-murchison-sasl-login): the user name, then the password, each
+// answering a prompt. An initial response is taken as the user name.
+type loginServer struct {
+	step int
+	user string
+	done func(user, password string)
+}
+
+func (s *loginServer) Next(response []byte) ([]byte, bool, error) {
+	switch s.step {
+	case 0:
+		s.step = 1
+		if response == nil {
+			return []byte("Username:"), false, nil
+		}
+		s.user = string(response)
+		s.step = 2
+		return []byte("Password:"), false, nil
+	case 1:
+		s.user = string(response)
+		s.step = 2
+		return []byte("Password:"), false, nil
+	case 2:
+		s.step = 3
+		s.done(s.user, string(response))
+		return nil, true, nil
+	}
+	return nil, false, sasl.ErrUnexpectedClientResponse
+}

@@ -1,0 +1,57 @@
+package pop3
+
+import (
+	"context"
+	"io"
+	"net"
+)
+
+// Backend authenticates POP3 logins.
+type Backend interface {
+	// Login checks the credentials and opens the user's maildrop. A failure
+	// to report to the client is an *Error (for instance ErrAuthFailed or
+	// ErrInUse); any other error is logged and shown as a temporary failure.
+	Login(ctx context.Context, login *LoginInfo) (Maildrop, error)
+}
+
+// LoginInfo describes one login attempt.
+type LoginInfo struct {
+	Username string
+	Password string
+	Remote   net.Addr
+	TLS      bool   // the connection is encrypted
+	Method   string // "USER", "AUTH PLAIN" or "AUTH LOGIN"
+}
+
+// Message is one entry of a maildrop listing.
+type Message struct {
+	// Size is the exact number of octets Open's reader returns for the
+	// message: CRLF line endings, before dot-stuffing (RFC 1939 §11).
+	Size int64
+	// UIDL is the unique-id listing: 1 to 70 characters in 0x21-0x7E,
+	// unique in the maildrop and stable across sessions (RFC 1939 §7).
+	UIDL string
+}
+
+// Maildrop is the mail of one user for the length of one session. The list
+// of messages is fixed when the maildrop is opened (RFC 1939 §4); messages
+// are addressed by their index in that list, from 0.
+type Maildrop interface {
+	// Messages returns the listing. Its length never changes during a
+	// session; a size may be corrected once the maildrop has read the
+	// message and found the exact count, so callers ask again each time.
+	Messages() []Message
+
+	// Open returns the message as CRLF-terminated lines, undotted. The
+	// caller reads it to the end or closes it early; if ctx is cancelled
+	// before Close, the maildrop abandons the transfer rather than finishing
+	// it. A read error means the message could not be delivered whole.
+	Open(ctx context.Context, index int) (io.ReadCloser, error)
+
+	// Commit removes the given messages. It is called only from QUIT in the
+	// TRANSACTION state (RFC 1939 §6), with the indexes marked deleted.
+	Commit(ctx context.Context, deleted []int) error
+
+	// Close ends the session and releases the maildrop.
+	Close() error
+}

@@ -1,0 +1,341 @@
+package pop3
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Line limits. RFC 2449 §4 allows commands of 255 octets; a little more is
+// accepted for clients that pad. SASL responses carry base64 credentials and
+// may be longer (RFC 5034 §4).
+const (
+	maxCommandLine = 512
+	maxSASLLine    = 8192
+)
+
+type state int
+
+const (
+	stateAuthorization state = 1 << iota
+	stateTransaction
+)
+
+type command struct {
+	states state
+	run    func(c *conn, arg string) error
+}
+
+// commands is the command table of RFC 1939 §4-§7 with the extensions; each
+// verb lists the states it is valid in.
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"CAPA": {stateAuthorization | stateTransaction, (*conn).capa},
+		"QUIT": {stateAuthorization | stateTransaction, (*conn).quit},
+		"USER": {stateAuthorization, (*conn).user},
+		"PASS": {stateAuthorization, (*conn).pass},
+		"AUTH": {stateAuthorization, (*conn).auth},
+		"STLS": {stateAuthorization, (*conn).stls},
+		"STAT": {stateTransaction, (*conn).stat},
+		"LIST": {stateTransaction, (*conn).list},
+		"UIDL": {stateTransaction, (*conn).uidl},
+		"RETR": {stateTransaction, (*conn).retr},
+		"TOP":  {stateTransaction, (*conn).top},
+		"DELE": {stateTransaction, (*conn).dele},
+		"NOOP": {stateTransaction, (*conn).noop},
+		"RSET": {stateTransaction, (*conn).rset},
+	}
+}
+
+// errClose ends a session after its last reply.
+var errClose = errors.New("pop3: closing connection")
+
+// errLineTooLong reports a line over the limit; the line was discarded.
+var errLineTooLong = errors.New("pop3: line too long")
+
+type conn struct {
+	srv   *Server
+	id    uint64
+	log   *slog.Logger
+	start time.Time
+
+	mu      sync.Mutex // guards nc and state against Shutdown
+	nc      net.Conn
+	state   state
+	aborted bool
+
+	br  *bufio.Reader
+	bw  *bufio.Writer
+	out *deadlineWriter
+
+	tls     bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	pending string // name given by USER, waiting for PASS
+
+	username    string
+	maildrop    Maildrop
+	deleted     []bool
+	badCommands int
+	authFails   int
+
+	// session totals for the log line at the end
+	retrieved  int
+	bytesSent  int64
+	deletes    int
+	result     string
+	loginUser  string
+	commitDone bool
+}
+
+func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{
+		srv:    s,
+		id:     id,
+		nc:     nc,
+		start:  time.Now(),
+		state:  stateAuthorization,
+		tls:    implicitTLS,
+		ctx:    ctx,
+		cancel: cancel,
+		result: "disconnected",
+	}
+	c.log = s.logger().With("conn", id, "remote", nc.RemoteAddr().String())
+	if implicitTLS {
+		c.nc = tls.Server(nc, s.TLSConfig)
+	}
+	c.out = &deadlineWriter{c: c}
+	c.br = bufio.NewReaderSize(c.nc, 4096)
+	c.bw = bufio.NewWriterSize(c.out, 64*1024)
+	return c
+}
+
+// deadlineWriter writes to the connection with a fresh write deadline for
+// each write, so a client that stops reading cannot hold a session forever.
+type deadlineWriter struct{ c *conn }
+
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	nc := w.c.netConn()
+	nc.SetWriteDeadline(time.Now().Add(w.c.srv.idleTimeout()))
+	return nc.Write(p)
+}
+
+func (c *conn) netConn() net.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nc
+}
+
+// shutdownIfIdle closes the connection if it has not logged in.
+func (c *conn) shutdownIfIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateAuthorization {
+		c.aborted = true
+		c.nc.Close()
+	}
+}
+
+// abort closes the connection at once, whatever it is doing.
+func (c *conn) abort() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.aborted = true
+	c.nc.Close()
+}
+
+func (c *conn) serve() {
+	defer c.srv.connDone(c)
+	defer c.close()
+	defer func() {
+		if v := recover(); v != nil {
+			c.result = "panic"
+			c.log.Error("panic in session", "panic", v, "stack", string(debug.Stack()))
+		}
+	}()
+
+	if c.tls {
+		tc := c.nc.(*tls.Conn)
+		tc.SetDeadline(time.Now().Add(c.srv.authTimeout()))
+		if err := tc.HandshakeContext(c.ctx); err != nil {
+			c.log.Debug("TLS handshake failed", "err", err)
+			c.result = "tls-failed"
+			return
+		}
+		tc.SetDeadline(time.Time{})
+	}
+	c.reply("+OK POP3 gateway ready.")
+	for {
+		if err := c.next(); err != nil {
+			if !errors.Is(err, errClose) && !isClosedConn(err) {
+				c.log.Debug("session ended", "err", err)
+			}
+			break
+		}
+	}
+	c.bw.Flush()
+}
+
+// next reads and runs one command.
+func (c *conn) next() error {
+	line, err := c.readLine(maxCommandLine)
+	switch {
+	case errors.Is(err, errLineTooLong):
+		c.reply("-ERR Line too long.")
+		return c.badCommand()
+	case isTimeout(err):
+		if c.isAborted() {
+			return err
+		}
+		c.result = "timeout"
+		c.reply("-ERR Disconnected for inactivity.")
+		return errClose
+	case err != nil:
+		return err
+	}
+	if strings.ContainsAny(line, "\x00\r\n") {
+		c.reply("-ERR Invalid characters in command.")
+		return c.badCommand()
+	}
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	cmd, ok := commands[verb]
+	if !ok {
+		c.reply("-ERR Unknown command.")
+		return c.badCommand()
+	}
+	if cmd.states&c.state == 0 {
+		c.reply("-ERR Command not valid in this state.")
+		return c.badCommand()
+	}
+	return cmd.run(c, arg)
+}
+
+func (c *conn) badCommand() error {
+	c.badCommands++
+	if c.badCommands >= c.srv.maxBadCommands() {
+		c.result = "bad-commands"
+		c.reply("-ERR Too many bad commands.")
+		return errClose
+	}
+	return nil
+}
+
+func (c *conn) isAborted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.aborted
+}
+
+// readLine reads one line of at most limit octets, without its line ending.
+// Replies are flushed first unless more pipelined input is already
+// buffered (RFC 2449 §6.6), so a pipelining client gets its answers in
+// batches and a waiting one at once. A longer line is read to its end and
+// discarded.
+func (c *conn) readLine(limit int) (string, error) {
+	if c.br.Buffered() == 0 {
+		if err := c.bw.Flush(); err != nil {
+			return "", err
+		}
+	}
+	timeout := c.srv.authTimeout()
+	if c.state == stateTransaction {
+		timeout = c.srv.idleTimeout()
+	}
+	c.netConn().SetReadDeadline(time.Now().Add(timeout))
+
+	var line []byte
+	tooLong := false
+	for {
+		chunk, err := c.br.ReadSlice('\n')
+		if !tooLong {
+			if len(line)+len(chunk) > limit+2 {
+				tooLong = true
+				line = nil
+			} else {
+				line = append(line, chunk...)
+			}
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		return "", err
+	}
+	if tooLong {
+		return "", errLineTooLong
+	}
+	line = bytes.TrimSuffix(line, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	return string(line), nil
+}
+
+// reply writes one response line; write errors surface at the next flush.
+func (c *conn) reply(format string, args ...any) {
+	if len(args) > 0 {
+		fmt.Fprintf(c.bw, format, args...)
+	} else {
+		c.bw.WriteString(format)
+	}
+	c.bw.WriteString("\r\n")
+}
+
+// fail reports err to the client as -ERR and tells whether the session must
+// end. Errors that are not an *Error are logged and shown generically.
+func (c *conn) fail(op string, err error) error {
+	e, known := asError(err)
+	if !known {
+		c.log.Error(op+" failed", "err", err)
+	}
+	c.reply("-ERR %s", e.Error())
+	if e.Fatal {
+		c.result = "error"
+		return errClose
+	}
+	return nil
+}
+
+// close ends the session: it releases the maildrop without deleting
+// anything unless QUIT already committed, and logs the session's totals.
+func (c *conn) close() {
+	c.cancel()
+	c.netConn().Close()
+	if c.maildrop != nil {
+		if err := c.maildrop.Close(); err != nil {
+			c.log.Warn("closing maildrop", "err", err)
+		}
+	}
+	attrs := []any{
+		"duration", time.Since(c.start).Round(time.Millisecond),
+		"result", c.result,
+	}
+	if c.loginUser != "" {
+		attrs = append(attrs, "user", c.loginUser,
+			"retrieved", c.retrieved, "bytes", c.bytesSent, "deleted", c.deletes)
+	}
+	c.log.Info("session end", attrs...)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isClosedConn(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
+}

@@ -1,0 +1,87 @@
+package pop3
+
+import (
+	"bytes"
+	"io"
+)
+
+// NewCRLFReader returns a reader of r's octets in the form POP3 sends a
+// message: each bare CR and each bare LF becomes CRLF, and a message that
+// does not end with a line ending gets one. An empty message stays empty.
+// The count of octets it returns is the size STAT and LIST must report.
+func NewCRLFReader(r io.Reader) io.Reader {
+	return &crlfReader{r: r, lineStart: true}
+}
+
+type crlfReader struct {
+	r         io.Reader
+	in        []byte
+	out       []byte // normalised octets not yet returned
+	buf       []byte // backing store of out
+	lineStart bool
+	pendingCR bool
+	err       error
+}
+
+func (c *crlfReader) Read(p []byte) (int, error) {
+	for len(c.out) == 0 {
+		if c.err != nil {
+			return 0, c.err
+		}
+		c.fill()
+	}
+	n := copy(p, c.out)
+	c.out = c.out[n:]
+	return n, nil
+}
+
+func (c *crlfReader) fill() {
+	if c.in == nil {
+		c.in = make([]byte, 32*1024)
+	}
+	n, err := c.r.Read(c.in)
+	if c.buf == nil {
+		c.buf = make([]byte, 0, 2*len(c.in)+2)
+	}
+	buf := c.buf[:0]
+	p := c.in[:n]
+	for len(p) > 0 {
+		if c.pendingCR {
+			c.pendingCR = false
+			buf = append(buf, crlf...)
+			c.lineStart = true
+			if p[0] == '\n' {
+				p = p[1:]
+				continue
+			}
+		}
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			buf = append(buf, p...)
+			c.lineStart = false
+			break
+		}
+		buf = append(buf, p[:i]...)
+		if i > 0 {
+			c.lineStart = false
+		}
+		if p[i] == '\n' {
+			buf = append(buf, crlf...)
+			c.lineStart = true
+		} else {
+			c.pendingCR = true
+		}
+		p = p[i+1:]
+	}
+	if err != nil {
+		if err == io.EOF {
+			if c.pendingCR || !c.lineStart {
+				buf = append(buf, crlf...)
+				c.pendingCR = false
+				c.lineStart = true
+			}
+		}
+		c.err = err
+	}
+	c.out = buf
+}

@@ -1,0 +1,143 @@
+package pop3
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+)
+
+// dotWriter writes a message as the body of a multi-line response (RFC 1939
+// §3): line endings become CRLF, a line starting with "." gets a second one,
+// and Close ends the last line if needed and writes the terminating ".".
+// Bare CR and bare LF are each taken as a line ending, as NewCRLFReader does,
+// so the octets written before stuffing equal what NewCRLFReader produces.
+type dotWriter struct {
+	w         *bufio.Writer
+	lineStart bool  // the next octet starts a line
+	pendingCR bool  // a CR was seen and its LF may follow in the next Write
+	n         int64 // octets written before stuffing
+}
+
+func newDotWriter(w *bufio.Writer) *dotWriter {
+	return &dotWriter{w: w, lineStart: true}
+}
+
+var crlf = []byte("\r\n")
+
+func (d *dotWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		if d.pendingCR {
+			d.pendingCR = false
+			d.eol()
+			if p[0] == '\n' {
+				p = p[1:]
+				continue
+			}
+		}
+		if d.lineStart {
+			d.lineStart = false
+			if p[0] == '.' {
+				d.w.WriteByte('.')
+			}
+		}
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			d.w.Write(p)
+			d.n += int64(len(p))
+			break
+		}
+		d.w.Write(p[:i])
+		d.n += int64(i)
+		if p[i] == '\n' {
+			d.eol()
+		} else {
+			d.pendingCR = true
+		}
+		p = p[i+1:]
+	}
+	if err := d.flushErr(); err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+func (d *dotWriter) eol() {
+	d.w.Write(crlf)
+	d.n += 2
+	d.lineStart = true
+}
+
+// flushErr reports a write error of the underlying buffer, if any.
+func (d *dotWriter) flushErr() error {
+	// bufio.Writer keeps its first error and returns it from every later
+	// call; a zero-length write asks for it without writing.
+	_, err := d.w.Write(nil)
+	return err
+}
+
+// Close ends the message. It does not flush the underlying writer.
+func (d *dotWriter) Close() error {
+	if d.pendingCR {
+		d.pendingCR = false
+		d.eol()
+	}
+	if !d.lineStart {
+		d.eol()
+	}
+	d.w.WriteString(".\r\n")
+	return d.flushErr()
+}
+
+// errTopDone stops a copy once TOP has sent what was asked for.
+var errTopDone = errors.New("pop3: top limit reached")
+
+// topWriter passes on the header, the blank line that ends it and then at
+// most lines lines of the body (RFC 1939 §7), and returns errTopDone once
+// it has passed all it will.
+type topWriter struct {
+	w         io.Writer
+	lines     int64 // body lines still to pass
+	inBody    bool
+	lineStart bool
+	blankLine bool // the current header line is empty so far
+	prevCR    bool
+}
+
+func newTopWriter(w io.Writer, lines int64) *topWriter {
+	return &topWriter{w: w, lines: lines, lineStart: true}
+}
+
+func (t *topWriter) Write(p []byte) (int, error) {
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if t.inBody && t.lines <= 0 && !(t.prevCR && c == '\n') {
+			if _, err := t.w.Write(p[:i]); err != nil {
+				return 0, err
+			}
+			return i, errTopDone
+		}
+		switch {
+		case c == '\n' && t.prevCR:
+			// The LF of a CRLF: the line already ended at the CR.
+		case c == '\n' || c == '\r':
+			if t.inBody {
+				t.lines--
+			} else if t.lineStart {
+				t.inBody = true // the empty line that ends the header
+			}
+			t.lineStart = true
+		default:
+			t.lineStart = false
+		}
+		t.prevCR = c == '\r'
+	}
+	if _, err := t.w.Write(p); err != nil {
+		return 0, err
+	}
+	if t.inBody && t.lines <= 0 && !t.prevCR {
+		return len(p), errTopDone
+	}
+	return len(p), nil
+}

@@ -1,0 +1,228 @@
+package pop3
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Defaults for the zero values of Server's limits.
+const (
+	DefaultAuthTimeout     = 60 * time.Second
+	DefaultIdleTimeout     = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
+	DefaultMaxBadCommands  = 10
+	DefaultMaxAuthFailures = 3
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("pop3: server closed")
+
+// Server serves POP3 sessions on the listeners given to Serve and ServeTLS.
+// Set its fields before the first call to Serve.
+type Server struct {
+	Backend Backend
+
+	// TLSConfig enables STLS on Serve's listeners and is required by
+	// ServeTLS. Certificates may be swapped at run time through
+	// GetCertificate.
+	TLSConfig *tls.Config
+
+	// AllowInsecureAuth permits USER, PASS and AUTH without TLS from
+	// addresses other than loopback. Loopback is always permitted.
+	AllowInsecureAuth bool
+
+	// Implementation is advertised in CAPA after login (RFC 2449 §6.9).
+	Implementation string
+
+	Logger *slog.Logger
+
+	// AuthTimeout bounds the wait for each command before login;
+	// IdleTimeout after login, and each write to the client.
+	AuthTimeout time.Duration
+	IdleTimeout time.Duration
+
+	// MaxBadCommands unknown, malformed or misplaced commands close the
+	// connection; so do MaxAuthFailures refused logins.
+	MaxBadCommands  int
+	MaxAuthFailures int
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	closing   atomic.Bool
+	sessions  sync.WaitGroup
+	nextID    atomic.Uint64
+}
+
+// Serve accepts cleartext connections on l, offering STLS when TLSConfig is
+// set. It returns ErrServerClosed after Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	return s.serve(l, false)
+}
+
+// ServeTLS accepts connections on l that start with a TLS handshake
+// (implicit TLS, the pop3s port).
+func (s *Server) ServeTLS(l net.Listener) error {
+	if s.TLSConfig == nil {
+		return errors.New("pop3: ServeTLS needs a TLSConfig")
+	}
+	return s.serve(l, true)
+}
+
+func (s *Server) serve(l net.Listener, implicitTLS bool) error {
+	if !s.track(l) {
+		l.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(l)
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
+				// Out of descriptors or a passing fault: back off, as
+				// net/http does, rather than spin or give up.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.logger().Warn("accept failed, retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := s.newConn(nc, implicitTLS)
+		if c == nil {
+			nc.Close()
+			continue
+		}
+		go c.serve()
+	}
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Logger != nil {
+		return s.Logger
+	}
+	return slog.Default()
+}
+
+func (s *Server) track(l net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[l] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(l net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+}
+
+func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return nil
+	}
+	if s.conns == nil {
+		s.conns = make(map[*conn]struct{})
+	}
+	c := newConn(s, nc, implicitTLS, s.nextID.Add(1))
+	s.conns[c] = struct{}{}
+	s.sessions.Add(1)
+	return c
+}
+
+func (s *Server) connDone(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.sessions.Done()
+}
+
+// Shutdown stops accepting connections, then waits for the sessions to end.
+// When ctx is done first, it closes the remaining connections (a session
+// closed this way deletes nothing) and returns ctx's error once they are
+// gone.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for l := range s.listeners {
+		l.Close()
+	}
+	// Sessions that have not logged in hold nothing worth waiting for.
+	for c := range s.conns {
+		c.shutdownIfIdle()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.abort()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// Sessions returns the number of open connections.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) authTimeout() time.Duration {
+	if s.AuthTimeout > 0 {
+		return s.AuthTimeout
+	}
+	return DefaultAuthTimeout
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return DefaultIdleTimeout
+}
+
+func (s *Server) maxBadCommands() int {
+	if s.MaxBadCommands > 0 {
+		return s.MaxBadCommands
+	}
+	return DefaultMaxBadCommands
+}
+
+func (s *Server) maxAuthFailures() int {
+	if s.MaxAuthFailures > 0 {
+		return s.MaxAuthFailures
+	}
+	return DefaultMaxAuthFailures
+}

@@ -1,0 +1,240 @@
+package pop3
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// message parses a message-number argument and returns its index. On a bad
+// number it replies -ERR and returns ok == false (RFC 1939 §5: a message
+// marked deleted may not be referred to).
+func (c *conn) message(arg string) (index int, ok bool) {
+	n, err := parseNumber(arg)
+	if err != nil {
+		c.reply("-ERR Invalid message number.")
+		return 0, false
+	}
+	if n < 1 || n > int64(len(c.deleted)) {
+		c.reply("-ERR There's no message %d.", n)
+		return 0, false
+	}
+	if c.deleted[n-1] {
+		c.reply("-ERR Message is deleted.")
+		return 0, false
+	}
+	return int(n - 1), true
+}
+
+// parseNumber accepts decimal digits only: no sign, no spaces. Numbers too
+// large for int64 are clamped, which is out of range for every use here.
+func parseNumber(s string) (int64, error) {
+	if s == "" || strings.Trim(s, "0123456789") != "" {
+		return 0, errors.New("not a number")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 1<<63 - 1, nil
+	}
+	return n, nil
+}
+
+// args splits the arguments and checks their count.
+func (c *conn) args(arg string, min, max int) ([]string, bool) {
+	fields := strings.Fields(arg)
+	if len(fields) < min || len(fields) > max {
+		c.reply("-ERR Wrong number of arguments.")
+		return nil, false
+	}
+	return fields, true
+}
+
+func (c *conn) stat(arg string) error {
+	if _, ok := c.args(arg, 0, 0); !ok {
+		return c.badCommand()
+	}
+	var count int
+	var size int64
+	for i, m := range c.maildrop.Messages() {
+		if !c.deleted[i] {
+			count++
+			size += m.Size
+		}
+	}
+	c.reply("+OK %d %d", count, size)
+	return nil
+}
+
+func (c *conn) list(arg string) error {
+	fields, ok := c.args(arg, 0, 1)
+	if !ok {
+		return c.badCommand()
+	}
+	msgs := c.maildrop.Messages()
+	if len(fields) == 1 {
+		i, ok := c.message(fields[0])
+		if ok {
+			c.reply("+OK %d %d", i+1, msgs[i].Size)
+		}
+		return nil
+	}
+	count := 0
+	for i := range msgs {
+		if !c.deleted[i] {
+			count++
+		}
+	}
+	c.reply("+OK %d messages:", count)
+	for i, m := range msgs {
+		if !c.deleted[i] {
+			c.reply("%d %d", i+1, m.Size)
+		}
+	}
+	c.reply(".")
+	return nil
+}
+
+func (c *conn) uidl(arg string) error {
+	fields, ok := c.args(arg, 0, 1)
+	if !ok {
+		return c.badCommand()
+	}
+	msgs := c.maildrop.Messages()
+	if len(fields) == 1 {
+		i, ok := c.message(fields[0])
+		if ok {
+			c.reply("+OK %d %s", i+1, msgs[i].UIDL)
+		}
+		return nil
+	}
+	c.reply("+OK")
+	for i, m := range msgs {
+		if !c.deleted[i] {
+			c.reply("%d %s", i+1, m.UIDL)
+		}
+	}
+	c.reply(".")
+	return nil
+}
+
+func (c *conn) retr(arg string) error {
+	fields, ok := c.args(arg, 1, 1)
+	if !ok {
+		return c.badCommand()
+	}
+	i, ok := c.message(fields[0])
+	if !ok {
+		return nil
+	}
+	return c.send(i, -1)
+}
+
+func (c *conn) top(arg string) error {
+	fields, ok := c.args(arg, 2, 2)
+	if !ok {
+		return c.badCommand()
+	}
+	i, ok := c.message(fields[0])
+	if !ok {
+		return nil
+	}
+	lines, err := parseNumber(fields[1])
+	if err != nil {
+		c.reply("-ERR Invalid number of lines.")
+		return nil
+	}
+	return c.send(i, lines)
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+// send streams message i as a multi-line response: whole for RETR, or the
+// header and lines body lines for TOP (lines >= 0). If the message cannot
+// be read to its end, the connection is closed without the terminating
+// line, so the client never takes a truncated message for a whole one.
+func (c *conn) send(i int, lines int64) error {
+	ctx, cancel := context.WithCancel(c.ctx)
+	defer cancel()
+	r, err := c.maildrop.Open(ctx, i)
+	if err != nil {
+		return c.fail("open message", err)
+	}
+	if lines < 0 {
+		c.reply("+OK %d octets", c.maildrop.Messages()[i].Size)
+	} else {
+		c.reply("+OK")
+	}
+	dw := newDotWriter(c.bw)
+	var w io.Writer = dw
+	if lines >= 0 {
+		w = newTopWriter(dw, lines)
+	}
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	buf := *bufp
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, errTopDone) {
+					break
+				}
+				// The client went away: abandon the upstream transfer.
+				cancel()
+				r.Close()
+				return werr
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			cancel()
+			r.Close()
+			c.log.Error("reading message failed; closing the connection", "msg", i+1, "err", rerr)
+			c.result = "upstream-error"
+			return errClose
+		}
+	}
+	if err := r.Close(); err != nil {
+		c.log.Warn("closing message", "msg", i+1, "err", err)
+	}
+	if err := dw.Close(); err != nil {
+		return err
+	}
+	if lines < 0 {
+		c.retrieved++
+	}
+	c.bytesSent += dw.n
+	return nil
+}
+
+func (c *conn) dele(arg string) error {
+	fields, ok := c.args(arg, 1, 1)
+	if !ok {
+		return c.badCommand()
+	}
+	i, ok := c.message(fields[0])
+	if !ok {
+		return nil
+	}
+	c.deleted[i] = true
+	c.reply("+OK Marked to be deleted.")
+	return nil
+}
+
+func (c *conn) noop(arg string) error {
+	c.reply("+OK")
+	return nil
+}
+
+func (c *conn) rset(arg string) error {
+	for i := range c.deleted {
+		c.deleted[i] = false
+	}
+	c.reply("+OK")
+	return nil
+}

@@ -1,0 +1,340 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+)
+
+// Security is how the connection to the server is protected.
+type Security string
+
+const (
+	SecurityImplicit Security = "implicit" // TLS from the first octet (port 993)
+	SecurityStartTLS Security = "starttls" // STARTTLS before login (RFC 9051 §6.2.1)
+	SecurityNone     Security = "none"     // cleartext; for loopback and tests
+)
+
+// Server says where and how to reach an IMAP server.
+type Server struct {
+	Address  string
+	Security Security
+	// TLSConfig verifies the server; its ServerName defaults to the host of
+	// Address.
+	TLSConfig *tls.Config
+	// Timeout bounds the connection set-up and, later, any wait for data
+	// while a command is under way.
+	Timeout time.Duration
+}
+
+// Errors that callers tell apart.
+var (
+	// ErrAuthFailed means the server refused the credentials.
+	ErrAuthFailed = errors.New("upstream: credentials refused")
+	// ErrMessageGone means the message was expunged by someone else.
+	ErrMessageGone = errors.New("upstream: message no longer exists")
+)
+
+// Session is one logged-in IMAP connection with a selected mailbox. Its
+// methods must not be called concurrently.
+type Session struct {
+	client  *imapclient.Client
+	conn    *watchdogConn
+	mailbox string
+	info    Mailbox
+}
+
+// Mailbox describes the selected mailbox.
+type Mailbox struct {
+	Name        string
+	UIDValidity uint32
+	UIDNext     uint32
+	Messages    uint32
+}
+
+// Entry is one message of a snapshot.
+type Entry struct {
+	UID  uint32
+	Size int64 // RFC822.SIZE as the server reports it
+}
+
+// Dial connects to srv and waits for its greeting; with starttls it also
+// negotiates TLS. The session must then log in.
+func Dial(ctx context.Context, srv *Server) (*Session, error) {
+	timeout := srv.Timeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	host, _, err := net.SplitHostPort(srv.Address)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: bad address %q: %w", srv.Address, err)
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if srv.TLSConfig != nil {
+		tlsConfig = srv.TLSConfig.Clone()
+	}
+	if tlsConfig.ServerName == "" {
+		tlsConfig.ServerName = host
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	d := net.Dialer{}
+	raw, err := d.DialContext(ctx, "tcp", srv.Address)
+	if err != nil {
+		return nil, fmt.Errorf("upstream: connect %s: %w", srv.Address, err)
+	}
+	var nc net.Conn = raw
+	if srv.Security == SecurityImplicit {
+		tc := tls.Client(raw, tlsConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("upstream: TLS with %s: %w", srv.Address, err)
+		}
+		nc = tc
+	}
+	wd := newWatchdogConn(nc, timeout)
+	// Dialing is bounded by ctx as well as by the watchdog.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	wd.begin()
+	defer wd.end()
+
+	var client *imapclient.Client
+	if srv.Security == SecurityStartTLS {
+		client, err = imapclient.NewStartTLS(wd, &imapclient.Options{TLSConfig: tlsConfig})
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("upstream: STARTTLS with %s: %w", srv.Address, err)
+		}
+	} else {
+		client = imapclient.New(wd, nil)
+		if err := client.WaitGreeting(); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
+		}
+	}
+	if ctx.Err() != nil {
+		client.Close()
+		return nil, fmt.Errorf("upstream: connect %s: %w", srv.Address, ctx.Err())
+	}
+	return &Session{client: client, conn: wd}, nil
+}
+
+// op brackets one exchange with the server: the watchdog runs, and a
+// cancelled ctx closes the connection, which fails the pending command.
+func (s *Session) op(ctx context.Context) (done func()) {
+	s.conn.begin()
+	stop := context.AfterFunc(ctx, func() { s.client.Close() })
+	return func() {
+		stop()
+		s.conn.end()
+	}
+}
+
+// Login authenticates with AUTHENTICATE PLAIN where the server offers it,
+// and LOGIN otherwise. Refused credentials give ErrAuthFailed.
+func (s *Session) Login(ctx context.Context, username, password string) error {
+	defer s.op(ctx)()
+	caps := s.client.Caps()
+	if caps.Has(imap.CapLoginDisabled) {
+		return errors.New("upstream: server refuses login on this connection (LOGINDISABLED): use tls implicit or starttls")
+	}
+	var err error
+	if caps.Has(imap.AuthCap(sasl.Plain)) {
+		err = s.client.Authenticate(sasl.NewPlainClient("", username, password))
+	} else {
+		err = s.client.Login(username, password).Wait()
+	}
+	if err != nil {
+		return classifyLoginError(err)
+	}
+	return nil
+}
+
+func classifyLoginError(err error) error {
+	var ie *imap.Error
+	if errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo {
+		switch ie.Code {
+		case imap.ResponseCodeUnavailable, imap.ResponseCodeServerBug, imap.ResponseCodeLimit:
+			return fmt.Errorf("upstream: login: %w", err)
+		}
+		return fmt.Errorf("%w: %s", ErrAuthFailed, ie.Text)
+	}
+	return fmt.Errorf("upstream: login: %w", err)
+}
+
+// Select opens the mailbox read-write.
+func (s *Session) Select(ctx context.Context, mailbox string) (*Mailbox, error) {
+	defer s.op(ctx)()
+	data, err := s.client.Select(mailbox, nil).Wait()
+	if err != nil {
+		return nil, fmt.Errorf("upstream: select %q: %w", mailbox, err)
+	}
+	s.mailbox = mailbox
+	s.info = Mailbox{
+		Name:        mailbox,
+		UIDValidity: data.UIDValidity,
+		UIDNext:     uint32(data.UIDNext),
+		Messages:    data.NumMessages,
+	}
+	return &s.info, nil
+}
+
+// Snapshot lists every message of the selected mailbox by UID with its
+// size, in UID order, with one UID FETCH.
+func (s *Session) Snapshot(ctx context.Context) ([]Entry, error) {
+	if s.info.Messages == 0 {
+		return nil, nil
+	}
+	defer s.op(ctx)()
+	var all imap.SeqSet
+	all.AddRange(1, 0) // 1:*
+	cmd := s.client.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true})
+	entries := make([]Entry, 0, s.info.Messages)
+	for {
+		msg := cmd.Next()
+		if msg == nil {
+			break
+		}
+		buf, err := msg.Collect()
+		if err != nil {
+			cmd.Close()
+			return nil, fmt.Errorf("upstream: listing messages: %w", err)
+		}
+		if buf.UID == 0 {
+			continue
+		}
+		entries = append(entries, Entry{UID: uint32(buf.UID), Size: buf.RFC822Size})
+	}
+	if err := cmd.Close(); err != nil {
+		return nil, fmt.Errorf("upstream: listing messages: %w", err)
+	}
+	slices.SortFunc(entries, func(a, b Entry) int { return int(a.UID) - int(b.UID) })
+	entries = slices.CompactFunc(entries, func(a, b Entry) bool { return a.UID == b.UID })
+	return entries, nil
+}
+
+// Fetch streams the raw octets of the message with the given UID
+// (BODY.PEEK[], so \Seen is not set). The caller reads to the end or closes
+// early: Close then reads and discards the rest, unless ctx was cancelled,
+// in which case the connection is closed instead and the session is over.
+func (s *Session) Fetch(ctx context.Context, uid uint32) (io.ReadCloser, error) {
+	done := s.op(ctx)
+	cmd := s.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
+		UID:         true,
+		BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+	})
+	msg := cmd.Next()
+	if msg == nil {
+		err := cmd.Close()
+		done()
+		if err != nil {
+			return nil, fmt.Errorf("upstream: fetch UID %d: %w", uid, err)
+		}
+		return nil, ErrMessageGone
+	}
+	for {
+		item := msg.Next()
+		if item == nil {
+			break
+		}
+		if body, ok := item.(imapclient.FetchItemDataBodySection); ok {
+			lit := body.Literal
+			if lit == nil {
+				lit = strings.NewReader("")
+			}
+			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, done: done}, nil
+		}
+	}
+	err := cmd.Close()
+	done()
+	if err != nil {
+		return nil, fmt.Errorf("upstream: fetch UID %d: %w", uid, err)
+	}
+	return nil, ErrMessageGone
+}
+
+type messageReader struct {
+	s    *Session
+	ctx  context.Context
+	cmd  *imapclient.FetchCommand
+	msg  *imapclient.FetchMessageData
+	lit  io.Reader
+	done func()
+	eof  bool
+	err  error
+}
+
+func (r *messageReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.lit.Read(p)
+	if err == io.EOF {
+		r.eof = true
+	} else if err != nil {
+		r.err = fmt.Errorf("upstream: reading message: %w", err)
+		return n, r.err
+	}
+	return n, err
+}
+
+func (r *messageReader) Close() error {
+	defer r.done()
+	if r.err != nil || r.ctx.Err() != nil {
+		r.s.client.Close()
+		return r.err
+	}
+	if !r.eof {
+		if _, err := io.Copy(io.Discard, r.lit); err != nil {
+			r.s.client.Close()
+			return fmt.Errorf("upstream: reading message: %w", err)
+		}
+	}
+	for r.msg.Next() != nil {
+	}
+	if err := r.cmd.Close(); err != nil {
+		return fmt.Errorf("upstream: fetch: %w", err)
+	}
+	return nil
+}
+
+// Close logs out, waiting a moment for the server's reply, and closes the
+// connection.
+func (s *Session) Close() error {
+	select {
+	case <-s.client.Closed():
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := s.op(ctx)
+	s.client.Logout().Wait()
+	done()
+	return s.client.Close()
+}
+
+// Alive tells whether the connection is still open.
+func (s *Session) Alive() bool {
+	select {
+	case <-s.client.Closed():
+		return false
+	default:
+		return true
+	}
+}
+
+// Selected describes the mailbox chosen by the last Select.
+func (s *Session) Selected() Mailbox { return s.info }
