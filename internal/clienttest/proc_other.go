@@ -1,0 +1,7 @@
+//go:build !unix
+
+package clienttest
+
+import "os/exec"
+
+func setupKill(*exec.Cmd) {}

@@ -1,0 +1,14 @@
+//go:build !unix
+
+package dovecottest
+
+import (
+	"os"
+	"os/exec"
+)
+
+var terminateSignal = os.Kill
+
+func setProcessGroup(*exec.Cmd) {}
+
+func killProcessGroup(cmd *exec.Cmd) { cmd.Process.Kill() }
