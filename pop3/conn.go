@@ -325,8 +325,7 @@ func (c *conn) close() {
 		"result", c.result,
 	}
 	if c.loginUser != "" {
-		attrs = append(attrs, "user", c.loginUser,
-			"retrieved", c.retrieved, "bytes", c.bytesSent, "deleted", c.deletes)
+		attrs = append(attrs, "retrieved", c.retrieved, "bytes", c.bytesSent, "deleted", c.deletes)
 	}
 	c.log.Info("session end", attrs...)
 }

@@ -250,11 +250,14 @@ func (s *Session) Fetch(ctx context.Context, uid uint32) (io.ReadCloser, error) 
 			break
 		}
 		if body, ok := item.(imapclient.FetchItemDataBodySection); ok {
-			lit := body.Literal
-			if lit == nil {
+			var lit io.Reader = body.Literal
+			var size int64
+			if body.Literal == nil {
 				lit = strings.NewReader("")
+			} else {
+				size = body.Literal.Size()
 			}
-			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, done: done}, nil
+			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, size: size, done: done}, nil
 		}
 	}
 	err := cmd.Close()
@@ -271,6 +274,8 @@ type messageReader struct {
 	cmd  *imapclient.FetchCommand
 	msg  *imapclient.FetchMessageData
 	lit  io.Reader
+	size int64 // the literal's announced length
+	n    int64
 	done func()
 	eof  bool
 	err  error
@@ -281,6 +286,11 @@ func (r *messageReader) Read(p []byte) (int, error) {
 		return 0, r.err
 	}
 	n, err := r.lit.Read(p)
+	r.n += int64(n)
+	if err == io.EOF && r.n < r.size {
+		// The connection ended inside the literal.
+		err = io.ErrUnexpectedEOF
+	}
 	if err == io.EOF {
 		r.eof = true
 	} else if err != nil {
@@ -293,6 +303,15 @@ func (r *messageReader) Read(p []byte) (int, error) {
 func (r *messageReader) Close() error {
 	defer r.done()
 	if r.err != nil || r.ctx.Err() != nil {
+		r.s.abort()
+		if r.err == nil {
+			// Once a read of the literal has failed, the IMAP client's
+			// reader owns the stream again; read it only if none has.
+			io.Copy(io.Discard, r.lit)
+		}
+		// The failed literal leaves the response unreadable: the IMAP
+		// client's reader fails on the closed connection and ends every
+		// pending command, which Close waits for.
 		r.s.client.Close()
 		return r.err
 	}
@@ -308,6 +327,13 @@ func (r *messageReader) Close() error {
 		return fmt.Errorf("upstream: fetch: %w", err)
 	}
 	return nil
+}
+
+// abort breaks the connection at once. The IMAP client's reader may be
+// waiting for a literal to be consumed; with the connection gone, what is
+// left of it drains quickly and the client can shut down.
+func (s *Session) abort() {
+	s.conn.Conn.Close()
 }
 
 // Close logs out, waiting a moment for the server's reply, and closes the

@@ -1,0 +1,75 @@
+// Command gateway serves POP3 clients from IMAP mailboxes.
+//
+// Usage:
+//
+//	gateway serve -config FILE    run the service
+//	gateway demo                  try it against built-in sample mail
+//	gateway check -config FILE    validate the config and test upstream logins
+//	gateway hash-password         hash a password for the config file
+//	gateway version               print version information
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+const usage = `usage: gateway <command> [flags]
+
+commands:
+  serve -config FILE   run the POP3 gateway
+  demo                 run against built-in sample mail on 127.0.0.1:1110
+  check -config FILE   validate the config and log in to each upstream account
+  hash-password        read a password on stdin and print its hash
+  version              print version, commit and Go version
+`
+
+func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serveCmd(args[1:], stderr)
+	case "demo":
+		return demoCmd(args[1:], stdout, stderr)
+	case "check":
+		return checkCmd(args[1:], stdout, stderr)
+	case "hash-password":
+		return hashPasswordCmd(args[1:], stdin, stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "gateway: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func versionString() string {
+	commit := "unknown"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				commit = s.Value
+				if len(commit) > 12 {
+					commit = commit[:12]
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("gateway %s (commit %s, %s, %s/%s)", version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/pop3"
+)
+
+func TestDemoServesSampleMail(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrc := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- runDemo(ctx, "127.0.0.1:0", slog.New(slog.DiscardHandler), func(addr string) { addrc <- addr })
+	}()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-done:
+		t.Fatalf("demo stopped: %v", err)
+	}
+	c, err := pop3client.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("demo", "demo"); err != nil {
+		t.Fatal(err)
+	}
+	want := demoMessages()
+	sizes, err := c.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sizes) != len(want) {
+		t.Fatalf("demo lists %d messages, want %d", len(sizes), len(want))
+	}
+	for i, w := range want {
+		got, err := c.Retr(i + 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, w) || int64(len(got)) != sizes[i+1] {
+			t.Errorf("message %d: got %d octets (listed %d), want %d", i+1, len(got), sizes[i+1], len(w))
+		}
+	}
+	c.Quit()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, nil, &out, io.Discard); code != 0 || !strings.HasPrefix(out.String(), "gateway ") {
+		t.Fatalf("version: exit %d, %q", code, out.String())
+	}
+	if code := run([]string{"bogus"}, nil, io.Discard, io.Discard); code != 2 {
+		t.Fatalf("unknown command: exit %d, want 2", code)
+	}
+}
+
+func TestHashPassword(t *testing.T) {
+	in := writeFile(t, "pw", "correct horse\n", 0o600)
+	f, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	if code := run([]string{"hash-password"}, f, &out, io.Discard); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	hash := strings.TrimSpace(out.String())
+	if ok, err := passwd.Verify(hash, "correct horse"); !ok || err != nil {
+		t.Fatalf("hash %q does not verify: %v", hash, err)
+	}
+}
+
+func writeFile(t *testing.T, name, content string, mode os.FileMode) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// fixture is an in-memory upstream with one account and a config file
+// mapping local user alice to it.
+type fixture struct {
+	mem    *imapmem.Server
+	secret string // upstream password file
+	config string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	mem, err := imapmem.Start("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	mem.AddUser("alice@example.com", "upstream-secret")
+	mem.Append("alice@example.com", "INBOX", []byte("Subject: hi\r\n\r\nhello\r\n"))
+	f := &fixture{mem: mem}
+	f.secret = writeFile(t, "secret", "upstream-secret\n", 0o600)
+	f.config = filepath.Join(t.TempDir(), "gateway.yaml")
+	f.write(t, "local-pass")
+	return f
+}
+
+func (f *fixture) write(t *testing.T, localPassword string) {
+	t.Helper()
+	hash, err := passwd.Hash(localPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+  http: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: none
+users:
+  alice:
+    password_hash: %q
+    upstream: mem
+    upstream_user: alice@example.com
+    upstream_password_file: %s
+`, f.mem.Addr(), hash, f.secret)
+	if err := os.WriteFile(f.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestServeReloadAndDrain(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hup := make(chan os.Signal, 1)
+	ready := make(chan map[string]string, 1)
+	done := make(chan error, 1)
+	logs := &syncWriter{w: &bytes.Buffer{}}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	go func() { done <- serve(ctx, f.config, log, hup, ready) }()
+	var addrs map[string]string
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+
+	// login tells whether the password is accepted; while the session
+	// below holds the maildrop, an accepted one gets [IN-USE].
+	login := func(pass string) error {
+		c, err := pop3client.Dial(addrs["pop3"])
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.Login("alice", pass); err != nil {
+			if strings.Contains(err.Error(), "[IN-USE]") {
+				return nil
+			}
+			return err
+		}
+		return c.Quit()
+	}
+	if err := login("local-pass"); err != nil {
+		t.Fatalf("login: %v", err)
+	}
+
+	// A session open across the reload keeps working.
+	open, err := pop3client.Dial(addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if err := open.Login("alice", "local-pass"); err != nil {
+		t.Fatal(err)
+	}
+
+	f.write(t, "new-pass")
+	hup <- syscall.SIGHUP
+	waitFor(t, func() bool { return login("new-pass") == nil })
+	if err := login("local-pass"); err == nil {
+		t.Fatal("the old password still works after reload")
+	}
+
+	// A broken file is refused and the running config kept.
+	os.WriteFile(f.config, []byte("listen: [\n"), 0o600)
+	hup <- syscall.SIGHUP
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "reload failed") })
+	if err := login("new-pass"); err != nil {
+		t.Fatalf("login after a failed reload: %v", err)
+	}
+
+	if _, err := open.Retr(1); err != nil {
+		t.Fatalf("session across reloads: %v", err)
+	}
+	open.Dele(1)
+	// Drain: the open session may finish, and its QUIT still applies.
+	cancel()
+	time.Sleep(100 * time.Millisecond)
+	if err := open.Quit(); err != nil {
+		t.Fatalf("QUIT during drain: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if n, _ := f.mem.Count("alice@example.com", "INBOX"); n != 0 {
+		t.Fatalf("%d messages left after QUIT during drain", n)
+	}
+	if strings.Contains(logs.String(), "local-pass") || strings.Contains(logs.String(), "upstream-secret") {
+		t.Fatal("a password reached the log")
+	}
+}
+
+func TestServeRefusesBadConfig(t *testing.T) {
+	path := writeFile(t, "bad.yaml", "listen:\n  pop3: \"127.0.0.1:0\"\n  bogus: 1\n", 0o600)
+	var stderr bytes.Buffer
+	if code := run([]string{"serve", "-config", path}, nil, io.Discard, &stderr); code == 0 {
+		t.Fatal("serve accepted a bad config")
+	}
+	if !strings.Contains(stderr.String(), "line 3") {
+		t.Fatalf("error does not name the line: %s", stderr.String())
+	}
+}
+
+func TestCheck(t *testing.T) {
+	f := newFixture(t)
+	var out bytes.Buffer
+	if code := run([]string{"check", "-config", f.config}, nil, &out, io.Discard); code != 0 {
+		t.Fatalf("check: exit %d\n%s", code, out.String())
+	}
+	if !strings.Contains(out.String(), "user alice (upstream mem): ok, 1 messages") {
+		t.Fatalf("check output:\n%s", out.String())
+	}
+	os.WriteFile(f.secret, []byte("wrong\n"), 0o600)
+	out.Reset()
+	if code := run([]string{"check", "-config", f.config}, nil, &out, io.Discard); code != 1 {
+		t.Fatalf("check with a wrong secret: exit %d", code)
+	}
+	if !strings.Contains(out.String(), "FAILED") {
+		t.Fatalf("check output:\n%s", out.String())
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not met in time")
+}
+
+var _ = pop3.ErrServerClosed

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/proxy"
+)
+
+// drainTimeout bounds how long SIGTERM waits for sessions to finish.
+const drainTimeout = 30 * time.Second
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format: %q is not json or text", format)
+}
+
+func serveCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config file (YAML)")
+	logFormat := fs.String("log-format", "text", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *configPath == "" {
+		fmt.Fprintln(stderr, "gateway serve: -config FILE is required")
+		return 2
+	}
+	log, err := newLogger(stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "gateway serve:", err)
+		return 2
+	}
+	slog.SetDefault(log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	if err := serve(ctx, *configPath, log, hup, nil); err != nil {
+		log.Error("gateway stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// service is a running gateway.
+type service struct {
+	log     *slog.Logger
+	path    string
+	gateway *proxy.Gateway
+	pop3    *pop3.Server
+	cert    certificate
+	http    *http.Server
+	addrs   map[string]string // listener name -> bound address
+}
+
+// serve runs the gateway until ctx is done, then drains. ready, if not nil,
+// receives the bound addresses once the listeners are up.
+func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Signal, ready chan<- map[string]string) error {
+	cfg, pc, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn(w)
+	}
+	s := &service{log: log, path: path, addrs: make(map[string]string)}
+	var tlsConfig = serverTLS(cfg, &s.cert)
+	if tlsConfig != nil {
+		if err := s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return err
+		}
+	}
+	s.gateway = proxy.New(pc, cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage)), log)
+	s.pop3 = &pop3.Server{
+		Backend:           s.gateway,
+		TLSConfig:         tlsConfig,
+		AllowInsecureAuth: cfg.Auth.AllowInsecure,
+		Implementation:    "gateway " + version,
+		Logger:            log,
+	}
+
+	errc := make(chan error, 3)
+	listen := func(name, addr string, serveFn func(net.Listener) error) error {
+		if addr == "" {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s %s: %w", name, addr, err)
+		}
+		s.addrs[name] = ln.Addr().String()
+		log.Info("listening", "listener", name, "addr", ln.Addr().String())
+		go func() {
+			if err := serveFn(ln); err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+		return nil
+	}
+	if err := listen("pop3", cfg.Listen.POP3, s.pop3.Serve); err != nil {
+		return err
+	}
+	if err := listen("pop3s", cfg.Listen.POP3S, s.pop3.ServeTLS); err != nil {
+		s.pop3.Shutdown(context.Background())
+		return err
+	}
+	if cfg.Listen.HTTP != "" {
+		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		if err := listen("http", cfg.Listen.HTTP, s.http.Serve); err != nil {
+			s.pop3.Shutdown(context.Background())
+			return err
+		}
+	}
+	if ready != nil {
+		ready <- s.addrs
+	}
+
+	for {
+		select {
+		case <-hup:
+			s.reload()
+		case err := <-errc:
+			s.shutdown()
+			return err
+		case <-ctx.Done():
+			s.shutdown()
+			return nil
+		}
+	}
+}
+
+// reload re-reads the config file and swaps in users, secrets and the
+// certificate. A bad file is reported and the running config kept.
+func (s *service) reload() {
+	cfg, pc, err := loadConfig(s.path)
+	if err == nil && cfg.TLS.CertFile != "" && s.pop3.TLSConfig != nil {
+		err = s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	}
+	if err != nil {
+		s.log.Error("reload failed; keeping the running configuration", "err", err)
+		return
+	}
+	for _, w := range cfg.Warnings() {
+		s.log.Warn(w)
+	}
+	s.gateway.Reload(pc)
+	s.log.Info("configuration reloaded", "users", len(pc.Users), "upstreams", len(pc.Upstreams))
+}
+
+// loadConfig reads and validates the file, checks that every mapped user's
+// upstream secret can be read, and builds the gateway's configuration.
+func loadConfig(path string) (*config.Config, *proxy.Config, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cfg.CheckSecrets(); err != nil {
+		return nil, nil, err
+	}
+	pc, err := gatewayConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cfg, pc, nil
+}
+
+func (s *service) shutdown() {
+	s.log.Info("shutting down; waiting for sessions", "sessions", s.pop3.Sessions(), "timeout", drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := s.pop3.Shutdown(ctx); err != nil {
+		s.log.Warn("sessions closed at the drain deadline", "err", err)
+	}
+	if s.http != nil {
+		s.http.Shutdown(ctx)
+	}
+}
+
+func (s *service) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	return mux
+}

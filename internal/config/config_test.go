@@ -1,0 +1,492 @@
+package config
+
+import (
+	"crypto/tls"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/passwd"
+)
+
+// A bcrypt hash (cost 4) of "pw"; cheap to check.
+const testHash = "$2a$04$sx8nCOq5d3Xt0IM.BOo/j.EWqnvRpkhrDA1SmJSsViNG9Z.hXmn4."
+
+const minimal = `
+listen:
+  pop3: "127.0.0.1:1110"
+upstreams:
+  corp:
+    address: "imap.example.com:993"
+users:
+  alice:
+    password_hash: "` + testHash + `"
+    upstream: corp
+    upstream_user: alice@example.com
+    upstream_password_env: ALICE_PW
+`
+
+func mustParse(t *testing.T, text string) *Config {
+	t.Helper()
+	c, err := Parse([]byte(text))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return c
+}
+
+func TestTestHash(t *testing.T) {
+	if ok, err := passwd.Verify(testHash, "pw"); !ok || err != nil {
+		t.Fatalf("testHash does not verify: %v, %v", ok, err)
+	}
+}
+
+func TestExample(t *testing.T) {
+	c, err := Load("testdata/example.yaml")
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.Listen.POP3 != "0.0.0.0:110" || c.Listen.POP3S != "0.0.0.0:995" || c.Listen.HTTP != "127.0.0.1:9110" {
+		t.Errorf("listen = %+v", c.Listen)
+	}
+	if c.TLS.CertFile != "/etc/gateway/tls/cert.pem" || c.MinTLSVersion() != tls.VersionTLS12 {
+		t.Errorf("tls = %+v", c.TLS)
+	}
+	corp := c.Upstreams["corp"]
+	if corp == nil || corp.Name != "corp" || corp.OnDelete != OnDeleteTrash || corp.TrashMailbox != "Deleted Items" ||
+		corp.Timeout.Duration() != time.Minute || corp.TLSServerName() != "imap.example.com" || corp.CAFile == "" {
+		t.Errorf("upstreams.corp = %+v", corp)
+	}
+	partner := c.Upstreams["partner"]
+	if partner == nil || partner.TLS != TLSStartTLS || partner.Timeout.Duration() != 2*time.Minute || partner.Mailbox != "INBOX" {
+		t.Errorf("upstreams.partner = %+v", partner)
+	}
+	if g := c.Upstreams["gmail"]; g == nil || g.Provider != "gmail" || g.Address != "" {
+		t.Errorf("upstreams.gmail = %+v", g)
+	}
+	alice := c.Users["alice"]
+	if alice == nil || alice.Name != "alice" || alice.Upstream != "corp" || alice.UpstreamUser != "alice@example.com" ||
+		alice.UpstreamPasswordFile != "/run/secrets/alice" {
+		t.Errorf("users.alice = %+v", alice)
+	}
+	if ok, err := passwd.Verify(alice.PasswordHash, "alice-local-password"); !ok || err != nil {
+		t.Errorf("alice's example hash does not verify: %v, %v", ok, err)
+	}
+	if ok, err := passwd.Verify(c.Users["bob"].PasswordHash, "bob-local-password"); !ok || err != nil {
+		t.Errorf("bob's example hash does not verify: %v, %v", ok, err)
+	}
+	if c.Passthrough == nil || c.Passthrough.Upstream != "corp" || c.Passthrough.Domains["example.org"] != "partner" {
+		t.Errorf("passthrough = %+v", c.Passthrough)
+	}
+	if c.Cache.Memory != 256*MiB || c.Cache.MaxMessage != 16*MiB {
+		t.Errorf("cache = %+v", c.Cache)
+	}
+	if w := c.Warnings(); len(w) != 0 {
+		t.Errorf("warnings: %q", w)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c := mustParse(t, minimal)
+	if c.Listen.POP3S != "" || c.Listen.HTTP != "" {
+		t.Errorf("listen = %+v", c.Listen)
+	}
+	if c.TLS.MinVersion != "1.2" || c.MinTLSVersion() != tls.VersionTLS12 || c.TLSEnabled() {
+		t.Errorf("tls = %+v", c.TLS)
+	}
+	if c.Auth.AllowInsecure {
+		t.Error("auth.allow_insecure defaults to true")
+	}
+	u := c.Upstreams["corp"]
+	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: TLSImplicit, Mailbox: "INBOX",
+		OnDelete: OnDeleteExpunge, Timeout: Duration(60 * time.Second)}
+	if *u != want {
+		t.Errorf("upstream = %+v, want %+v", *u, want)
+	}
+	if c.Cache.Memory != 256<<20 || c.Cache.MaxMessage != 16<<20 {
+		t.Errorf("cache = %+v", c.Cache)
+	}
+	if c.Passthrough != nil {
+		t.Errorf("passthrough = %+v", c.Passthrough)
+	}
+}
+
+func TestPassthroughOnly(t *testing.T) {
+	c := mustParse(t, `
+listen: {pop3s: ":995"}
+tls: {cert_file: c.pem, key_file: k.pem, min_version: "1.3"}
+upstreams:
+  corp: {address: "127.0.0.1:143", tls: none}
+passthrough:
+  upstream: corp
+  domains: {Example.ORG: corp}
+`)
+	if c.MinTLSVersion() != tls.VersionTLS13 {
+		t.Errorf("MinTLSVersion = %x", c.MinTLSVersion())
+	}
+	if c.Passthrough.Domains["example.org"] != "corp" {
+		t.Errorf("domains = %v; want lower-case keys", c.Passthrough.Domains)
+	}
+}
+
+func TestMinTLSVersion(t *testing.T) {
+	for v, want := range map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11, "1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13, "": tls.VersionTLS12} {
+		c := &Config{TLS: TLS{MinVersion: v}}
+		if got := c.MinTLSVersion(); got != want {
+			t.Errorf("MinTLSVersion(%q) = %x, want %x", v, got, want)
+		}
+	}
+}
+
+func TestValidation(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(c *Config)
+		want   string // one line of the error
+	}{
+		{"no listener", func(c *Config) { c.Listen.POP3 = "" }, "listen: set at least one of pop3 and pop3s"},
+		{"pop3 not host:port", func(c *Config) { c.Listen.POP3 = "localhost" }, `listen.pop3: "localhost" is not host:port`},
+		{"pop3 port name", func(c *Config) { c.Listen.POP3 = ":pop3" }, `listen.pop3: ":pop3": port must be a number from 1 to 65535`},
+		{"pop3 port too big", func(c *Config) { c.Listen.POP3 = ":70000" }, `listen.pop3: ":70000": port must be a number`},
+		{"http not host:port", func(c *Config) { c.Listen.HTTP = "9110" }, `listen.http: "9110" is not host:port`},
+		{"same address", func(c *Config) { c.Listen.HTTP = c.Listen.POP3 }, "listen.http: same address as listen.pop3"},
+		{"pop3s without tls", func(c *Config) { c.Listen.POP3S = ":995" }, "listen.pop3s: needs tls.cert_file and tls.key_file"},
+		{"cert without key", func(c *Config) { c.TLS.CertFile = "c.pem" }, "tls.key_file: required when tls.cert_file is set"},
+		{"key without cert", func(c *Config) { c.TLS.KeyFile = "k.pem" }, "tls.cert_file: required when tls.key_file is set"},
+		{"min_version", func(c *Config) { c.TLS.MinVersion = "1.4" }, `tls.min_version: "1.4" is not one of 1.0, 1.1, 1.2, 1.3`},
+		{"upstream no address", func(c *Config) { c.Upstreams["corp"].Address = "" }, "upstreams.corp.address: required (or set provider)"},
+		{"upstream address no port", func(c *Config) { c.Upstreams["corp"].Address = "imap.example.com" }, `upstreams.corp.address: "imap.example.com" is not host:port`},
+		{"upstream address no host", func(c *Config) { c.Upstreams["corp"].Address = ":993" }, `upstreams.corp.address: ":993": host is empty`},
+		{"upstream port 0", func(c *Config) { c.Upstreams["corp"].Address = "imap.example.com:0" }, `port must be a number from 1 to 65535`},
+		{"upstream tls", func(c *Config) { c.Upstreams["corp"].TLS = "foo" }, `upstreams.corp.tls: "foo" is not one of implicit, starttls, none`},
+		{"upstream on_delete", func(c *Config) { c.Upstreams["corp"].OnDelete = "purge" }, `upstreams.corp.on_delete: "purge" is not one of expunge, trash, seen, keep`},
+		{"upstream timeout", func(c *Config) { c.Upstreams["corp"].Timeout = Duration(-time.Second) }, "upstreams.corp.timeout: must be positive, not -1s"},
+		{"upstream provider", func(c *Config) { c.Upstreams["corp"].Provider = "hotmail" }, `upstreams.corp.provider: "hotmail" is not one of gmail, outlook, yahoo, icloud, fastmail, aol`},
+		{"upstream nil", func(c *Config) { c.Upstreams["x"] = nil }, "upstreams.x: is empty"},
+		{"user name space", func(c *Config) { c.Users["a b"] = c.Users["alice"] }, `users: user name "a b" is empty or contains spaces`},
+		{"user no hash", func(c *Config) { c.Users["alice"].PasswordHash = "" }, "users.alice.password_hash: required"},
+		{"user bad hash", func(c *Config) { c.Users["alice"].PasswordHash = "secret" }, "users.alice.password_hash: unknown hash format"},
+		{"user malformed hash", func(c *Config) { c.Users["alice"].PasswordHash = "$argon2id$v=19$m=4194304,t=2,p=2$AAAA$AAAA" }, "users.alice.password_hash: malformed hash: argon2id: m=4194304 out of range"},
+		{"user no upstream", func(c *Config) { c.Users["alice"].Upstream = "" }, "users.alice.upstream: required"},
+		{"user unknown upstream", func(c *Config) { c.Users["alice"].Upstream = "nope" }, `users.alice.upstream: "nope" is not defined in upstreams`},
+		{"user no upstream_user", func(c *Config) { c.Users["alice"].UpstreamUser = "" }, "users.alice.upstream_user: required"},
+		{"user no secret", func(c *Config) { c.Users["alice"].UpstreamPasswordEnv = "" }, "users.alice: set one of upstream_password_file and upstream_password_env"},
+		{"user two secrets", func(c *Config) { c.Users["alice"].UpstreamPasswordFile = "/run/secrets/a" }, "users.alice: set only one of upstream_password_file and upstream_password_env"},
+		{"user env name", func(c *Config) { c.Users["alice"].UpstreamPasswordEnv = "1BAD-NAME" }, `users.alice.upstream_password_env: "1BAD-NAME" is not a valid environment variable name`},
+		{"user nil", func(c *Config) { c.Users["bob"] = nil }, "users.bob: is empty"},
+		{"passthrough no upstream", func(c *Config) { c.Passthrough = &Passthrough{} }, "passthrough.upstream: required"},
+		{"passthrough unknown upstream", func(c *Config) { c.Passthrough = &Passthrough{Upstream: "nope"} }, `passthrough.upstream: "nope" is not defined in upstreams`},
+		{"passthrough domain upstream", func(c *Config) {
+			c.Passthrough = &Passthrough{Upstream: "corp", Domains: map[string]string{"example.org": "other"}}
+		}, `passthrough.domains.example.org: "other" is not defined in upstreams`},
+		{"passthrough domain syntax", func(c *Config) {
+			c.Passthrough = &Passthrough{Upstream: "corp", Domains: map[string]string{"@example.org": "corp"}}
+		}, `passthrough.domains: "@example.org" is not a domain name`},
+		{"passthrough domain twice", func(c *Config) {
+			c.Passthrough = &Passthrough{Upstream: "corp", Domains: map[string]string{"example.org": "corp", "Example.org": "corp"}}
+		}, `passthrough.domains: "Example.org" and "example.org" are the same domain`},
+		{"no users, no passthrough", func(c *Config) { c.Users = nil }, "users: no users and no passthrough"},
+		{"cache max_message", func(c *Config) { c.Cache.MaxMessage = 512 * MiB }, "cache.max_message: 512MiB is larger than cache.memory (256MiB)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustParse(t, minimal)
+			tt.change(c)
+			err := c.Validate()
+			if err == nil {
+				t.Fatalf("Validate = nil, want %q", tt.want)
+			}
+			if _, ok := errors.AsType[*Error](err); !ok {
+				t.Errorf("error type %T, want *Error", err)
+			}
+			found := false
+			for line := range strings.SplitSeq(err.Error(), "\n") {
+				if !strings.HasPrefix(line, "config: ") {
+					t.Errorf("line %q lacks the config: prefix", line)
+				}
+				if strings.Contains(line, tt.want) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("error:\n%v\nwant a line containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestProviderWithoutAddress(t *testing.T) {
+	c := mustParse(t, minimal)
+	c.Upstreams["corp"].Address = ""
+	c.Upstreams["corp"].Provider = "fastmail"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+}
+
+func TestAllProblemsReported(t *testing.T) {
+	_, err := Parse([]byte(`
+listen: {}
+upstreams:
+  corp: {tls: foo, on_delete: bar}
+users:
+  alice: {upstream: nope}
+cache: {memory: 1MiB}
+`))
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	want := []string{
+		"config: listen: set at least one of pop3 and pop3s",
+		"config: upstreams.corp.address: required (or set provider)",
+		`config: upstreams.corp.tls: "foo" is not one of implicit, starttls, none`,
+		`config: upstreams.corp.on_delete: "bar" is not one of expunge, trash, seen, keep`,
+		"config: users.alice.password_hash: required (create one with `gateway hash-password`)",
+		`config: users.alice.upstream: "nope" is not defined in upstreams`,
+		"config: users.alice.upstream_user: required",
+		"config: users.alice: set one of upstream_password_file and upstream_password_env",
+		"config: cache.max_message: 16MiB is larger than cache.memory (1MiB)",
+	}
+	if got := err.Error(); got != strings.Join(want, "\n") {
+		t.Errorf("error:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       []string
+	}{
+		{"empty", "", []string{"config: the file is empty"}},
+		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
+		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox)`}},
+		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
+			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache)`}},
+		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
+			`config: line 3: listen: unknown key "pop4"`,
+			`config: line 5: cache.memory: invalid size "1TB": unknown unit "TB" (use KiB, MiB, GiB or a plain number of bytes)`}},
+		{"bad duration", "upstreams:\n  corp:\n    timeout: 60\n", []string{
+			`config: line 3: upstreams.corp.timeout: invalid duration "60": want a number with a unit, e.g. 30s, 5m or 1h30m`}},
+		{"bad bool", "auth:\n  allow_insecure: maybe\n", []string{
+			"config: line 2: auth.allow_insecure: cannot unmarshal !!str `maybe` into bool"}},
+		{"duplicate key", "users:\n  alice: {}\n  alice: {}\n", []string{`config: line 3: users: key "alice" appears twice (also at line 2)`}},
+		{"list for a string", "upstreams:\n  c:\n    mailbox:\n      - a\n", []string{"config: line 4: upstreams.c.mailbox: cannot unmarshal !!seq into string"}},
+		{"syntax", "listen:\n  pop3: [\n", []string{"config: ", "line 2"}},
+		{"two documents", minimal + "---\nlisten: {}\n", []string{"config: line 13: more than one YAML document"}},
+		{"list at top", "- a\n", []string{"config: line 1: cannot unmarshal !!seq into config.Config"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse([]byte(tt.text))
+			if err == nil {
+				t.Fatal("Parse succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error:\n%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ByteSize
+		err  string
+	}{
+		{"256MiB", 256 << 20, ""},
+		{"16 MiB", 16 << 20, ""},
+		{"1GiB", 1 << 30, ""},
+		{"512KiB", 512 << 10, ""},
+		{"1048576", 1048576, ""},
+		{"0", 0, ""},
+		{"100B", 100, ""},
+		{"8mib", 8 << 20, ""},
+		{"8191GiB", 8191 << 30, ""},
+		{"", 0, "want a whole number"},
+		{"MiB", 0, "want a whole number"},
+		{"-1", 0, "want a whole number"},
+		{"1.5GiB", 0, "want a whole number, e.g. 1536MiB"},
+		{"256MB", 0, `unknown unit "MB"`},
+		{"1K", 0, `unknown unit "K"`},
+		{"1TiB", 0, `unknown unit "TiB"`},
+		{"99999999999999999999", 0, "too large"},
+		{"9999999999GiB", 0, "too large"},
+	}
+	for _, tt := range tests {
+		got, err := ParseByteSize(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("ParseByteSize(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseByteSize(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+		}
+		// In the file, with the line number of errors checked elsewhere.
+		c, err := Parse([]byte(minimal + "cache:\n  memory: 8192GiB\n  max_message: " + tt.in + "\n"))
+		if err != nil || c.Cache.MaxMessage != tt.want && tt.want != 0 {
+			t.Errorf("max_message %q: %v, %v", tt.in, c, err)
+		}
+	}
+	for b, want := range map[ByteSize]string{256 * MiB: "256MiB", GiB: "1GiB", 1536 * KiB: "1536KiB", 1000: "1000", 0: "0"} {
+		if got := b.String(); got != want {
+			t.Errorf("ByteSize(%d).String() = %q, want %q", int64(b), got, want)
+		}
+		if back, err := ParseByteSize(want); err != nil || back != b {
+			t.Errorf("ParseByteSize(%q) = %v, %v", want, back, err)
+		}
+	}
+}
+
+func TestDurationYAML(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		err  string
+	}{
+		{"30s", 30 * time.Second, ""},
+		{"5m", 5 * time.Minute, ""},
+		{"1h30m", 90 * time.Minute, ""},
+		{"1500ms", 1500 * time.Millisecond, ""},
+		{`"2m"`, 2 * time.Minute, ""},
+		{"60", 0, `line 7: upstreams.corp.timeout: invalid duration "60"`},
+		{"soon", 0, `line 7: upstreams.corp.timeout: invalid duration "soon"`},
+		{"-5s", 0, "upstreams.corp.timeout: must be positive, not -5s"},
+		{"[1s]", 0, "line 7: upstreams.corp.timeout: want a duration such as 30s, not a list"},
+	}
+	for _, tt := range tests {
+		text := strings.Replace(minimal, `    address: "imap.example.com:993"`+"\n",
+			`    address: "imap.example.com:993"`+"\n    timeout: "+tt.in+"\n", 1)
+		c, err := Parse([]byte(text))
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("timeout %s: error %v, want it to contain %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || c.Upstreams["corp"].Timeout.Duration() != tt.want {
+			t.Errorf("timeout %s: %v, %v; want %v", tt.in, c, err, tt.want)
+		}
+	}
+}
+
+func TestUpstreamPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	const secret = "upstream-s3cret"
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // not subject to umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name, content string
+		mode          os.FileMode
+		want, err     string
+	}{
+		{"newline", secret + "\n", 0o600, secret, ""},
+		{"crlf", secret + "\r\n", 0o600, secret, ""},
+		{"no newline", secret, 0o400, secret, ""},
+		{"keeps spaces", " " + secret + " \n", 0o600, " " + secret + " ", ""},
+		{"group readable", secret + "\n", 0o640, "", "chmod 600 "},
+		{"world readable", secret + "\n", 0o644, "", "chmod 600 "},
+		{"empty", "", 0o600, "", "is empty"},
+		{"only newline", "\n", 0o600, "", "is empty"},
+		{"two lines", secret + "\n\n", 0o600, "", "line break"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := write(strings.ReplaceAll(tt.name, " ", "_"), tt.content, tt.mode)
+			u := &User{Name: "alice", UpstreamPasswordFile: p}
+			got, err := u.UpstreamPassword()
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), p) {
+					t.Fatalf("UpstreamPassword = %q, %v; want an error naming %s containing %q", got, err, p, tt.err)
+				}
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error contains the secret: %v", err)
+				}
+				if tt.err == "chmod 600 " && !strings.HasSuffix(err.Error(), "chmod 600 "+p) {
+					t.Errorf("error %q does not end in chmod 600 %s", err, p)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("UpstreamPassword = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+
+	missing := filepath.Join(dir, "missing")
+	_, err := (&User{UpstreamPasswordFile: missing}).UpstreamPassword()
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing file: %v", err)
+	}
+	_, err = (&User{UpstreamPasswordFile: dir}).UpstreamPassword()
+	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("directory: %v", err)
+	}
+}
+
+func TestUpstreamPasswordEnv(t *testing.T) {
+	const name = "GATEWAY_CONFIG_TEST_PW"
+	u := &User{Name: "alice", UpstreamPasswordEnv: name}
+	t.Setenv(name, "env-s3cret")
+	if got, err := u.UpstreamPassword(); err != nil || got != "env-s3cret" {
+		t.Fatalf("UpstreamPassword = %q, %v", got, err)
+	}
+	t.Setenv(name, "")
+	if _, err := u.UpstreamPassword(); err == nil || !strings.Contains(err.Error(), name+" is empty") {
+		t.Errorf("empty variable: %v", err)
+	}
+	os.Unsetenv(name)
+	if _, err := u.UpstreamPassword(); err == nil || !strings.Contains(err.Error(), name+" is not set") {
+		t.Errorf("unset variable: %v", err)
+	}
+	if _, err := (&User{}).UpstreamPassword(); err == nil {
+		t.Error("no source: no error")
+	}
+}
+
+func TestCheckSecrets(t *testing.T) {
+	c := mustParse(t, minimal)
+	t.Setenv("ALICE_PW", "x")
+	if err := c.CheckSecrets(); err != nil {
+		t.Fatalf("CheckSecrets: %v", err)
+	}
+	os.Unsetenv("ALICE_PW")
+	err := c.CheckSecrets()
+	if err == nil || err.Error() != "config: users.alice: upstream password: environment variable ALICE_PW is not set" {
+		t.Fatalf("CheckSecrets = %v", err)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	c := mustParse(t, strings.Replace(minimal, `pop3: "127.0.0.1:1110"`, `pop3: ":110"`, 1))
+	w := c.Warnings()
+	if len(w) != 1 || !strings.Contains(w[0], "only loopback clients can log in") {
+		t.Errorf("warnings = %q", w)
+	}
+	c.Auth.AllowInsecure = true
+	c.TLS.MinVersion = "1.0"
+	c.Upstreams["corp"].TLS = TLSNone
+	w = c.Warnings()
+	if len(w) != 3 {
+		t.Errorf("warnings = %q", w)
+	}
+	if w := mustParse(t, minimal).Warnings(); len(w) != 0 {
+		t.Errorf("loopback-only config: warnings = %q", w)
+	}
+}

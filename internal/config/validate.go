@@ -1,0 +1,208 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/pop3gw/gateway/internal/passwd"
+)
+
+var (
+	tlsModes    = []string{TLSImplicit, TLSStartTLS, TLSNone}
+	onDeletes   = []string{OnDeleteExpunge, OnDeleteTrash, OnDeleteSeen, OnDeleteKeep}
+	tlsVersions = []string{"1.0", "1.1", "1.2", "1.3"}
+)
+
+type problems []string
+
+func (p *problems) add(path, format string, args ...any) {
+	*p = append(*p, path+": "+fmt.Sprintf(format, args...))
+}
+
+// oneOf checks that v is in set.
+func (p *problems) oneOf(path, v string, set []string) {
+	if !slices.Contains(set, v) {
+		p.add(path, "%q is not one of %s", v, strings.Join(set, ", "))
+	}
+}
+
+// addr checks a host:port address with a numeric port. Listening addresses
+// may have an empty host and port 0; upstream addresses may not.
+func (p *problems) addr(path, addr string, listen bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		p.add(path, "%q is not host:port", addr)
+		return
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case err != nil:
+		p.add(path, "%q: port must be a number from 1 to 65535", addr)
+	case n == 0 && !listen:
+		p.add(path, "%q: port must be a number from 1 to 65535", addr)
+	case host == "" && !listen:
+		p.add(path, "%q: host is empty", addr)
+	}
+}
+
+// Validate checks a configuration to which SetDefaults has been applied and
+// returns all problems found as an *Error, or nil.
+func (c *Config) Validate() error {
+	var p problems
+
+	// listen
+	if c.Listen.POP3 == "" && c.Listen.POP3S == "" {
+		p.add("listen", "set at least one of pop3 and pop3s")
+	}
+	seen := map[string]string{}
+	for _, l := range []struct{ key, addr string }{
+		{"pop3", c.Listen.POP3}, {"pop3s", c.Listen.POP3S}, {"http", c.Listen.HTTP},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		p.addr("listen."+l.key, l.addr, true)
+		if other, dup := seen[l.addr]; dup && !strings.HasSuffix(l.addr, ":0") {
+			p.add("listen."+l.key, "same address as listen.%s", other)
+		}
+		seen[l.addr] = l.key
+	}
+
+	// tls
+	if c.Listen.POP3S != "" && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+		p.add("listen.pop3s", "needs tls.cert_file and tls.key_file")
+	}
+	if c.TLS.CertFile != "" && c.TLS.KeyFile == "" {
+		p.add("tls.key_file", "required when tls.cert_file is set")
+	}
+	if c.TLS.KeyFile != "" && c.TLS.CertFile == "" {
+		p.add("tls.cert_file", "required when tls.key_file is set")
+	}
+	p.oneOf("tls.min_version", c.TLS.MinVersion, tlsVersions)
+
+	// upstreams
+	for _, name := range sortedKeys(c.Upstreams) {
+		path := "upstreams." + name
+		if strings.TrimSpace(name) == "" {
+			p.add("upstreams", "an upstream has an empty name")
+			path = fmt.Sprintf("upstreams.%q", name)
+		}
+		u := c.Upstreams[name]
+		if u == nil {
+			p.add(path, "is empty")
+			continue
+		}
+		switch {
+		case u.Address != "":
+			p.addr(path+".address", u.Address, false)
+		case u.Provider == "":
+			p.add(path+".address", "required (or set provider)")
+		}
+		p.oneOf(path+".tls", u.TLS, tlsModes)
+		p.oneOf(path+".on_delete", u.OnDelete, onDeletes)
+		if u.Timeout <= 0 {
+			p.add(path+".timeout", "must be positive, not %v", u.Timeout)
+		}
+		if u.Provider != "" {
+			p.oneOf(path+".provider", u.Provider, Providers)
+		}
+		if u.Mailbox == "" {
+			p.add(path+".mailbox", "required")
+		}
+	}
+
+	// users
+	for _, name := range sortedKeys(c.Users) {
+		path := "users." + name
+		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+			p.add("users", "user name %q is empty or contains spaces or control characters", name)
+			path = fmt.Sprintf("users.%q", name)
+		}
+		u := c.Users[name]
+		if u == nil {
+			p.add(path, "is empty")
+			continue
+		}
+		if u.PasswordHash == "" {
+			p.add(path+".password_hash", "required (create one with `gateway hash-password`)")
+		} else if err := passwd.Check(u.PasswordHash); err != nil {
+			p.add(path+".password_hash", "%s", strings.TrimPrefix(err.Error(), "passwd: "))
+		}
+		switch {
+		case u.Upstream == "":
+			p.add(path+".upstream", "required")
+		case c.Upstreams[u.Upstream] == nil:
+			p.add(path+".upstream", "%q is not defined in upstreams", u.Upstream)
+		}
+		if u.UpstreamUser == "" {
+			p.add(path+".upstream_user", "required")
+		}
+		switch {
+		case u.UpstreamPasswordFile != "" && u.UpstreamPasswordEnv != "":
+			p.add(path, "set only one of upstream_password_file and upstream_password_env")
+		case u.UpstreamPasswordFile == "" && u.UpstreamPasswordEnv == "":
+			p.add(path, "set one of upstream_password_file and upstream_password_env")
+		case u.UpstreamPasswordEnv != "" && !validEnvName(u.UpstreamPasswordEnv):
+			p.add(path+".upstream_password_env", "%q is not a valid environment variable name", u.UpstreamPasswordEnv)
+		}
+	}
+
+	// passthrough
+	if pt := c.Passthrough; pt != nil {
+		switch {
+		case pt.Upstream == "":
+			p.add("passthrough.upstream", "required")
+		case c.Upstreams[pt.Upstream] == nil:
+			p.add("passthrough.upstream", "%q is not defined in upstreams", pt.Upstream)
+		}
+		lower := map[string]string{}
+		for _, d := range sortedKeys(pt.Domains) {
+			path := "passthrough.domains." + d
+			if d == "" || strings.ContainsAny(d, "@ \t\r\n") {
+				p.add("passthrough.domains", "%q is not a domain name", d)
+			}
+			if other, dup := lower[strings.ToLower(d)]; dup {
+				p.add("passthrough.domains", "%q and %q are the same domain", other, d)
+			}
+			lower[strings.ToLower(d)] = d
+			switch up := pt.Domains[d]; {
+			case up == "":
+				p.add(path, "an upstream name is required")
+			case c.Upstreams[up] == nil:
+				p.add(path, "%q is not defined in upstreams", up)
+			}
+		}
+	}
+	if len(c.Users) == 0 && c.Passthrough == nil {
+		p.add("users", "no users and no passthrough; configure at least one of them")
+	}
+
+	// cache
+	if c.Cache.Memory < 0 {
+		p.add("cache.memory", "must not be negative")
+	}
+	if c.Cache.MaxMessage < 0 {
+		p.add("cache.max_message", "must not be negative")
+	}
+	if c.Cache.MaxMessage > c.Cache.Memory {
+		p.add("cache.max_message", "%v is larger than cache.memory (%v)", c.Cache.MaxMessage, c.Cache.Memory)
+	}
+
+	if len(p) > 0 {
+		return &Error{Problems: p}
+	}
+	return nil
+}
+
+func validEnvName(s string) bool {
+	for i, r := range s {
+		if !(r == '_' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || i > 0 && r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}

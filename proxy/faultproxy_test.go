@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// faultProxy sits between the gateway and the upstream IMAP server. It
+// counts body fetches and, when armed, cuts or stalls the server's side.
+type faultProxy struct {
+	ln     net.Listener
+	target string
+
+	fetches   atomic.Int64 // BODY.PEEK[] requests seen
+	toClient  atomic.Int64 // octets forwarded from the server
+	cutAfter  atomic.Int64 // >0: close both sides after this many more octets
+	stall     atomic.Bool  // stop forwarding from the server
+	closedUps atomic.Int64 // server connections closed
+
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newFaultProxy(t *testing.T, target string) *faultProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &faultProxy{ln: ln, target: target}
+	go p.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+	})
+	return p
+}
+
+func (p *faultProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *faultProxy) serve() {
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		server, err := net.Dial("tcp", p.target)
+		if err != nil {
+			client.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, client, server)
+		p.mu.Unlock()
+		done := make(chan struct{})
+		go p.upstream(client, server, done)
+		go p.downstream(client, server, done)
+	}
+}
+
+// upstream copies the gateway's commands to the server, counting fetches.
+func (p *faultProxy) upstream(client, server net.Conn, done chan struct{}) {
+	defer close(done)
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			p.fetches.Add(int64(bytes.Count(buf[:n], []byte("BODY.PEEK[]"))))
+			server.Write(buf[:n])
+		}
+		if err != nil {
+			server.Close()
+			return
+		}
+	}
+}
+
+// downstream copies the server's replies to the gateway, applying faults.
+func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
+	defer p.closedUps.Add(1)
+	defer client.Close()
+	defer server.Close()
+	buf := make([]byte, 32*1024)
+	for {
+		n, err := server.Read(buf)
+		for p.stall.Load() {
+			// Hold the data until the gateway gives up and hangs up.
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if n > 0 {
+			chunk := buf[:n]
+			if left := p.cutAfter.Load(); left > 0 {
+				if int64(len(chunk)) >= left {
+					client.Write(chunk[:left])
+					return
+				}
+				p.cutAfter.Add(-int64(len(chunk)))
+			}
+			if _, werr := client.Write(chunk); werr != nil {
+				return
+			}
+			p.toClient.Add(int64(n))
+		}
+		if err != nil {
+			return
+		}
+	}
+}

@@ -1,0 +1,199 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// maildrop is one POP3 session's view of an upstream mailbox: the UIDs
+// present at login, in UID order, are messages 1 to n for the whole
+// session (RFC 1939 §4).
+//
+// Sizes. POP3 sizes count the octets RETR sends, with CRLF line endings
+// (RFC 1939 §11). The listing starts from the server's RFC822.SIZE, which
+// is that count for a correct server, or from the exact size the cache
+// recorded when the message was last read through this gateway. A server
+// can be wrong (bare LF stored as is, or a provider's estimate), and the
+// only proof is the message itself: every read counts the octets it
+// produces, and when the count differs, the exact one replaces the listed
+// one for the rest of the session and is recorded, so later sessions list
+// it right from the start. Fetching every message at login to check would
+// cost far more than the rare mismatch; the RETR that finds one still
+// sends the whole message.
+type maildrop struct {
+	g       *Gateway
+	sess    *upstream.Session
+	up      *Upstream
+	log     *slog.Logger
+	account string
+	valid   uint32
+	uids    []uint32
+	msgs    []pop3.Message
+	unlock  func()
+}
+
+var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
+
+func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
+	entries, err := sess.Snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := &maildrop{
+		g:       g,
+		sess:    sess,
+		up:      acct.upstream,
+		log:     log,
+		account: acct.key(),
+		valid:   sess.Selected().UIDValidity,
+		uids:    make([]uint32, len(entries)),
+		msgs:    make([]pop3.Message, len(entries)),
+	}
+	for i, e := range entries {
+		m.uids[i] = e.UID
+		size := e.Size
+		if exact, ok := g.cache.Size(m.key(i)); ok {
+			size = exact
+		}
+		m.msgs[i] = pop3.Message{Size: size, UIDL: uidl(m.valid, e.UID)}
+	}
+	return m, nil
+}
+
+// uidl is the unique-id of a message (RFC 1939 §7): its UID and the
+// mailbox's UIDVALIDITY, each as eight upper-case hex digits. That is
+// Dovecot's default pop3_uidl_format (%08Xu%08Xv), so clients moving from
+// Dovecot's own POP3 server to the gateway in front of the same mailbox
+// do not download everything again.
+func uidl(uidValidity, uid uint32) string {
+	return fmt.Sprintf("%08X%08X", uid, uidValidity)
+}
+
+func (m *maildrop) key(i int) cache.Key {
+	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: m.uids[i]}
+}
+
+func (m *maildrop) Messages() []pop3.Message { return m.msgs }
+
+// Open serves the message from the cache, or streams it from the server
+// while filling the cache.
+func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
+	k := m.key(i)
+	if body, ok := m.g.cache.Get(k); ok {
+		m.setSize(i, int64(len(body)))
+		return io.NopCloser(bytes.NewReader(body)), nil
+	}
+	raw, err := m.sess.Fetch(ctx, m.uids[i])
+	if errors.Is(err, upstream.ErrMessageGone) {
+		return nil, errMessageGone
+	}
+	if err != nil {
+		return nil, err
+	}
+	r := &messageReader{m: m, i: i, ctx: ctx, raw: raw, r: pop3.NewCRLFReader(raw)}
+	if m.msgs[i].Size <= m.g.cache.MaxMessage() {
+		r.buf = make([]byte, 0, m.msgs[i].Size+2)
+	}
+	return r, nil
+}
+
+func (m *maildrop) setSize(i int, size int64) {
+	if m.msgs[i].Size != size {
+		m.log.Info("upstream size differs from the message; listing the exact size",
+			"uid", m.uids[i], "listed", m.msgs[i].Size, "exact", size)
+		m.msgs[i].Size = size
+	}
+}
+
+// messageReader normalises a message from the server, counts it and keeps
+// a copy for the cache while it fits.
+type messageReader struct {
+	m   *maildrop
+	i   int
+	ctx context.Context
+	raw io.ReadCloser
+	r   io.Reader
+	n   int64
+	buf []byte // nil once the message outgrew the cache's ceiling
+	eof bool
+	err error
+}
+
+func (r *messageReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.r.Read(p)
+	r.n += int64(n)
+	if r.buf != nil {
+		if int64(len(r.buf)+n) > r.m.g.cache.MaxMessage() {
+			r.buf = nil
+		} else {
+			r.buf = append(r.buf, p[:n]...)
+		}
+	}
+	switch {
+	case err == io.EOF:
+		if !r.eof {
+			r.eof = true
+			r.finish()
+		}
+	case err != nil:
+		r.err = err
+	}
+	return n, err
+}
+
+// finish records what a complete read learned: the exact size and, if it
+// fits, the body.
+func (r *messageReader) finish() {
+	k := r.m.key(r.i)
+	if r.buf != nil {
+		r.m.g.cache.Add(k, r.buf)
+		r.buf = nil
+	} else {
+		r.m.g.cache.SetSize(k, r.n)
+	}
+	r.m.setSize(r.i, r.n)
+}
+
+// Close after a partial read (TOP) reads the rest, so the message is
+// cached for the RETR that often follows, unless the read was abandoned.
+func (r *messageReader) Close() error {
+	if !r.eof && r.err == nil && r.ctx.Err() == nil {
+		if r.buf != nil {
+			io.Copy(io.Discard, r)
+		}
+	}
+	return r.raw.Close()
+}
+
+// Commit applies the upstream's delete mode to the marked messages.
+func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+	uids := make([]uint32, len(deleted))
+	for j, i := range deleted {
+		uids[j] = m.uids[i]
+	}
+	if err := m.sess.Delete(ctx, uids, m.up.OnDelete, m.up.Trash); err != nil {
+		return err
+	}
+	m.log.Info("deletes applied", "count", len(uids), "mode", m.up.OnDelete)
+	return nil
+}
+
+// Close logs out of the server and releases the maildrop.
+func (m *maildrop) Close() error {
+	err := m.sess.Close()
+	if m.unlock != nil {
+		m.unlock()
+	}
+	return err
+}

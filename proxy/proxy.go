@@ -1,0 +1,238 @@
+// Package proxy joins a POP3 login to an IMAP session: it decides which
+// upstream account a login maps to, logs in there, fixes the message list
+// for the session, serves messages through the cache and applies deletions
+// at QUIT.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// Upstream is one IMAP account provider and how to use it.
+type Upstream struct {
+	Name     string
+	Server   upstream.Server
+	Mailbox  string // the mailbox POP3 sees
+	OnDelete upstream.DeleteMode
+	// Trash is used by DeleteTrash when the server marks no mailbox \Trash.
+	Trash string
+}
+
+// User is a mapped user: local credentials for one upstream account.
+type User struct {
+	Name         string
+	PasswordHash string // argon2id or bcrypt, checked locally
+	Upstream     string
+	UpstreamUser string
+	// UpstreamPassword returns the upstream secret. It is called at each
+	// login, so a rotated secret file takes effect without a restart.
+	UpstreamPassword func() (string, error)
+}
+
+// Passthrough forwards logins that are not mapped users, unchanged, to an
+// upstream: the one named for the login's domain, else the default.
+type Passthrough struct {
+	Upstream string
+	Domains  map[string]string // lower-case domain -> upstream name
+}
+
+// Config is what the gateway serves. It is replaced whole on reload.
+type Config struct {
+	Upstreams   map[string]*Upstream
+	Users       map[string]*User
+	Passthrough *Passthrough // nil: only mapped users may log in
+}
+
+// Gateway is the pop3.Backend that serves every login.
+type Gateway struct {
+	config atomic.Pointer[Config]
+	cache  *cache.Cache
+	log    *slog.Logger
+
+	mu    sync.Mutex
+	locks map[string]bool // maildrops in use
+}
+
+// New returns a gateway serving cfg. The cache may be shared by several.
+func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
+	if log == nil {
+		log = slog.Default()
+	}
+	g := &Gateway{cache: c, log: log, locks: make(map[string]bool)}
+	g.config.Store(cfg)
+	return g
+}
+
+// Reload swaps in a new configuration. Sessions already open keep the
+// upstream they logged in to.
+func (g *Gateway) Reload(cfg *Config) { g.config.Store(cfg) }
+
+// account is a resolved login: where to log in and with what.
+type account struct {
+	upstream *Upstream
+	username string
+	password string
+}
+
+// key names the account in the cache and in the maildrop locks.
+func (a *account) key() string { return a.upstream.Name + "/" + a.username }
+
+var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure, please try again later."}
+
+// resolve maps a POP3 login to an upstream account, checking a mapped
+// user's local password. Every refusal is pop3.ErrAuthFailed, whatever the
+// reason, so a client cannot tell an unknown user from a wrong password.
+func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
+	cfg := g.config.Load()
+	if u, ok := cfg.Users[login.Username]; ok {
+		ok, err := passwd.Verify(u.PasswordHash, login.Password)
+		if err != nil {
+			g.log.Error("checking password hash", "user", u.Name, "err", err)
+		}
+		if !ok {
+			return nil, pop3.ErrAuthFailed
+		}
+		up := cfg.Upstreams[u.Upstream]
+		secret, err := u.UpstreamPassword()
+		if err != nil || up == nil {
+			g.log.Error("no upstream secret for user", "user", u.Name, "err", err)
+			return nil, errTemporary
+		}
+		return &account{upstream: up, username: u.UpstreamUser, password: secret}, nil
+	}
+	pt := cfg.Passthrough
+	if pt == nil {
+		passwd.DummyVerify(login.Password)
+		return nil, pop3.ErrAuthFailed
+	}
+	name := pt.Upstream
+	if _, domain, ok := strings.Cut(login.Username, "@"); ok {
+		if d, ok := pt.Domains[strings.ToLower(domain)]; ok {
+			name = d
+		}
+	}
+	up := cfg.Upstreams[name]
+	if up == nil {
+		passwd.DummyVerify(login.Password)
+		return nil, pop3.ErrAuthFailed
+	}
+	return &account{upstream: up, username: login.Username, password: login.Password}, nil
+}
+
+// Login implements pop3.Backend.
+func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildrop, error) {
+	acct, err := g.resolve(login)
+	if err != nil {
+		return nil, err
+	}
+	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
+	sess, err := g.open(ctx, acct)
+	if err != nil {
+		if errors.Is(err, upstream.ErrAuthFailed) {
+			log.Info("upstream refused the credentials", "err", err)
+			return nil, pop3.ErrAuthFailed
+		}
+		log.Warn("upstream unavailable", "err", err)
+		return nil, errTemporary
+	}
+	lockKey := acct.key() + "\x00" + acct.upstream.Mailbox
+	if !g.lock(lockKey) {
+		sess.Close()
+		return nil, pop3.ErrInUse
+	}
+	md, err := g.newMaildrop(ctx, sess, acct, log)
+	if err != nil {
+		sess.Close()
+		g.unlock(lockKey)
+		log.Warn("listing messages failed", "err", err)
+		return nil, errTemporary
+	}
+	md.unlock = func() { g.unlock(lockKey) }
+	return md, nil
+}
+
+// open dials the account's server, logs in and selects the mailbox.
+func (g *Gateway) open(ctx context.Context, acct *account) (*upstream.Session, error) {
+	sess, err := upstream.Dial(ctx, &acct.upstream.Server)
+	if err != nil {
+		return nil, err
+	}
+	if err := sess.Login(ctx, acct.username, acct.password); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+func (g *Gateway) lock(key string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.locks[key] {
+		return false
+	}
+	g.locks[key] = true
+	return true
+}
+
+func (g *Gateway) unlock(key string) {
+	g.mu.Lock()
+	delete(g.locks, key)
+	g.mu.Unlock()
+}
+
+// CheckResult is the outcome of checking one mapped user's upstream login.
+type CheckResult struct {
+	User     string
+	Upstream string
+	Messages uint32
+	Err      error
+}
+
+// Check logs in to the upstream account of every mapped user and selects
+// its mailbox, reporting each result.
+func (g *Gateway) Check(ctx context.Context) []CheckResult {
+	cfg := g.config.Load()
+	var results []CheckResult
+	for _, name := range sortedKeys(cfg.Users) {
+		u := cfg.Users[name]
+		r := CheckResult{User: name, Upstream: u.Upstream}
+		secret, err := u.UpstreamPassword()
+		up := cfg.Upstreams[u.Upstream]
+		switch {
+		case err != nil:
+			r.Err = err
+		case up == nil:
+			r.Err = fmt.Errorf("unknown upstream %q", u.Upstream)
+		default:
+			acct := &account{upstream: up, username: u.UpstreamUser, password: secret}
+			sess, err := g.open(ctx, acct)
+			if err != nil {
+				r.Err = err
+			} else {
+				if entries, err := sess.Snapshot(ctx); err != nil {
+					r.Err = err
+				} else {
+					r.Messages = uint32(len(entries))
+				}
+				sess.Close()
+			}
+		}
+		results = append(results, r)
+	}
+	return results
+}

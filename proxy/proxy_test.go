@@ -1,0 +1,521 @@
+package proxy
+
+import (
+		"context"
+		"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// env is a gateway in front of in-memory IMAP servers.
+type env struct {
+	t      *testing.T
+	mem    *imapmem.Server // upstream "mem", reached through proxy
+	other  *imapmem.Server // upstream "other", for domain passthrough
+	proxy  *faultProxy
+	cache  *cache.Cache
+	gw     *Gateway
+	srv    *pop3.Server
+	addr   string
+	config *Config
+}
+
+const localPassword = "local secret"
+
+type envOptions struct {
+	onDelete   upstream.DeleteMode
+	timeout    time.Duration
+	maxMessage int64
+	caps       bool // restrict the upstream to plain IMAP4rev1
+}
+
+func newEnv(t *testing.T, opts envOptions) *env {
+	t.Helper()
+	var memOpts *imapmem.Options
+	mem, err := imapmem.Start("127.0.0.1:0", memOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	other, err := imapmem.Start("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Close() })
+	for _, u := range []string{"alice@example.com", "bob@example.com"} {
+		if err := mem.AddUser(u, "upstream-"+u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := other.AddUser("carol@example.org", "carol-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if opts.onDelete == "" {
+		opts.onDelete = upstream.DeleteExpunge
+	}
+	if opts.timeout == 0 {
+		opts.timeout = 10 * time.Second
+	}
+	if opts.maxMessage == 0 {
+		opts.maxMessage = 4 << 20
+	}
+	fp := newFaultProxy(t, mem.Addr())
+	hash, err := passwd.Hash(localPassword)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &Config{
+		Upstreams: map[string]*Upstream{
+			"mem": {
+				Name:     "mem",
+				Server:   upstream.Server{Address: fp.Addr(), Security: upstream.SecurityNone, Timeout: opts.timeout},
+				Mailbox:  "INBOX",
+				OnDelete: opts.onDelete,
+				// The in-memory server marks no mailbox \Trash.
+				Trash: "Trash",
+			},
+			"other": {
+				Name:     "other",
+				Server:   upstream.Server{Address: other.Addr(), Security: upstream.SecurityNone, Timeout: opts.timeout},
+				Mailbox:  "INBOX",
+				OnDelete: upstream.DeleteExpunge,
+			},
+		},
+		Users: map[string]*User{
+			"alice": {
+				Name:             "alice",
+				PasswordHash:     hash,
+				Upstream:         "mem",
+				UpstreamUser:     "alice@example.com",
+				UpstreamPassword: func() (string, error) { return "upstream-alice@example.com", nil },
+			},
+		},
+		Passthrough: &Passthrough{Upstream: "mem", Domains: map[string]string{"example.org": "other"}},
+	}
+	c := cache.New(64<<20, opts.maxMessage)
+	gw := New(cfg, c, testLogger())
+	srv := &pop3.Server{Backend: gw, Logger: testLogger()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &env{t: t, mem: mem, other: other, proxy: fp, cache: c, gw: gw, srv: srv, addr: ln.Addr().String(), config: cfg}
+}
+
+func (e *env) dial() *pop3client.Client {
+	e.t.Helper()
+	c, err := pop3client.Dial(e.addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (e *env) login(user, pass string) *pop3client.Client {
+	e.t.Helper()
+	c := e.dial()
+	if err := c.Login(user, pass); err != nil {
+		e.t.Fatalf("login %s: %v", user, err)
+	}
+	return c
+}
+
+func (e *env) deliver(user string, msgs ...string) {
+	e.t.Helper()
+	for _, m := range msgs {
+		if err := e.mem.Append(user, "INBOX", []byte(m)); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
+func (e *env) count(user string) int {
+	e.t.Helper()
+	n, err := e.mem.Count(user, "INBOX")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func must[T any](t *testing.T) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+func expectReply(t *testing.T, c *pop3client.Client, cmd, want string) {
+	t.Helper()
+	got, err := c.Cmd(cmd)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	if got != want {
+		t.Fatalf("%s: got %q, want %q", cmd, got, want)
+	}
+}
+
+var corpus = []string{
+	"Subject: one\r\n\r\nfirst\r\n",
+	"Subject: dots\r\n\r\n.\r\n..two\r\n.three\r\n",
+	"Subject: three\r\nX: y\r\n\r\nl1\r\nl2\r\nl3\r\n",
+}
+
+func TestMappedUserSession(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus...)
+	c := e.login("alice", localPassword)
+
+	count, size := must2(t)(c.Stat())
+	want := int64(len(corpus[0]) + len(corpus[1]) + len(corpus[2]))
+	if count != 3 || size != want {
+		t.Fatalf("STAT = %d %d, want 3 %d", count, size, want)
+	}
+	sizes := must[map[int]int64](t)(c.List())
+	uidls := must[[]pop3client.Entry](t)(c.UIDL())
+	for i, m := range corpus {
+		if sizes[i+1] != int64(len(m)) {
+			t.Errorf("LIST %d = %d, want %d", i+1, sizes[i+1], len(m))
+		}
+		body := must[[]byte](t)(c.Retr(i + 1))
+		if string(body) != m {
+			t.Errorf("RETR %d = %q, want %q", i+1, body, m)
+		}
+		if want := fmt.Sprintf("%08X00000001", i+1); uidls[i].Value != want {
+			t.Errorf("UIDL %d = %q, want %q", i+1, uidls[i].Value, want)
+		}
+	}
+	top := must[[]byte](t)(c.Top(3, 2))
+	if string(top) != "Subject: three\r\nX: y\r\n\r\nl1\r\nl2\r\n" {
+		t.Errorf("TOP 3 2 = %q", top)
+	}
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return e.count("alice@example.com") == 2 })
+
+	// The next session sees the remaining messages with the same UIDLs.
+	c = e.login("alice", localPassword)
+	uidls = must[[]pop3client.Entry](t)(c.UIDL())
+	if len(uidls) != 2 || uidls[0].Value != "0000000100000001" || uidls[1].Value != "0000000300000001" {
+		t.Fatalf("UIDL after delete = %+v", uidls)
+	}
+	body := must[[]byte](t)(c.Retr(2))
+	if string(body) != corpus[2] {
+		t.Fatalf("RETR 2 = %q", body)
+	}
+}
+
+func must2(t *testing.T) func(int, int64, error) (int, int64) {
+	return func(a int, b int64, err error) (int, int64) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, b
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not met in time")
+}
+
+func TestListIsFixedForTheSession(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus[0])
+	c := e.login("alice", localPassword)
+	e.deliver("alice@example.com", corpus[1])
+	if n, _ := must2(t)(c.Stat()); n != 1 {
+		t.Fatalf("STAT counted %d messages; mail that arrived after login must wait", n)
+	}
+	expectReply(t, c, "RETR 2", "-ERR There's no message 2.")
+}
+
+func TestPassthroughAndDomains(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("bob@example.com", corpus[0])
+	if err := e.other.Append("carol@example.org", "INBOX", []byte(corpus[1])); err != nil {
+		t.Fatal(err)
+	}
+	c := e.login("bob@example.com", "upstream-bob@example.com")
+	if body := must[[]byte](t)(c.Retr(1)); string(body) != corpus[0] {
+		t.Fatalf("bob RETR 1 = %q", body)
+	}
+	c = e.login("carol@example.org", "carol-pass")
+	if body := must[[]byte](t)(c.Retr(1)); string(body) != corpus[1] {
+		t.Fatalf("carol RETR 1 = %q (domain routing)", body)
+	}
+}
+
+func TestRefusedLoginsLookAlike(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const refused = "-ERR [AUTH] Authentication failed."
+	for _, tc := range []struct{ user, pass, why string }{
+		{"alice", "wrong", "wrong local password"},
+		{"alice", "upstream-alice@example.com", "upstream password is not a local password"},
+		{"alice@example.com", "wrong", "upstream refuses passthrough credentials"},
+		{"nobody@example.com", "x", "unknown upstream user"},
+	} {
+		c := e.dial()
+		expectReply(t, c, "USER "+tc.user, "+OK")
+		expectReply(t, c, "PASS "+tc.pass, refused)
+	}
+	// With no passthrough, an unknown user is refused the same way.
+	cfg := *e.config
+	cfg.Passthrough = nil
+	e.gw.Reload(&cfg)
+	c := e.dial()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS upstream-bob@example.com", refused)
+}
+
+func TestMaildropInUse(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus[0])
+	first := e.login("alice", localPassword)
+	second := e.dial()
+	expectReply(t, second, "USER alice", "+OK")
+	expectReply(t, second, "PASS "+localPassword, "-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+	// The same mailbox through passthrough is the same maildrop.
+	expectReply(t, second, "USER alice@example.com", "+OK")
+	expectReply(t, second, "PASS upstream-alice@example.com", "-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+	if err := first.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		c := e.dial()
+		defer c.Close()
+		return c.Login("alice", localPassword) == nil
+	})
+}
+
+func TestUpstreamUnreachable(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	cfg := *e.config
+	up := *cfg.Upstreams["mem"]
+	up.Server.Address = dead
+	cfg.Upstreams = map[string]*Upstream{"mem": &up}
+	e.gw.Reload(&cfg)
+	c := e.dial()
+	expectReply(t, c, "USER alice", "+OK")
+	expectReply(t, c, "PASS "+localPassword, "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+}
+
+func TestCacheServesRepeatReads(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus...)
+	c := e.login("alice", localPassword)
+	must[[]byte](t)(c.Top(1, 0)) // fetches and caches the whole message
+	must[[]byte](t)(c.Retr(1))
+	must[[]byte](t)(c.Retr(1))
+	must[[]byte](t)(c.Retr(2))
+	must[[]byte](t)(c.Top(2, 1))
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream body fetches, want 2", n)
+	}
+	c.Quit()
+	// Another session of the same account shares the cache.
+	c = e.login("alice", localPassword)
+	must[[]byte](t)(c.Retr(2))
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream body fetches after a new session, want 2", n)
+	}
+}
+
+func TestWrongUpstreamSizeIsCorrected(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	// Stored with bare LF, the server counts 4 octets fewer than POP3 sends.
+	raw := "Subject: lf\n\nline 1\nline 2"
+	exact := "Subject: lf\r\n\r\nline 1\r\nline 2\r\n"
+	e.deliver("alice@example.com", raw)
+	c := e.login("alice", localPassword)
+	if _, size := must2(t)(c.Stat()); size != int64(len(raw)) {
+		t.Fatalf("STAT size %d, want the upstream's %d before the message is read", size, len(raw))
+	}
+	body := must[[]byte](t)(c.Retr(1))
+	if string(body) != exact {
+		t.Fatalf("RETR = %q", body)
+	}
+	// From now on this session lists the octets RETR sends.
+	expectReply(t, c, "LIST 1", fmt.Sprintf("+OK 1 %d", len(exact)))
+	expectReply(t, c, "RETR 1", fmt.Sprintf("+OK %d octets", len(exact)))
+	c.RawMulti()
+	c.Quit()
+	// And so does the next one, from the start.
+	c = e.login("alice", localPassword)
+	if _, size := must2(t)(c.Stat()); size != int64(len(exact)) {
+		t.Fatalf("next session STAT size %d, want %d", size, len(exact))
+	}
+}
+
+func TestDeleteModes(t *testing.T) {
+	for _, mode := range []upstream.DeleteMode{upstream.DeleteExpunge, upstream.DeleteTrash, upstream.DeleteSeen, upstream.DeleteKeep} {
+		t.Run(string(mode), func(t *testing.T) {
+			e := newEnv(t, envOptions{onDelete: mode})
+			e.deliver("alice@example.com", corpus...)
+			c := e.login("alice", localPassword)
+			c.Dele(1)
+			c.Dele(3)
+			if err := c.Quit(); err != nil {
+				t.Fatal(err)
+			}
+			wantInbox, wantTrash := 3, 0
+			switch mode {
+			case upstream.DeleteExpunge:
+				wantInbox = 1
+			case upstream.DeleteTrash:
+				wantInbox, wantTrash = 1, 2
+			}
+			waitFor(t, func() bool { return e.count("alice@example.com") == wantInbox })
+			if n, _ := e.mem.Count("alice@example.com", "Trash"); n != wantTrash {
+				t.Fatalf("Trash holds %d, want %d", n, wantTrash)
+			}
+			// RSET before QUIT deletes nothing.
+			c = e.login("alice", localPassword)
+			c.Dele(1)
+			c.OK("RSET")
+			c.Quit()
+			time.Sleep(50 * time.Millisecond)
+			if n := e.count("alice@example.com"); n != wantInbox {
+				t.Fatalf("RSET lost a message: %d left", n)
+			}
+		})
+	}
+}
+
+func TestClientVanishesMidRetr(t *testing.T) {
+	e := newEnv(t, envOptions{maxMessage: 1 << 20})
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 20<<10) // 20 MB
+	e.deliver("alice@example.com", big, corpus[0])
+	c := e.login("alice", localPassword)
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	c.Send("RETR 1")
+	if reply, _ := c.Line(); !strings.HasPrefix(reply, "+OK") {
+		t.Fatalf("RETR 1: %q", reply)
+	}
+	buf := make([]byte, 64<<10)
+	io.ReadFull(c.Conn(), buf)
+	c.Close()
+	// The gateway abandons the transfer: the upstream connection closes
+	// long before the whole message has crossed it, and nothing is deleted.
+	waitFor(t, func() bool { return e.proxy.closedUps.Load() >= 1 })
+	if n := e.proxy.toClient.Load(); n >= int64(len(big)) {
+		t.Fatalf("the upstream sent all %d octets after the client left", n)
+	}
+	if n := e.count("alice@example.com"); n != 2 {
+		t.Fatalf("%d messages left, want 2", n)
+	}
+	// The maildrop is free again.
+	waitFor(t, func() bool {
+		c := e.dial()
+		defer c.Close()
+		return c.Login("alice", localPassword) == nil
+	})
+}
+
+func TestUpstreamDropsMidMessage(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	body := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
+	e.deliver("alice@example.com", body)
+	c := e.login("alice", localPassword)
+	e.proxy.cutAfter.Store(100_000)
+	c.Send("RETR 1")
+	reply, _ := c.Line()
+	if reply != fmt.Sprintf("+OK %d octets", len(body)) {
+		t.Fatalf("RETR reply %q", reply)
+	}
+	got, err := c.RawMulti()
+	if err == nil {
+		t.Fatalf("a cut message was terminated as if whole (%d octets)", len(got))
+	}
+	if len(got) >= len(body) {
+		t.Fatalf("got %d octets of %d", len(got), len(body))
+	}
+	if n := e.count("alice@example.com"); n != 1 {
+		t.Fatalf("%d messages left, want 1", n)
+	}
+}
+
+func TestUpstreamStallsTimesOut(t *testing.T) {
+	e := newEnv(t, envOptions{timeout: 300 * time.Millisecond})
+	e.deliver("alice@example.com", corpus...)
+	c := e.login("alice", localPassword)
+	// Idle longer than the timeout between commands is fine.
+	time.Sleep(500 * time.Millisecond)
+	must[[]byte](t)(c.Retr(1))
+	e.proxy.stall.Store(true)
+	start := time.Now()
+	expectReply(t, c, "RETR 2", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("timeout took %v", d)
+	}
+	if _, err := c.Line(); err == nil {
+		t.Fatal("session went on after the upstream timed out")
+	}
+}
+
+func TestMessageExpungedByAnotherClient(t *testing.T) {
+	e := newEnv(t, envOptions{onDelete: upstream.DeleteExpunge})
+	e.deliver("alice@example.com", corpus...)
+	c := e.login("alice", localPassword)
+	// Another IMAP client removes message 2 during the POP3 session.
+	sess := must[*upstream.Session](t)(upstream.Dial(context.Background(), &upstream.Server{Address: e.mem.Addr(), Security: upstream.SecurityNone}))
+	defer sess.Close()
+	if err := sess.Login(context.Background(), "alice@example.com", "upstream-alice@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	must[*upstream.Mailbox](t)(sess.Select(context.Background(), "INBOX"))
+	if err := sess.Delete(context.Background(), []uint32{2}, upstream.DeleteExpunge, ""); err != nil {
+		t.Fatal(err)
+	}
+	expectReply(t, c, "RETR 2", "-ERR Message was removed by another client.")
+	if body := must[[]byte](t)(c.Retr(3)); string(body) != corpus[2] {
+		t.Fatalf("RETR 3 = %q", body)
+	}
+}
+
+func testLogger() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
