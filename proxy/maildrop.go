@@ -69,12 +69,12 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 }
 
 // uidl is the unique-id of a message (RFC 1939 §7): its UID and the
-// mailbox's UIDVALIDITY, each as eight upper-case hex digits. That is
-// Dovecot's default pop3_uidl_format (%08Xu%08Xv), so clients moving from
-// Dovecot's own POP3 server to the gateway in front of the same mailbox
-// do not download everything again.
+// mailbox's UIDVALIDITY, each as eight lower-case hex digits. That is what
+// Dovecot's default pop3_uidl_format (%08Xu%08Xv) produces, so clients
+// moving from Dovecot's own POP3 server to the gateway in front of the same
+// mailbox do not download everything again.
 func uidl(uidValidity, uid uint32) string {
-	return fmt.Sprintf("%08X%08X", uid, uidValidity)
+	return fmt.Sprintf("%08x%08x", uid, uidValidity)
 }
 
 func (m *maildrop) key(i int) cache.Key {
@@ -83,8 +83,10 @@ func (m *maildrop) key(i int) cache.Key {
 
 func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 
-// Open serves the message from the cache, or streams it from the server
-// while filling the cache.
+// Open serves the message from the cache, or fetches it. A message the
+// cache can hold is read whole before Open returns, so the size announced
+// by RETR is the exact one and a failure upstream is a clean -ERR rather
+// than a cut transfer. Larger messages stream through as they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	k := m.key(i)
 	if body, ok := m.g.cache.Get(k); ok {
@@ -99,10 +101,25 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		return nil, err
 	}
 	r := &messageReader{m: m, i: i, ctx: ctx, raw: raw, r: pop3.NewCRLFReader(raw)}
-	if m.msgs[i].Size <= m.g.cache.MaxMessage() {
-		r.buf = make([]byte, 0, m.msgs[i].Size+2)
+	limit := m.g.cache.MaxMessage()
+	if m.msgs[i].Size > limit {
+		return r, nil
 	}
-	return r, nil
+	r.buf = make([]byte, 0, m.msgs[i].Size+2)
+	head, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	if r.eof {
+		r.Close()
+		return io.NopCloser(bytes.NewReader(head)), nil
+	}
+	// The server's size was too small: send what was read, then the rest.
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(head), r), r}, nil
 }
 
 func (m *maildrop) setSize(i int, size int64) {

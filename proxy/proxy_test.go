@@ -1,8 +1,8 @@
 package proxy
 
 import (
-		"context"
-		"fmt"
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -205,7 +205,7 @@ func TestMappedUserSession(t *testing.T) {
 		if string(body) != m {
 			t.Errorf("RETR %d = %q, want %q", i+1, body, m)
 		}
-		if want := fmt.Sprintf("%08X00000001", i+1); uidls[i].Value != want {
+		if want := fmt.Sprintf("%08x00000001", i+1); uidls[i].Value != want {
 			t.Errorf("UIDL %d = %q, want %q", i+1, uidls[i].Value, want)
 		}
 	}
@@ -369,14 +369,14 @@ func TestWrongUpstreamSizeIsCorrected(t *testing.T) {
 	if _, size := must2(t)(c.Stat()); size != int64(len(raw)) {
 		t.Fatalf("STAT size %d, want the upstream's %d before the message is read", size, len(raw))
 	}
-	body := must[[]byte](t)(c.Retr(1))
+	// RETR announces the octets it sends.
+	expectReply(t, c, "RETR 1", fmt.Sprintf("+OK %d octets", len(exact)))
+	body := must[[]byte](t)(c.RawMulti())
 	if string(body) != exact {
 		t.Fatalf("RETR = %q", body)
 	}
-	// From now on this session lists the octets RETR sends.
+	// From now on this session lists them too.
 	expectReply(t, c, "LIST 1", fmt.Sprintf("+OK 1 %d", len(exact)))
-	expectReply(t, c, "RETR 1", fmt.Sprintf("+OK %d octets", len(exact)))
-	c.RawMulti()
 	c.Quit()
 	// And so does the next one, from the start.
 	c = e.login("alice", localPassword)
@@ -453,25 +453,38 @@ func TestClientVanishesMidRetr(t *testing.T) {
 }
 
 func TestUpstreamDropsMidMessage(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	body := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
-	e.deliver("alice@example.com", body)
+	e := newEnv(t, envOptions{maxMessage: 200_000})
+	small := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 10000)
+	large := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
+	e.deliver("alice@example.com", small, large)
+
+	// A message the cache can hold is read whole before the reply: a cut
+	// gives a clean -ERR, and the session ends.
 	c := e.login("alice", localPassword)
-	e.proxy.cutAfter.Store(100_000)
-	c.Send("RETR 1")
+	e.proxy.cutAfter.Store(50_000)
+	expectReply(t, c, "RETR 1", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+	if _, err := c.Line(); err == nil {
+		t.Fatal("session went on after the upstream dropped")
+	}
+
+	// A larger one streams: the client sees the connection close before
+	// the terminating line, never a shortened message that looks whole.
+	c = e.login("alice", localPassword)
+	e.proxy.cutAfter.Store(300_000)
+	c.Send("RETR 2")
 	reply, _ := c.Line()
-	if reply != fmt.Sprintf("+OK %d octets", len(body)) {
+	if reply != fmt.Sprintf("+OK %d octets", len(large)) {
 		t.Fatalf("RETR reply %q", reply)
 	}
 	got, err := c.RawMulti()
 	if err == nil {
 		t.Fatalf("a cut message was terminated as if whole (%d octets)", len(got))
 	}
-	if len(got) >= len(body) {
-		t.Fatalf("got %d octets of %d", len(got), len(body))
+	if len(got) >= len(large) {
+		t.Fatalf("got %d octets of %d", len(got), len(large))
 	}
-	if n := e.count("alice@example.com"); n != 1 {
-		t.Fatalf("%d messages left, want 1", n)
+	if n := e.count("alice@example.com"); n != 2 {
+		t.Fatalf("%d messages left, want 2", n)
 	}
 }
 

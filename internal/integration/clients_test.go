@@ -25,7 +25,7 @@ func TestRealClients(t *testing.T) {
 	}
 	users := map[string]string{}
 	for _, c := range clients {
-		users[c.name] = "pw " + c.name + ` "quoted"`
+		users[c.name] = "pw " + c.name + ";x"
 	}
 	dc := dovecottest.Start(t, users)
 	gw := startGateway(t, dc.IMAPAddr(), upstream.DeleteExpunge)
