@@ -42,8 +42,8 @@ func demoCmd(args []string, stdout, stderr io.Writer) int {
 }
 
 // runDemo serves the gateway on listen in front of an in-memory upstream
-// seeded with sample mail, until ctx is done. Deletes are kept upstream, so
-// the demo can be replayed.
+// seeded with sample mail, until ctx is done. The mail lives in memory, so
+// every run starts from the same sample messages.
 func runDemo(ctx context.Context, listen string, log *slog.Logger, ready func(addr string)) error {
 	mem, err := imapmem.Start("127.0.0.1:0", nil)
 	if err != nil {
