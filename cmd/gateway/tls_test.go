@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testenv"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 and its key as
@@ -120,7 +121,7 @@ func TestServeTLS(t *testing.T) {
 
 	// Real client: curl over pop3s and over STLS, verifying the certificate.
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Log("curl not found (Debian package curl): skipping the curl part")
+		testenv.Missing(t, "curl not found: install the Debian package curl")
 	} else {
 		for _, url := range []string{"pop3s://" + addrs["pop3s"] + "/1", "pop3://" + addrs["pop3"] + "/1"} {
 			cmdCtx, stop := context.WithTimeout(ctx, 30*time.Second)

@@ -32,6 +32,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pop3gw/gateway/internal/testenv"
 )
 
 // Timeout bounds every client command.
@@ -86,7 +88,7 @@ func newBase(t testing.TB, name, pkg, addr, user, pass string) *base {
 	t.Helper()
 	bin, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("%s not found: install the Debian package %s", name, pkg)
+		testenv.Missing(t, fmt.Sprintf("%s not found: install the Debian package %s", name, pkg))
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

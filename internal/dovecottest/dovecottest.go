@@ -24,6 +24,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pop3gw/gateway/internal/testenv"
 )
 
 const skipMessage = "dovecot not found: install the Debian packages dovecot-imapd and dovecot-pop3d"
@@ -77,7 +79,7 @@ func Start(t testing.TB, users map[string]string) *Server {
 	t.Helper()
 	bin := findDovecot()
 	if bin == "" {
-		t.Skip(skipMessage)
+		testenv.Missing(t, skipMessage)
 	}
 	for u, p := range users {
 		if u == "" || strings.ContainsAny(u, ":/\r\n\x00%") || u == "." || u == ".." {
