@@ -200,6 +200,13 @@ auth_failure_delay = 0
 mail_max_userip_connections = 100
 mail_location = maildir:~/Maildir
 pop3_uidl_format = %%08Xu%%08Xv
+namespace inbox {
+  inbox = yes
+  mailbox Trash {
+    special_use = \Trash
+    auto = create
+  }
+}
 first_valid_uid = %[4]d
 first_valid_gid = %[5]d
 passdb {

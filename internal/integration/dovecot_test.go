@@ -2,7 +2,9 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 	"testing"
@@ -189,5 +191,57 @@ func TestMatchesDovecotPOP3(t *testing.T) {
 			t.Errorf("UIDL line %q: not a unique id of 1-70 printable characters", line)
 		}
 		seen[f[1]] = true
+	}
+}
+
+// TestDeleteToDovecotTrash: with on_delete trash, QUIT moves the deleted
+// messages to the mailbox Dovecot marks \Trash (RFC 6154), found without
+// configuration.
+func TestDeleteToDovecotTrash(t *testing.T) {
+	dc := dovecottest.Start(t, map[string]string{"tina": "tina-pass"})
+	dc.Deliver(t, "tina", []byte("Subject: a\n\nkeep\n"), []byte("Subject: b\n\ntrash me\n"), []byte("Subject: c\n\nkeep too\n"))
+	gw := startGateway(t, dc.IMAPAddr(), upstream.DeleteTrash)
+
+	c, err := pop3client.Dial(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("tina", "tina-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := context.Background()
+	sess, err := upstream.Dial(ctx, &upstream.Server{Address: dc.IMAPAddr(), Security: upstream.SecurityNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	if err := sess.Login(ctx, "tina", "tina-pass"); err != nil {
+		t.Fatal(err)
+	}
+	for mailbox, want := range map[string]uint32{"INBOX": 2, "Trash": 1} {
+		mb, err := sess.Select(ctx, mailbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mb.Messages != want {
+			t.Errorf("%s holds %d messages, want %d", mailbox, mb.Messages, want)
+		}
+	}
+	r, err := sess.Fetch(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r)
+	r.Close()
+	if !bytes.Contains(body, []byte("trash me")) {
+		t.Errorf("Trash holds %q", body)
 	}
 }
