@@ -12,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
+	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
 	"log/slog"
 	"math/big"
@@ -269,16 +270,7 @@ func TestTransaction(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("condition not met in time")
-}
+func waitFor(t *testing.T, cond func() bool) { t.Helper(); testenv.WaitFor(t, cond) }
 
 func TestDroppedConnectionDeletesNothing(t *testing.T) {
 	h := newHarness(t, nil)

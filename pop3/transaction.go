@@ -3,6 +3,7 @@ package pop3
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -68,16 +69,29 @@ func (c *conn) stat(arg string) error {
 	return nil
 }
 
+// list answers LIST (RFC 1939 §5): sizes.
 func (c *conn) list(arg string) error {
+	return c.listing(arg, func(count int) string { return fmt.Sprintf("+OK %d messages:", count) },
+		func(m Message) string { return strconv.FormatInt(m.Size, 10) })
+}
+
+// uidl answers UIDL (RFC 1939 §7): unique-ids.
+func (c *conn) uidl(arg string) error {
+	return c.listing(arg, func(int) string { return "+OK" },
+		func(m Message) string { return m.UIDL })
+}
+
+// listing answers LIST or UIDL: one message when an argument names it,
+// otherwise every message not marked deleted, after the header line.
+func (c *conn) listing(arg string, header func(count int) string, value func(Message) string) error {
 	fields, ok := c.args(arg, 0, 1)
 	if !ok {
 		return c.badCommand()
 	}
 	msgs := c.maildrop.Messages()
 	if len(fields) == 1 {
-		i, ok := c.message(fields[0])
-		if ok {
-			c.reply("+OK %d %d", i+1, msgs[i].Size)
+		if i, ok := c.message(fields[0]); ok {
+			c.reply("+OK %d %s", i+1, value(msgs[i]))
 		}
 		return nil
 	}
@@ -87,33 +101,10 @@ func (c *conn) list(arg string) error {
 			count++
 		}
 	}
-	c.reply("+OK %d messages:", count)
+	c.reply("%s", header(count))
 	for i, m := range msgs {
 		if !c.deleted[i] {
-			c.reply("%d %d", i+1, m.Size)
-		}
-	}
-	c.reply(".")
-	return nil
-}
-
-func (c *conn) uidl(arg string) error {
-	fields, ok := c.args(arg, 0, 1)
-	if !ok {
-		return c.badCommand()
-	}
-	msgs := c.maildrop.Messages()
-	if len(fields) == 1 {
-		i, ok := c.message(fields[0])
-		if ok {
-			c.reply("+OK %d %s", i+1, msgs[i].UIDL)
-		}
-		return nil
-	}
-	c.reply("+OK")
-	for i, m := range msgs {
-		if !c.deleted[i] {
-			c.reply("%d %s", i+1, m.UIDL)
+			c.reply("%d %s", i+1, value(m))
 		}
 	}
 	c.reply(".")

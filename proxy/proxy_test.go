@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
 	"log/slog"
 	"net"
@@ -243,16 +244,7 @@ func must2(t *testing.T) func(int, int64, error) (int, int64) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("condition not met in time")
-}
+func waitFor(t *testing.T, cond func() bool) { t.Helper(); testenv.WaitFor(t, cond) }
 
 func TestListIsFixedForTheSession(t *testing.T) {
 	e := newEnv(t, envOptions{})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
 	"log/slog"
 	"os"
@@ -263,15 +264,6 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("condition not met in time")
-}
+func waitFor(t *testing.T, cond func() bool) { t.Helper(); testenv.WaitFor(t, cond) }
 
 var _ = pop3.ErrServerClosed

@@ -6,6 +6,7 @@ package testenv
 import (
 	"os"
 	"testing"
+	"time"
 )
 
 // Missing skips t with msg, or fails it when the CI variable is set.
@@ -15,4 +16,16 @@ func Missing(t testing.TB, msg string) {
 		t.Fatalf("%s (CI is set, so this is an error)", msg)
 	}
 	t.Skip(msg)
+}
+
+// WaitFor polls cond until it holds, failing t after five seconds.
+func WaitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
