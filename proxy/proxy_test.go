@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -39,7 +41,7 @@ type envOptions struct {
 	onDelete   upstream.DeleteMode
 	timeout    time.Duration
 	maxMessage int64
-	caps       bool // restrict the upstream to plain IMAP4rev1
+	log        *slog.Logger // default: discard, or stderr with -v
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -106,8 +108,12 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		Passthrough: &Passthrough{Upstream: "mem", Domains: map[string]string{"example.org": "other"}},
 	}
 	c := cache.New(64<<20, opts.maxMessage)
-	gw := New(cfg, c, testLogger())
-	srv := &pop3.Server{Backend: gw, Logger: testLogger()}
+	log := opts.log
+	if log == nil {
+		log = testLogger()
+	}
+	gw := New(cfg, c, log)
+	srv := &pop3.Server{Backend: gw, Logger: log}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -523,4 +529,59 @@ func testLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
+}
+
+// TestNoSecretInLogs captures every log line, at debug level, of sessions
+// with refused and accepted logins of each kind, and finds no secret.
+func TestNoSecretInLogs(t *testing.T) {
+	var logs syncBuffer
+	e := newEnv(t, envOptions{log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	e.deliver("alice@example.com", corpus[0])
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	secrets := []string{localPassword, "upstream-alice@example.com", "upstream-bob@example.com", "wrong-guess-1", "wrong-guess-2"}
+	for _, script := range [][]string{
+		{"USER alice", "PASS wrong-guess-1", "USER alice", "PASS " + localPassword, "RETR 1", "QUIT"},
+		{"AUTH PLAIN " + b64("\x00alice\x00wrong-guess-2"), "AUTH PLAIN " + b64("\x00alice\x00"+localPassword), "QUIT"},
+		{"AUTH LOGIN", b64("bob@example.com"), b64("upstream-bob@example.com"), "QUIT"},
+		{"USER bob@example.com", "PASS wrong-guess-1", "QUIT"},
+	} {
+		c := e.dial()
+		for _, line := range script {
+			if _, err := c.Cmd(line); err != nil {
+				t.Fatal(err)
+			}
+			if line == "RETR 1" {
+				c.RawMulti()
+			}
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	out := logs.String()
+	if !strings.Contains(out, "logged in") || !strings.Contains(out, "login refused") {
+		t.Fatalf("the logs miss the logins:\n%s", out)
+	}
+	for _, s := range secrets {
+		for _, form := range []string{s, b64(s), b64("\x00alice\x00" + s)} {
+			if strings.Contains(out, form) {
+				t.Fatalf("secret %q appears in the logs:\n%s", s, out)
+			}
+		}
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

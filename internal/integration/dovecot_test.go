@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -243,5 +244,47 @@ func TestDeleteToDovecotTrash(t *testing.T) {
 	r.Close()
 	if !bytes.Contains(body, []byte("trash me")) {
 		t.Errorf("Trash holds %q", body)
+	}
+}
+
+// TestLargeMessageStreams: a message over the cache ceiling passes through
+// without being held whole in memory.
+func TestLargeMessageStreams(t *testing.T) {
+	dc := dovecottest.Start(t, map[string]string{"big": "big-pass"})
+	line := strings.Repeat("0123456789", 7) + "\n"
+	msg := "Subject: big\n\n" + strings.Repeat(line, (24<<20)/len(line))
+	dc.Deliver(t, "big", []byte(msg))
+	gw := startGateway(t, dc.IMAPAddr(), upstream.DeleteKeep) // cache ceiling 4 MiB
+
+	c, err := pop3client.Dial(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Minute))
+	if err := c.Login("big", "big-pass"); err != nil {
+		t.Fatal(err)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	reply, err := c.OK("RETR 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Count the octets without keeping them.
+	n, err := c.DiscardMulti()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	want := int64(len(msg) + strings.Count(msg, "\n"))
+	if reply != fmt.Sprintf("+OK %d octets", want) || n != want {
+		t.Fatalf("RETR: %q and %d octets, want %d", reply, n, want)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 8<<20 {
+		t.Fatalf("streaming %d octets allocated %d bytes", n, alloc)
+	} else {
+		t.Logf("streamed %d octets with %d bytes allocated", n, alloc)
 	}
 }

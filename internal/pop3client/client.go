@@ -252,3 +252,24 @@ func (c *Client) Quit() error {
 	_, err := c.OK("QUIT")
 	return err
 }
+
+// DiscardMulti reads a multi-line reply to its end without keeping it and
+// returns the number of octets after unstuffing, CRLFs included.
+func (c *Client) DiscardMulti() (int64, error) {
+	var n int64
+	lineStart := true
+	for {
+		chunk, err := c.r.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return n, fmt.Errorf("pop3client: multi-line reply cut short: %w", err)
+		}
+		if lineStart && string(chunk) == ".\r\n" {
+			return n, nil
+		}
+		if lineStart && len(chunk) > 0 && chunk[0] == '.' {
+			n--
+		}
+		n += int64(len(chunk))
+		lineStart = err == nil
+	}
+}
