@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -534,7 +533,7 @@ func testLogger() *slog.Logger {
 // TestNoSecretInLogs captures every log line, at debug level, of sessions
 // with refused and accepted logins of each kind, and finds no secret.
 func TestNoSecretInLogs(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.Buffer
 	e := newEnv(t, envOptions{log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	e.deliver("alice@example.com", corpus[0])
 	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
@@ -567,21 +566,4 @@ func TestNoSecretInLogs(t *testing.T) {
 			}
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

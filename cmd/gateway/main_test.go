@@ -158,7 +158,7 @@ func TestServeReloadAndDrain(t *testing.T) {
 	hup := make(chan os.Signal, 1)
 	ready := make(chan map[string]string, 1)
 	done := make(chan error, 1)
-	logs := &syncWriter{w: &bytes.Buffer{}}
+	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	go func() { done <- serve(ctx, f.config, log, hup, ready) }()
 	var addrs map[string]string

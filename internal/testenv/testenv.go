@@ -5,6 +5,8 @@ package testenv
 
 import (
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -28,4 +30,23 @@ func WaitFor(t testing.TB, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Buffer collects output, such as log lines, written by other goroutines
+// while a test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
