@@ -31,6 +31,7 @@ import (
 type maildrop struct {
 	g       *Gateway
 	sess    *upstream.Session
+	acct    *account
 	up      *Upstream
 	log     *slog.Logger
 	account string
@@ -50,6 +51,7 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 	m := &maildrop{
 		g:       g,
 		sess:    sess,
+		acct:    acct,
 		up:      acct.upstream,
 		log:     log,
 		account: acct.key(),
@@ -93,14 +95,20 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		m.setSize(i, int64(len(body)))
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
-	raw, err := m.sess.Fetch(ctx, m.uids[i])
-	if errors.Is(err, upstream.ErrMessageGone) {
-		return nil, errMessageGone
-	}
+	sess, err := m.session(ctx)
 	if err != nil {
 		return nil, err
 	}
-	r := &messageReader{m: m, i: i, ctx: ctx, raw: raw, r: pop3.NewCRLFReader(raw)}
+	fetchCtx, abandon := context.WithCancel(ctx)
+	raw, err := sess.Fetch(fetchCtx, m.uids[i])
+	if err != nil {
+		abandon()
+		if errors.Is(err, upstream.ErrMessageGone) {
+			return nil, errMessageGone
+		}
+		return nil, err
+	}
+	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: raw, r: pop3.NewCRLFReader(raw)}
 	limit := m.g.cache.MaxMessage()
 	if m.msgs[i].Size > limit {
 		return r, nil
@@ -133,15 +141,16 @@ func (m *maildrop) setSize(i int, size int64) {
 // messageReader normalises a message from the server, counts it and keeps
 // a copy for the cache while it fits.
 type messageReader struct {
-	m   *maildrop
-	i   int
-	ctx context.Context
-	raw io.ReadCloser
-	r   io.Reader
-	n   int64
-	buf []byte // nil once the message outgrew the cache's ceiling
-	eof bool
-	err error
+	m       *maildrop
+	i       int
+	ctx     context.Context
+	abandon context.CancelFunc // drops the upstream connection mid-transfer
+	raw     io.ReadCloser
+	r       io.Reader
+	n       int64
+	buf     []byte // nil once the message outgrew the cache's ceiling
+	eof     bool
+	err     error
 }
 
 func (r *messageReader) Read(p []byte) (int, error) {
@@ -182,12 +191,23 @@ func (r *messageReader) finish() {
 	r.m.setSize(r.i, r.n)
 }
 
-// Close after a partial read (TOP) reads the rest, so the message is
-// cached for the RETR that often follows, unless the read was abandoned.
+// drainLimit is how much of a message Close reads to finish a transfer
+// that was stopped early (TOP); with more left, dropping the connection and
+// logging in again costs less.
+const drainLimit = 256 << 10
+
+// Close after a partial read (TOP) finishes the transfer: a message the
+// cache can hold is read to its end and cached for the RETR that often
+// follows; of a larger one, a short rest is drained, and otherwise the
+// connection is dropped, to be replaced at the next command.
 func (r *messageReader) Close() error {
+	defer r.abandon()
 	if !r.eof && r.err == nil && r.ctx.Err() == nil {
-		if r.buf != nil {
+		switch {
+		case r.buf != nil:
 			io.Copy(io.Discard, r)
+		case r.m.msgs[r.i].Size-r.n > drainLimit:
+			r.abandon()
 		}
 	}
 	return r.raw.Close()
@@ -199,11 +219,36 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	for j, i := range deleted {
 		uids[j] = m.uids[i]
 	}
-	if err := m.sess.Delete(ctx, uids, m.up.OnDelete, m.up.Trash); err != nil {
+	sess, err := m.session(ctx)
+	if err != nil {
+		return err
+	}
+	if err := sess.Delete(ctx, uids, m.up.OnDelete, m.up.Trash); err != nil {
 		return err
 	}
 	m.log.Info("deletes applied", "count", len(uids), "mode", m.up.OnDelete)
 	return nil
+}
+
+// session returns the upstream session, logging in again if the connection
+// was dropped: deliberately after a stopped transfer, or by the server
+// while the client was idle. The snapshot stays valid only while the
+// mailbox keeps its UIDVALIDITY.
+func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
+	if m.sess.Alive() {
+		return m.sess, nil
+	}
+	m.sess.Close()
+	sess, err := m.g.open(ctx, m.acct)
+	if err != nil {
+		return nil, fmt.Errorf("reconnecting: %w", err)
+	}
+	m.sess = sess
+	if v := sess.Selected().UIDValidity; v != m.valid {
+		return nil, fmt.Errorf("reconnecting: UIDVALIDITY changed from %d to %d", m.valid, v)
+	}
+	m.log.Debug("upstream connection replaced")
+	return sess, nil
 }
 
 // Close logs out of the server and releases the maildrop.

@@ -567,3 +567,28 @@ func TestNoSecretInLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestTopOfLargeMessage: TOP of a message too large to cache stops the
+// transfer early instead of reading the whole message, and the session
+// goes on over a new upstream connection.
+func TestTopOfLargeMessage(t *testing.T) {
+	e := newEnv(t, envOptions{maxMessage: 1 << 20})
+	big := "Subject: big\r\n\r\n" + strings.Repeat("a line of the big message\r\n", 800_000) // 21 MB
+	e.deliver("alice@example.com", big, corpus[2])
+	c := e.login("alice", localPassword)
+	top := must[[]byte](t)(c.Top(1, 2))
+	if want := "Subject: big\r\n\r\na line of the big message\r\na line of the big message\r\n"; string(top) != want {
+		t.Fatalf("TOP 1 2 = %q", top)
+	}
+	if body := must[[]byte](t)(c.Retr(2)); string(body) != corpus[2] {
+		t.Fatalf("RETR 2 after TOP = %q", body)
+	}
+	c.Dele(2)
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.proxy.toClient.Load(); n > int64(len(big))/2 {
+		t.Fatalf("%d octets came from the upstream for a TOP of a %d-octet message", n, len(big))
+	}
+	waitFor(t, func() bool { return e.count("alice@example.com") == 1 })
+}

@@ -4,6 +4,7 @@ package imapmem
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 	"github.com/emersion/go-imap/v2/imapserver/imapmemserver"
+	"github.com/emersion/go-sasl"
 )
 
 // Server is a running in-memory IMAP server.
@@ -34,6 +36,16 @@ type Options struct {
 	Caps imap.CapSet
 	// Logger receives the server's error messages; nil discards them.
 	Logger *log.Logger
+	// TLSConfig enables TLS: STARTTLS, or TLS from the first octet with
+	// ImplicitTLS. With TLS, authentication is accepted only over TLS.
+	TLSConfig *tls.Config
+	// ImplicitTLS wraps the listener in TLS; it needs TLSConfig.
+	ImplicitTLS bool
+	// LoginOnly advertises no SASL mechanism (no AUTH=PLAIN), so clients
+	// must use LOGIN.
+	LoginOnly bool
+	// DebugWriter receives the raw traffic of every connection, after TLS.
+	DebugWriter io.Writer
 }
 
 // Start listens on addr ("127.0.0.1:0" for any free port) and serves.
@@ -56,17 +68,32 @@ func Start(addr string, opts *Options) (*Server, error) {
 		users: make(map[string]*imapmemserver.User),
 		done:  make(chan struct{}),
 	}
-	s.srv = imapserver.New(&imapserver.Options{
+	if opts.ImplicitTLS && opts.TLSConfig == nil {
+		return nil, errors.New("imapmem: ImplicitTLS needs a TLSConfig")
+	}
+	loginOnly := opts.LoginOnly
+	srvOpts := &imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			if loginOnly {
+				return &loginOnlySession{server: s}, nil, nil
+			}
 			return s.mem.NewSession(), nil, nil
 		},
 		Caps:         caps,
-		InsecureAuth: true,
+		InsecureAuth: opts.TLSConfig == nil,
 		Logger:       logger,
-	})
+		DebugWriter:  opts.DebugWriter,
+	}
+	if opts.TLSConfig != nil && !opts.ImplicitTLS {
+		srvOpts.TLSConfig = opts.TLSConfig
+	}
+	s.srv = imapserver.New(srvOpts)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if opts.ImplicitTLS {
+		ln = tls.NewListener(ln, opts.TLSConfig)
 	}
 	s.ln = ln
 	go func() {
@@ -86,7 +113,9 @@ func (s *Server) Close() error {
 	return err
 }
 
-// AddUser creates a user with an INBOX and a Trash mailbox marked \Trash.
+// AddUser creates a user with an INBOX and a Trash mailbox. Trash asks for
+// the \Trash special-use attribute, but imapmemserver does not keep it, so
+// LIST does not report it.
 func (s *Server) AddUser(name, password string) error {
 	u := imapmemserver.NewUser(name, password)
 	if err := u.Create("INBOX", nil); err != nil {
@@ -110,6 +139,36 @@ func (s *Server) user(name string) (*imapmemserver.User, error) {
 		return nil, fmt.Errorf("imapmem: no user %q", name)
 	}
 	return u, nil
+}
+
+// loginOnlySession is imapmemserver's session without SASL mechanisms.
+type loginOnlySession struct {
+	*imapmemserver.UserSession // nil until logged in
+
+	server *Server
+}
+
+var _ imapserver.SessionSASL = (*loginOnlySession)(nil)
+
+func (sess *loginOnlySession) Login(username, password string) error {
+	u, err := sess.server.user(username)
+	if err != nil {
+		return imapserver.ErrAuthFailed
+	}
+	if err := u.Login(username, password); err != nil {
+		return err
+	}
+	sess.UserSession = imapmemserver.NewUserSession(u)
+	return nil
+}
+
+func (sess *loginOnlySession) AuthenticateMechanisms() []string { return nil }
+
+func (sess *loginOnlySession) Authenticate(string) (sasl.Server, error) {
+	return nil, &imap.Error{
+		Type: imap.StatusResponseTypeNo,
+		Text: "SASL mechanism not supported",
+	}
 }
 
 type literal struct{ *bytes.Reader }
