@@ -267,3 +267,21 @@ func TestCheck(t *testing.T) {
 func waitFor(t *testing.T, cond func() bool) { t.Helper(); testenv.WaitFor(t, cond) }
 
 var _ = pop3.ErrServerClosed
+
+func TestProviderWithoutAddressIsRefused(t *testing.T) {
+	path := writeFile(t, "p.yaml", `listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  g:
+    provider: gmail
+passthrough:
+  upstream: g
+`, 0o600)
+	var stderr bytes.Buffer
+	if code := run([]string{"serve", "-config", path}, nil, io.Discard, &stderr); code == 0 {
+		t.Fatal("serve started with an upstream that has no address")
+	}
+	if !strings.Contains(stderr.String(), "set address") {
+		t.Fatalf("unclear error: %s", stderr.String())
+	}
+}

@@ -21,6 +21,9 @@ func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 		Users:     make(map[string]*proxy.User),
 	}
 	for name, u := range cfg.Upstreams {
+		if u.Address == "" {
+			return nil, fmt.Errorf("upstreams.%s: provider presets (%q) are not implemented yet: set address and tls", name, u.Provider)
+		}
 		tlsConfig, err := upstreamTLS(u)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams.%s: %w", name, err)
