@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -207,20 +208,27 @@ func (s *Session) Snapshot(ctx context.Context) ([]Entry, error) {
 		if msg == nil {
 			break
 		}
-		buf, err := msg.Collect()
-		if err != nil {
-			cmd.Close()
-			return nil, fmt.Errorf("upstream: listing messages: %w", err)
+		var uid imap.UID
+		size := int64(-1)
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch item := item.(type) {
+			case imapclient.FetchItemDataUID:
+				uid = item.UID
+			case imapclient.FetchItemDataRFC822Size:
+				size = item.Size
+			}
 		}
-		if buf.UID == 0 {
+		// A response without the size is a flag update the server sent
+		// on its own, e.g. for a message expunged by another client.
+		if uid == 0 || size < 0 {
 			continue
 		}
-		entries = append(entries, Entry{UID: uint32(buf.UID), Size: buf.RFC822Size})
+		entries = append(entries, Entry{UID: uint32(uid), Size: size})
 	}
 	if err := cmd.Close(); err != nil {
 		return nil, fmt.Errorf("upstream: listing messages: %w", err)
 	}
-	slices.SortFunc(entries, func(a, b Entry) int { return int(a.UID) - int(b.UID) })
+	slices.SortFunc(entries, func(a, b Entry) int { return cmp.Compare(a.UID, b.UID) })
 	entries = slices.CompactFunc(entries, func(a, b Entry) bool { return a.UID == b.UID })
 	return entries, nil
 }

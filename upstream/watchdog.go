@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"errors"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
@@ -17,6 +19,7 @@ type watchdogConn struct {
 
 	mu   sync.Mutex
 	busy int
+	err  error // set once a read timed out
 }
 
 func newWatchdogConn(c net.Conn, timeout time.Duration) *watchdogConn {
@@ -25,11 +28,23 @@ func newWatchdogConn(c net.Conn, timeout time.Duration) *watchdogConn {
 
 func (w *watchdogConn) Read(p []byte) (int, error) {
 	w.mu.Lock()
+	if w.err != nil {
+		w.mu.Unlock()
+		return 0, w.err
+	}
 	if w.busy > 0 {
 		w.Conn.SetReadDeadline(time.Now().Add(w.timeout))
 	}
 	w.mu.Unlock()
-	return w.Conn.Read(p)
+	n, err := w.Conn.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The IMAP decoder reads again after a failed read while it parses
+		// one response; without this each retry would wait another timeout.
+		w.mu.Lock()
+		w.err = err
+		w.mu.Unlock()
+	}
+	return n, err
 }
 
 func (w *watchdogConn) Write(p []byte) (int, error) {

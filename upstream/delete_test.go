@@ -1,0 +1,244 @@
+package upstream_test
+
+import (
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// rev1Only advertises IMAP4rev1 without UIDPLUS and MOVE.
+var rev1Only = imap.CapSet{imap.CapIMAP4rev1: {}}
+
+// loggedInCaps returns what the server advertises after login.
+func loggedInCaps(t *testing.T, addr string) imap.CapSet {
+	t.Helper()
+	c := client(t, addr, "INBOX")
+	caps, err := c.Capability().Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return caps
+}
+
+func TestServerCaps(t *testing.T) {
+	full := startMem(t, nil)
+	caps := loggedInCaps(t, full.Addr())
+	for _, c := range []imap.Cap{imap.CapUIDPlus, imap.CapMove} {
+		if !caps.Has(c) {
+			t.Errorf("default imapmem lacks %s", c)
+		}
+	}
+	old := startMem(t, &imapmem.Options{Caps: rev1Only})
+	caps = loggedInCaps(t, old.Addr())
+	for _, c := range []imap.Cap{imap.CapUIDPlus, imap.CapMove, imap.CapIMAP4rev2} {
+		if caps.Has(c) {
+			t.Errorf("IMAP4rev1-only imapmem advertises %s: %v", c, caps)
+		}
+	}
+}
+
+// captureLog sends the default slog logger's output to a buffer for the
+// rest of the test.
+func captureLog(t *testing.T) *testenv.Buffer {
+	t.Helper()
+	var buf testenv.Buffer
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+	return &buf
+}
+
+const leftFlaggedWarning = "leaving ours flagged"
+
+// deleteSetup starts a server with five messages in INBOX, where another
+// client flagged otherDeleted \Deleted (none if 0), and a session on it.
+func deleteSetup(t *testing.T, caps imap.CapSet, otherDeleted uint32) (*imapmem.Server, *upstream.Session) {
+	t.Helper()
+	mem := startMem(t, &imapmem.Options{Caps: caps}, messages(5)...)
+	s := open(t, plain(mem.Addr()))
+	if otherDeleted != 0 {
+		flagDeleted(t, mem.Addr(), otherDeleted)
+	}
+	return mem, s
+}
+
+func TestDeleteFullCaps(t *testing.T) {
+	t.Run("expunge", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 5)
+		if err := s.Delete(testCtx(t), []uint32{2, 3}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+		// UID EXPUNGE leaves the other client's \Deleted message alone.
+		checkState(t, mem.Addr(), "INBOX", "1:", "4:", "5:\\Deleted")
+	})
+	t.Run("trash", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 5)
+		if err := s.Delete(testCtx(t), []uint32{1, 4}, upstream.DeleteTrash, "Trash"); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "2:", "3:", "5:\\Deleted")
+		checkState(t, mem.Addr(), "Trash", "1:", "2:")
+		checkTrashCopies(t, mem.Addr(), 1, 4)
+	})
+	t.Run("trash not configured", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteTrash, "")
+		if !errors.Is(err, upstream.ErrNoTrash) {
+			t.Fatalf("got %v, want ErrNoTrash", err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+		// The session is still usable.
+		if err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("trash missing", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		if err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteTrash, "Bin"); err == nil {
+			t.Fatal("move to a missing mailbox succeeded")
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+	})
+	t.Run("seen", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		if err := s.Delete(testCtx(t), []uint32{2, 5}, upstream.DeleteSeen, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:\\Seen", "3:", "4:", "5:\\Seen")
+	})
+	t.Run("keep", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		if err := s.Delete(testCtx(t), []uint32{1, 2, 3}, upstream.DeleteKeep, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+		checkState(t, mem.Addr(), "Trash")
+	})
+	t.Run("no UIDs", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		for _, mode := range []upstream.DeleteMode{upstream.DeleteExpunge, upstream.DeleteTrash, upstream.DeleteSeen} {
+			if err := s.Delete(testCtx(t), nil, mode, ""); err != nil {
+				t.Errorf("%s of nothing: %v", mode, err)
+			}
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+	})
+	t.Run("unknown mode", func(t *testing.T) {
+		mem, s := deleteSetup(t, nil, 0)
+		if err := s.Delete(testCtx(t), []uint32{1}, "shred", ""); err == nil {
+			t.Error("unknown mode accepted")
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+	})
+}
+
+// Without UIDPLUS a plain EXPUNGE removes every \Deleted message, so it is
+// sent only when no other message carries the flag.
+func TestDeleteWithoutUIDPlusAndMove(t *testing.T) {
+	t.Run("expunge", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 0)
+		log := captureLog(t)
+		if err := s.Delete(testCtx(t), []uint32{2, 3}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "4:", "5:")
+		if strings.Contains(log.String(), leftFlaggedWarning) {
+			t.Errorf("unexpected warning: %s", log)
+		}
+	})
+	t.Run("expunge with another deleted message", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 5)
+		log := captureLog(t)
+		if err := s.Delete(testCtx(t), []uint32{2, 3}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:\\Deleted", "3:\\Deleted", "4:", "5:\\Deleted")
+		if !strings.Contains(log.String(), leftFlaggedWarning) {
+			t.Errorf("no warning logged; log: %q", log)
+		}
+	})
+	t.Run("trash", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 0)
+		if err := s.Delete(testCtx(t), []uint32{1, 4}, upstream.DeleteTrash, "Trash"); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "2:", "3:", "5:")
+		checkState(t, mem.Addr(), "Trash", "1:", "2:")
+		checkTrashCopies(t, mem.Addr(), 1, 4)
+	})
+	t.Run("trash with another deleted message", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 5)
+		captureLog(t)
+		if err := s.Delete(testCtx(t), []uint32{1, 4}, upstream.DeleteTrash, "Trash"); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:\\Deleted", "2:", "3:", "4:\\Deleted", "5:\\Deleted")
+		checkState(t, mem.Addr(), "Trash", "1:", "2:")
+	})
+	t.Run("trash not configured", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 0)
+		if err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteTrash, ""); !errors.Is(err, upstream.ErrNoTrash) {
+			t.Fatalf("got %v, want ErrNoTrash", err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+	})
+	t.Run("seen", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 0)
+		if err := s.Delete(testCtx(t), []uint32{3}, upstream.DeleteSeen, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:\\Seen", "4:", "5:")
+	})
+	t.Run("our earlier leftovers", func(t *testing.T) {
+		// Messages this session left flagged earlier do not count as
+		// another client's once they are part of the request again.
+		mem, s := deleteSetup(t, rev1Only, 5)
+		captureLog(t)
+		if err := s.Delete(testCtx(t), []uint32{2}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(testCtx(t), []uint32{2, 5}, upstream.DeleteExpunge, ""); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "3:", "4:")
+	})
+}
+
+// checkTrashCopies verifies that Trash holds the messages numbered nums,
+// in order.
+func checkTrashCopies(t *testing.T, addr string, nums ...int) {
+	t.Helper()
+	c := client(t, addr, "Trash")
+	var all imap.SeqSet
+	all.AddRange(1, 0)
+	bufs, err := c.Fetch(all, &imap.FetchOptions{
+		UID:         true,
+		BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+	}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bufs) != len(nums) {
+		t.Fatalf("Trash holds %d messages, want %d", len(bufs), len(nums))
+	}
+	for i, b := range bufs {
+		if got, want := string(body(b)), string(message(nums[i])); got != want {
+			t.Errorf("Trash message %d: %q, want %q", i+1, got, want)
+		}
+	}
+}
+
+func body(b *imapclient.FetchMessageBuffer) []byte {
+	for _, s := range b.BodySection {
+		return s.Bytes
+	}
+	return nil
+}
