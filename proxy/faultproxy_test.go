@@ -16,6 +16,8 @@ type faultProxy struct {
 	target string
 
 	fetches   atomic.Int64 // BODY.PEEK[] requests seen
+	listings  atomic.Int64 // RFC822.SIZE requests seen
+	accepted  atomic.Int64 // connections from the gateway
 	toClient  atomic.Int64 // octets forwarded from the server
 	cutAfter  atomic.Int64 // >0: close both sides after this many more octets
 	stall     atomic.Bool  // stop forwarding from the server
@@ -52,6 +54,7 @@ func (p *faultProxy) serve() {
 		if err != nil {
 			return
 		}
+		p.accepted.Add(1)
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {
 			client.Close()
@@ -74,6 +77,7 @@ func (p *faultProxy) upstream(client, server net.Conn, done chan struct{}) {
 		n, err := client.Read(buf)
 		if n > 0 {
 			p.fetches.Add(int64(bytes.Count(buf[:n], []byte("BODY.PEEK[]"))))
+			p.listings.Add(int64(bytes.Count(buf[:n], []byte("RFC822.SIZE"))))
 			server.Write(buf[:n])
 		}
 		if err != nil {

@@ -39,14 +39,20 @@ type maildrop struct {
 	uids    []uint32
 	msgs    []pop3.Message
 	unlock  func()
+	broken  bool // an upstream command failed: the connection is not reused
 }
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 
 func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
-	entries, err := sess.Snapshot(ctx)
-	if err != nil {
-		return nil, err
+	state := sess.Selected()
+	entries, ok := g.snaps.get(acct.maildrop(), state)
+	if !ok {
+		var err error
+		if entries, err = sess.Snapshot(ctx); err != nil {
+			return nil, err
+		}
+		g.snaps.put(acct.maildrop(), state, entries)
 	}
 	m := &maildrop{
 		g:       g,
@@ -106,6 +112,7 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		if errors.Is(err, upstream.ErrMessageGone) {
 			return nil, errMessageGone
 		}
+		m.broken = true
 		return nil, err
 	}
 	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: raw, r: pop3.NewCRLFReader(raw)}
@@ -174,6 +181,7 @@ func (r *messageReader) Read(p []byte) (int, error) {
 		}
 	case err != nil:
 		r.err = err
+		r.m.broken = true
 	}
 	return n, err
 }
@@ -224,6 +232,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 		return err
 	}
 	if err := sess.Delete(ctx, uids, m.up.OnDelete, m.up.Trash); err != nil {
+		m.broken = true
 		return err
 	}
 	m.log.Info("deletes applied", "count", len(uids), "mode", m.up.OnDelete)
@@ -252,10 +261,16 @@ func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
 }
 
 // Close logs out of the server and releases the maildrop.
+// The connection goes back to the pool if it is sound: no command of this
+// session failed on it.
 func (m *maildrop) Close() error {
-	err := m.sess.Close()
+	if m.broken {
+		m.sess.Close()
+	} else {
+		m.g.pool.put(m.acct.maildrop(), m.acct, m.sess)
+	}
 	if m.unlock != nil {
 		m.unlock()
 	}
-	return err
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/passwd"
@@ -59,6 +60,8 @@ type Gateway struct {
 	config atomic.Pointer[Config]
 	cache  *cache.Cache
 	log    *slog.Logger
+	pool   *pool
+	snaps  *snapshots
 
 	mu    sync.Mutex
 	locks map[string]bool // maildrops in use
@@ -69,14 +72,35 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 	if log == nil {
 		log = slog.Default()
 	}
-	g := &Gateway{cache: c, log: log, locks: make(map[string]bool)}
+	g := &Gateway{
+		cache: c,
+		log:   log,
+		locks: make(map[string]bool),
+		pool:  newPool(DefaultPoolIdle, DefaultPoolSize),
+		snaps: newSnapshots(),
+	}
 	g.config.Store(cfg)
 	return g
 }
 
+// SetPool sets how long an upstream connection is kept after its POP3
+// session ends, and how many are kept at most; 0 keeps none.
+func (g *Gateway) SetPool(idle time.Duration, size int) {
+	old := g.pool
+	g.pool = newPool(idle, size)
+	old.closeAll()
+}
+
 // Reload swaps in a new configuration. Sessions already open keep the
-// upstream they logged in to.
-func (g *Gateway) Reload(cfg *Config) { g.config.Store(cfg) }
+// upstream they logged in to; idle connections are dropped, since their
+// upstream may have changed.
+func (g *Gateway) Reload(cfg *Config) {
+	g.config.Store(cfg)
+	g.pool.closeAll()
+}
+
+// Close logs out of the idle upstream connections.
+func (g *Gateway) Close() { g.pool.closeAll() }
 
 // account is a resolved login: where to log in and with what.
 type account struct {
@@ -85,8 +109,12 @@ type account struct {
 	password string
 }
 
-// key names the account in the cache and in the maildrop locks.
+// key names the account in the cache.
 func (a *account) key() string { return a.upstream.Name + "/" + a.username }
+
+// maildrop names the mailbox POP3 sees, for the locks, the pool and the
+// remembered listings.
+func (a *account) maildrop() string { return a.key() + "\x00" + a.upstream.Mailbox }
 
 var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure, please try again later."}
 
@@ -137,7 +165,21 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		return nil, err
 	}
 	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
-	sess, err := g.open(ctx, acct)
+	lockKey := acct.maildrop()
+	if !g.lock(lockKey) {
+		return nil, pop3.ErrInUse
+	}
+	sess := g.reuse(ctx, acct)
+	if sess == nil {
+		// The lock is not held while logging in upstream, so a login with
+		// wrong credentials cannot keep the owner out.
+		g.unlock(lockKey)
+		sess, err = g.open(ctx, acct)
+		if err == nil && !g.lock(lockKey) {
+			g.pool.put(lockKey, acct, sess)
+			return nil, pop3.ErrInUse
+		}
+	}
 	if err != nil {
 		if errors.Is(err, upstream.ErrAuthFailed) {
 			log.Info("upstream refused the credentials", "err", err)
@@ -145,11 +187,6 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		}
 		log.Warn("upstream unavailable", "err", err)
 		return nil, errTemporary
-	}
-	lockKey := acct.key() + "\x00" + acct.upstream.Mailbox
-	if !g.lock(lockKey) {
-		sess.Close()
-		return nil, pop3.ErrInUse
 	}
 	md, err := g.newMaildrop(ctx, sess, acct, log)
 	if err != nil {
@@ -160,6 +197,21 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	}
 	md.unlock = func() { g.unlock(lockKey) }
 	return md, nil
+}
+
+// reuse takes the maildrop's idle connection from the pool, if it was
+// opened with the same credentials, and selects the mailbox again, which
+// both checks the connection and reports the mailbox's current state.
+func (g *Gateway) reuse(ctx context.Context, acct *account) *upstream.Session {
+	sess := g.pool.take(acct.maildrop(), acct)
+	if sess == nil {
+		return nil
+	}
+	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+		sess.Close()
+		return nil
+	}
+	return sess
 }
 
 // open dials the account's server, logs in and selects the mailbox.

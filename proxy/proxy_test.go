@@ -592,3 +592,80 @@ func TestTopOfLargeMessage(t *testing.T) {
 	}
 	waitFor(t, func() bool { return e.count("alice@example.com") == 1 })
 }
+
+// TestPollingReusesConnectionAndListing: a client that logs in again soon
+// gets the same upstream connection, and an unchanged mailbox is not
+// listed again; a change is seen at once.
+func TestPollingReusesConnectionAndListing(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("bob@example.com", corpus...)
+	poll := func(pass string) ([]pop3client.Entry, error) {
+		c := e.dial()
+		defer c.Close()
+		if err := c.Login("bob@example.com", pass); err != nil {
+			return nil, err
+		}
+		uidls, err := c.UIDL()
+		if err != nil {
+			return nil, err
+		}
+		return uidls, c.Quit()
+	}
+	for i := 0; i < 5; i++ {
+		uidls, err := poll("upstream-bob@example.com")
+		if err != nil || len(uidls) != 3 {
+			t.Fatalf("poll %d: %v, %d messages", i, err, len(uidls))
+		}
+	}
+	if n := e.proxy.accepted.Load(); n != 1 {
+		t.Errorf("5 polls opened %d upstream connections, want 1", n)
+	}
+	if n := e.proxy.listings.Load(); n != 1 {
+		t.Errorf("5 polls listed the mailbox %d times, want 1", n)
+	}
+
+	// A pooled connection is never handed to other credentials.
+	if _, err := poll("wrong-password"); err == nil {
+		t.Fatal("a wrong password was accepted while a connection was pooled")
+	}
+
+	// New mail and another client's expunge are seen by the next poll.
+	e.deliver("bob@example.com", "Subject: new\r\n\r\nnew\r\n")
+	uidls, err := poll("upstream-bob@example.com")
+	if err != nil || len(uidls) != 4 {
+		t.Fatalf("after delivery: %v, %d messages, want 4", err, len(uidls))
+	}
+	sess := must[*upstream.Session](t)(upstream.Dial(context.Background(), &upstream.Server{Address: e.mem.Addr(), Security: upstream.SecurityNone}))
+	defer sess.Close()
+	if err := sess.Login(context.Background(), "bob@example.com", "upstream-bob@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	must[*upstream.Mailbox](t)(sess.Select(context.Background(), "INBOX"))
+	if err := sess.Delete(context.Background(), []uint32{1, 4}, upstream.DeleteExpunge, ""); err != nil {
+		t.Fatal(err)
+	}
+	uidls, err = poll("upstream-bob@example.com")
+	if err != nil || len(uidls) != 2 || uidls[0].Value != "0000000200000001" || uidls[1].Value != "0000000300000001" {
+		t.Fatalf("after expunge: %v, %+v", err, uidls)
+	}
+}
+
+func TestReloadDropsPooledConnections(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c := e.login("alice", localPassword)
+	c.Quit()
+	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
+	e.gw.Reload(e.config)
+	if n := e.gw.pool.len(); n != 0 {
+		t.Fatalf("%d pooled connections after reload", n)
+	}
+}
+
+func TestPooledConnectionExpires(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.gw.SetPool(100*time.Millisecond, 10)
+	c := e.login("alice", localPassword)
+	c.Quit()
+	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
+	waitFor(t, func() bool { return e.gw.pool.len() == 0 && e.proxy.closedUps.Load() == 1 })
+}

@@ -200,6 +200,7 @@ func (s *service) shutdown() {
 	if err := s.pop3.Shutdown(ctx); err != nil {
 		s.log.Warn("sessions closed at the drain deadline", "err", err)
 	}
+	s.gateway.Close()
 	if s.http != nil {
 		s.http.Shutdown(ctx)
 	}

@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// Pool defaults. A POP3 poller logs in every few minutes; keeping its IMAP
+// connection for a while saves a TCP and TLS handshake and a login each
+// time. Providers cap connections per account (Gmail at about 15), and a
+// maildrop has at most one session at a time, so one idle connection per
+// maildrop is all the pool keeps.
+const (
+	DefaultPoolIdle = 60 * time.Second
+	DefaultPoolSize = 1000
+)
+
+// pool keeps logged-in upstream sessions after their POP3 session ends,
+// for the next login to the same maildrop. A session is handed out again
+// only to a login that presents the same credentials, so the pool never
+// lets anyone skip the upstream's password check: a password the upstream
+// has since revoked keeps working for at most the idle time.
+type pool struct {
+	idle time.Duration
+	size int
+	key  []byte // HMAC key for credential digests, random per process
+
+	mu      sync.Mutex
+	entries map[string]*pooled
+}
+
+type pooled struct {
+	sess   *upstream.Session
+	digest []byte
+	timer  *time.Timer
+}
+
+func newPool(idle time.Duration, size int) *pool {
+	key := make([]byte, 32)
+	rand.Read(key)
+	return &pool{idle: idle, size: size, key: key, entries: make(map[string]*pooled)}
+}
+
+// digest binds a pooled session to the credentials that opened it.
+func (p *pool) digest(acct *account) []byte {
+	mac := hmac.New(sha256.New, p.key)
+	mac.Write([]byte(acct.username))
+	mac.Write([]byte{0})
+	mac.Write([]byte(acct.password))
+	return mac.Sum(nil)
+}
+
+// take returns the idle session for the maildrop if the credentials match.
+func (p *pool) take(maildrop string, acct *account) *upstream.Session {
+	if p == nil || p.idle <= 0 {
+		return nil
+	}
+	p.mu.Lock()
+	e := p.entries[maildrop]
+	if e == nil {
+		p.mu.Unlock()
+		return nil
+	}
+	delete(p.entries, maildrop)
+	p.mu.Unlock()
+	e.timer.Stop()
+	if !hmac.Equal(e.digest, p.digest(acct)) || !e.sess.Alive() {
+		go e.sess.Close()
+		return nil
+	}
+	return e.sess
+}
+
+// put keeps a session for later, or closes it when the pool is full.
+func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
+	if p == nil || p.idle <= 0 || !sess.Alive() {
+		sess.Close()
+		return
+	}
+	e := &pooled{sess: sess, digest: p.digest(acct)}
+	p.mu.Lock()
+	if old := p.entries[maildrop]; old != nil {
+		old.timer.Stop()
+		go old.sess.Close()
+		delete(p.entries, maildrop)
+	}
+	if len(p.entries) >= p.size {
+		p.mu.Unlock()
+		sess.Close()
+		return
+	}
+	p.entries[maildrop] = e
+	e.timer = time.AfterFunc(p.idle, func() { p.expire(maildrop, e) })
+	p.mu.Unlock()
+}
+
+func (p *pool) expire(maildrop string, e *pooled) {
+	p.mu.Lock()
+	if p.entries[maildrop] == e {
+		delete(p.entries, maildrop)
+	} else {
+		e = nil
+	}
+	p.mu.Unlock()
+	if e != nil {
+		e.sess.Close()
+	}
+}
+
+// closeAll logs out of every idle session.
+func (p *pool) closeAll() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	entries := p.entries
+	p.entries = make(map[string]*pooled)
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, e := range entries {
+		e.timer.Stop()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.sess.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// len returns the number of idle sessions.
+func (p *pool) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.entries)
+}
