@@ -66,6 +66,14 @@ func (c *Cache) Get(k Key) ([]byte, bool) {
 	return body, ok
 }
 
+// Peek reports whether a body is cached, without counting a hit or a miss
+// or refreshing its recency.
+func (c *Cache) Peek(k Key) ([]byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bodies.Peek(k)
+}
+
 // Add stores a body, evicting the least recently used ones to make room,
 // and records its size. It reports whether the body was kept. The cache
 // takes ownership of body.

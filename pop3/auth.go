@@ -268,19 +268,24 @@ func (c *conn) quit(string) error {
 			marked = append(marked, i)
 		}
 	}
+	// The maildrop is released before the reply, so a client that logs in
+	// again at once does not find it still in use.
 	if len(marked) == 0 {
 		c.result = "ok"
+		c.releaseMaildrop()
 		c.reply("+OK Logging out.")
 		return errClose
 	}
 	if err := c.maildrop.Commit(c.ctx, marked); err != nil {
 		c.log.Error("applying deletes failed", "err", err, "marked", len(marked))
 		c.result = "commit-failed"
+		c.releaseMaildrop()
 		c.reply("-ERR [%s] Some deleted messages were not removed.", CodeSysTemp)
 		return errClose
 	}
 	c.deletes = len(marked)
 	c.result = "ok"
+	c.releaseMaildrop()
 	c.reply("+OK Logging out, messages deleted.")
 	return errClose
 }

@@ -315,11 +315,7 @@ func (c *conn) fail(op string, err error) error {
 func (c *conn) close() {
 	c.cancel()
 	c.netConn().Close()
-	if c.maildrop != nil {
-		if err := c.maildrop.Close(); err != nil {
-			c.log.Warn("closing maildrop", "err", err)
-		}
-	}
+	c.releaseMaildrop()
 	attrs := []any{
 		"duration", time.Since(c.start).Round(time.Millisecond),
 		"result", c.result,
@@ -328,6 +324,17 @@ func (c *conn) close() {
 		attrs = append(attrs, "retrieved", c.retrieved, "bytes", c.bytesSent, "deleted", c.deletes)
 	}
 	c.log.Info("session end", attrs...)
+}
+
+// releaseMaildrop ends the maildrop's session, once.
+func (c *conn) releaseMaildrop() {
+	if c.maildrop == nil {
+		return
+	}
+	if err := c.maildrop.Close(); err != nil {
+		c.log.Warn("closing maildrop", "err", err)
+	}
+	c.maildrop = nil
 }
 
 func isTimeout(err error) bool {

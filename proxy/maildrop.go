@@ -40,6 +40,12 @@ type maildrop struct {
 	msgs    []pop3.Message
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
+
+	// A background fetch of the next message, started when a message is
+	// served, so the server's transfer overlaps the client's. Every use of
+	// sess waits for it first; it touches nothing but the cache.
+	prefetching chan struct{} // closed when it ends
+	prefetchErr error
 }
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
@@ -96,9 +102,11 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // by RETR is the exact one and a failure upstream is a clean -ERR rather
 // than a cut transfer. Larger messages stream through as they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
+	m.wait()
 	k := m.key(i)
 	if body, ok := m.g.cache.Get(k); ok {
 		m.setSize(i, int64(len(body)))
+		m.prefetch(i + 1)
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
 	sess, err := m.session(ctx)
@@ -128,6 +136,7 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	}
 	if r.eof {
 		r.Close()
+		m.prefetch(i + 1)
 		return io.NopCloser(bytes.NewReader(head)), nil
 	}
 	// The server's size was too small: send what was read, then the rest.
@@ -135,6 +144,59 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		io.Reader
 		io.Closer
 	}{io.MultiReader(bytes.NewReader(head), r), r}, nil
+}
+
+// prefetch starts fetching message i into the cache, unless it is there,
+// too large to cache, or past the end.
+func (m *maildrop) prefetch(i int) {
+	if !m.g.prefetch || i >= len(m.uids) || m.msgs[i].Size > m.g.cache.MaxMessage() || m.broken || !m.sess.Alive() {
+		return
+	}
+	k := m.key(i)
+	if _, cached := m.g.cache.Peek(k); cached {
+		return
+	}
+	done := make(chan struct{})
+	m.prefetching = done
+	sess, limit := m.sess, m.g.cache.MaxMessage()
+	go func() {
+		defer close(done)
+		ctx, abandon := context.WithCancel(context.Background())
+		defer abandon()
+		raw, err := sess.Fetch(ctx, k.UID)
+		if errors.Is(err, upstream.ErrMessageGone) {
+			return
+		}
+		if err != nil {
+			m.prefetchErr = err
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(pop3.NewCRLFReader(raw), limit+1))
+		if err != nil || int64(len(body)) > limit {
+			abandon() // failed, or larger than the server said: leave it to RETR
+		} else {
+			m.g.cache.Add(k, body)
+		}
+		if err := raw.Close(); err != nil && m.prefetchErr == nil {
+			m.prefetchErr = err
+		}
+	}()
+}
+
+// wait lets a background fetch finish before the session is used again.
+func (m *maildrop) wait() {
+	if m.prefetching == nil {
+		return
+	}
+	<-m.prefetching
+	m.prefetching = nil
+	if m.prefetchErr != nil {
+		m.log.Debug("fetching ahead failed", "err", m.prefetchErr)
+		m.prefetchErr = nil
+		if !m.sess.Alive() {
+			m.broken = true
+		}
+	}
 }
 
 func (m *maildrop) setSize(i int, size int64) {
@@ -223,6 +285,7 @@ func (r *messageReader) Close() error {
 
 // Commit applies the upstream's delete mode to the marked messages.
 func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+	m.wait()
 	uids := make([]uint32, len(deleted))
 	for j, i := range deleted {
 		uids[j] = m.uids[i]
@@ -264,6 +327,7 @@ func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
 // The connection goes back to the pool if it is sound: no command of this
 // session failed on it.
 func (m *maildrop) Close() error {
+	m.wait()
 	if m.broken {
 		m.sess.Close()
 	} else {

@@ -62,6 +62,8 @@ type Gateway struct {
 	log    *slog.Logger
 	pool   *pool
 	snaps  *snapshots
+	// prefetch fetches the next message while the client reads one.
+	prefetch bool
 
 	mu    sync.Mutex
 	locks map[string]bool // maildrops in use
@@ -73,15 +75,19 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		log = slog.Default()
 	}
 	g := &Gateway{
-		cache: c,
-		log:   log,
-		locks: make(map[string]bool),
-		pool:  newPool(DefaultPoolIdle, DefaultPoolSize),
-		snaps: newSnapshots(),
+		cache:    c,
+		log:      log,
+		locks:    make(map[string]bool),
+		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
+		snaps:    newSnapshots(),
+		prefetch: true,
 	}
 	g.config.Store(cfg)
 	return g
 }
+
+// SetPrefetch turns fetching ahead on or off. Call before serving.
+func (g *Gateway) SetPrefetch(on bool) { g.prefetch = on }
 
 // SetPool sets how long an upstream connection is kept after its POP3
 // session ends, and how many are kept at most; 0 keeps none.

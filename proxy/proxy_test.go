@@ -342,17 +342,33 @@ func TestCacheServesRepeatReads(t *testing.T) {
 	must[[]byte](t)(c.Top(1, 0)) // fetches and caches the whole message
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(1))
-	must[[]byte](t)(c.Retr(2))
+	must[[]byte](t)(c.Retr(2)) // fetched ahead while message 1 was sent
 	must[[]byte](t)(c.Top(2, 1))
-	if n := e.proxy.fetches.Load(); n != 2 {
-		t.Fatalf("%d upstream body fetches, want 2", n)
-	}
 	c.Quit()
+	// Each message crossed once: 1, 2, and 3 fetched ahead after 2.
+	waitFor(t, func() bool { return e.proxy.fetches.Load() == 3 })
 	// Another session of the same account shares the cache.
 	c = e.login("alice", localPassword)
 	must[[]byte](t)(c.Retr(2))
-	if n := e.proxy.fetches.Load(); n != 2 {
-		t.Fatalf("%d upstream body fetches after a new session, want 2", n)
+	must[[]byte](t)(c.Retr(3))
+	c.Quit()
+	if n := e.proxy.fetches.Load(); n != 3 {
+		t.Fatalf("%d upstream body fetches, want 3", n)
+	}
+	if st := e.cache.Stats(); st.Entries != 3 {
+		t.Fatalf("cache holds %d messages, want 3", st.Entries)
+	}
+}
+
+func TestFetchAheadCanBeTurnedOff(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.gw.SetPrefetch(false)
+	e.deliver("alice@example.com", corpus...)
+	c := e.login("alice", localPassword)
+	must[[]byte](t)(c.Retr(1))
+	c.Quit()
+	if n := e.proxy.fetches.Load(); n != 1 {
+		t.Fatalf("%d upstream body fetches, want 1", n)
 	}
 }
 
@@ -487,6 +503,7 @@ func TestUpstreamDropsMidMessage(t *testing.T) {
 
 func TestUpstreamStallsTimesOut(t *testing.T) {
 	e := newEnv(t, envOptions{timeout: 300 * time.Millisecond})
+	e.gw.SetPrefetch(false)
 	e.deliver("alice@example.com", corpus...)
 	c := e.login("alice", localPassword)
 	// Idle longer than the timeout between commands is fine.
