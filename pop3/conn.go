@@ -119,7 +119,7 @@ func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
 	}
 	c.out = &deadlineWriter{c: c}
 	c.br = bufio.NewReaderSize(c.nc, 4096)
-	c.bw = bufio.NewWriterSize(c.out, 64*1024)
+	c.bw = bufio.NewWriterSize(c.out, 16*1024)
 	return c
 }
 
