@@ -45,6 +45,23 @@ func (c *crlfReader) fill() {
 	}
 	buf := c.buf[:0]
 	p := c.in[:n]
+	if c.pendingCR && len(p) > 0 {
+		c.pendingCR = false
+		buf = append(buf, crlf...)
+		c.lineStart = true
+		if p[0] == '\n' {
+			p = p[1:]
+		}
+	}
+	clean := p
+	if len(clean) > 0 && clean[len(clean)-1] == '\r' {
+		clean = clean[:len(clean)-1]
+	}
+	if len(clean) > 0 && crlfClean(clean) {
+		buf = append(buf, clean...)
+		c.lineStart = clean[len(clean)-1] == '\n'
+		p = p[len(clean):]
+	}
 	for len(p) > 0 {
 		if c.pendingCR {
 			c.pendingCR = false

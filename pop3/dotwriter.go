@@ -27,6 +27,54 @@ var crlf = []byte("\r\n")
 
 func (d *dotWriter) Write(p []byte) (int, error) {
 	total := len(p)
+	if d.pendingCR && len(p) > 0 {
+		d.pendingCR = false
+		d.eol()
+		if p[0] == '\n' {
+			p = p[1:]
+		}
+	}
+	// Mail from an IMAP server is almost always CRLF already: such a run
+	// only needs its dots stuffed. A final CR waits for the next Write.
+	clean := p
+	if len(clean) > 0 && clean[len(clean)-1] == '\r' {
+		clean = clean[:len(clean)-1]
+	}
+	if crlfClean(clean) {
+		d.writeClean(clean)
+		p = p[len(clean):]
+	}
+	d.writeAny(p)
+	if err := d.flushErr(); err != nil {
+		return 0, err
+	}
+	return total, nil
+}
+
+var lineStartDot = []byte("\n.")
+
+// writeClean writes p, which has CRLF line endings only.
+func (d *dotWriter) writeClean(p []byte) {
+	for len(p) > 0 {
+		if d.lineStart && p[0] == '.' {
+			d.w.WriteByte('.')
+		}
+		i := bytes.Index(p, lineStartDot)
+		if i < 0 {
+			d.w.Write(p)
+			d.n += int64(len(p))
+			d.lineStart = p[len(p)-1] == '\n'
+			return
+		}
+		d.w.Write(p[:i+1])
+		d.n += int64(i + 1)
+		d.lineStart = true
+		p = p[i+1:]
+	}
+}
+
+// writeAny writes p with any mix of line endings.
+func (d *dotWriter) writeAny(p []byte) {
 	for len(p) > 0 {
 		if d.pendingCR {
 			d.pendingCR = false
@@ -46,7 +94,7 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		if i < 0 {
 			d.w.Write(p)
 			d.n += int64(len(p))
-			break
+			return
 		}
 		d.w.Write(p[:i])
 		d.n += int64(i)
@@ -57,11 +105,18 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 		}
 		p = p[i+1:]
 	}
-	if err := d.flushErr(); err != nil {
-		return 0, err
-	}
-	return total, nil
 }
+
+// crlfClean reports whether every CR and LF in p belongs to a CRLF pair.
+func crlfClean(p []byte) bool {
+	pairs := bytes.Count(p, crlf)
+	return pairs == bytes.Count(p, lf) && pairs == bytes.Count(p, cr)
+}
+
+var (
+	lf = []byte{'\n'}
+	cr = []byte{'\r'}
+)
 
 func (d *dotWriter) eol() {
 	d.w.Write(crlf)

@@ -1,6 +1,6 @@
 //go:build !unix
 
-package dovecottest
+package dovecot
 
 import (
 	"os"
