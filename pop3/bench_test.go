@@ -27,15 +27,25 @@ func BenchmarkDotWriter(b *testing.B) {
 }
 
 func BenchmarkCRLFReader(b *testing.B) {
-	lf := bytes.ReplaceAll(benchMessage, []byte("\r\n"), []byte("\n"))
-	b.SetBytes(int64(len(lf)))
-	buf := make([]byte, 32<<10)
-	for b.Loop() {
-		r := NewCRLFReader(bytes.NewReader(lf))
-		for {
-			if _, err := r.Read(buf); err != nil {
-				break
+	for _, input := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"crlf", benchMessage},
+		{"lf", bytes.ReplaceAll(benchMessage, []byte("\r\n"), []byte("\n"))},
+	} {
+		b.Run(input.name, func(b *testing.B) {
+			b.SetBytes(int64(len(input.msg)))
+			b.ReportAllocs()
+			buf := make([]byte, 32<<10)
+			for b.Loop() {
+				r := NewCRLFReader(bytes.NewReader(input.msg))
+				for {
+					if _, err := r.Read(buf); err != nil {
+						break
+					}
+				}
 			}
-		}
+		})
 	}
 }

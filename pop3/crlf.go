@@ -3,6 +3,7 @@ package pop3
 import (
 	"bytes"
 	"io"
+	"sync"
 )
 
 // NewCRLFReader returns a reader of r's octets in the form POP3 sends a
@@ -18,14 +19,29 @@ type crlfReader struct {
 	in        []byte
 	out       []byte // normalised octets not yet returned
 	buf       []byte // backing store of out
+	bufs      *crlfBuffer
 	lineStart bool
 	pendingCR bool
 	err       error
 }
 
+// crlfBuffers holds the input and output buffers of finished readers; a
+// message is read through a fresh reader each time.
+var crlfBuffers = sync.Pool{New: func() any {
+	return &crlfBuffer{in: make([]byte, crlfChunk), out: make([]byte, 0, 2*crlfChunk+4)}
+}}
+
+const crlfChunk = 32 * 1024
+
+type crlfBuffer struct{ in, out []byte }
+
 func (c *crlfReader) Read(p []byte) (int, error) {
 	for len(c.out) == 0 {
 		if c.err != nil {
+			if c.bufs != nil {
+				crlfBuffers.Put(c.bufs)
+				c.bufs, c.in, c.buf, c.out = nil, nil, nil, nil
+			}
 			return 0, c.err
 		}
 		c.fill()
@@ -36,13 +52,11 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 }
 
 func (c *crlfReader) fill() {
-	if c.in == nil {
-		c.in = make([]byte, 32*1024)
+	if c.bufs == nil {
+		c.bufs = crlfBuffers.Get().(*crlfBuffer)
+		c.in, c.buf = c.bufs.in, c.bufs.out
 	}
 	n, err := c.r.Read(c.in)
-	if c.buf == nil {
-		c.buf = make([]byte, 0, 2*len(c.in)+2)
-	}
 	buf := c.buf[:0]
 	p := c.in[:n]
 	if c.pendingCR && len(p) > 0 {

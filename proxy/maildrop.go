@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/pop3"
@@ -88,7 +89,15 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 // moving from Dovecot's own POP3 server to the gateway in front of the same
 // mailbox do not download everything again.
 func uidl(uidValidity, uid uint32) string {
-	return fmt.Sprintf("%08x%08x", uid, uidValidity)
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	for i := 7; i >= 0; i-- {
+		b[i] = hex[uid&0xf]
+		b[8+i] = hex[uidValidity&0xf]
+		uid >>= 4
+		uidValidity >>= 4
+	}
+	return string(b[:])
 }
 
 func (m *maildrop) key(i int) cache.Key {
@@ -128,22 +137,51 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	if m.msgs[i].Size > limit {
 		return r, nil
 	}
-	r.buf = make([]byte, 0, m.msgs[i].Size+2)
-	head, err := io.ReadAll(io.LimitReader(r, limit+1))
+	body, whole, err := readUpTo(r.r, m.msgs[i].Size, limit)
 	if err != nil {
+		r.err = err
+		m.broken = true
 		r.Close()
 		return nil, err
 	}
-	if r.eof {
-		r.Close()
-		m.prefetch(i + 1)
-		return io.NopCloser(bytes.NewReader(head)), nil
+	if !whole {
+		// The server's size was too small: send what was read, then the
+		// rest as it comes.
+		r.n = int64(len(body))
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(body), r), r}, nil
 	}
-	// The server's size was too small: send what was read, then the rest.
-	return struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(head), r), r}, nil
+	r.eof = true
+	r.Close()
+	m.g.cache.Add(k, body)
+	m.setSize(i, int64(len(body)))
+	m.prefetch(i + 1)
+	return io.NopCloser(bytes.NewReader(body)), nil
+}
+
+// readUpTo reads r to its end into one buffer sized for the expected
+// length, unless it holds more than limit octets: then it returns what it
+// read with whole == false.
+func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err error) {
+	body = make([]byte, 0, min(expected+2, limit)+1)
+	for {
+		if int64(len(body)) > limit {
+			return body, false, nil
+		}
+		if len(body) == cap(body) {
+			body = slices.Grow(body, len(body))
+		}
+		n, err := r.Read(body[len(body):min(int64(cap(body)), limit+1)])
+		body = body[:len(body)+n]
+		if err == io.EOF {
+			return body, int64(len(body)) <= limit, nil
+		}
+		if err != nil {
+			return body, false, err
+		}
+	}
 }
 
 // prefetch starts fetching message i into the cache, unless it is there,
@@ -158,7 +196,7 @@ func (m *maildrop) prefetch(i int) {
 	}
 	done := make(chan struct{})
 	m.prefetching = done
-	sess, limit := m.sess, m.g.cache.MaxMessage()
+	sess, limit, size := m.sess, m.g.cache.MaxMessage(), m.msgs[i].Size
 	go func() {
 		defer close(done)
 		ctx, abandon := context.WithCancel(context.Background())
@@ -171,8 +209,8 @@ func (m *maildrop) prefetch(i int) {
 			m.prefetchErr = err
 			return
 		}
-		body, err := io.ReadAll(io.LimitReader(pop3.NewCRLFReader(raw), limit+1))
-		if err != nil || int64(len(body)) > limit {
+		body, whole, err := readUpTo(pop3.NewCRLFReader(raw), size, limit)
+		if err != nil || !whole {
 			abandon() // failed, or larger than the server said: leave it to RETR
 		} else {
 			m.g.cache.Add(k, body)
@@ -207,8 +245,8 @@ func (m *maildrop) setSize(i int, size int64) {
 	}
 }
 
-// messageReader normalises a message from the server, counts it and keeps
-// a copy for the cache while it fits.
+// messageReader streams a message too large to cache from the server,
+// normalised, and records its exact size once read to the end.
 type messageReader struct {
 	m       *maildrop
 	i       int
@@ -217,7 +255,6 @@ type messageReader struct {
 	raw     io.ReadCloser
 	r       io.Reader
 	n       int64
-	buf     []byte // nil once the message outgrew the cache's ceiling
 	eof     bool
 	err     error
 }
@@ -228,13 +265,6 @@ func (r *messageReader) Read(p []byte) (int, error) {
 	}
 	n, err := r.r.Read(p)
 	r.n += int64(n)
-	if r.buf != nil {
-		if int64(len(r.buf)+n) > r.m.g.cache.MaxMessage() {
-			r.buf = nil
-		} else {
-			r.buf = append(r.buf, p[:n]...)
-		}
-	}
 	switch {
 	case err == io.EOF:
 		if !r.eof {
@@ -251,13 +281,7 @@ func (r *messageReader) Read(p []byte) (int, error) {
 // finish records what a complete read learned: the exact size and, if it
 // fits, the body.
 func (r *messageReader) finish() {
-	k := r.m.key(r.i)
-	if r.buf != nil {
-		r.m.g.cache.Add(k, r.buf)
-		r.buf = nil
-	} else {
-		r.m.g.cache.SetSize(k, r.n)
-	}
+	r.m.g.cache.SetSize(r.m.key(r.i), r.n)
 	r.m.setSize(r.i, r.n)
 }
 
@@ -266,19 +290,13 @@ func (r *messageReader) finish() {
 // logging in again costs less.
 const drainLimit = 256 << 10
 
-// Close after a partial read (TOP) finishes the transfer: a message the
-// cache can hold is read to its end and cached for the RETR that often
-// follows; of a larger one, a short rest is drained, and otherwise the
-// connection is dropped, to be replaced at the next command.
+// Close after a partial read (TOP) finishes the transfer: a short rest is
+// drained; with more left, the connection is dropped, to be replaced at the
+// next command.
 func (r *messageReader) Close() error {
 	defer r.abandon()
-	if !r.eof && r.err == nil && r.ctx.Err() == nil {
-		switch {
-		case r.buf != nil:
-			io.Copy(io.Discard, r)
-		case r.m.msgs[r.i].Size-r.n > drainLimit:
-			r.abandon()
-		}
+	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.msgs[r.i].Size-r.n > drainLimit {
+		r.abandon()
 	}
 	return r.raw.Close()
 }
