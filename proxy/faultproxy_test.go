@@ -108,6 +108,7 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 			if left := p.cutAfter.Load(); left > 0 {
 				if int64(len(chunk)) >= left {
 					client.Write(chunk[:left])
+					p.cutAfter.Store(0) // one cut, then new connections pass
 					return
 				}
 				p.cutAfter.Add(-int64(len(chunk)))

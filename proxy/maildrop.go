@@ -42,10 +42,11 @@ type maildrop struct {
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
 
-	// A background fetch of the next message, started when a message is
-	// served, so the server's transfer overlaps the client's. Every use of
-	// sess waits for it first; it touches nothing but the cache.
-	prefetching chan struct{} // closed when it ends
+	// A batch of messages fetched ahead in the background. Every use of
+	// sess waits for it first; it touches nothing but the cache, the
+	// channels in ready, and prefetchErr before closing prefetching.
+	prefetching chan struct{}         // closed when the batch ends
+	ready       map[int]chan struct{} // closed when that message is cached, or the batch ends
 	prefetchErr error
 }
 
@@ -111,13 +112,14 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // by RETR is the exact one and a failure upstream is a clean -ERR rather
 // than a cut transfer. Larger messages stream through as they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	m.wait()
+	m.waitMessage(i)
 	k := m.key(i)
 	if body, ok := m.g.cache.Get(k); ok {
 		m.setSize(i, int64(len(body)))
 		m.prefetch(i + 1)
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
+	m.wait()
 	sess, err := m.session(ctx)
 	if err != nil {
 		return nil, err
@@ -184,53 +186,113 @@ func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err 
 	}
 }
 
-// prefetch starts fetching message i into the cache, unless it is there,
-// too large to cache, or past the end.
+// Fetching ahead: after a message is served, the next ones the cache can
+// hold are fetched in the background with one UID FETCH, up to
+// prefetchCount messages or prefetchBytes, so the server's transfers
+// overlap the client's and cost one round trip per batch.
+const (
+	prefetchCount = 16
+	prefetchBytes = 4 << 20
+)
+
+// errLargerThanListed stops a batch at a message larger than its listed
+// size allows to cache; RETR streams it instead.
+var errLargerThanListed = errors.New("message larger than listed")
+
+// prefetch starts fetching the messages from i on that are not cached yet,
+// unless a batch is already under way.
 func (m *maildrop) prefetch(i int) {
-	if !m.g.prefetch || i >= len(m.uids) || m.msgs[i].Size > m.g.cache.MaxMessage() || m.broken || !m.sess.Alive() {
+	if !m.g.prefetch || m.broken || !m.sess.Alive() {
 		return
 	}
-	k := m.key(i)
-	if _, cached := m.g.cache.Peek(k); cached {
+	if m.prefetching != nil {
+		select {
+		case <-m.prefetching:
+			m.endPrefetch()
+		default:
+			return
+		}
+	}
+	limit := m.g.cache.MaxMessage()
+	var (
+		uids  []uint32
+		keys  = make(map[uint32]cache.Key)
+		sizes = make(map[uint32]int64)
+		ready = make(map[int]chan struct{})
+		index = make(map[uint32]chan struct{})
+		total int64
+	)
+	for j := i; j < len(m.uids) && len(uids) < prefetchCount; j++ {
+		size := m.msgs[j].Size
+		if size > limit || total+size > prefetchBytes && len(uids) > 0 {
+			break
+		}
+		k := m.key(j)
+		if _, cached := m.g.cache.Peek(k); cached {
+			continue
+		}
+		uid := m.uids[j]
+		uids = append(uids, uid)
+		keys[uid], sizes[uid] = k, size
+		ready[j] = make(chan struct{})
+		index[uid] = ready[j]
+		total += size
+	}
+	if len(uids) == 0 {
 		return
 	}
 	done := make(chan struct{})
-	m.prefetching = done
-	sess, limit, size := m.sess, m.g.cache.MaxMessage(), m.msgs[i].Size
+	m.prefetching, m.ready = done, ready
+	sess := m.sess
 	go func() {
 		defer close(done)
-		ctx, abandon := context.WithCancel(context.Background())
-		defer abandon()
-		raw, err := sess.Fetch(ctx, k.UID)
-		if errors.Is(err, upstream.ErrMessageGone) {
-			return
-		}
-		if err != nil {
-			m.prefetchErr = err
-			return
-		}
-		body, whole, err := readUpTo(pop3.NewCRLFReader(raw), size, limit)
-		if err != nil || !whole {
-			abandon() // failed, or larger than the server said: leave it to RETR
-		} else {
-			m.g.cache.Add(k, body)
-		}
-		if err := raw.Close(); err != nil && m.prefetchErr == nil {
-			m.prefetchErr = err
-		}
+		defer func() {
+			for _, ch := range index {
+				close(ch)
+			}
+		}()
+		m.prefetchErr = sess.FetchEach(context.Background(), uids, func(uid uint32, body io.Reader) error {
+			ch, ok := index[uid]
+			if !ok {
+				return nil
+			}
+			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit)
+			if err != nil {
+				return err
+			}
+			if !whole {
+				return errLargerThanListed
+			}
+			m.g.cache.Add(keys[uid], data)
+			delete(index, uid)
+			close(ch)
+			return nil
+		})
 	}()
 }
 
-// wait lets a background fetch finish before the session is used again.
+// waitMessage waits until message i, if it is being fetched ahead, is in
+// the cache or its batch has failed.
+func (m *maildrop) waitMessage(i int) {
+	if ch, ok := m.ready[i]; ok {
+		<-ch
+	}
+}
+
+// wait lets a batch fetched ahead finish before the session is used again.
 func (m *maildrop) wait() {
 	if m.prefetching == nil {
 		return
 	}
 	<-m.prefetching
-	m.prefetching = nil
-	if m.prefetchErr != nil {
-		m.log.Debug("fetching ahead failed", "err", m.prefetchErr)
+	m.endPrefetch()
+}
+
+func (m *maildrop) endPrefetch() {
+	m.prefetching, m.ready = nil, nil
+	if err := m.prefetchErr; err != nil {
 		m.prefetchErr = nil
+		m.log.Debug("fetching ahead failed", "err", err)
 		if !m.sess.Alive() {
 			m.broken = true
 		}

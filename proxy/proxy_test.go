@@ -342,18 +342,18 @@ func TestCacheServesRepeatReads(t *testing.T) {
 	must[[]byte](t)(c.Top(1, 0)) // fetches and caches the whole message
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(1))
-	must[[]byte](t)(c.Retr(2)) // fetched ahead while message 1 was sent
+	must[[]byte](t)(c.Retr(2)) // fetched ahead, with 3, while message 1 was sent
 	must[[]byte](t)(c.Top(2, 1))
 	c.Quit()
-	// Each message crossed once: 1, 2, and 3 fetched ahead after 2.
-	waitFor(t, func() bool { return e.proxy.fetches.Load() == 3 })
+	// Two fetch commands: message 1, then 2 and 3 fetched ahead together.
+	waitFor(t, func() bool { return e.proxy.fetches.Load() == 2 })
 	// Another session of the same account shares the cache.
 	c = e.login("alice", localPassword)
 	must[[]byte](t)(c.Retr(2))
 	must[[]byte](t)(c.Retr(3))
 	c.Quit()
-	if n := e.proxy.fetches.Load(); n != 3 {
-		t.Fatalf("%d upstream body fetches, want 3", n)
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream fetch commands, want 2", n)
 	}
 	if st := e.cache.Stats(); st.Entries != 3 {
 		t.Fatalf("cache holds %d messages, want 3", st.Entries)
@@ -685,4 +685,31 @@ func TestPooledConnectionExpires(t *testing.T) {
 	c.Quit()
 	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
 	waitFor(t, func() bool { return e.gw.pool.len() == 0 && e.proxy.closedUps.Load() == 1 })
+}
+
+// TestFetchAheadCutByUpstream: the upstream drops the connection while a
+// batch is being fetched ahead; later messages are still served whole,
+// over a new connection, and nothing is deleted.
+func TestFetchAheadCutByUpstream(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	var msgs []string
+	for i := 0; i < 10; i++ {
+		msgs = append(msgs, fmt.Sprintf("Subject: %d\r\n\r\n%s", i, strings.Repeat("body line\r\n", 2000)))
+	}
+	e.deliver("alice@example.com", msgs...)
+	c := e.login("alice", localPassword)
+	e.proxy.cutAfter.Store(60_000) // inside the batch that follows RETR 1
+	for i, m := range msgs {
+		body, err := c.Retr(i + 1)
+		if err != nil {
+			t.Fatalf("RETR %d: %v", i+1, err)
+		}
+		if string(body) != m {
+			t.Fatalf("RETR %d: %d octets, want %d", i+1, len(body), len(m))
+		}
+	}
+	c.Quit()
+	if n := e.count("alice@example.com"); n != 10 {
+		t.Fatalf("%d messages left, want 10", n)
+	}
 }

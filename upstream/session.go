@@ -372,3 +372,109 @@ func (s *Session) Alive() bool {
 
 // Selected describes the mailbox chosen by the last Select.
 func (s *Session) Selected() Mailbox { return s.info }
+
+// FetchEach fetches several messages with one UID FETCH and calls each
+// with every message's UID and raw octets, in the server's order. A
+// message expunged by someone else is skipped. If each fails, or ctx is
+// cancelled, the connection is closed and the session is over.
+func (s *Session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error {
+	if len(uids) == 0 {
+		return nil
+	}
+	defer s.op(ctx)()
+	var set imap.UIDSet
+	for _, uid := range uids {
+		set.AddNum(imap.UID(uid))
+	}
+	cmd := s.client.Fetch(set, &imap.FetchOptions{
+		UID:         true,
+		BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+	})
+	for {
+		msg := cmd.Next()
+		if msg == nil {
+			break
+		}
+		var uid imap.UID
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch item := item.(type) {
+			case imapclient.FetchItemDataUID:
+				uid = item.UID
+			case imapclient.FetchItemDataBodySection:
+				if uid == 0 || item.Literal == nil {
+					continue // an unsolicited update, or no body
+				}
+				r := &literalReader{r: item.Literal, size: item.Literal.Size()}
+				if err := each(uint32(uid), r); err != nil || r.err != nil {
+					s.abort()
+					if r.err == nil {
+						drainFetch(cmd, msg, r)
+					}
+					s.client.Close()
+					if err == nil {
+						err = r.err
+					}
+					return fmt.Errorf("upstream: fetch: %w", err)
+				}
+			}
+		}
+	}
+	if err := cmd.Close(); err != nil {
+		return fmt.Errorf("upstream: fetch: %w", err)
+	}
+	return nil
+}
+
+// drainFetch reads what is left of a fetch after the connection was
+// closed, so the IMAP client's reader, which waits for each literal to be
+// consumed, can see the connection fail and stop. What is already buffered
+// still reads fine; the first failed read ends it, and a literal whose read
+// failed is never read again, since the client's reader then owns the
+// stream.
+func drainFetch(cmd *imapclient.FetchCommand, msg *imapclient.FetchMessageData, cur *literalReader) {
+	for {
+		if _, err := io.Copy(io.Discard, cur); err != nil {
+			return
+		}
+		for {
+			item := msg.Next()
+			if item == nil {
+				break
+			}
+			if body, ok := item.(imapclient.FetchItemDataBodySection); ok && body.Literal != nil {
+				cur = &literalReader{r: body.Literal, size: body.Literal.Size()}
+				if _, err := io.Copy(io.Discard, cur); err != nil {
+					return
+				}
+			}
+		}
+		if msg = cmd.Next(); msg == nil {
+			return
+		}
+		cur = &literalReader{r: strings.NewReader("")}
+	}
+}
+
+// literalReader reads one message literal and reports a connection that
+// ended inside it.
+type literalReader struct {
+	r    io.Reader
+	size int64
+	n    int64
+	err  error
+}
+
+func (l *literalReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	l.n += int64(n)
+	if err == io.EOF && l.n < l.size {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		l.err = err
+	}
+	return n, err
+}
