@@ -112,18 +112,26 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // by RETR is the exact one and a failure upstream is a clean -ERR rather
 // than a cut transfer. Larger messages stream through as they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	m.waitMessage(i)
-	k := m.key(i)
-	if body, ok := m.g.cache.Get(k); ok {
-		m.setSize(i, int64(len(body)))
-		m.prefetch(i + 1)
-		return io.NopCloser(bytes.NewReader(body)), nil
+	if r, ok := m.cached(i); ok {
+		return r, nil
 	}
 	m.wait()
 	sess, err := m.session(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// The message comes in one batch with those after it; if the batch
+	// fails before it, it is fetched alone.
+	if m.prefetch(i) {
+		if r, ok := m.cached(i); ok {
+			return r, nil
+		}
+		m.wait()
+		if sess, err = m.session(ctx); err != nil {
+			return nil, err
+		}
+	}
+	k := m.key(i)
 	fetchCtx, abandon := context.WithCancel(ctx)
 	raw, err := sess.Fetch(fetchCtx, m.uids[i])
 	if err != nil {
@@ -186,6 +194,19 @@ func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err 
 	}
 }
 
+// cached serves message i from the cache, waiting for it if it is being
+// fetched ahead, and fetches ahead of it.
+func (m *maildrop) cached(i int) (io.ReadCloser, bool) {
+	m.waitMessage(i)
+	body, ok := m.g.cache.Get(m.key(i))
+	if !ok {
+		return nil, false
+	}
+	m.setSize(i, int64(len(body)))
+	m.prefetch(i + 1)
+	return io.NopCloser(bytes.NewReader(body)), true
+}
+
 // Fetching ahead: after a message is served, the next ones the cache can
 // hold are fetched in the background with one UID FETCH, up to
 // prefetchCount messages or prefetchBytes, so the server's transfers
@@ -200,17 +221,18 @@ const (
 var errLargerThanListed = errors.New("message larger than listed")
 
 // prefetch starts fetching the messages from i on that are not cached yet,
-// unless a batch is already under way.
-func (m *maildrop) prefetch(i int) {
+// unless a batch is already under way, and tells whether message i is in
+// the batch it started.
+func (m *maildrop) prefetch(i int) bool {
 	if !m.g.prefetch || m.broken || !m.sess.Alive() {
-		return
+		return false
 	}
 	if m.prefetching != nil {
 		select {
 		case <-m.prefetching:
 			m.endPrefetch()
 		default:
-			return
+			return false
 		}
 	}
 	limit := m.g.cache.MaxMessage()
@@ -239,7 +261,7 @@ func (m *maildrop) prefetch(i int) {
 		total += size
 	}
 	if len(uids) == 0 {
-		return
+		return false
 	}
 	done := make(chan struct{})
 	m.prefetching, m.ready = done, ready
@@ -269,6 +291,8 @@ func (m *maildrop) prefetch(i int) {
 			return nil
 		})
 	}()
+	_, ok := ready[i]
+	return ok
 }
 
 // waitMessage waits until message i, if it is being fetched ahead, is in
