@@ -224,7 +224,7 @@ var errLargerThanListed = errors.New("message larger than listed")
 // unless a batch is already under way, and tells whether message i is in
 // the batch it started.
 func (m *maildrop) prefetch(i int) bool {
-	if !m.g.prefetch || m.broken || !m.sess.Alive() {
+	if !m.g.prefetch || m.up.NoFetchAhead || m.broken || !m.sess.Alive() {
 		return false
 	}
 	if m.prefetching != nil {

@@ -76,9 +76,18 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	return e.sess
 }
 
-// put keeps a session for later, or closes it when the pool is full.
+// put keeps a session for later, for as long as its upstream says, or
+// closes it when the pool is full.
 func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
-	if p == nil || p.idle <= 0 || !sess.Alive() {
+	if p == nil {
+		sess.Close()
+		return
+	}
+	idle := p.idle
+	if keep := acct.upstream.KeepConnection; keep != 0 {
+		idle = keep
+	}
+	if idle <= 0 || !sess.Alive() {
 		sess.Close()
 		return
 	}
@@ -95,7 +104,7 @@ func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
 		return
 	}
 	p.entries[maildrop] = e
-	e.timer = time.AfterFunc(p.idle, func() { p.expire(maildrop, e) })
+	e.timer = time.AfterFunc(idle, func() { p.expire(maildrop, e) })
 	p.mu.Unlock()
 }
 

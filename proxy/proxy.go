@@ -28,6 +28,12 @@ type Upstream struct {
 	OnDelete upstream.DeleteMode
 	// Trash is used by DeleteTrash when the server marks no mailbox \Trash.
 	Trash string
+	// NoFetchAhead turns off fetching the following messages while the
+	// client reads one, for providers that meter download volume.
+	NoFetchAhead bool
+	// KeepConnection is how long a logged-in connection is kept after its
+	// session for the next login; 0 means DefaultPoolIdle, negative none.
+	KeepConnection time.Duration
 }
 
 // User is a mapped user: local credentials for one upstream account.

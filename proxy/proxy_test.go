@@ -360,15 +360,22 @@ func TestCacheServesRepeatReads(t *testing.T) {
 	}
 }
 
-func TestFetchAheadCanBeTurnedOff(t *testing.T) {
+func TestFetchAheadAndKeepingCanBeTurnedOff(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	e.gw.SetPrefetch(false)
+	e.config.Upstreams["mem"].NoFetchAhead = true
+	e.config.Upstreams["mem"].KeepConnection = -1
 	e.deliver("alice@example.com", corpus...)
-	c := e.login("alice", localPassword)
-	must[[]byte](t)(c.Retr(1))
-	c.Quit()
-	if n := e.proxy.fetches.Load(); n != 1 {
-		t.Fatalf("%d upstream body fetches, want 1", n)
+	for i := 1; i <= 2; i++ {
+		c := e.login("alice", localPassword)
+		must[[]byte](t)(c.Retr(i))
+		c.Quit()
+	}
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream body fetches, want 2: one per RETR", n)
+	}
+	waitFor(t, func() bool { return e.proxy.closedUps.Load() == 2 })
+	if n := e.gw.pool.len(); n != 0 {
+		t.Fatalf("%d connections kept", n)
 	}
 }
 

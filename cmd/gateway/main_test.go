@@ -285,3 +285,38 @@ passthrough:
 		t.Fatalf("unclear error: %s", stderr.String())
 	}
 }
+
+func TestUpstreamTuningKeys(t *testing.T) {
+	path := writeFile(t, "t.yaml", `listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  metered:
+    address: "127.0.0.1:993"
+    fetch_ahead: false
+    keep_connection: 0s
+  tuned:
+    address: "127.0.0.1:993"
+    keep_connection: 5m
+  plain:
+    address: "127.0.0.1:993"
+passthrough:
+  upstream: plain
+`, 0o600)
+	_, pc, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]struct {
+		noFetchAhead bool
+		keep         time.Duration
+	}{
+		"metered": {true, -1},
+		"tuned":   {false, 5 * time.Minute},
+		"plain":   {false, 60 * time.Second},
+	} {
+		u := pc.Upstreams[name]
+		if u.NoFetchAhead != want.noFetchAhead || u.KeepConnection != want.keep {
+			t.Errorf("%s: NoFetchAhead %v, KeepConnection %v; want %v, %v", name, u.NoFetchAhead, u.KeepConnection, want.noFetchAhead, want.keep)
+		}
+	}
+}

@@ -36,9 +36,16 @@ func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 				TLSConfig: tlsConfig,
 				Timeout:   time.Duration(u.Timeout),
 			},
-			Mailbox:  u.Mailbox,
-			OnDelete: upstream.DeleteMode(u.OnDelete),
-			Trash:    u.TrashMailbox,
+			Mailbox:      u.Mailbox,
+			OnDelete:     upstream.DeleteMode(u.OnDelete),
+			Trash:        u.TrashMailbox,
+			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
+		}
+		if k := u.KeepConnection; k != nil {
+			pc.Upstreams[name].KeepConnection = time.Duration(*k)
+			if *k == 0 {
+				pc.Upstreams[name].KeepConnection = -1 // log out at once
+			}
 		}
 	}
 	for name, u := range cfg.Users {

@@ -86,6 +86,13 @@ type Upstream struct {
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
 	TrashMailbox string `yaml:"trash_mailbox"`
+	// FetchAhead fetches the following messages while a client reads one;
+	// default true. Turn it off where a provider meters download volume.
+	FetchAhead *bool `yaml:"fetch_ahead"`
+	// KeepConnection keeps a logged-in connection after a session for the
+	// next login to the same mailbox with the same credentials; default
+	// 60s, 0s logs out at once.
+	KeepConnection *Duration `yaml:"keep_connection"`
 }
 
 // TLSServerName returns the name to verify in the upstream's certificate:
@@ -128,11 +135,14 @@ type Cache struct {
 
 // Defaults applied by SetDefaults to empty or zero values.
 const (
-	DefaultMailbox    = "INBOX"
-	DefaultTimeout    = Duration(60 * time.Second)
-	DefaultMinVersion = "1.2"
-	DefaultMemory     = 256 * MiB
-	DefaultMaxMessage = 16 * MiB
+	DefaultMailbox = "INBOX"
+	DefaultTimeout = Duration(60 * time.Second)
+	// DefaultKeepConnection is how long an upstream connection is kept
+	// after its session for the next login.
+	DefaultKeepConnection = Duration(60 * time.Second)
+	DefaultMinVersion     = "1.2"
+	DefaultMemory         = 256 * MiB
+	DefaultMaxMessage     = 16 * MiB
 )
 
 // Error lists the problems found in a configuration, one per line, each
@@ -216,6 +226,14 @@ func (c *Config) SetDefaults() {
 		}
 		if u.Timeout == 0 {
 			u.Timeout = DefaultTimeout
+		}
+		if u.FetchAhead == nil {
+			on := true
+			u.FetchAhead = &on
+		}
+		if u.KeepConnection == nil {
+			keep := DefaultKeepConnection
+			u.KeepConnection = &keep
 		}
 	}
 	for name, u := range c.Users {

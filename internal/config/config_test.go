@@ -101,10 +101,15 @@ func TestDefaults(t *testing.T) {
 		t.Error("auth.allow_insecure defaults to true")
 	}
 	u := c.Upstreams["corp"]
+	if u.FetchAhead == nil || !*u.FetchAhead || u.KeepConnection == nil || *u.KeepConnection != DefaultKeepConnection {
+		t.Errorf("fetch_ahead = %v, keep_connection = %v; want true, 60s", u.FetchAhead, u.KeepConnection)
+	}
+	got := *u
+	got.FetchAhead, got.KeepConnection = nil, nil
 	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: TLSImplicit, Mailbox: "INBOX",
 		OnDelete: OnDeleteExpunge, Timeout: Duration(60 * time.Second)}
-	if *u != want {
-		t.Errorf("upstream = %+v, want %+v", *u, want)
+	if got != want {
+		t.Errorf("upstream = %+v, want %+v", got, want)
 	}
 	if c.Cache.Memory != 256<<20 || c.Cache.MaxMessage != 16<<20 {
 		t.Errorf("cache = %+v", c.Cache)
@@ -263,7 +268,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
@@ -488,5 +493,37 @@ func TestWarnings(t *testing.T) {
 	}
 	if w := mustParse(t, minimal).Warnings(); len(w) != 0 {
 		t.Errorf("loopback-only config: warnings = %q", w)
+	}
+}
+
+func TestFetchAheadAndKeepConnection(t *testing.T) {
+	c, err := Parse([]byte(`listen:
+  pop3: "127.0.0.1:110"
+upstreams:
+  corp:
+    address: "imap.example.com:993"
+    fetch_ahead: false
+    keep_connection: 0s
+passthrough:
+  upstream: corp
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.Upstreams["corp"]
+	if *u.FetchAhead || *u.KeepConnection != 0 {
+		t.Fatalf("fetch_ahead = %v, keep_connection = %v; want false, 0s", *u.FetchAhead, *u.KeepConnection)
+	}
+	_, err = Parse([]byte(`listen:
+  pop3: "127.0.0.1:110"
+upstreams:
+  corp:
+    address: "imap.example.com:993"
+    keep_connection: 2h
+passthrough:
+  upstream: corp
+`))
+	if err == nil || !strings.Contains(err.Error(), "upstreams.corp.keep_connection: must be between 0s and 1h") {
+		t.Fatalf("keep_connection 2h: %v", err)
 	}
 }

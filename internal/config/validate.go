@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/pop3gw/gateway/internal/passwd"
@@ -106,6 +107,9 @@ func (c *Config) Validate() error {
 		p.oneOf(path+".on_delete", u.OnDelete, onDeletes)
 		if u.Timeout <= 0 {
 			p.add(path+".timeout", "must be positive, not %v", u.Timeout)
+		}
+		if k := u.KeepConnection; k != nil && (*k < 0 || *k > Duration(time.Hour)) {
+			p.add(path+".keep_connection", "must be between 0s and 1h, not %v", *k)
 		}
 		if u.Provider != "" {
 			p.oneOf(path+".provider", u.Provider, Providers)
