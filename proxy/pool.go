@@ -35,9 +35,10 @@ type pool struct {
 }
 
 type pooled struct {
-	sess   *upstream.Session
-	digest []byte
-	timer  *time.Timer
+	sess     *upstream.Session
+	upstream *Upstream // the configuration it was opened with
+	digest   []byte
+	timer    *time.Timer
 }
 
 func newPool(idle time.Duration, size int) *pool {
@@ -69,7 +70,9 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
 	e.timer.Stop()
-	if !hmac.Equal(e.digest, p.digest(acct)) || !e.sess.Alive() {
+	// A reload replaces every *Upstream, so a connection opened under an
+	// older configuration is never handed out.
+	if e.upstream != acct.upstream || !hmac.Equal(e.digest, p.digest(acct)) || !e.sess.Alive() {
 		go e.sess.Close()
 		return nil
 	}
@@ -91,7 +94,7 @@ func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
 		sess.Close()
 		return
 	}
-	e := &pooled{sess: sess, digest: p.digest(acct)}
+	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
 	if old := p.entries[maildrop]; old != nil {
 		old.timer.Stop()

@@ -92,11 +92,13 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 	return g
 }
 
-// SetPrefetch turns fetching ahead on or off. Call before serving.
+// SetPrefetch turns fetching ahead on or off for every upstream. Call it
+// before serving.
 func (g *Gateway) SetPrefetch(on bool) { g.prefetch = on }
 
 // SetPool sets how long an upstream connection is kept after its POP3
-// session ends, and how many are kept at most; 0 keeps none.
+// session ends, unless its upstream says otherwise, and how many are kept
+// at most; 0 keeps none. Call it before serving.
 func (g *Gateway) SetPool(idle time.Duration, size int) {
 	old := g.pool
 	g.pool = newPool(idle, size)

@@ -723,3 +723,24 @@ func TestFetchAheadCutByUpstream(t *testing.T) {
 		t.Fatalf("%d messages left, want 10", n)
 	}
 }
+
+// TestNoReuseAcrossReload: a session that outlives a reload hands its
+// connection to the pool, but no login under the new configuration gets it.
+func TestNoReuseAcrossReload(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c := e.login("alice", localPassword)
+	cfg := *e.config
+	cfg.Upstreams = map[string]*Upstream{}
+	for name, up := range e.config.Upstreams {
+		copied := *up
+		cfg.Upstreams[name] = &copied
+	}
+	e.gw.Reload(&cfg)
+	c.Quit()
+	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
+	c = e.login("alice", localPassword)
+	c.Quit()
+	if n := e.proxy.accepted.Load(); n != 2 {
+		t.Fatalf("%d upstream connections, want 2: none reused across the reload", n)
+	}
+}
