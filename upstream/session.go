@@ -258,14 +258,11 @@ func (s *Session) Fetch(ctx context.Context, uid uint32) (io.ReadCloser, error) 
 			break
 		}
 		if body, ok := item.(imapclient.FetchItemDataBodySection); ok {
-			var lit io.Reader = body.Literal
-			var size int64
-			if body.Literal == nil {
-				lit = strings.NewReader("")
-			} else {
-				size = body.Literal.Size()
+			lit := &literalReader{r: strings.NewReader("")}
+			if body.Literal != nil {
+				lit = &literalReader{r: body.Literal, size: body.Literal.Size()}
 			}
-			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, size: size, done: done}, nil
+			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, done: done}, nil
 		}
 	}
 	err := cmd.Close()
@@ -281,9 +278,7 @@ type messageReader struct {
 	ctx  context.Context
 	cmd  *imapclient.FetchCommand
 	msg  *imapclient.FetchMessageData
-	lit  io.Reader
-	size int64 // the literal's announced length
-	n    int64
+	lit  *literalReader
 	done func()
 	eof  bool
 	err  error
@@ -294,11 +289,6 @@ func (r *messageReader) Read(p []byte) (int, error) {
 		return 0, r.err
 	}
 	n, err := r.lit.Read(p)
-	r.n += int64(n)
-	if err == io.EOF && r.n < r.size {
-		// The connection ended inside the literal.
-		err = io.ErrUnexpectedEOF
-	}
 	if err == io.EOF {
 		r.eof = true
 	} else if err != nil {
