@@ -3,17 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,46 +18,31 @@ import (
 	"github.com/pop3gw/gateway/internal/testenv"
 )
 
-// writeCert writes a self-signed certificate for 127.0.0.1 and its key as
-// PEM files and returns their paths and the certificate.
-func writeCert(t *testing.T, dir, name string) (certFile, keyFile string, cert *x509.Certificate) {
+// writeLeaf writes a certificate for 127.0.0.1 issued by ca, and its key,
+// as PEM files and returns their paths.
+func writeLeaf(t *testing.T, ca *testenv.CA, dir, name string) (certFile, keyFile string, leaf *testenv.Leaf) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: name},
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ = x509.ParseCertificate(der)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leaf = ca.Issue(t, "127.0.0.1")
 	certFile = filepath.Join(dir, name+".pem")
 	keyFile = filepath.Join(dir, name+".key")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
-	return certFile, keyFile, cert
+	if err := os.WriteFile(certFile, leaf.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, leaf.KeyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, leaf
 }
 
 func TestServeTLS(t *testing.T) {
 	f := newFixture(t)
 	dir := t.TempDir()
-	certFile, keyFile, cert := writeCert(t, dir, "first")
+	ca := testenv.NewCA(t)
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, _ := writeLeaf(t, ca, dir, "first")
 	// Install a stable cert path so a reload can swap the files.
 	liveCert, liveKey := filepath.Join(dir, "live.pem"), filepath.Join(dir, "live.key")
 	copyFile(t, certFile, liveCert)
@@ -88,9 +65,7 @@ func TestServeTLS(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("serve: %v", err)
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	clientTLS := &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+	clientTLS := &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"}
 
 	// Implicit TLS.
 	c, err := pop3client.DialTLS(addrs["pop3s"], clientTLS)
@@ -125,7 +100,7 @@ func TestServeTLS(t *testing.T) {
 	} else {
 		for _, url := range []string{"pop3s://" + addrs["pop3s"] + "/1", "pop3://" + addrs["pop3"] + "/1"} {
 			cmdCtx, stop := context.WithTimeout(ctx, 30*time.Second)
-			out, err := exec.CommandContext(cmdCtx, "curl", "-sS", "--ssl-reqd", "--cacert", certFile,
+			out, err := exec.CommandContext(cmdCtx, "curl", "-sS", "--ssl-reqd", "--cacert", caFile,
 				"-u", "alice:local-pass", url).CombinedOutput()
 			stop()
 			if err != nil || !bytes.Contains(out, []byte("hello")) {
@@ -135,7 +110,7 @@ func TestServeTLS(t *testing.T) {
 	}
 
 	// SIGHUP swaps the certificate for new connections.
-	certFile2, keyFile2, cert2 := writeCert(t, dir, "second")
+	certFile2, keyFile2, second := writeLeaf(t, ca, dir, "second")
 	copyFile(t, certFile2, liveCert)
 	copyFile(t, keyFile2, liveKey)
 	hup <- syscall.SIGHUP
@@ -145,7 +120,7 @@ func TestServeTLS(t *testing.T) {
 			return false
 		}
 		defer conn.Close()
-		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(cert2.SerialNumber) == 0
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(second.Cert.SerialNumber) == 0
 	})
 	cancel()
 	if err := <-done; err != nil {
