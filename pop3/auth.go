@@ -137,7 +137,7 @@ func (c *conn) auth(arg string) error {
 	for {
 		challenge, done, err := server.Next(response)
 		if err != nil {
-			return c.authFailed()
+			return c.authFailed("")
 		}
 		if done {
 			break
@@ -164,12 +164,27 @@ func (c *conn) auth(arg string) error {
 }
 
 // login checks the credentials with the backend and enters the TRANSACTION
-// state (RFC 1939 §4).
+// state (RFC 1939 §4). A refusal for an unknown user and for a wrong
+// password look the same on the wire, and both wait the same delay.
 func (c *conn) login(username, password, method string) error {
 	// Credentials travel on as IMAP strings; control characters in them are
 	// refused here, so they can never turn into extra upstream commands.
-	if username == "" || strings.ContainsAny(username, "\x00\r\n") || strings.ContainsAny(password, "\x00\r\n") {
-		return c.authFailed()
+	// Such a name is not used as a key either.
+	validName := username != "" && !strings.ContainsAny(username, "\x00\r\n")
+	key := username
+	if !validName {
+		key = ""
+	}
+	if err := c.loginDelay(key); err != nil {
+		return errClose
+	}
+	if !validName || strings.ContainsAny(password, "\x00\r\n") {
+		return c.authFailed(key)
+	}
+	if !c.srv.admitUser(c, username) {
+		c.log.Info("login refused", "user", username, "method", method, "reason", "too many sessions")
+		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
+		return nil
 	}
 	login := &LoginInfo{
 		Username: username,
@@ -180,6 +195,11 @@ func (c *conn) login(username, password, method string) error {
 	}
 	md, err := c.srv.Backend.Login(c.ctx, login)
 	if err != nil {
+		c.srv.releaseUser(c)
+		if c.isAborted() {
+			// Shutdown cut the login short; nothing to report.
+			return errClose
+		}
 		e, known := asError(err)
 		if !known {
 			c.log.Error("login failed", "user", username, "err", err)
@@ -187,7 +207,7 @@ func (c *conn) login(username, password, method string) error {
 			c.log.Info("login refused", "user", username, "method", method, "reason", e.Error())
 		}
 		if e.Code == CodeAuth {
-			return c.authFailed()
+			return c.authFailed(username)
 		}
 		c.reply("-ERR %s", e.Error())
 		if e.Fatal {
@@ -201,6 +221,9 @@ func (c *conn) login(username, password, method string) error {
 	c.mu.Unlock()
 	c.maildrop = md
 	c.loginUser = username
+	if g := c.srv.Guard; g != nil {
+		g.Succeeded(c.ctx, c.remoteIP(), username)
+	}
 	c.deleted = make([]bool, len(md.Messages()))
 	c.log = c.log.With("user", username)
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
@@ -208,7 +231,34 @@ func (c *conn) login(username, password, method string) error {
 	return nil
 }
 
-func (c *conn) authFailed() error {
+// loginDelay waits as long as the Guard asks before a login for user is
+// checked. Only closing the session cuts the wait short.
+func (c *conn) loginDelay(user string) error {
+	g := c.srv.Guard
+	if g == nil {
+		return nil
+	}
+	d := g.Delay(c.ctx, c.remoteIP(), user)
+	if d <= 0 {
+		return nil
+	}
+	c.log.Debug("delaying login", "user", user, "delay", d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+}
+
+// authFailed refuses credentials and reports the failure to the Guard;
+// user is empty when no usable name was given.
+func (c *conn) authFailed(user string) error {
+	if g := c.srv.Guard; g != nil {
+		g.Failed(c.ctx, c.remoteIP(), user)
+	}
 	c.authFails++
 	c.reply("-ERR %s", ErrAuthFailed.Error())
 	if c.authFails >= c.srv.maxAuthFailures() {

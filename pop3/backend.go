@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"time"
 )
 
 // Backend authenticates POP3 logins.
@@ -12,6 +13,18 @@ type Backend interface {
 	// to report to the client is an *Error (for instance ErrAuthFailed or
 	// ErrInUse); any other error is logged and shown as a temporary failure.
 	Login(ctx context.Context, login *LoginInfo) (Maildrop, error)
+}
+
+// LoginGuard slows down repeated failed logins (per remote IP and per user name).
+type LoginGuard interface {
+	// Delay is how long to wait before checking a login from ip for user;
+	// user is empty when no name was given. It depends only on the
+	// failures recorded, never on whether the user exists.
+	Delay(ctx context.Context, ip, user string) time.Duration
+	// Failed records refused credentials.
+	Failed(ctx context.Context, ip, user string)
+	// Succeeded clears the failures of ip and user after a login.
+	Succeeded(ctx context.Context, ip, user string)
 }
 
 // LoginInfo describes one login attempt.

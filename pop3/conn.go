@@ -91,6 +91,12 @@ type conn struct {
 	badCommands int
 	authFails   int
 
+	// what the server counted for this connection, to give back at the end
+	ip          string
+	ipCounted   bool
+	sessionUser string
+	userCounted bool
+
 	// session totals for the log line at the end
 	retrieved  int
 	bytesSent  int64
@@ -139,12 +145,14 @@ func (c *conn) netConn() net.Conn {
 	return c.nc
 }
 
-// shutdownIfIdle closes the connection if it has not logged in.
+// shutdownIfIdle closes the connection if it has not logged in, and
+// cancels its context to cut short a login delay or a login in progress.
 func (c *conn) shutdownIfIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state == stateAuthorization {
 		c.aborted = true
+		c.cancel()
 		c.nc.Close()
 	}
 }
@@ -167,6 +175,7 @@ func (c *conn) serve() {
 		}
 	}()
 
+	admitted := c.srv.admitIP(c)
 	if c.tls {
 		tc := c.nc.(*tls.Conn)
 		tc.SetDeadline(time.Now().Add(c.srv.authTimeout()))
@@ -176,6 +185,15 @@ func (c *conn) serve() {
 			return
 		}
 		tc.SetDeadline(time.Time{})
+	}
+	if !admitted {
+		// The refusal takes the place of the greeting; SYS/TEMP (RFC 3206)
+		// tells the client to try again later.
+		c.result = "too-many-connections"
+		c.log.Warn("connection refused: too many from this address", "limit", c.srv.MaxConnsPerIP)
+		c.reply("-ERR [%s] Too many connections from your address.", CodeSysTemp)
+		c.bw.Flush()
+		return
 	}
 	c.reply("+OK POP3 gateway ready.")
 	for {
@@ -335,6 +353,24 @@ func (c *conn) releaseMaildrop() {
 		c.log.Warn("closing maildrop", "err", err)
 	}
 	c.maildrop = nil
+}
+
+// remoteIP is the client's address without the port, the key of the
+// per-address limits. It is read from the connection each time it is
+// needed, so it follows the connection's current remote address.
+func (c *conn) remoteIP() string {
+	addr := c.netConn().RemoteAddr()
+	if addr == nil {
+		return ""
+	}
+	if tcp, ok := addr.(*net.TCPAddr); ok && tcp.IP != nil {
+		return tcp.AddrPort().Addr().Unmap().String()
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
 }
 
 func isTimeout(err error) bool {

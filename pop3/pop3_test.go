@@ -129,14 +129,10 @@ type client struct {
 
 func (h *harness) dial() *client {
 	h.t.Helper()
-	nc, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		h.t.Fatal(err)
+	c, greeting := h.dialRaw()
+	if greeting != "+OK POP3 gateway ready." {
+		h.t.Fatalf("greeting %q", greeting)
 	}
-	h.t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(10 * time.Second))
-	c := &client{t: h.t, nc: nc, r: bufio.NewReader(nc)}
-	c.expect("+OK POP3 gateway ready.")
 	return c
 }
 

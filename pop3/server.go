@@ -52,12 +52,32 @@ type Server struct {
 	MaxBadCommands  int
 	MaxAuthFailures int
 
-	mu        sync.Mutex
-	listeners map[net.Listener]struct{}
-	conns     map[*conn]struct{}
-	closing   atomic.Bool
-	sessions  sync.WaitGroup
-	nextID    atomic.Uint64
+	// Guard, when set, delays each login by what it reports for the remote
+	// address and the user name, and learns of every refused and accepted
+	// login. The delay comes before the backend sees the credentials, and
+	// an unknown user is treated exactly like a wrong password.
+	Guard LoginGuard
+
+	// MaxConnsPerIP bounds the open connections from one remote address;
+	// one more is told so with [SYS/TEMP] (RFC 3206) instead of the
+	// greeting and closed. Zero means no limit.
+	MaxConnsPerIP int
+
+	// MaxSessionsPerUser bounds the sessions per user name, counting those
+	// logging in and those logged in; a further login is refused with
+	// [SYS/TEMP] before the backend is asked, and does not count as a
+	// failed login. The name is taken exactly as the client gave it. Zero
+	// means no limit.
+	MaxSessionsPerUser int
+
+	mu           sync.Mutex
+	listeners    map[net.Listener]struct{}
+	conns        map[*conn]struct{}
+	ipConns      map[string]int // open connections per remote address
+	userSessions map[string]int // sessions per user name
+	closing      atomic.Bool
+	sessions     sync.WaitGroup
+	nextID       atomic.Uint64
 }
 
 // Serve accepts cleartext connections on l, offering STLS when TLSConfig is
@@ -153,8 +173,73 @@ func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
 func (s *Server) connDone(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.ipCounted {
+		release(s.ipConns, c.ip)
+	}
+	if c.userCounted {
+		release(s.userSessions, c.sessionUser)
+	}
 	s.mu.Unlock()
 	s.sessions.Done()
+}
+
+// admitIP counts c against MaxConnsPerIP and tells whether it is within
+// the limit.
+func (s *Server) admitIP(c *conn) bool {
+	if s.MaxConnsPerIP <= 0 {
+		return true
+	}
+	ip := c.remoteIP()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ipConns[ip] >= s.MaxConnsPerIP {
+		return false
+	}
+	if s.ipConns == nil {
+		s.ipConns = make(map[string]int)
+	}
+	s.ipConns[ip]++
+	c.ip, c.ipCounted = ip, true
+	return true
+}
+
+// admitUser counts a login for user against MaxSessionsPerUser and tells
+// whether it is within the limit.
+func (s *Server) admitUser(c *conn, user string) bool {
+	if s.MaxSessionsPerUser <= 0 {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.userSessions[user] >= s.MaxSessionsPerUser {
+		return false
+	}
+	if s.userSessions == nil {
+		s.userSessions = make(map[string]int)
+	}
+	s.userSessions[user]++
+	c.sessionUser, c.userCounted = user, true
+	return true
+}
+
+// releaseUser gives back the session admitUser counted for c.
+func (s *Server) releaseUser(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.userCounted {
+		release(s.userSessions, c.sessionUser)
+		c.sessionUser, c.userCounted = "", false
+	}
+}
+
+// release decrements a counter, dropping it at zero so the map holds only
+// keys in use.
+func release(m map[string]int, key string) {
+	if m[key] <= 1 {
+		delete(m, key)
+	} else {
+		m[key]--
+	}
 }
 
 // Shutdown stops accepting connections, then waits for the sessions to end.

@@ -1,0 +1,151 @@
+// Package guard slows down repeated failed POP3 logins. It counts failures
+// per remote address and per user name and turns the counts into a delay
+// before the next attempt, so guessing passwords gets slower with each miss
+// while a client that logs in at the first try is never held up.
+package guard
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultBase       = time.Second
+	DefaultMax        = 15 * time.Second
+	DefaultWindow     = 15 * time.Minute
+	DefaultMaxEntries = 100000
+)
+
+// Options tune a Memory guard; zero fields take the defaults.
+type Options struct {
+	// Base is the delay after one failure; it doubles with each further
+	// failure, up to Max.
+	Base, Max time.Duration
+	// Window is how long a counter is kept after its last failure.
+	Window time.Duration
+	// MaxEntries bounds each table (addresses and user names); when one is
+	// full, the least recently failed entry is forgotten first, so spraying
+	// many names cannot grow memory without bound.
+	MaxEntries int
+}
+
+// Memory keeps the failure counters in the process. It is safe for
+// concurrent use.
+type Memory struct {
+	opts Options
+	now  func() time.Time
+
+	mu    sync.Mutex
+	ips   *simplelru.LRU[string, entry]
+	users *simplelru.LRU[string, entry]
+}
+
+type entry struct {
+	failures int
+	last     time.Time // time of the last failure
+}
+
+// maxFailures caps a counter; the delay reaches Max long before.
+const maxFailures = 1 << 20
+
+// NewMemory returns an empty guard.
+func NewMemory(opts Options) *Memory {
+	if opts.Base <= 0 {
+		opts.Base = DefaultBase
+	}
+	if opts.Max <= 0 {
+		opts.Max = DefaultMax
+	}
+	if opts.Window <= 0 {
+		opts.Window = DefaultWindow
+	}
+	if opts.MaxEntries <= 0 {
+		opts.MaxEntries = DefaultMaxEntries
+	}
+	ips, _ := simplelru.NewLRU[string, entry](opts.MaxEntries, nil) // errors only for size <= 0
+	users, _ := simplelru.NewLRU[string, entry](opts.MaxEntries, nil)
+	return &Memory{opts: opts, now: time.Now, ips: ips, users: users}
+}
+
+// Delay returns how long to wait before checking the next login from ip
+// for user: nothing before any failure, else Base doubled for each failure
+// after the first, at most Max. The larger of the two counters decides.
+// user may be empty.
+func (m *Memory) Delay(ctx context.Context, ip, user string) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	n := max(m.count(m.ips, ip, now), m.count(m.users, user, now))
+	return m.delayFor(n)
+}
+
+// Failed records a refused login from ip for user; an empty user counts
+// for the address alone.
+func (m *Memory) Failed(ctx context.Context, ip, user string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	m.add(m.ips, ip, now)
+	m.add(m.users, user, now)
+}
+
+// Succeeded forgets the failures of ip and user.
+func (m *Memory) Succeeded(ctx context.Context, ip, user string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ip != "" {
+		m.ips.Remove(ip)
+	}
+	if user != "" {
+		m.users.Remove(user)
+	}
+}
+
+// count returns the live failures of key, dropping an expired entry.
+func (m *Memory) count(t *simplelru.LRU[string, entry], key string, now time.Time) int {
+	if key == "" {
+		return 0
+	}
+	e, ok := t.Peek(key)
+	if !ok {
+		return 0
+	}
+	if m.expired(e, now) {
+		t.Remove(key)
+		return 0
+	}
+	return e.failures
+}
+
+func (m *Memory) add(t *simplelru.LRU[string, entry], key string, now time.Time) {
+	if key == "" {
+		return
+	}
+	e, ok := t.Peek(key)
+	if !ok || m.expired(e, now) {
+		e = entry{}
+	}
+	e.failures = min(e.failures+1, maxFailures)
+	e.last = now
+	t.Add(key, e)
+}
+
+func (m *Memory) expired(e entry, now time.Time) bool {
+	return now.Sub(e.last) >= m.opts.Window
+}
+
+// delayFor is min(Base << (n-1), Max) without overflowing.
+func (m *Memory) delayFor(n int) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	shift := n - 1
+	if shift >= 63 || m.opts.Base > m.opts.Max>>shift {
+		return m.opts.Max
+	}
+	return m.opts.Base << shift
+}

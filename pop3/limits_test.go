@@ -1,0 +1,286 @@
+package pop3
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/guard"
+)
+
+// fakeGuard records the calls it gets and answers Delay with a fixed value.
+type fakeGuard struct {
+	delay time.Duration
+	mu    sync.Mutex
+	calls []string
+}
+
+func (g *fakeGuard) Delay(ctx context.Context, ip, user string) time.Duration {
+	g.record("Delay", ip, user)
+	return g.delay
+}
+
+func (g *fakeGuard) Failed(ctx context.Context, ip, user string) { g.record("Failed", ip, user) }
+
+func (g *fakeGuard) Succeeded(ctx context.Context, ip, user string) {
+	g.record("Succeeded", ip, user)
+}
+
+func (g *fakeGuard) record(op, ip, user string) {
+	g.mu.Lock()
+	g.calls = append(g.calls, op+" "+ip+" "+user)
+	g.mu.Unlock()
+}
+
+// take returns the calls so far and forgets them.
+func (g *fakeGuard) take() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	calls := g.calls
+	g.calls = nil
+	return calls
+}
+
+func (g *fakeGuard) expect(t *testing.T, want ...string) {
+	t.Helper()
+	if got := g.take(); !slices.Equal(got, want) {
+		t.Fatalf("guard calls = %q, want %q", got, want)
+	}
+}
+
+func TestLoginGuardCalls(t *testing.T) {
+	g := &fakeGuard{}
+	h := newHarness(t, func(s *Server) { s.Guard = g; s.MaxAuthFailures = 10 })
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	c := h.dial()
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		want  string
+		calls []string
+	}{
+		{"wrong password", []string{"USER alice", "PASS wrong"}, "-ERR [AUTH] Authentication failed.",
+			[]string{"Delay 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
+		{"bad SASL response", []string{"AUTH PLAIN " + b64("bob\x00alice\x00secret pass")}, "-ERR [AUTH] Authentication failed.",
+			[]string{"Failed 127.0.0.1 "}},
+		{"control character in name", []string{"AUTH PLAIN " + b64("\x00al\nice\x00x")}, "-ERR [AUTH] Authentication failed.",
+			[]string{"Delay 127.0.0.1 ", "Failed 127.0.0.1 "}},
+		{"control character in password", []string{"AUTH PLAIN " + b64("\x00alice\x00x\ny")}, "-ERR [AUTH] Authentication failed.",
+			[]string{"Delay 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
+		{"in use is no failure", []string{"USER busy", "PASS x"}, "-ERR [IN-USE] Mailbox is locked by another POP3 session.",
+			[]string{"Delay 127.0.0.1 busy"}},
+		{"success", []string{"USER alice", "PASS secret pass"}, "+OK Logged in.",
+			[]string{"Delay 127.0.0.1 alice", "Succeeded 127.0.0.1 alice"}},
+	} {
+		for _, l := range tc.lines[:len(tc.lines)-1] {
+			c.cmd(l, "+OK")
+		}
+		c.cmd(tc.lines[len(tc.lines)-1], tc.want)
+		if got := g.take(); !slices.Equal(got, tc.calls) {
+			t.Fatalf("%s: guard calls = %q, want %q", tc.name, got, tc.calls)
+		}
+	}
+}
+
+func TestUnknownUserLooksLikeWrongPassword(t *testing.T) {
+	g := &fakeGuard{delay: 10 * time.Millisecond}
+	h := newHarness(t, func(s *Server) { s.Guard = g })
+	exchange := func(user, pass string) ([]byte, []string) {
+		c := h.dial()
+		c.send("USER " + user + "\r\nPASS " + pass + "\r\nQUIT")
+		c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		raw, err := io.ReadAll(c.r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls := g.take()
+		for i := range calls {
+			calls[i] = calls[i][:len(calls[i])-len(user)] // drop the name
+		}
+		return raw, calls
+	}
+	wrongRaw, wrongCalls := exchange("alice", "wrong")
+	unknownRaw, unknownCalls := exchange("nobody", "secret pass")
+	if string(wrongRaw) != string(unknownRaw) {
+		t.Fatalf("wrong password got %q, unknown user %q", wrongRaw, unknownRaw)
+	}
+	if !slices.Equal(wrongCalls, unknownCalls) {
+		t.Fatalf("guard calls differ: wrong password %q, unknown user %q", wrongCalls, unknownCalls)
+	}
+	if want := []string{"Delay 127.0.0.1 ", "Failed 127.0.0.1 "}; !slices.Equal(wrongCalls, want) {
+		t.Fatalf("guard calls = %q, want %q", wrongCalls, want)
+	}
+}
+
+func TestLoginDelayGrowsAndResets(t *testing.T) {
+	const base = 20 * time.Millisecond
+	g := guard.NewMemory(guard.Options{Base: base, Max: time.Second})
+	h := newHarness(t, func(s *Server) { s.Guard = g })
+	// Each attempt on a new connection from the same address waits at
+	// least base << (failures-1).
+	attempt := func(pass, want string) time.Duration {
+		c := h.dial()
+		c.cmd("USER alice", "+OK")
+		start := time.Now()
+		c.cmd("PASS "+pass, want)
+		return time.Since(start)
+	}
+	for failures := range 4 {
+		took := attempt("wrong", "-ERR [AUTH] Authentication failed.")
+		if failures > 0 {
+			if least := base << (failures - 1); took < least {
+				t.Fatalf("attempt after %d failures took %v, want at least %v", failures, took, least)
+			}
+		}
+	}
+	if took := attempt("secret pass", "+OK Logged in."); took < 8*base {
+		t.Fatalf("login after 4 failures took %v, want at least %v", took, 8*base)
+	}
+	if d := g.Delay(context.Background(), "127.0.0.1", "alice"); d != 0 {
+		t.Fatalf("delay after a successful login = %v", d)
+	}
+}
+
+func TestShutdownInterruptsLoginDelay(t *testing.T) {
+	g := &fakeGuard{delay: time.Minute}
+	h := newHarness(t, func(s *Server) { s.Guard = g })
+	c := h.dial()
+	c.send("USER alice\r\nPASS secret pass")
+	waitFor(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return len(g.calls) > 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := h.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("Shutdown took %v", took)
+	}
+	if !c.closed() {
+		t.Fatal("connection open after Shutdown")
+	}
+	if len(h.be.logins) != 0 {
+		t.Fatal("an interrupted login reached the backend")
+	}
+}
+
+// dialRaw connects and returns the first line the server sends.
+func (h *harness) dialRaw() (*client, string) {
+	h.t.Helper()
+	nc, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	c := &client{t: h.t, nc: nc, r: bufio.NewReader(nc)}
+	return c, c.line()
+}
+
+const errTooManyConns = "-ERR [SYS/TEMP] Too many connections from your address."
+
+func TestMaxConnsPerIP(t *testing.T) {
+	h := newHarness(t, func(s *Server) { s.MaxConnsPerIP = 2 })
+	first := h.dial()
+	h.dial()
+	c, greeting := h.dialRaw()
+	if greeting != errTooManyConns {
+		t.Fatalf("third connection got %q", greeting)
+	}
+	if !c.closed() {
+		t.Fatal("refused connection left open")
+	}
+	first.cmd("QUIT", "+OK Logging out.")
+	waitFor(t, func() bool { return h.srv.Sessions() == 1 })
+	c = h.dial()
+	c.login()
+	if _, greeting := h.dialRaw(); greeting != errTooManyConns {
+		t.Fatalf("connection over the limit got %q", greeting)
+	}
+}
+
+func TestMaxConnsPerIPImplicitTLS(t *testing.T) {
+	srv := &Server{
+		Backend:       &memBackend{md: &memMaildrop{msgs: sample}},
+		Logger:        slog.New(slog.DiscardHandler),
+		TLSConfig:     serverTLS(t),
+		MaxConnsPerIP: 1,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln)
+	defer srv.Shutdown(context.Background())
+	dial := func() *client {
+		tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tc.Close() })
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		return &client{t: t, nc: tc, r: bufio.NewReader(tc)}
+	}
+	dial().expect("+OK POP3 gateway ready.")
+	c := dial()
+	c.expect(errTooManyConns)
+	if !c.closed() {
+		t.Fatal("refused connection left open")
+	}
+}
+
+const errTooManySessions = "-ERR [SYS/TEMP] Too many sessions for this user."
+
+func TestMaxSessionsPerUser(t *testing.T) {
+	g := &fakeGuard{}
+	h := newHarness(t, func(s *Server) { s.Guard = g; s.MaxSessionsPerUser = 1; s.MaxAuthFailures = 1 })
+	first := h.dial()
+	first.login()
+	g.take()
+
+	second := h.dial()
+	second.cmd("USER alice", "+OK")
+	second.cmd("PASS secret pass", errTooManySessions)
+	g.expect(t, "Delay 127.0.0.1 alice") // neither a failure nor a success
+	// Not an authentication failure: with MaxAuthFailures 1 the session
+	// would otherwise be closed.
+	second.cmd("USER alice", "+OK")
+	second.cmd("PASS wrong", errTooManySessions)
+	// The name is taken exactly as given.
+	second.cmd("USER Alice", "+OK")
+	second.cmd("PASS secret pass", "-ERR [AUTH] Authentication failed.")
+	if !second.closed() {
+		t.Fatal("session open after a failed login with MaxAuthFailures 1")
+	}
+	h.be.mu.Lock()
+	logins := len(h.be.logins)
+	h.be.mu.Unlock()
+	if logins != 2 {
+		t.Fatalf("%d logins reached the backend, want 2", logins)
+	}
+
+	// A failed login gives its slot back at once.
+	third := h.dial()
+	third.cmd("USER bob", "+OK")
+	third.cmd("PASS x", "-ERR [AUTH] Authentication failed.")
+	fourth := h.dial()
+	fourth.cmd("USER bob", "+OK")
+	fourth.cmd("PASS x", "-ERR [AUTH] Authentication failed.")
+
+	// The end of the session gives its slot back.
+	first.cmd("QUIT", "+OK Logging out.")
+	waitFor(t, func() bool { return h.srv.Sessions() == 0 })
+	h.dial().login()
+}
