@@ -5,11 +5,13 @@ package imapmem
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"strings"
 	"sync"
 
 	"github.com/emersion/go-imap/v2"
@@ -24,9 +26,10 @@ type Server struct {
 	mem *imapmemserver.Server
 	ln  net.Listener
 
-	mu    sync.Mutex
-	users map[string]*imapmemserver.User
-	done  chan struct{}
+	mu     sync.Mutex
+	users  map[string]*imapmemserver.User
+	bearer map[string]*bearerCount // by SASL mechanism
+	done   chan struct{}
 }
 
 // Options adjust the server.
@@ -46,6 +49,12 @@ type Options struct {
 	LoginOnly bool
 	// DebugWriter receives the raw traffic of every connection, after TLS.
 	DebugWriter io.Writer
+	// Bearer, when set, makes the server OAuth2-only, like a provider with
+	// passwords disabled: it advertises and accepts AUTHENTICATE XOAUTH2
+	// and OAUTHBEARER, refuses LOGIN with NO and does not offer PLAIN.
+	// A bearer login succeeds only for a user added with AddUser for whom
+	// Bearer(user, token) is true. It takes precedence over LoginOnly.
+	Bearer func(user, token string) bool
 }
 
 // Start listens on addr ("127.0.0.1:0" for any free port) and serves.
@@ -64,16 +73,21 @@ func Start(addr string, opts *Options) (*Server, error) {
 		logger = log.New(io.Discard, "", 0)
 	}
 	s := &Server{
-		mem:   imapmemserver.New(),
-		users: make(map[string]*imapmemserver.User),
-		done:  make(chan struct{}),
+		mem:    imapmemserver.New(),
+		users:  make(map[string]*imapmemserver.User),
+		bearer: make(map[string]*bearerCount),
+		done:   make(chan struct{}),
 	}
 	if opts.ImplicitTLS && opts.TLSConfig == nil {
 		return nil, errors.New("imapmem: ImplicitTLS needs a TLSConfig")
 	}
 	loginOnly := opts.LoginOnly
+	bearer := opts.Bearer
 	srvOpts := &imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			if bearer != nil {
+				return &bearerSession{server: s, valid: bearer}, nil, nil
+			}
 			if loginOnly {
 				return &loginOnlySession{server: s}, nil, nil
 			}
@@ -203,4 +217,245 @@ func (s *Server) Count(user, mailbox string) (int, error) {
 		return 0, errors.New("imapmem: no message count")
 	}
 	return int(*data.NumMessages), nil
+}
+
+// SASL mechanisms that carry an OAuth2 access token, offered when
+// Options.Bearer is set.
+const (
+	// XOAuth2 is Google's mechanism. The client's initial response is
+	// "user=" user "\x01auth=Bearer " token "\x01\x01".
+	XOAuth2 = "XOAUTH2"
+	// OAuthBearer is the mechanism of RFC 7628. The client's initial
+	// response is "n,a=" user ",\x01host=...\x01port=...\x01auth=Bearer "
+	// token "\x01\x01"; the user is the authorization identity (a=).
+	OAuthBearer = "OAUTHBEARER"
+)
+
+// bearerScope is the scope named in failure challenges, Gmail's.
+const bearerScope = "https://mail.google.com/"
+
+type bearerCount struct{ ok, failed int }
+
+func (s *Server) countBearer(mech string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.bearer[mech]
+	if c == nil {
+		c = &bearerCount{}
+		s.bearer[mech] = c
+	}
+	if ok {
+		c.ok++
+	} else {
+		c.failed++
+	}
+}
+
+// BearerLogins returns how many XOAUTH2 and OAUTHBEARER authentications
+// succeeded and how many failed, a malformed response counting as failed.
+// An exchange the client cancels before sending its response is not
+// counted.
+func (s *Server) BearerLogins() (ok, failed int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.bearer {
+		ok += c.ok
+		failed += c.failed
+	}
+	return ok, failed
+}
+
+// BearerLoginsWith is BearerLogins for one mechanism, XOAuth2 or
+// OAuthBearer.
+func (s *Server) BearerLoginsWith(mech string) (ok, failed int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.bearer[mech]; c != nil {
+		return c.ok, c.failed
+	}
+	return 0, 0
+}
+
+// bearerSession is imapmemserver's session for an OAuth2-only server.
+type bearerSession struct {
+	*imapmemserver.UserSession // nil until logged in
+
+	server *Server
+	valid  func(user, token string) bool
+}
+
+var _ imapserver.SessionSASL = (*bearerSession)(nil)
+
+func (sess *bearerSession) Login(username, password string) error {
+	return &imap.Error{
+		Type: imap.StatusResponseTypeNo,
+		Code: imap.ResponseCodeAuthenticationFailed,
+		Text: "LOGIN disabled: use AUTHENTICATE XOAUTH2 or OAUTHBEARER",
+	}
+}
+
+func (sess *bearerSession) AuthenticateMechanisms() []string {
+	return []string{XOAuth2, OAuthBearer}
+}
+
+func (sess *bearerSession) Authenticate(mech string) (sasl.Server, error) {
+	switch mech {
+	case XOAuth2:
+		return &bearerServer{sess: sess, mech: mech, parse: parseXOAuth2}, nil
+	case OAuthBearer:
+		return &bearerServer{sess: sess, mech: mech, parse: parseOAuthBearer}, nil
+	}
+	return nil, &imap.Error{
+		Type: imap.StatusResponseTypeNo,
+		Text: "SASL mechanism not supported",
+	}
+}
+
+// login checks a bearer token and, if it is good, logs the session in.
+func (sess *bearerSession) login(user, token string) bool {
+	u, err := sess.server.user(user)
+	if err != nil || !sess.valid(user, token) {
+		return false
+	}
+	sess.UserSession = imapmemserver.NewUserSession(u)
+	return true
+}
+
+// bearerServer is the server side of XOAUTH2 and OAUTHBEARER: one client
+// response carrying the token; on failure a JSON error challenge, one
+// more client response (empty for XOAUTH2, 0x01 for OAUTHBEARER, but
+// anything is taken), and NO [AUTHENTICATIONFAILED].
+type bearerServer struct {
+	sess   *bearerSession
+	mech   string
+	parse  func([]byte) (user, token string, ok bool)
+	failed bool
+	done   bool
+}
+
+// bearerError is the JSON error challenge; XOAUTH2 and RFC 7628 §3.2.2
+// share its shape.
+type bearerError struct {
+	Status  string `json:"status"`
+	Schemes string `json:"schemes"`
+	Scope   string `json:"scope"`
+}
+
+func (b *bearerServer) Next(resp []byte) (challenge []byte, done bool, err error) {
+	switch {
+	case b.done:
+		return nil, true, sasl.ErrUnexpectedClientResponse
+	case b.failed:
+		b.done = true
+		return nil, true, &imap.Error{
+			Type: imap.StatusResponseTypeNo,
+			Code: imap.ResponseCodeAuthenticationFailed,
+			Text: "Invalid credentials",
+		}
+	case resp == nil:
+		// No initial response: an empty continuation asks for it.
+		return nil, false, nil
+	}
+	user, token, ok := b.parse(resp)
+	if ok && b.sess.login(user, token) {
+		b.done = true
+		b.sess.server.countBearer(b.mech, true)
+		return nil, true, nil
+	}
+	b.sess.server.countBearer(b.mech, false)
+	b.failed = true
+	e := bearerError{Status: "401", Schemes: "Bearer", Scope: bearerScope}
+	if b.mech == OAuthBearer {
+		e = bearerError{Status: "invalid_token", Schemes: "bearer", Scope: bearerScope}
+		if !ok {
+			e.Status = "invalid_request"
+		}
+	} else if !ok {
+		e.Status = "400"
+	}
+	blob, err := json.Marshal(e)
+	if err != nil {
+		return nil, true, err
+	}
+	return blob, false, nil
+}
+
+// bearerToken takes the token from an "auth" value, "Bearer <token>" with
+// the scheme in any case.
+func bearerToken(v string) (string, bool) {
+	const scheme = "bearer "
+	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+		return "", false
+	}
+	return v[len(scheme):], true
+}
+
+// parseXOAuth2 reads "user=U\x01auth=Bearer T\x01\x01".
+func parseXOAuth2(resp []byte) (user, token string, ok bool) {
+	s, found := strings.CutSuffix(string(resp), "\x01\x01")
+	if !found {
+		return "", "", false
+	}
+	var haveUser, haveToken bool
+	for _, kv := range strings.Split(s, "\x01") {
+		k, v, found := strings.Cut(kv, "=")
+		if !found {
+			return "", "", false
+		}
+		switch k {
+		case "user":
+			user, haveUser = v, true
+		case "auth":
+			token, haveToken = bearerToken(v)
+			if !haveToken {
+				return "", "", false
+			}
+		}
+	}
+	return user, token, haveUser && haveToken && user != ""
+}
+
+// parseOAuthBearer reads RFC 7628's client response:
+// gs2-header "\x01" *(key "=" value "\x01") "\x01". The user is the
+// gs2 authzid, which is therefore required here; channel binding ("p=")
+// is refused and keys other than auth are ignored.
+func parseOAuthBearer(resp []byte) (user, token string, ok bool) {
+	flag, rest, found := strings.Cut(string(resp), ",")
+	if !found || (flag != "n" && flag != "y") {
+		return "", "", false
+	}
+	authzid, rest, found := strings.Cut(rest, ",")
+	if !found {
+		return "", "", false
+	}
+	if authzid != "" {
+		name, found := strings.CutPrefix(authzid, "a=")
+		if !found {
+			return "", "", false
+		}
+		// saslname escapes "," as "=2C" and "=" as "=3D" (RFC 5801).
+		user = strings.NewReplacer("=2C", ",", "=3D", "=").Replace(name)
+	}
+	kvs, found := strings.CutPrefix(rest, "\x01")
+	if !found {
+		return "", "", false
+	}
+	kvs, found = strings.CutSuffix(kvs, "\x01\x01")
+	if !found {
+		return "", "", false
+	}
+	var haveToken bool
+	for _, kv := range strings.Split(kvs, "\x01") {
+		k, v, found := strings.Cut(kv, "=")
+		if !found {
+			return "", "", false
+		}
+		if k == "auth" {
+			token, haveToken = bearerToken(v)
+			if !haveToken {
+				return "", "", false
+			}
+		}
+	}
+	return user, token, haveToken && user != ""
 }
