@@ -52,7 +52,14 @@ func (p *pool) digest(acct *account) []byte {
 	mac := hmac.New(sha256.New, p.key)
 	mac.Write([]byte(acct.username))
 	mac.Write([]byte{0})
-	mac.Write([]byte(acct.password))
+	if acct.token != nil {
+		// A mapped user's OAuth2 login: the local password was checked,
+		// and the token belongs to the account, not to the login.
+		mac.Write([]byte{1})
+	} else {
+		mac.Write([]byte{0})
+		mac.Write([]byte(acct.password))
+	}
 	return mac.Sum(nil)
 }
 

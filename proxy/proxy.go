@@ -34,6 +34,9 @@ type Upstream struct {
 	// KeepConnection is how long a logged-in connection is kept after its
 	// session for the next login; 0 means DefaultPoolIdle, negative none.
 	KeepConnection time.Duration
+	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
+	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
+	OAuth2 string
 }
 
 // User is a mapped user: local credentials for one upstream account.
@@ -45,7 +48,16 @@ type User struct {
 	// UpstreamPassword returns the upstream secret. It is called at each
 	// login, so a rotated secret file takes effect without a restart.
 	UpstreamPassword func() (string, error)
+	// UpstreamToken returns an OAuth2 access token, for an upstream with
+	// OAuth2 set; refresh asks for a new one because the upstream refused
+	// the last. An error wrapping ErrNeedsAuthorization refuses the login
+	// with [AUTH]; any other is a temporary failure.
+	UpstreamToken func(ctx context.Context, refresh bool) (string, error)
 }
+
+// ErrNeedsAuthorization means an account's OAuth2 grant is missing, revoked
+// or expired: the operator must authorise the gateway again.
+var ErrNeedsAuthorization = errors.New("proxy: the upstream account needs a new OAuth2 authorisation")
 
 // Passthrough forwards logins that are not mapped users, unchanged, to an
 // upstream: the one named for the login's domain, else the default.
@@ -121,6 +133,28 @@ type account struct {
 	upstream *Upstream
 	username string
 	password string
+	token    func(ctx context.Context, refresh bool) (string, error) // OAuth2, instead of password
+}
+
+// userAccount is the upstream account of a mapped user.
+func userAccount(u *User, up *Upstream) (*account, error) {
+	if up == nil {
+		return nil, fmt.Errorf("unknown upstream %q", u.Upstream)
+	}
+	acct := &account{upstream: up, username: u.UpstreamUser}
+	if up.OAuth2 != "" {
+		if u.UpstreamToken == nil {
+			return nil, fmt.Errorf("upstream %s logs in with OAuth2, but the user has no token", up.Name)
+		}
+		acct.token = u.UpstreamToken
+		return acct, nil
+	}
+	secret, err := u.UpstreamPassword()
+	if err != nil {
+		return nil, err
+	}
+	acct.password = secret
+	return acct, nil
 }
 
 // key names the account in the cache.
@@ -145,13 +179,12 @@ func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 		if !ok {
 			return nil, pop3.ErrAuthFailed
 		}
-		up := cfg.Upstreams[u.Upstream]
-		secret, err := u.UpstreamPassword()
-		if err != nil || up == nil {
+		acct, err := userAccount(u, cfg.Upstreams[u.Upstream])
+		if err != nil {
 			g.log.Error("no upstream secret for user", "user", u.Name, "err", err)
 			return nil, errTemporary
 		}
-		return &account{upstream: up, username: u.UpstreamUser, password: secret}, nil
+		return acct, nil
 	}
 	pt := cfg.Passthrough
 	if pt == nil {
@@ -195,6 +228,10 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		}
 	}
 	if err != nil {
+		if errors.Is(err, ErrNeedsAuthorization) {
+			log.Error("upstream login impossible until the account is authorised again", "err", err)
+			return nil, pop3.ErrAuthFailed
+		}
 		if errors.Is(err, upstream.ErrAuthFailed) {
 			log.Info("upstream refused the credentials", "err", err)
 			return nil, pop3.ErrAuthFailed
@@ -230,15 +267,42 @@ func (g *Gateway) reuse(ctx context.Context, acct *account) *upstream.Session {
 
 // open dials the account's server, logs in and selects the mailbox.
 func (g *Gateway) open(ctx context.Context, acct *account) (*upstream.Session, error) {
+	sess, err := g.login(ctx, acct, false)
+	if acct.token != nil && errors.Is(err, upstream.ErrAuthFailed) {
+		// The provider may have revoked the access token before its
+		// expiry; one more try with a fresh token tells.
+		sess, err = g.login(ctx, acct, true)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// login dials the account's server and logs in, with a fresh OAuth2 token
+// when refresh is set.
+func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (*upstream.Session, error) {
+	var token string
+	if acct.token != nil {
+		var err error
+		if token, err = acct.token(ctx, refresh); err != nil {
+			return nil, err
+		}
+	}
 	sess, err := upstream.Dial(ctx, &acct.upstream.Server)
 	if err != nil {
 		return nil, err
 	}
-	if err := sess.Login(ctx, acct.username, acct.password); err != nil {
-		sess.Close()
-		return nil, err
+	if acct.token != nil {
+		err = sess.LoginOAuth2(ctx, acct.upstream.OAuth2, acct.username, token)
+	} else {
+		err = sess.Login(ctx, acct.username, acct.password)
 	}
-	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+	if err != nil {
 		sess.Close()
 		return nil, err
 	}
@@ -269,23 +333,26 @@ type CheckResult struct {
 	Err      error
 }
 
-// Check logs in to the upstream account of every mapped user and selects
-// its mailbox, reporting each result.
-func (g *Gateway) Check(ctx context.Context) []CheckResult {
+// Check logs in to the upstream account of the named mapped users, or of
+// every mapped user when no name is given, and selects its mailbox,
+// reporting each result.
+func (g *Gateway) Check(ctx context.Context, names ...string) []CheckResult {
 	cfg := g.config.Load()
+	if len(names) == 0 {
+		names = sortedKeys(cfg.Users)
+	}
 	var results []CheckResult
-	for _, name := range sortedKeys(cfg.Users) {
+	for _, name := range names {
 		u := cfg.Users[name]
+		if u == nil {
+			results = append(results, CheckResult{User: name, Err: errors.New("no such user")})
+			continue
+		}
 		r := CheckResult{User: name, Upstream: u.Upstream}
-		secret, err := u.UpstreamPassword()
-		up := cfg.Upstreams[u.Upstream]
-		switch {
-		case err != nil:
+		acct, err := userAccount(u, cfg.Upstreams[u.Upstream])
+		if err != nil {
 			r.Err = err
-		case up == nil:
-			r.Err = fmt.Errorf("unknown upstream %q", u.Upstream)
-		default:
-			acct := &account{upstream: up, username: u.UpstreamUser, password: secret}
+		} else {
 			sess, err := g.open(ctx, acct)
 			if err != nil {
 				r.Err = err

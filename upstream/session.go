@@ -51,6 +51,7 @@ var (
 type Session struct {
 	client  *imapclient.Client
 	conn    *watchdogConn
+	address string // host:port, for OAUTHBEARER
 	mailbox string
 	info    Mailbox
 }
@@ -129,7 +130,7 @@ func Dial(ctx context.Context, srv *Server) (*Session, error) {
 		client.Close()
 		return nil, fmt.Errorf("upstream: connect %s: %w", srv.Address, ctx.Err())
 	}
-	return &Session{client: client, conn: wd}, nil
+	return &Session{client: client, conn: wd, address: srv.Address}, nil
 }
 
 // op brackets one exchange with the server: the watchdog runs, and a

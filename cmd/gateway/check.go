@@ -32,7 +32,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings() {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
-	pc, err := gatewayConfig(cfg)
+	pc, err := newSetup(*configPath, slog.New(slog.DiscardHandler)).gatewayConfig(cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "config:", err)
 		return 1

@@ -6,6 +6,9 @@
 //	gateway demo                  try it against built-in sample mail
 //	gateway check -config FILE    validate the config and test upstream logins
 //	gateway hash-password         hash a password for the config file
+//	gateway oauth2 login -config FILE -user NAME
+//	                              authorise the gateway for a user's OAuth2 upstream
+//	gateway secrets new-key       create the key that seals stored secrets
 //	gateway version               print version information
 package main
 
@@ -31,6 +34,12 @@ commands:
   demo                 run against built-in sample mail on 127.0.0.1:1110
   check -config FILE   validate the config and log in to each upstream account
   hash-password        read a password on stdin and print its hash
+  oauth2 login -config FILE -user NAME
+                       authorise the gateway for a user's OAuth2 upstream account
+  secrets new-key [-out FILE]
+                       create the key that seals stored tokens and passwords
+  secrets set-password -config FILE -user NAME
+                       seal a user's upstream password into its upstream_password_file
   version              print version, commit and Go version
 `
 
@@ -48,6 +57,10 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return checkCmd(args[1:], stdout, stderr)
 	case "hash-password":
 		return hashPasswordCmd(args[1:], stdin, stdout, stderr)
+	case "oauth2":
+		return oauth2Cmd(args[1:], stdin, stdout, stderr)
+	case "secrets":
+		return secretsCmd(args[1:], stdin, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

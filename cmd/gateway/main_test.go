@@ -18,6 +18,7 @@ import (
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/pop3client"
 	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 func TestDemoServesSampleMail(t *testing.T) {
@@ -268,20 +269,45 @@ func waitFor(t *testing.T, cond func() bool) { t.Helper(); testenv.WaitFor(t, co
 
 var _ = pop3.ErrServerClosed
 
-func TestProviderWithoutAddressIsRefused(t *testing.T) {
+func TestProviderPresets(t *testing.T) {
 	path := writeFile(t, "p.yaml", `listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  f:
+    provider: fastmail
+  g:
+    provider: gmail
+    oauth2: {client_id: id}
+passthrough:
+  upstream: f
+`, 0o600)
+	_, pc, err := newSetup(path, nil).load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, g := pc.Upstreams["f"], pc.Upstreams["g"]
+	if f.Server.Address != "imap.fastmail.com:993" || f.Server.Security != upstream.SecurityImplicit || f.OAuth2 != "" || f.OnDelete != upstream.DeleteTrash {
+		t.Errorf("fastmail = %+v", f)
+	}
+	if g.Server.Address != "imap.gmail.com:993" || g.OAuth2 != upstream.XOAuth2 || g.OnDelete != upstream.DeleteTrash || g.Trash != "[Gmail]/Trash" {
+		t.Errorf("gmail = %+v", g)
+	}
+
+	// Passthrough cannot reach an OAuth2 upstream: it has no token to use.
+	bad := writeFile(t, "b.yaml", `listen:
   pop3: "127.0.0.1:0"
 upstreams:
   g:
     provider: gmail
+    oauth2: {client_id: id}
 passthrough:
   upstream: g
 `, 0o600)
 	var stderr bytes.Buffer
-	if code := run([]string{"serve", "-config", path}, nil, io.Discard, &stderr); code == 0 {
-		t.Fatal("serve started with an upstream that has no address")
+	if code := run([]string{"serve", "-config", bad}, nil, io.Discard, &stderr); code == 0 {
+		t.Fatal("serve started with passthrough to an OAuth2 upstream")
 	}
-	if !strings.Contains(stderr.String(), "set address") {
+	if !strings.Contains(stderr.String(), "passthrough forwards passwords") {
 		t.Fatalf("unclear error: %s", stderr.String())
 	}
 }
@@ -302,7 +328,7 @@ upstreams:
 passthrough:
   upstream: plain
 `, 0o600)
-	_, pc, err := loadConfig(path)
+	_, pc, err := newSetup(path, nil).load()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/internal/guard"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 )
@@ -74,7 +75,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 // service is a running gateway.
 type service struct {
 	log     *slog.Logger
-	path    string
+	setup   *setup
 	gateway *proxy.Gateway
 	pop3    *pop3.Server
 	cert    certificate
@@ -85,14 +86,13 @@ type service struct {
 // serve runs the gateway until ctx is done, then drains. ready, if not nil,
 // receives the bound addresses once the listeners are up.
 func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Signal, ready chan<- map[string]string) error {
-	cfg, pc, err := loadConfig(path)
+	st := newSetup(path, log)
+	cfg, pc, err := st.load()
 	if err != nil {
 		return err
 	}
-	for _, w := range cfg.Warnings() {
-		log.Warn(w)
-	}
-	s := &service{log: log, path: path, addrs: make(map[string]string)}
+	st.warn(cfg)
+	s := &service{log: log, setup: st, addrs: make(map[string]string)}
 	var tlsConfig = serverTLS(cfg, &s.cert)
 	if tlsConfig != nil {
 		if err := s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
@@ -106,6 +106,12 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		AllowInsecureAuth: cfg.Auth.AllowInsecure,
 		Implementation:    "gateway " + version,
 		Logger:            log,
+		Guard: guard.NewMemory(guard.Options{
+			Base: time.Duration(cfg.Limits.LoginDelay),
+			Max:  time.Duration(cfg.Limits.LoginDelayMax),
+		}),
+		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
+		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 	}
 
 	errc := make(chan error, 3)
@@ -161,7 +167,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 // reload re-reads the config file and swaps in users, secrets and the
 // certificate. A bad file is reported and the running config kept.
 func (s *service) reload() {
-	cfg, pc, err := loadConfig(s.path)
+	cfg, pc, err := s.setup.load()
 	if err == nil && cfg.TLS.CertFile != "" && s.pop3.TLSConfig != nil {
 		err = s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 	}
@@ -169,28 +175,38 @@ func (s *service) reload() {
 		s.log.Error("reload failed; keeping the running configuration", "err", err)
 		return
 	}
-	for _, w := range cfg.Warnings() {
-		s.log.Warn(w)
-	}
+	s.setup.warn(cfg)
 	s.gateway.Reload(pc)
 	s.log.Info("configuration reloaded", "users", len(pc.Users), "upstreams", len(pc.Upstreams))
 }
 
-// loadConfig reads and validates the file, checks that every mapped user's
-// upstream secret can be read, and builds the gateway's configuration.
-func loadConfig(path string) (*config.Config, *proxy.Config, error) {
-	cfg, err := config.Load(path)
+// load reads and validates the file, checks that every secret it names can
+// be read, and builds the gateway's configuration.
+func (st *setup) load() (*config.Config, *proxy.Config, error) {
+	cfg, err := config.Load(st.path)
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := cfg.CheckSecrets(); err != nil {
 		return nil, nil, err
 	}
-	pc, err := gatewayConfig(cfg)
+	pc, err := st.gatewayConfig(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	return cfg, pc, nil
+}
+
+// warn logs the configuration's warnings, and each user who cannot log in
+// until authorised.
+func (st *setup) warn(cfg *config.Config) {
+	for _, w := range cfg.Warnings() {
+		st.log.Warn(w)
+	}
+	for _, name := range cfg.MissingTokens() {
+		st.log.Warn("no OAuth2 token yet: this user cannot log in until authorised",
+			"user", name, "run", fmt.Sprintf("gateway oauth2 login -config %s -user %s", st.path, name))
+	}
 }
 
 func (s *service) shutdown() {

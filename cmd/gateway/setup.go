@@ -1,29 +1,60 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/internal/oauth"
+	"github.com/pop3gw/gateway/internal/secrets"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )
 
+// setup turns the file's settings into the proxy's. It outlives reloads:
+// the OAuth2 token sources it made are reused while their settings stay
+// the same, so a refresh under way is never raced by a second source
+// holding the same refresh token.
+type setup struct {
+	path string // the config file, for the hints in error messages
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	sources map[string]*tokenSource // by token file
+}
+
+type tokenSource struct {
+	src         *oauth.Source
+	fingerprint string
+}
+
+func newSetup(path string, log *slog.Logger) *setup {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &setup{path: path, log: log, sources: make(map[string]*tokenSource)}
+}
+
 // gatewayConfig turns the file's settings into the proxy's.
-func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
+func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	pc := &proxy.Config{
 		Upstreams: make(map[string]*proxy.Upstream),
 		Users:     make(map[string]*proxy.User),
 	}
+	var key *secrets.Key
+	clients := make(map[string]*oauth.Client)
 	for name, u := range cfg.Upstreams {
-		if u.Address == "" {
-			return nil, fmt.Errorf("upstreams.%s: provider presets (%q) are not implemented yet: set address and tls", name, u.Provider)
-		}
 		tlsConfig, err := upstreamTLS(u)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams.%s: %w", name, err)
@@ -41,6 +72,14 @@ func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			Trash:        u.TrashMailbox,
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
 		}
+		if u.OAuthEnabled() {
+			pc.Upstreams[name].OAuth2 = map[string]string{
+				config.AuthXOAuth2: upstream.XOAuth2, config.AuthOAuthBearer: upstream.OAuthBearer,
+			}[u.Auth]
+			if clients[name], err = oauthClient(u); err != nil {
+				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+			}
+		}
 		if k := u.KeepConnection; k != nil {
 			pc.Upstreams[name].KeepConnection = time.Duration(*k)
 			if *k == 0 {
@@ -49,13 +88,23 @@ func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 		}
 	}
 	for name, u := range cfg.Users {
-		pc.Users[name] = &proxy.User{
+		pu := &proxy.User{
 			Name:             name,
 			PasswordHash:     u.PasswordHash,
 			Upstream:         u.Upstream,
 			UpstreamUser:     u.UpstreamUser,
 			UpstreamPassword: u.UpstreamPassword,
 		}
+		if c := clients[u.Upstream]; c != nil {
+			if key == nil {
+				var err error
+				if key, err = cfg.SealingKey(); err != nil {
+					return nil, err
+				}
+			}
+			pu.UpstreamToken = st.tokenFunc(name, u.OAuth2TokenFile, c, key)
+		}
+		pc.Users[name] = pu
 	}
 	if pt := cfg.Passthrough; pt != nil {
 		domains := make(map[string]string, len(pt.Domains))
@@ -67,9 +116,49 @@ func gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	return pc, nil
 }
 
-// upstreamTLS verifies the upstream against the system roots plus ca_file.
+// oauthClient is the upstream's registered OAuth2 application.
+func oauthClient(u *config.Upstream) (*oauth.Client, error) {
+	o := u.OAuth2
+	secret, err := o.ClientSecret()
+	if err != nil {
+		return nil, err
+	}
+	return &oauth.Client{Config: &oauth2.Config{
+		ClientID:     o.ClientID,
+		ClientSecret: secret,
+		Endpoint:     oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceAuthURL},
+		Scopes:       o.Scopes,
+		RedirectURL:  o.RedirectURL,
+	}}, nil
+}
+
+// tokenFunc gives a user's access tokens from the token source of its
+// file, and turns a missing or refused grant into an instruction for the
+// operator.
+func (st *setup) tokenFunc(user, file string, c *oauth.Client, key *secrets.Key) func(context.Context, bool) (string, error) {
+	cfg := c.Config
+	fingerprint := strings.Join(append([]string{user, cfg.ClientID, cfg.ClientSecret, cfg.Endpoint.TokenURL, key.ID()}, cfg.Scopes...), "\x00")
+	st.mu.Lock()
+	ts := st.sources[file]
+	if ts == nil || ts.fingerprint != fingerprint {
+		store := &oauth.Store{Path: file, Key: key, Context: config.TokenContext(user)}
+		ts = &tokenSource{src: oauth.NewSource(c, store, st.log.With("user", user)), fingerprint: fingerprint}
+		st.sources[file] = ts
+	}
+	st.mu.Unlock()
+	return func(ctx context.Context, refresh bool) (string, error) {
+		tok, err := ts.src.AccessToken(ctx, refresh)
+		if errors.Is(err, oauth.ErrNoToken) || errors.Is(err, oauth.ErrRefused) {
+			return "", fmt.Errorf("%w: %w; run `gateway oauth2 login -config %s -user %s`", proxy.ErrNeedsAuthorization, err, st.path, user)
+		}
+		return tok, err
+	}
+}
+
+// upstreamTLS verifies the upstream against the system roots plus ca_file;
+// tls_skip_verify turns verification off.
 func upstreamTLS(u *config.Upstream) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.ServerName}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.ServerName, InsecureSkipVerify: u.TLSSkipVerify}
 	if u.CAFile != "" {
 		pem, err := os.ReadFile(u.CAFile)
 		if err != nil {

@@ -9,16 +9,18 @@ package config
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pop3gw/gateway/internal/secrets"
 )
 
 // Config is the configuration file.
@@ -30,6 +32,30 @@ type Config struct {
 	Users       map[string]*User     `yaml:"users"`
 	Passthrough *Passthrough         `yaml:"passthrough"` // nil: no passthrough
 	Cache       Cache                `yaml:"cache"`
+	Secrets     Secrets              `yaml:"secrets"`
+	Limits      Limits               `yaml:"limits"`
+}
+
+// Secrets says where the key that seals secrets at rest comes from: the
+// OAuth2 tokens and the upstream passwords the gateway writes.
+type Secrets struct {
+	KeyFile string `yaml:"key_file"` // base64 of 32 bytes, from `gateway secrets new-key`
+	KeyEnv  string `yaml:"key_env"`  // or the name of an environment variable holding it
+}
+
+// Limits bound what one client can ask of the gateway.
+type Limits struct {
+	// ConnectionsPerIP bounds the open connections from one address; 0
+	// means the default, -1 no limit.
+	ConnectionsPerIP int `yaml:"connections_per_ip"`
+	// SessionsPerUser bounds the sessions logging in or logged in under one
+	// name; 0 means the default, -1 no limit.
+	SessionsPerUser int `yaml:"sessions_per_user"`
+	// LoginDelay is the delay after the first failed login from an address
+	// or for a user name; it doubles with each further failure up to
+	// LoginDelayMax, and a successful login resets it.
+	LoginDelay    Duration `yaml:"login_delay"`
+	LoginDelayMax Duration `yaml:"login_delay_max"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -61,6 +87,13 @@ const (
 	TLSNone     = "none"
 )
 
+// Upstream login mechanisms.
+const (
+	AuthPassword    = "password"    // AUTHENTICATE PLAIN, else LOGIN
+	AuthXOAuth2     = "xoauth2"     // OAuth2 access token, Google's XOAUTH2
+	AuthOAuthBearer = "oauthbearer" // OAuth2 access token, RFC 7628
+)
+
 // Upstream on_delete actions, applied at QUIT.
 const (
 	OnDeleteExpunge = "expunge"
@@ -68,9 +101,6 @@ const (
 	OnDeleteSeen    = "seen"
 	OnDeleteKeep    = "keep"
 )
-
-// Providers lists the accepted values of an upstream's provider key.
-var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol"}
 
 // Upstream is an IMAP server.
 type Upstream struct {
@@ -93,6 +123,36 @@ type Upstream struct {
 	// next login to the same mailbox with the same credentials; default
 	// 60s, 0s logs out at once.
 	KeepConnection *Duration `yaml:"keep_connection"`
+	// Auth is how the gateway logs in: AuthPassword (default), AuthXOAuth2
+	// or AuthOAuthBearer.
+	Auth string `yaml:"auth"`
+	// TLSSkipVerify accepts any certificate from the upstream. For tests
+	// only; it is logged as a warning at start.
+	TLSSkipVerify bool `yaml:"tls_skip_verify"`
+	// OAuth2 is the authorization server and client for auth xoauth2 and
+	// oauthbearer; a provider preset fills its endpoints and scopes.
+	OAuth2 *OAuth2 `yaml:"oauth2"`
+}
+
+// OAuth2 describes the OAuth2 client the gateway is registered as, and the
+// provider's endpoints.
+type OAuth2 struct {
+	ClientID         string   `yaml:"client_id"`
+	ClientSecretFile string   `yaml:"client_secret_file"` // at most one of these two; public clients have none
+	ClientSecretEnv  string   `yaml:"client_secret_env"`
+	AuthURL          string   `yaml:"auth_url"`        // authorization code grant with PKCE
+	TokenURL         string   `yaml:"token_url"`       // token and refresh requests
+	DeviceAuthURL    string   `yaml:"device_auth_url"` // device authorization grant (RFC 8628), preferred when set
+	Scopes           []string `yaml:"scopes"`
+	// RedirectURL is the loopback address the browser is sent back to
+	// after the authorization code grant; default http://127.0.0.1 on a
+	// free port.
+	RedirectURL string `yaml:"redirect_url"`
+}
+
+// OAuthEnabled reports whether the upstream logs in with OAuth2 tokens.
+func (u *Upstream) OAuthEnabled() bool {
+	return u.Auth == AuthXOAuth2 || u.Auth == AuthOAuthBearer
 }
 
 // TLSServerName returns the name to verify in the upstream's certificate:
@@ -116,6 +176,12 @@ type User struct {
 	UpstreamUser         string `yaml:"upstream_user"`
 	UpstreamPasswordFile string `yaml:"upstream_password_file"` // exactly one of these two
 	UpstreamPasswordEnv  string `yaml:"upstream_password_env"`
+	// OAuth2TokenFile is where the user's sealed OAuth2 token is kept, for
+	// an upstream with auth xoauth2 or oauthbearer; `gateway oauth2 login`
+	// writes it and the gateway rewrites it when the token rotates.
+	OAuth2TokenFile string `yaml:"oauth2_token_file"`
+
+	config *Config // for the sealing key; set by SetDefaults
 }
 
 // Passthrough forwards logins not listed in Users, with their own
@@ -143,6 +209,12 @@ const (
 	DefaultMinVersion     = "1.2"
 	DefaultMemory         = 256 * MiB
 	DefaultMaxMessage     = 16 * MiB
+	// Login limits: a few POP3 pollers behind one NAT address fit well
+	// within these, a password-guessing run does not.
+	DefaultConnectionsPerIP = 20
+	DefaultSessionsPerUser  = 4
+	DefaultLoginDelay       = Duration(time.Second)
+	DefaultLoginDelayMax    = Duration(15 * time.Second)
 )
 
 // Error lists the problems found in a configuration, one per line, each
@@ -209,12 +281,28 @@ func (c *Config) SetDefaults() {
 	if c.Cache.MaxMessage == 0 {
 		c.Cache.MaxMessage = DefaultMaxMessage
 	}
+	if c.Limits.ConnectionsPerIP == 0 {
+		c.Limits.ConnectionsPerIP = DefaultConnectionsPerIP
+	}
+	if c.Limits.SessionsPerUser == 0 {
+		c.Limits.SessionsPerUser = DefaultSessionsPerUser
+	}
+	if c.Limits.LoginDelay == 0 {
+		c.Limits.LoginDelay = DefaultLoginDelay
+	}
+	if c.Limits.LoginDelayMax == 0 {
+		c.Limits.LoginDelayMax = max(DefaultLoginDelayMax, c.Limits.LoginDelay)
+	}
 	for name, u := range c.Upstreams {
 		if u == nil {
 			u = &Upstream{}
 			c.Upstreams[name] = u
 		}
 		u.Name = name
+		applyPreset(u)
+		if u.Auth == "" {
+			u.Auth = AuthPassword
+		}
 		if u.TLS == "" {
 			u.TLS = TLSImplicit
 		}
@@ -242,6 +330,7 @@ func (c *Config) SetDefaults() {
 			c.Users[name] = u
 		}
 		u.Name = name
+		u.config = c
 	}
 	if p := c.Passthrough; p != nil && len(p.Domains) > 0 {
 		lower := make(map[string]string, len(p.Domains))
@@ -291,6 +380,9 @@ func (c *Config) Warnings() []string {
 		if u != nil && u.TLS == TLSNone && u.Address != "" && !isLoopback(u.Address) {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls is none: upstream passwords cross the network without TLS", name))
 		}
+		if u != nil && u.TLSSkipVerify && u.TLS != TLSNone {
+			w = append(w, fmt.Sprintf("upstreams.%s.tls_skip_verify is true: the upstream's certificate is NOT verified, so anyone on the network path can impersonate it and read the mail and the upstream credentials; use ca_file instead", name))
+		}
 	}
 	return w
 }
@@ -310,10 +402,29 @@ func isLoopback(addr string) bool {
 // maxSecret bounds the size of an upstream password file.
 const maxSecret = 64 << 10
 
+// Sealing contexts bind a sealed file to its user and purpose, so a file
+// copied to another user's path does not open.
+func TokenContext(user string) string    { return "oauth2-token:" + user }
+func PasswordContext(user string) string { return "upstream-password:" + user }
+
+// SealingKey loads the key of the secrets section.
+func (c *Config) SealingKey() (*secrets.Key, error) {
+	if c.Secrets.KeyFile == "" && c.Secrets.KeyEnv == "" {
+		return nil, errors.New("config: secrets: no key_file or key_env is set (create a key with `gateway secrets new-key`)")
+	}
+	k, err := secrets.LoadKey(c.Secrets.KeyFile, c.Secrets.KeyEnv)
+	if err != nil {
+		return nil, fmt.Errorf("config: secrets: %w", err)
+	}
+	return k, nil
+}
+
 // UpstreamPassword returns the user's upstream password, read from
 // UpstreamPasswordFile or the environment variable UpstreamPasswordEnv. One
-// trailing "\n" or "\r\n" is removed from the file's contents. The file must
-// not be accessible by group or others. Errors never contain the password.
+// trailing "\n" or "\r\n" is removed from the file's contents; a sealed
+// file (written by `gateway secrets set-password`) is opened with the key
+// of the secrets section. The file must not be accessible by group or
+// others. Errors never contain the password.
 func (u *User) UpstreamPassword() (string, error) {
 	who := "upstream password"
 	if u.Name != "" {
@@ -325,27 +436,21 @@ func (u *User) UpstreamPassword() (string, error) {
 		return "", fmt.Errorf("config: %s: both upstream_password_file and upstream_password_env are set", who)
 	case u.UpstreamPasswordFile != "":
 		name := u.UpstreamPasswordFile
-		f, err := os.Open(name)
+		data, err := secrets.ReadFile(name, maxSecret)
 		if err != nil {
 			return "", fmt.Errorf("config: %s: %w", who, err)
 		}
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return "", fmt.Errorf("config: %s: %w", who, err)
-		}
-		if !fi.Mode().IsRegular() {
-			return "", fmt.Errorf("config: %s: %s is not a regular file", who, name)
-		}
-		if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
-			return "", fmt.Errorf("config: %s: %s has mode %04o and is readable by group or others; chmod 600 %s", who, name, perm, name)
-		}
-		data, err := io.ReadAll(io.LimitReader(f, maxSecret+1))
-		if err != nil {
-			return "", fmt.Errorf("config: %s: reading %s: %w", who, name, err)
-		}
-		if len(data) > maxSecret {
-			return "", fmt.Errorf("config: %s: %s is larger than %d bytes", who, name, maxSecret)
+		if secrets.IsSealed(data) {
+			if u.config == nil {
+				return "", fmt.Errorf("config: %s: %s is sealed, but no key is configured", who, name)
+			}
+			key, err := u.config.SealingKey()
+			if err != nil {
+				return "", fmt.Errorf("config: %s: %s is sealed: %w", who, name, err)
+			}
+			if data, err = key.Open(data, PasswordContext(u.Name)); err != nil {
+				return "", fmt.Errorf("config: %s: %s: %w", who, name, err)
+			}
 		}
 		pw = string(data)
 		if p, ok := strings.CutSuffix(pw, "\r\n"); ok {
@@ -378,23 +483,94 @@ func (u *User) UpstreamPassword() (string, error) {
 	return pw, nil
 }
 
-// CheckSecrets reads every mapped user's upstream password and returns the
-// problems found as an *Error, or nil.
+// ClientSecret returns the OAuth2 client secret, "" for a public client.
+func (o *OAuth2) ClientSecret() (string, error) {
+	switch {
+	case o.ClientSecretFile != "":
+		data, err := secrets.ReadFile(o.ClientSecretFile, maxSecret)
+		if err != nil {
+			return "", fmt.Errorf("config: oauth2 client secret: %w", err)
+		}
+		s := strings.TrimSpace(string(data))
+		if s == "" {
+			return "", fmt.Errorf("config: oauth2 client secret: %s is empty", o.ClientSecretFile)
+		}
+		return s, nil
+	case o.ClientSecretEnv != "":
+		s, ok := os.LookupEnv(o.ClientSecretEnv)
+		if !ok || s == "" {
+			return "", fmt.Errorf("config: oauth2 client secret: environment variable %s is not set", o.ClientSecretEnv)
+		}
+		return strings.TrimSpace(s), nil
+	}
+	return "", nil
+}
+
+// CheckSecrets reads every secret the configuration names: each mapped
+// user's upstream password, the sealing key, each OAuth2 client secret and
+// each token file that exists, and returns the problems found as an
+// *Error, or nil. A token file not written yet is no problem here: that
+// user cannot log in until `gateway oauth2 login` ran (see MissingTokens).
 func (c *Config) CheckSecrets() error {
 	var e Error
+	problem := func(err error) {
+		e.Problems = append(e.Problems, strings.TrimPrefix(err.Error(), "config: "))
+	}
+	var key *secrets.Key
+	if c.Secrets.KeyFile != "" || c.Secrets.KeyEnv != "" {
+		var err error
+		if key, err = c.SealingKey(); err != nil {
+			problem(err)
+		}
+	}
+	for _, name := range sortedKeys(c.Upstreams) {
+		if u := c.Upstreams[name]; u != nil && u.OAuthEnabled() && u.OAuth2 != nil {
+			if _, err := u.OAuth2.ClientSecret(); err != nil {
+				problem(fmt.Errorf("upstreams.%s: %w", name, err))
+			}
+		}
+	}
 	for _, name := range sortedKeys(c.Users) {
 		u := c.Users[name]
 		if u == nil {
 			continue
 		}
-		if _, err := u.UpstreamPassword(); err != nil {
-			e.Problems = append(e.Problems, strings.TrimPrefix(err.Error(), "config: "))
+		if u.OAuth2TokenFile == "" {
+			if _, err := u.UpstreamPassword(); err != nil {
+				problem(err)
+			}
+			continue
+		}
+		data, err := secrets.ReadFile(u.OAuth2TokenFile, maxSecret)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			problem(fmt.Errorf("users.%s: oauth2_token_file: %w", name, err))
+		case key != nil:
+			if _, err := key.Open(data, TokenContext(name)); err != nil {
+				problem(fmt.Errorf("users.%s: oauth2_token_file %s: %w (run `gateway oauth2 login` for this user again)", name, u.OAuth2TokenFile, err))
+			}
 		}
 	}
 	if len(e.Problems) > 0 {
 		return &e
 	}
 	return nil
+}
+
+// MissingTokens lists the users whose OAuth2 token file does not exist yet.
+func (c *Config) MissingTokens() []string {
+	var names []string
+	for _, name := range sortedKeys(c.Users) {
+		u := c.Users[name]
+		if u == nil || u.OAuth2TokenFile == "" {
+			continue
+		}
+		if _, err := os.Stat(u.OAuth2TokenFile); errors.Is(err, os.ErrNotExist) {
+			names = append(names, name)
+		}
+	}
+	return names
 }
 
 func sortedKeys[V any](m map[string]V) []string {

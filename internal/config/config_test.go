@@ -64,8 +64,16 @@ func TestExample(t *testing.T) {
 	if partner == nil || partner.TLS != TLSStartTLS || partner.Timeout.Duration() != 2*time.Minute || partner.Mailbox != "INBOX" {
 		t.Errorf("upstreams.partner = %+v", partner)
 	}
-	if g := c.Upstreams["gmail"]; g == nil || g.Provider != "gmail" || g.Address != "" {
+	if g := c.Upstreams["gmail"]; g == nil || g.Provider != "gmail" || g.Address != "imap.gmail.com:993" ||
+		g.Auth != AuthXOAuth2 || g.OnDelete != OnDeleteTrash || g.OAuth2 == nil ||
+		g.OAuth2.TokenURL != "https://oauth2.googleapis.com/token" || len(g.OAuth2.Scopes) != 1 {
 		t.Errorf("upstreams.gmail = %+v", g)
+	}
+	if c.Users["bob"].OAuth2TokenFile == "" || c.Secrets.KeyFile == "" {
+		t.Errorf("users.bob = %+v, secrets = %+v", c.Users["bob"], c.Secrets)
+	}
+	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax}) {
+		t.Errorf("limits = %+v", c.Limits)
 	}
 	alice := c.Users["alice"]
 	if alice == nil || alice.Name != "alice" || alice.Upstream != "corp" || alice.UpstreamUser != "alice@example.com" ||
@@ -107,7 +115,7 @@ func TestDefaults(t *testing.T) {
 	got := *u
 	got.FetchAhead, got.KeepConnection = nil, nil
 	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: TLSImplicit, Mailbox: "INBOX",
-		OnDelete: OnDeleteExpunge, Timeout: Duration(60 * time.Second)}
+		OnDelete: OnDeleteExpunge, Timeout: Duration(60 * time.Second), Auth: AuthPassword}
 	if got != want {
 		t.Errorf("upstream = %+v, want %+v", got, want)
 	}
@@ -182,6 +190,29 @@ func TestValidation(t *testing.T) {
 		{"user two secrets", func(c *Config) { c.Users["alice"].UpstreamPasswordFile = "/run/secrets/a" }, "users.alice: set only one of upstream_password_file and upstream_password_env"},
 		{"user env name", func(c *Config) { c.Users["alice"].UpstreamPasswordEnv = "1BAD-NAME" }, `users.alice.upstream_password_env: "1BAD-NAME" is not a valid environment variable name`},
 		{"user nil", func(c *Config) { c.Users["bob"] = nil }, "users.bob: is empty"},
+		{"upstream auth", func(c *Config) { c.Upstreams["corp"].Auth = "cram-md5" }, `upstreams.corp.auth: "cram-md5" is not one of password, xoauth2, oauthbearer`},
+		{"oauth2 without block", func(c *Config) { c.Upstreams["corp"].Auth = AuthXOAuth2 }, "upstreams.corp.oauth2: required for auth xoauth2 and oauthbearer"},
+		{"oauth2 block with password auth", func(c *Config) { c.Upstreams["corp"].OAuth2 = &OAuth2{} }, "upstreams.corp.oauth2: set, but auth is password"},
+		{"oauth2 no client_id", oauthUpstream(func(o *OAuth2) { o.ClientID = "" }), "upstreams.corp.oauth2.client_id: required"},
+		{"oauth2 no token_url", oauthUpstream(func(o *OAuth2) { o.TokenURL = "" }), "upstreams.corp.oauth2.token_url: required"},
+		{"oauth2 no auth urls", oauthUpstream(func(o *OAuth2) { o.AuthURL, o.DeviceAuthURL = "", "" }), "upstreams.corp.oauth2: set auth_url or device_auth_url"},
+		{"oauth2 bad url", oauthUpstream(func(o *OAuth2) { o.TokenURL = "ftp://x/token" }), `upstreams.corp.oauth2.token_url: "ftp://x/token" is not an http or https URL`},
+		{"oauth2 redirect not loopback", oauthUpstream(func(o *OAuth2) { o.RedirectURL = "http://example.com:80/" }), `upstreams.corp.oauth2.redirect_url: "http://example.com:80/" must be an http URL on a loopback address`},
+		{"oauth2 two secrets", oauthUpstream(func(o *OAuth2) { o.ClientSecretFile, o.ClientSecretEnv = "f", "E" }), "upstreams.corp.oauth2: set only one of client_secret_file and client_secret_env"},
+		{"oauth2 user needs token file", oauthUpstream(nil), "users.alice.oauth2_token_file: required: upstream corp logs in with OAuth2 (auth xoauth2)"},
+		{"oauth2 user has password", oauthUpstream(nil), "users.alice: upstream corp logs in with OAuth2: remove upstream_password_file and upstream_password_env"},
+		{"oauth2 needs key", oauthUpstream(nil), "secrets: set key_file or key_env: users.alice keeps a sealed OAuth2 token"},
+		{"token file with password auth", func(c *Config) { c.Users["alice"].OAuth2TokenFile = "t" }, "users.alice.oauth2_token_file: set, but upstream corp does not use OAuth2"},
+		{"oauth2 passthrough", func(c *Config) {
+			oauthUpstream(nil)(c)
+			c.Passthrough = &Passthrough{Upstream: "corp"}
+		}, `passthrough.upstream: "corp" logs in with OAuth2`},
+		{"secrets two keys", func(c *Config) { c.Secrets = Secrets{KeyFile: "k", KeyEnv: "K"} }, "secrets: set only one of key_file and key_env"},
+		{"secrets env name", func(c *Config) { c.Secrets.KeyEnv = "A-B" }, `secrets.key_env: "A-B" is not a valid environment variable name`},
+		{"limits per ip", func(c *Config) { c.Limits.ConnectionsPerIP = -2 }, "limits.connections_per_ip: must be positive, or -1 for no limit"},
+		{"limits per user", func(c *Config) { c.Limits.SessionsPerUser = -5 }, "limits.sessions_per_user: must be positive, or -1 for no limit"},
+		{"limits delay order", func(c *Config) { c.Limits.LoginDelay = Duration(time.Minute) }, "limits.login_delay_max: 15s is less than limits.login_delay (1m0s)"},
+		{"limits delay cap", func(c *Config) { c.Limits.LoginDelayMax = Duration(time.Hour) }, "limits.login_delay_max: 1h0m0s is more than 5m"},
 		{"passthrough no upstream", func(c *Config) { c.Passthrough = &Passthrough{} }, "passthrough.upstream: required"},
 		{"passthrough unknown upstream", func(c *Config) { c.Passthrough = &Passthrough{Upstream: "nope"} }, `passthrough.upstream: "nope" is not defined in upstreams`},
 		{"passthrough domain upstream", func(c *Config) {
@@ -268,9 +299,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
-			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache)`}},
+			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache, secrets, limits)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
 			`config: line 3: listen: unknown key "pop4"`,
 			`config: line 5: cache.memory: invalid size "1TB": unknown unit "TB" (use KiB, MiB, GiB or a plain number of bytes)`}},
@@ -478,6 +509,72 @@ func TestCheckSecrets(t *testing.T) {
 	}
 }
 
+// oauthUpstream turns upstream corp into an OAuth2 upstream with complete
+// settings, then lets change spoil them.
+func oauthUpstream(change func(o *OAuth2)) func(c *Config) {
+	return func(c *Config) {
+		u := c.Upstreams["corp"]
+		u.Auth = AuthXOAuth2
+		u.OAuth2 = &OAuth2{ClientID: "id", AuthURL: "https://idp.example/auth", TokenURL: "https://idp.example/token"}
+		if change != nil {
+			change(u.OAuth2)
+		}
+	}
+}
+
+func TestOAuth2UserValid(t *testing.T) {
+	c := mustParse(t, minimal)
+	oauthUpstream(nil)(c)
+	alice := c.Users["alice"]
+	alice.UpstreamPasswordEnv = ""
+	alice.OAuth2TokenFile = "/var/lib/gateway/alice.token"
+	c.Secrets.KeyEnv = "GATEWAY_KEY"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPresets(t *testing.T) {
+	for _, name := range Providers {
+		p, ok := Presets[name]
+		if !ok {
+			t.Fatalf("provider %s has no preset", name)
+		}
+		text := strings.Replace(minimal, `address: "imap.example.com:993"`, "provider: "+name+"\n    oauth2: {client_id: id}", 1)
+		if p.Auth == AuthPassword {
+			text = strings.Replace(text, "\n    oauth2: {client_id: id}", "", 1)
+		} else {
+			text = strings.Replace(text, "upstream_password_env: ALICE_PW", "oauth2_token_file: alice.token", 1) +
+				"secrets: {key_env: GATEWAY_KEY}\n"
+		}
+		c, err := Parse([]byte(text))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		u := c.Upstreams["corp"]
+		if u.Address != p.Address || u.TLS != TLSImplicit || u.Auth != p.Auth || u.OnDelete != OnDeleteTrash || u.TrashMailbox == "" {
+			t.Errorf("%s: upstream = %+v", name, u)
+		}
+		if u.OAuthEnabled() && (u.OAuth2.TokenURL == "" || u.OAuth2.AuthURL == "" || len(u.OAuth2.Scopes) == 0) {
+			t.Errorf("%s: oauth2 = %+v", name, u.OAuth2)
+		}
+	}
+	// Gmail: EXPUNGE only archives, so a delete must move to the trash.
+	if g := Presets["gmail"]; g.OnDelete != OnDeleteTrash || g.Trash != "[Gmail]/Trash" || g.DeviceAuthURL != "" {
+		t.Errorf("gmail preset = %+v", g)
+	}
+	if o := Presets["outlook"]; o.DeviceAuthURL == "" || !strings.Contains(strings.Join(o.Scopes, " "), "offline_access") {
+		t.Errorf("outlook preset = %+v", o)
+	}
+	// The file's values win over the preset's.
+	c := mustParse(t, strings.Replace(minimal, `address: "imap.example.com:993"`,
+		"provider: gmail\n    auth: password\n    on_delete: keep\n    address: \"127.0.0.1:1993\"", 1))
+	if u := c.Upstreams["corp"]; u.Address != "127.0.0.1:1993" || u.Auth != AuthPassword || u.OnDelete != OnDeleteKeep || u.OAuth2 != nil {
+		t.Errorf("overridden preset = %+v", u)
+	}
+}
+
 func TestWarnings(t *testing.T) {
 	c := mustParse(t, strings.Replace(minimal, `pop3: "127.0.0.1:1110"`, `pop3: ":110"`, 1))
 	w := c.Warnings()
@@ -489,6 +586,12 @@ func TestWarnings(t *testing.T) {
 	c.Upstreams["corp"].TLS = TLSNone
 	w = c.Warnings()
 	if len(w) != 3 {
+		t.Errorf("warnings = %q", w)
+	}
+	c.Upstreams["corp"].TLS = TLSImplicit
+	c.Upstreams["corp"].TLSSkipVerify = true
+	w = c.Warnings()
+	if len(w) != 3 || !strings.Contains(w[2], "upstreams.corp.tls_skip_verify is true") {
 		t.Errorf("warnings = %q", w)
 	}
 	if w := mustParse(t, minimal).Warnings(); len(w) != 0 {

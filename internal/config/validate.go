@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 var (
 	tlsModes    = []string{TLSImplicit, TLSStartTLS, TLSNone}
 	onDeletes   = []string{OnDeleteExpunge, OnDeleteTrash, OnDeleteSeen, OnDeleteKeep}
+	authMechs   = []string{AuthPassword, AuthXOAuth2, AuthOAuthBearer}
 	tlsVersions = []string{"1.0", "1.1", "1.2", "1.3"}
 )
 
@@ -117,9 +119,17 @@ func (c *Config) Validate() error {
 		if u.Mailbox == "" {
 			p.add(path+".mailbox", "required")
 		}
+		p.oneOf(path+".auth", u.Auth, authMechs)
+		switch {
+		case u.OAuthEnabled():
+			p.oauth2(path+".oauth2", u.OAuth2)
+		case u.OAuth2 != nil:
+			p.add(path+".oauth2", "set, but auth is %s; use auth xoauth2 or oauthbearer", u.Auth)
+		}
 	}
 
 	// users
+	tokenFiles := map[string]string{}
 	for _, name := range sortedKeys(c.Users) {
 		path := "users." + name
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
@@ -145,6 +155,24 @@ func (c *Config) Validate() error {
 		if u.UpstreamUser == "" {
 			p.add(path+".upstream_user", "required")
 		}
+		if up := c.Upstreams[u.Upstream]; up != nil && up.OAuthEnabled() {
+			if u.OAuth2TokenFile == "" {
+				p.add(path+".oauth2_token_file", "required: upstream %s logs in with OAuth2 (auth %s)", u.Upstream, up.Auth)
+			} else if other, dup := tokenFiles[u.OAuth2TokenFile]; dup {
+				p.add(path+".oauth2_token_file", "same file as users.%s; each account needs its own", other)
+			}
+			tokenFiles[u.OAuth2TokenFile] = name
+			if u.UpstreamPasswordFile != "" || u.UpstreamPasswordEnv != "" {
+				p.add(path, "upstream %s logs in with OAuth2: remove upstream_password_file and upstream_password_env", u.Upstream)
+			}
+			if c.Secrets.KeyFile == "" && c.Secrets.KeyEnv == "" {
+				p.add("secrets", "set key_file or key_env: users.%s keeps a sealed OAuth2 token (create a key with `gateway secrets new-key`)", name)
+			}
+			continue
+		}
+		if u.OAuth2TokenFile != "" {
+			p.add(path+".oauth2_token_file", "set, but upstream %s does not use OAuth2 (auth is password)", u.Upstream)
+		}
 		switch {
 		case u.UpstreamPasswordFile != "" && u.UpstreamPasswordEnv != "":
 			p.add(path, "set only one of upstream_password_file and upstream_password_env")
@@ -162,6 +190,8 @@ func (c *Config) Validate() error {
 			p.add("passthrough.upstream", "required")
 		case c.Upstreams[pt.Upstream] == nil:
 			p.add("passthrough.upstream", "%q is not defined in upstreams", pt.Upstream)
+		case c.Upstreams[pt.Upstream].OAuthEnabled():
+			p.add("passthrough.upstream", "%q logs in with OAuth2, which needs a mapped user with a token; passthrough forwards passwords", pt.Upstream)
 		}
 		lower := map[string]string{}
 		for _, d := range sortedKeys(pt.Domains) {
@@ -178,6 +208,8 @@ func (c *Config) Validate() error {
 				p.add(path, "an upstream name is required")
 			case c.Upstreams[up] == nil:
 				p.add(path, "%q is not defined in upstreams", up)
+			case c.Upstreams[up].OAuthEnabled():
+				p.add(path, "%q logs in with OAuth2, which needs a mapped user with a token; passthrough forwards passwords", up)
 			}
 		}
 	}
@@ -196,10 +228,75 @@ func (c *Config) Validate() error {
 		p.add("cache.max_message", "%v is larger than cache.memory (%v)", c.Cache.MaxMessage, c.Cache.Memory)
 	}
 
+	// secrets
+	switch s := c.Secrets; {
+	case s.KeyFile != "" && s.KeyEnv != "":
+		p.add("secrets", "set only one of key_file and key_env")
+	case s.KeyEnv != "" && !validEnvName(s.KeyEnv):
+		p.add("secrets.key_env", "%q is not a valid environment variable name", s.KeyEnv)
+	}
+
+	// limits
+	l := c.Limits
+	if l.ConnectionsPerIP < -1 {
+		p.add("limits.connections_per_ip", "must be positive, or -1 for no limit")
+	}
+	if l.SessionsPerUser < -1 {
+		p.add("limits.sessions_per_user", "must be positive, or -1 for no limit")
+	}
+	if l.LoginDelay < 0 {
+		p.add("limits.login_delay", "must not be negative")
+	}
+	if l.LoginDelayMax < l.LoginDelay {
+		p.add("limits.login_delay_max", "%v is less than limits.login_delay (%v)", l.LoginDelayMax, l.LoginDelay)
+	}
+	if l.LoginDelayMax > Duration(5*time.Minute) {
+		p.add("limits.login_delay_max", "%v is more than 5m; clients give up long before", l.LoginDelayMax)
+	}
+
 	if len(p) > 0 {
 		return &Error{Problems: p}
 	}
 	return nil
+}
+
+// oauth2 checks an upstream's OAuth2 block.
+func (p *problems) oauth2(path string, o *OAuth2) {
+	if o == nil {
+		p.add(path, "required for auth xoauth2 and oauthbearer (client_id and the provider's endpoints; a provider preset fills the endpoints)")
+		return
+	}
+	if o.ClientID == "" {
+		p.add(path+".client_id", "required: the client ID of the OAuth2 application registered with the provider")
+	}
+	if o.TokenURL == "" {
+		p.add(path+".token_url", "required (or set the upstream's provider)")
+	}
+	if o.AuthURL == "" && o.DeviceAuthURL == "" {
+		p.add(path, "set auth_url or device_auth_url (or the upstream's provider)")
+	}
+	for _, f := range []struct{ key, v string }{
+		{"auth_url", o.AuthURL}, {"token_url", o.TokenURL}, {"device_auth_url", o.DeviceAuthURL},
+	} {
+		if f.v == "" {
+			continue
+		}
+		if u, err := url.Parse(f.v); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			p.add(path+"."+f.key, "%q is not an http or https URL", f.v)
+		}
+	}
+	if o.RedirectURL != "" {
+		u, err := url.Parse(o.RedirectURL)
+		if err != nil || u.Scheme != "http" || !isLoopback(u.Host) && !isLoopback(u.Host+":80") {
+			p.add(path+".redirect_url", "%q must be an http URL on a loopback address, such as http://127.0.0.1:8080/", o.RedirectURL)
+		}
+	}
+	switch {
+	case o.ClientSecretFile != "" && o.ClientSecretEnv != "":
+		p.add(path, "set only one of client_secret_file and client_secret_env")
+	case o.ClientSecretEnv != "" && !validEnvName(o.ClientSecretEnv):
+		p.add(path+".client_secret_env", "%q is not a valid environment variable name", o.ClientSecretEnv)
+	}
 }
 
 func validEnvName(s string) bool {
