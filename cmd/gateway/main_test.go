@@ -346,3 +346,42 @@ passthrough:
 		}
 	}
 }
+
+func TestServeAppliesLimits(t *testing.T) {
+	f := newFixture(t)
+	cfg, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(f.config, append(cfg, []byte("limits:\n  connections_per_ip: 1\n  login_delay: 300ms\n  login_delay_max: 300ms\n")...), 0o600)
+	addrs, logs := startServe(t, f.config)
+
+	first, err := pop3client.Dial(addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	// A second connection from the same address is refused in place of
+	// the greeting.
+	_, err = pop3client.Dial(addrs["pop3"])
+	if err == nil || !strings.Contains(err.Error(), "[SYS/TEMP] Too many connections") {
+		t.Fatalf("second connection: %v", err)
+	}
+
+	// A failed login delays the next attempt; the first attempt is not
+	// delayed.
+	if err := first.Login("alice", "wrong"); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if strings.Contains(logs.String(), "delaying login") {
+		t.Fatalf("the first attempt was delayed:\n%s", logs)
+	}
+	start := time.Now()
+	if err := first.Login("alice", "local-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond || !strings.Contains(logs.String(), "user=alice delay=300ms") {
+		t.Fatalf("the attempt after a failure took %v:\n%s", took, logs)
+	}
+	first.Quit()
+}
