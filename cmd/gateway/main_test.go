@@ -17,6 +17,7 @@ import (
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/secrets"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -384,4 +385,54 @@ func TestServeAppliesLimits(t *testing.T) {
 		t.Fatalf("the attempt after a failure took %v:\n%s", took, logs)
 	}
 	first.Quit()
+}
+
+func TestSecretsCommands(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "secrets.key")
+	var out, stderr bytes.Buffer
+	if code := run([]string{"secrets", "new-key", "-out", keyFile}, nil, &out, &stderr); code != 0 {
+		t.Fatalf("new-key: exit %d: %s", code, stderr.String())
+	}
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v", fi, err)
+	}
+	keyText, _ := os.ReadFile(keyFile)
+	if code := run([]string{"secrets", "new-key", "-out", keyFile}, nil, io.Discard, io.Discard); code == 0 {
+		t.Fatal("new-key replaced an existing key")
+	}
+	if after, _ := os.ReadFile(keyFile); !bytes.Equal(after, keyText) {
+		t.Fatal("new-key changed an existing key file")
+	}
+
+	// set-password seals the upstream password, and the gateway opens it.
+	f := newFixture(t)
+	cfg, _ := os.ReadFile(f.config)
+	os.WriteFile(f.config, append(cfg, []byte("secrets:\n  key_file: "+keyFile+"\n")...), 0o600)
+	in := writeFile(t, "pw", "upstream-secret\n", 0o600)
+	stdin, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out.Reset()
+	if code := run([]string{"secrets", "set-password", "-config", f.config, "-user", "alice"}, stdin, &out, &stderr); code != 0 {
+		t.Fatalf("set-password: exit %d: %s", code, stderr.String())
+	}
+	sealed, _ := os.ReadFile(f.secret)
+	if !secrets.IsSealed(sealed) || bytes.Contains(sealed, []byte("upstream-secret")) {
+		t.Fatalf("the password file is not sealed: %q", sealed)
+	}
+	out.Reset()
+	if code := run([]string{"check", "-config", f.config}, nil, &out, io.Discard); code != 0 {
+		t.Fatalf("check with a sealed password: exit %d\n%s", code, out.String())
+	}
+
+	// A sealed file without the key is a clear error at start.
+	os.WriteFile(f.config, cfg, 0o600)
+	stderr.Reset()
+	if code := run([]string{"serve", "-config", f.config}, nil, io.Discard, &stderr); code == 0 ||
+		!strings.Contains(stderr.String(), "is sealed, but secrets: no key_file or key_env is set") {
+		t.Fatalf("serve with a sealed password and no key: exit %d: %s", code, stderr.String())
+	}
 }

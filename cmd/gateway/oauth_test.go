@@ -214,10 +214,26 @@ func testOAuth2UpstreamLogin(t *testing.T, mech string) {
 	}
 	f.stored(t)
 
+	// Refused local logins, by USER/PASS and by AUTH PLAIN, log nothing
+	// of what was sent.
+	c, err := pop3client.Dial(addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login("bob", "bob-wrong-local"); err == nil {
+		t.Fatal("a wrong local password was accepted")
+	}
+	plain := base64.StdEncoding.EncodeToString([]byte("\x00bob\x00bob-other-wrong"))
+	if reply, _ := c.Cmd("AUTH PLAIN " + plain); !strings.HasPrefix(reply, "-ERR [AUTH]") {
+		t.Fatalf("AUTH PLAIN with a wrong password: %q", reply)
+	}
+	c.Close()
+	f.secrets = append(f.secrets, "bob-wrong-local", "bob-other-wrong", plain)
+
 	// The grant is revoked: the client gets [AUTH], the operator a line
 	// saying what to run.
 	p.RevokeAll()
-	_, err := fetchAll(addrs["pop3"])
+	_, err = fetchAll(addrs["pop3"])
 	if err == nil || !strings.Contains(err.Error(), "[AUTH]") {
 		t.Fatalf("login with a revoked grant: %v, want -ERR [AUTH]", err)
 	}

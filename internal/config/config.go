@@ -446,7 +446,7 @@ func (u *User) UpstreamPassword() (string, error) {
 			}
 			key, err := u.config.SealingKey()
 			if err != nil {
-				return "", fmt.Errorf("config: %s: %s is sealed: %w", who, name, err)
+				return "", fmt.Errorf("config: %s: %s is sealed, but %s", who, name, strings.TrimPrefix(err.Error(), "config: "))
 			}
 			if data, err = key.Open(data, PasswordContext(u.Name)); err != nil {
 				return "", fmt.Errorf("config: %s: %s: %w", who, name, err)
