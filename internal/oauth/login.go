@@ -90,7 +90,14 @@ func (c *Client) CodeLogin(ctx context.Context, in io.Reader, out io.Writer) (*o
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go srv.Serve(ln)
-	defer srv.Close()
+	defer func() {
+		// Let the browser receive the page the handler is writing: Close
+		// alone could cut its connection before the response is sent.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		srv.Close()
+	}()
 	go readPasted(ctx, in, state, results)
 
 	var cb callback

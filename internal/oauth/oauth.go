@@ -26,10 +26,10 @@ import (
 var (
 	// ErrNoToken means no token has been stored for the account yet.
 	ErrNoToken = errors.New("oauth: no token stored")
-	// ErrRefused means the provider refused the stored refresh token or the
-	// client (revoked, expired, or the client was changed): only a new
-	// authorisation helps.
-	ErrRefused = errors.New("oauth: the provider refused the refresh token")
+	// ErrRefused means the provider refused the grant (a revoked or
+	// expired refresh token, a denied authorisation) or the client (a
+	// changed client ID or secret): retrying cannot help.
+	ErrRefused = errors.New("oauth: the provider refused the grant or the client")
 )
 
 // refreshEarly is how long before its expiry an access token is replaced,
@@ -120,18 +120,24 @@ func (s *Store) Save(tok *oauth2.Token) error {
 }
 
 // stat identifies a version of the token file, to notice a new
-// authorisation written while the gateway runs.
-type stat struct {
-	mod  time.Time
-	size int64
-}
+// authorisation written while the gateway runs. A save replaces the file
+// by renaming a new one over it, so the file's identity changes with
+// every save, even within one tick of the file system's clock.
+type stat struct{ fi os.FileInfo }
 
 func statFile(path string) stat {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return stat{}
 	}
-	return stat{fi.ModTime(), fi.Size()}
+	return stat{fi}
+}
+
+func (a stat) same(b stat) bool {
+	if a.fi == nil || b.fi == nil {
+		return a.fi == nil && b.fi == nil
+	}
+	return os.SameFile(a.fi, b.fi) && a.fi.ModTime().Equal(b.fi.ModTime()) && a.fi.Size() == b.fi.Size()
 }
 
 // Source hands out access tokens for one account. It is safe for
@@ -164,7 +170,7 @@ func NewSource(c *Client, s *Store, log *slog.Logger) *Source {
 func (s *Source) AccessToken(ctx context.Context, refresh bool) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := statFile(s.store.Path); s.tok == nil || st != s.loaded {
+	if st := statFile(s.store.Path); s.tok == nil || !st.same(s.loaded) {
 		tok, err := s.store.Load()
 		if err != nil {
 			return "", err
