@@ -119,7 +119,10 @@ func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
 		cancel: cancel,
 		result: "disconnected",
 	}
-	c.log = s.logger().With("conn", id, "remote", nc.RemoteAddr().String())
+	// The remote address is added when the session starts: behind the
+	// PROXY protocol, reading it waits for the header, which must not hold
+	// up the accept loop.
+	c.log = s.logger().With("conn", id)
 	if implicitTLS {
 		c.nc = tls.Server(nc, s.TLSConfig)
 	}
@@ -175,6 +178,7 @@ func (c *conn) serve() {
 		}
 	}()
 
+	c.log = c.log.With("remote", c.netConn().RemoteAddr().String())
 	admitted := c.srv.admitIP(c)
 	if c.tls {
 		tc := c.nc.(*tls.Conn)

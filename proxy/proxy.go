@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,8 +82,7 @@ type Gateway struct {
 	// prefetch fetches the next message while the client reads one.
 	prefetch bool
 
-	mu    sync.Mutex
-	locks map[string]bool // maildrops in use
+	locker Locker
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -95,7 +93,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 	g := &Gateway{
 		cache:    c,
 		log:      log,
-		locks:    make(map[string]bool),
+		locker:   NewMemoryLocker(),
 		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(),
 		prefetch: true,
@@ -103,6 +101,10 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 	g.config.Store(cfg)
 	return g
 }
+
+// SetLocker replaces the in-process maildrop locks, for instance by locks
+// shared among replicas. Call it before serving.
+func (g *Gateway) SetLocker(l Locker) { g.locker = l }
 
 // SetPrefetch turns fetching ahead on or off for every upstream. Call it
 // before serving.
@@ -213,18 +215,21 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	}
 	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
 	lockKey := acct.maildrop()
-	if !g.lock(lockKey) {
-		return nil, pop3.ErrInUse
+	release, err := g.lock(ctx, lockKey, log)
+	if err != nil {
+		return nil, err
 	}
 	sess := g.reuse(ctx, acct)
 	if sess == nil {
 		// The lock is not held while logging in upstream, so a login with
 		// wrong credentials cannot keep the owner out.
-		g.unlock(lockKey)
+		release()
 		sess, err = g.open(ctx, acct)
-		if err == nil && !g.lock(lockKey) {
-			g.pool.put(lockKey, acct, sess)
-			return nil, pop3.ErrInUse
+		if err == nil {
+			if release, err = g.lock(ctx, lockKey, log); err != nil {
+				g.pool.put(lockKey, acct, sess)
+				return nil, err
+			}
 		}
 	}
 	if err != nil {
@@ -242,12 +247,27 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	md, err := g.newMaildrop(ctx, sess, acct, log)
 	if err != nil {
 		sess.Close()
-		g.unlock(lockKey)
+		release()
 		log.Warn("listing messages failed", "err", err)
 		return nil, errTemporary
 	}
-	md.unlock = func() { g.unlock(lockKey) }
+	md.unlock = release
 	return md, nil
+}
+
+// lock takes the maildrop's [IN-USE] lock (RFC 1939 §4: the maildrop is
+// held exclusively for the session). A lock service that cannot answer
+// refuses the login for now rather than risk two sessions.
+func (g *Gateway) lock(ctx context.Context, key string, log *slog.Logger) (release func(), err error) {
+	release, ok, err := g.locker.Lock(ctx, key)
+	switch {
+	case err != nil:
+		log.Error("maildrop lock unavailable", "err", err)
+		return nil, errTemporary
+	case !ok:
+		return nil, pop3.ErrInUse
+	}
+	return release, nil
 }
 
 // reuse takes the maildrop's idle connection from the pool, if it was
@@ -307,22 +327,6 @@ func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (*upst
 		return nil, err
 	}
 	return sess, nil
-}
-
-func (g *Gateway) lock(key string) bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.locks[key] {
-		return false
-	}
-	g.locks[key] = true
-	return true
-}
-
-func (g *Gateway) unlock(key string) {
-	g.mu.Lock()
-	delete(g.locks, key)
-	g.mu.Unlock()
 }
 
 // CheckResult is the outcome of checking one mapped user's upstream login.
