@@ -137,6 +137,7 @@ func (c *conn) auth(arg string) error {
 	for {
 		challenge, done, err := server.Next(response)
 		if err != nil {
+			c.srv.observer().Login("AUTH "+strings.ToUpper(mech), "auth-failed")
 			return c.authFailed("")
 		}
 		if done {
@@ -179,9 +180,11 @@ func (c *conn) login(username, password, method string) error {
 		return errClose
 	}
 	if !validName || strings.ContainsAny(password, "\x00\r\n") {
+		c.srv.observer().Login(method, "auth-failed")
 		return c.authFailed(key)
 	}
 	if !c.srv.admitUser(c, username) {
+		c.srv.observer().Login(method, "too-many-sessions")
 		c.log.Info("login refused", "user", username, "method", method, "reason", "too many sessions")
 		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
 		return nil
@@ -201,6 +204,7 @@ func (c *conn) login(username, password, method string) error {
 			return errClose
 		}
 		e, known := asError(err)
+		c.srv.observer().Login(method, loginOutcome(e))
 		if !known {
 			c.log.Error("login failed", "user", username, "err", err)
 		} else {
@@ -227,6 +231,7 @@ func (c *conn) login(username, password, method string) error {
 	c.deleted = make([]bool, len(md.Messages()))
 	c.log = c.log.With("user", username)
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
+	c.srv.observer().Login(method, "ok")
 	c.reply("+OK Logged in.")
 	return nil
 }
@@ -334,6 +339,7 @@ func (c *conn) quit(string) error {
 		return errClose
 	}
 	c.deletes = len(marked)
+	c.srv.observer().Deleted(len(marked))
 	c.result = "ok"
 	c.releaseMaildrop()
 	c.reply("+OK Logging out, messages deleted.")

@@ -179,6 +179,7 @@ func (c *conn) serve() {
 	}()
 
 	c.log = c.log.With("remote", c.netConn().RemoteAddr().String())
+	c.srv.observer().SessionStart()
 	admitted := c.srv.admitIP(c)
 	if c.tls {
 		tc := c.nc.(*tls.Conn)
@@ -236,9 +237,11 @@ func (c *conn) next() error {
 	verb = strings.ToUpper(verb)
 	cmd, ok := commands[verb]
 	if !ok {
+		c.srv.observer().Command("unknown")
 		c.reply("-ERR Unknown command.")
 		return c.badCommand()
 	}
+	c.srv.observer().Command(verb)
 	if cmd.states&c.state == 0 {
 		c.reply("-ERR Command not valid in this state.")
 		return c.badCommand()
@@ -309,11 +312,14 @@ func (c *conn) readLine(limit int) (string, error) {
 
 // reply writes one response line; write errors surface at the next flush.
 func (c *conn) reply(format string, args ...any) {
+	line := format
 	if len(args) > 0 {
-		fmt.Fprintf(c.bw, format, args...)
-	} else {
-		c.bw.WriteString(format)
+		line = fmt.Sprintf(format, args...)
 	}
+	if strings.HasPrefix(line, "-ERR") {
+		c.srv.observer().ErrorReply(responseCode(line))
+	}
+	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")
 }
 
@@ -346,6 +352,7 @@ func (c *conn) close() {
 		attrs = append(attrs, "retrieved", c.retrieved, "bytes", c.bytesSent, "deleted", c.deletes)
 	}
 	c.log.Info("session end", attrs...)
+	c.srv.observer().SessionEnd(c.result)
 }
 
 // releaseMaildrop ends the maildrop's session, once.

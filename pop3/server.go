@@ -42,6 +42,10 @@ type Server struct {
 
 	Logger *slog.Logger
 
+	// Observer, when set, is told of sessions, logins, commands, errors
+	// and octets sent, for metrics.
+	Observer Observer
+
 	// AuthTimeout bounds the wait for each command before login;
 	// IdleTimeout after login, and each write to the client.
 	AuthTimeout time.Duration

@@ -200,6 +200,7 @@ func (c *conn) send(i int, lines int64) error {
 		c.retrieved++
 	}
 	c.bytesSent += dw.n
+	c.srv.observer().Sent(dw.n)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 )
@@ -29,7 +30,8 @@ var ErrNoTrash = errors.New("upstream: no trash mailbox: the server marks none w
 // Delete removes the messages with the given UIDs from the selected mailbox
 // as mode says. trash names the trash mailbox for DeleteTrash when the
 // server marks none with the \Trash special-use attribute (RFC 6154).
-func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, trash string) error {
+func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, trash string) (err error) {
+	defer s.timed("delete", time.Now(), &err)
 	if len(uids) == 0 || mode == DeleteKeep {
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"github.com/emersion/go-sasl"
 )
@@ -21,7 +22,8 @@ const (
 // LoginOAuth2 authenticates with an OAuth2 access token through mech,
 // XOAuth2 or OAuthBearer. A refused or expired token gives ErrAuthFailed.
 // The token never appears in an error.
-func (s *Session) LoginOAuth2(ctx context.Context, mech, username, token string) error {
+func (s *Session) LoginOAuth2(ctx context.Context, mech, username, token string) (err error) {
+	defer s.timed("login", time.Now(), &err)
 	defer s.op(ctx)()
 	var client sasl.Client
 	switch mech {
@@ -34,7 +36,7 @@ func (s *Session) LoginOAuth2(ctx context.Context, mech, username, token string)
 	default:
 		return fmt.Errorf("upstream: unknown OAuth2 mechanism %q", mech)
 	}
-	err := s.client.Authenticate(client)
+	err = s.client.Authenticate(client)
 	if err == nil {
 		return nil
 	}

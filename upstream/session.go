@@ -36,6 +36,10 @@ type Server struct {
 	// Timeout bounds the connection set-up and, later, any wait for data
 	// while a command is under way.
 	Timeout time.Duration
+	// Observe, when set, is told how long each operation took: connect,
+	// login, select, list, fetch (until the message starts to arrive),
+	// fetch-batch and delete; err is nil on success.
+	Observe func(op string, d time.Duration, err error)
 }
 
 // Errors that callers tell apart.
@@ -52,6 +56,7 @@ type Session struct {
 	client  *imapclient.Client
 	conn    *watchdogConn
 	address string // host:port, for OAUTHBEARER
+	observe func(op string, d time.Duration, err error)
 	mailbox string
 	info    Mailbox
 }
@@ -72,7 +77,10 @@ type Entry struct {
 
 // Dial connects to srv and waits for its greeting; with starttls it also
 // negotiates TLS. The session must then log in.
-func Dial(ctx context.Context, srv *Server) (*Session, error) {
+func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
+	if srv.Observe != nil {
+		defer func(start time.Time) { srv.Observe("connect", time.Since(start), err) }(time.Now())
+	}
 	timeout := srv.Timeout
 	if timeout <= 0 {
 		timeout = 60 * time.Second
@@ -130,7 +138,7 @@ func Dial(ctx context.Context, srv *Server) (*Session, error) {
 		client.Close()
 		return nil, fmt.Errorf("upstream: connect %s: %w", srv.Address, ctx.Err())
 	}
-	return &Session{client: client, conn: wd, address: srv.Address}, nil
+	return &Session{client: client, conn: wd, address: srv.Address, observe: srv.Observe}, nil
 }
 
 // op brackets one exchange with the server: the watchdog runs, and a
@@ -144,15 +152,22 @@ func (s *Session) op(ctx context.Context) (done func()) {
 	}
 }
 
+// timed reports an operation's duration to the Server's Observe.
+func (s *Session) timed(op string, start time.Time, err *error) {
+	if s.observe != nil {
+		s.observe(op, time.Since(start), *err)
+	}
+}
+
 // Login authenticates with AUTHENTICATE PLAIN where the server offers it,
 // and LOGIN otherwise. Refused credentials give ErrAuthFailed.
-func (s *Session) Login(ctx context.Context, username, password string) error {
+func (s *Session) Login(ctx context.Context, username, password string) (err error) {
+	defer s.timed("login", time.Now(), &err)
 	defer s.op(ctx)()
 	caps := s.client.Caps()
 	if caps.Has(imap.CapLoginDisabled) {
 		return errors.New("upstream: server refuses login on this connection (LOGINDISABLED): use tls implicit or starttls")
 	}
-	var err error
 	if caps.Has(imap.AuthCap(sasl.Plain)) {
 		err = s.client.Authenticate(sasl.NewPlainClient("", username, password))
 	} else {
@@ -177,7 +192,8 @@ func classifyLoginError(err error) error {
 }
 
 // Select opens the mailbox read-write.
-func (s *Session) Select(ctx context.Context, mailbox string) (*Mailbox, error) {
+func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err error) {
+	defer s.timed("select", time.Now(), &err)
 	defer s.op(ctx)()
 	data, err := s.client.Select(mailbox, nil).Wait()
 	if err != nil {
@@ -195,7 +211,8 @@ func (s *Session) Select(ctx context.Context, mailbox string) (*Mailbox, error) 
 
 // Snapshot lists every message of the selected mailbox by UID with its
 // size, in UID order, with one UID FETCH.
-func (s *Session) Snapshot(ctx context.Context) ([]Entry, error) {
+func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
+	defer s.timed("list", time.Now(), &err)
 	if s.info.Messages == 0 {
 		return nil, nil
 	}
@@ -238,7 +255,8 @@ func (s *Session) Snapshot(ctx context.Context) ([]Entry, error) {
 // (BODY.PEEK[], so \Seen is not set). The caller reads to the end or closes
 // early: Close then reads and discards the rest, unless ctx was cancelled,
 // in which case the connection is closed instead and the session is over.
-func (s *Session) Fetch(ctx context.Context, uid uint32) (io.ReadCloser, error) {
+func (s *Session) Fetch(ctx context.Context, uid uint32) (_ io.ReadCloser, err error) {
+	defer s.timed("fetch", time.Now(), &err)
 	done := s.op(ctx)
 	cmd := s.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
 		UID:         true,
@@ -266,7 +284,7 @@ func (s *Session) Fetch(ctx context.Context, uid uint32) (io.ReadCloser, error) 
 			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, done: done}, nil
 		}
 	}
-	err := cmd.Close()
+	err = cmd.Close()
 	done()
 	if err != nil {
 		return nil, fmt.Errorf("upstream: fetch UID %d: %w", uid, err)
@@ -368,7 +386,8 @@ func (s *Session) Selected() Mailbox { return s.info }
 // with every message's UID and raw octets, in the server's order. A
 // message expunged by someone else is skipped. If each fails, or ctx is
 // cancelled, the connection is closed and the session is over.
-func (s *Session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error {
+func (s *Session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) (err error) {
+	defer s.timed("fetch-batch", time.Now(), &err)
 	if len(uids) == 0 {
 		return nil
 	}

@@ -40,6 +40,8 @@ commands:
                        create the key that seals stored tokens and passwords
   secrets set-password -config FILE -user NAME
                        seal a user's upstream password into its upstream_password_file
+  healthcheck [-url URL]
+                       exit 0 if a running gateway's /healthz answers 200 (for containers)
   version              print version, commit and Go version
 `
 
@@ -61,6 +63,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return oauth2Cmd(args[1:], stdin, stdout, stderr)
 	case "secrets":
 		return secretsCmd(args[1:], stdin, stdout, stderr)
+	case "healthcheck":
+		return healthcheckCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

@@ -7,6 +7,7 @@ import (
 	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -434,5 +435,95 @@ func TestSecretsCommands(t *testing.T) {
 	if code := run([]string{"serve", "-config", f.config}, nil, io.Discard, &stderr); code == 0 ||
 		!strings.Contains(stderr.String(), "is sealed, but secrets: no key_file or key_env is set") {
 		t.Fatalf("serve with a sealed password and no key: exit %d: %s", code, stderr.String())
+	}
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestMetricsReadinessHealthcheck(t *testing.T) {
+	f := newFixture(t)
+	addrs, _ := startServe(t, f.config)
+	base := "http://" + addrs["http"]
+
+	// The upstream is probed at start, so the gateway is soon ready.
+	waitFor(t, func() bool { code, _ := httpGet(t, base+"/readyz"); return code == 200 })
+
+	c, err := pop3client.Dial(addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login("alice", "wrong"); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if err := c.Login("alice", "local-pass"); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := c.Retr(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Dele(1)
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	want := []string{
+		`pop3gw_logins_total{method="user",result="ok"} 1`,
+		`pop3gw_logins_total{method="user",result="auth-failed"} 1`,
+		`pop3gw_commands_total{verb="RETR"} 1`,
+		`pop3gw_commands_total{verb="DELE"} 1`,
+		`pop3gw_error_replies_total{code="AUTH"} 1`,
+		fmt.Sprintf(`pop3gw_message_bytes_sent_total %d`, len(msg)),
+		`pop3gw_deletes_applied_total 1`,
+		`pop3gw_sessions_total{result="ok"} 1`,
+		`pop3gw_sessions_active 0`,
+		`pop3gw_upstream_duration_seconds_count{operation="login"}`,
+		`pop3gw_upstream_duration_seconds_count{operation="delete"} 1`,
+		`pop3gw_cache_misses_total`,
+		`go_goroutines`,
+	}
+	// The session's end is counted just after QUIT's reply.
+	waitFor(t, func() bool {
+		_, body := httpGet(t, base+"/metrics")
+		return strings.Contains(body, `pop3gw_sessions_total{result="ok"} 1`)
+	})
+	_, body := httpGet(t, base+"/metrics")
+	for _, w := range want {
+		if !strings.Contains(body, w) {
+			t.Errorf("metrics lack %s", w)
+		}
+	}
+	if t.Failed() {
+		t.Logf("metrics:\n%s", body)
+	}
+
+	var out bytes.Buffer
+	if code := run([]string{"healthcheck", "-url", base + "/healthz"}, nil, &out, io.Discard); code != 0 || out.String() != "ok\n" {
+		t.Fatalf("healthcheck: exit %d, %q", code, out.String())
+	}
+
+	// The upstream goes away: the next login fails to connect, and the
+	// gateway is no longer ready.
+	f.mem.Close()
+	if c, err := pop3client.Dial(addrs["pop3"]); err == nil {
+		c.Login("alice", "local-pass")
+		c.Close()
+	}
+	code, body := httpGet(t, base+"/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "upstream mem: unreachable") {
+		t.Fatalf("readyz with the upstream down: %d %s", code, body)
+	}
+	if code := run([]string{"healthcheck", "-url", base + "/readyz"}, nil, io.Discard, io.Discard); code != 1 {
+		t.Fatalf("healthcheck of an unready gateway: exit %d", code)
 	}
 }

@@ -11,14 +11,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/metrics"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 // drainTimeout bounds how long SIGTERM waits for sessions to finish.
@@ -81,26 +84,38 @@ type service struct {
 	cert    certificate
 	http    *http.Server
 	addrs   map[string]string // listener name -> bound address
+	metrics *metrics.Metrics
+	health  *health
+	// upstreams are the configured upstreams, for readiness; replaced on
+	// reload.
+	upstreams atomic.Pointer[map[string]upstream.Server]
 }
 
 // serve runs the gateway until ctx is done, then drains. ready, if not nil,
 // receives the bound addresses once the listeners are up.
 func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Signal, ready chan<- map[string]string) error {
 	st := newSetup(path, log)
+	s := &service{log: log, setup: st, addrs: make(map[string]string), health: newHealth(), metrics: metrics.New()}
+	st.observe = func(name string) func(string, time.Duration, error) {
+		return s.health.observe(name, s.metrics.ObserveUpstream)
+	}
 	cfg, pc, err := st.load()
 	if err != nil {
 		return err
 	}
 	st.warn(cfg)
-	s := &service{log: log, setup: st, addrs: make(map[string]string)}
+	s.setUpstreams(pc)
 	var tlsConfig = serverTLS(cfg, &s.cert)
 	if tlsConfig != nil {
 		if err := s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			return err
 		}
 	}
-	s.gateway = proxy.New(pc, cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage)), log)
+	msgCache := cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage))
+	s.metrics.WatchCache(msgCache)
+	s.gateway = proxy.New(pc, msgCache, log)
 	s.pop3 = &pop3.Server{
+		Observer:          s.metrics,
 		Backend:           s.gateway,
 		TLSConfig:         tlsConfig,
 		AllowInsecureAuth: cfg.Auth.AllowInsecure,
@@ -146,6 +161,8 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 			return err
 		}
 	}
+	s.health.listening.Store(true)
+	go s.health.run(ctx, func() map[string]upstream.Server { return *s.upstreams.Load() })
 	if ready != nil {
 		ready <- s.addrs
 	}
@@ -176,6 +193,7 @@ func (s *service) reload() {
 		return
 	}
 	s.setup.warn(cfg)
+	s.setUpstreams(pc)
 	s.gateway.Reload(pc)
 	s.log.Info("configuration reloaded", "users", len(pc.Users), "upstreams", len(pc.Upstreams))
 }
@@ -209,7 +227,16 @@ func (st *setup) warn(cfg *config.Config) {
 	}
 }
 
+func (s *service) setUpstreams(pc *proxy.Config) {
+	servers := make(map[string]upstream.Server, len(pc.Upstreams))
+	for name, u := range pc.Upstreams {
+		servers[name] = u.Server
+	}
+	s.upstreams.Store(&servers)
+}
+
 func (s *service) shutdown() {
+	s.health.draining.Store(true)
 	s.log.Info("shutting down; waiting for sessions", "sessions", s.pop3.Sessions(), "timeout", drainTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
@@ -227,8 +254,13 @@ func (s *service) httpHandler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok\n")
-	})
+	mux.Handle("GET /readyz", s.health.readyHandler(func() []string {
+		var names []string
+		for name := range *s.upstreams.Load() {
+			names = append(names, name)
+		}
+		return names
+	}))
+	mux.Handle("GET /metrics", s.metrics.Handler())
 	return mux
 }

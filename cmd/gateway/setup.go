@@ -29,6 +29,8 @@ import (
 type setup struct {
 	path string // the config file, for the hints in error messages
 	log  *slog.Logger
+	// observe, when set, gives each upstream's Observe function.
+	observe func(upstream string) func(op string, d time.Duration, err error)
 
 	mu      sync.Mutex
 	sources map[string]*tokenSource // by token file
@@ -71,6 +73,9 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			OnDelete:     upstream.DeleteMode(u.OnDelete),
 			Trash:        u.TrashMailbox,
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
+		}
+		if st.observe != nil {
+			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}
 		if u.OAuthEnabled() {
 			pc.Upstreams[name].OAuth2 = map[string]string{

@@ -1,0 +1,165 @@
+// Package metrics exports what the gateway does in the Prometheus text
+// format: sessions, logins, commands, errors by response code, octets
+// sent, deletes, upstream latency by operation and the message cache.
+package metrics
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/pop3"
+)
+
+const namespace = "pop3gw"
+
+// Metrics holds the gateway's collectors. It implements pop3.Observer, and
+// ObserveUpstream fits upstream.Server.Observe.
+type Metrics struct {
+	registry *prometheus.Registry
+
+	sessionsActive prometheus.Gauge
+	sessions       *prometheus.CounterVec
+	logins         *prometheus.CounterVec
+	commands       *prometheus.CounterVec
+	errors         *prometheus.CounterVec
+	sent           prometheus.Counter
+	deleted        prometheus.Counter
+	upstream       *prometheus.HistogramVec
+	upstreamErrors *prometheus.CounterVec
+}
+
+var _ pop3.Observer = (*Metrics)(nil)
+
+// New registers the collectors with a registry of their own, with the Go
+// runtime and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		sessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "sessions_active",
+			Help: "POP3 connections open now.",
+		}),
+		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sessions_total",
+			Help: "POP3 sessions ended, by result (ok, disconnected, timeout, auth-failed, ...).",
+		}, []string{"result"}),
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "logins_total",
+			Help: "POP3 login attempts, by method and result.",
+		}, []string{"method", "result"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "commands_total",
+			Help: "POP3 commands received, by verb.",
+		}, []string{"verb"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "error_replies_total",
+			Help: "-ERR replies sent, by response code (none when the reply has no code).",
+		}, []string{"code"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "message_bytes_sent_total",
+			Help: "Octets of messages sent by RETR and TOP, before dot-stuffing.",
+		}),
+		deleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "deletes_applied_total",
+			Help: "Messages removed upstream at QUIT.",
+		}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "upstream_duration_seconds",
+			Help:    "Time taken by IMAP operations, by operation (connect, login, select, list, fetch, fetch-batch, delete).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"operation"}),
+		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_errors_total",
+			Help: "IMAP operations that failed, by operation.",
+		}, []string{"operation"}),
+	}
+	m.registry.MustRegister(m.sessionsActive, m.sessions, m.logins, m.commands, m.errors,
+		m.sent, m.deleted, m.upstream, m.upstreamErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// WatchCache exports the message cache's counters, read at each scrape.
+func (m *Metrics) WatchCache(c *cache.Cache) {
+	m.registry.MustRegister(cacheCollector{c})
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// Registry is where further collectors can be registered.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+func (m *Metrics) SessionStart() { m.sessionsActive.Inc() }
+
+func (m *Metrics) SessionEnd(result string) {
+	m.sessionsActive.Dec()
+	m.sessions.WithLabelValues(result).Inc()
+}
+
+func (m *Metrics) Login(method, result string) {
+	m.logins.WithLabelValues(strings.ToLower(method), result).Inc()
+}
+
+func (m *Metrics) Command(verb string) { m.commands.WithLabelValues(verb).Inc() }
+
+func (m *Metrics) ErrorReply(code string) {
+	if code == "" {
+		code = "none"
+	}
+	m.errors.WithLabelValues(code).Inc()
+}
+
+func (m *Metrics) Sent(octets int64) { m.sent.Add(float64(octets)) }
+
+func (m *Metrics) Deleted(n int) { m.deleted.Add(float64(n)) }
+
+// ObserveUpstream records one IMAP operation; it fits
+// upstream.Server.Observe.
+func (m *Metrics) ObserveUpstream(op string, d time.Duration, err error) {
+	m.upstream.WithLabelValues(op).Observe(d.Seconds())
+	if err != nil {
+		m.upstreamErrors.WithLabelValues(op).Inc()
+	}
+}
+
+// cacheCollector reads the cache's counters at each scrape.
+type cacheCollector struct{ c *cache.Cache }
+
+var (
+	cacheHits = prometheus.NewDesc(namespace+"_cache_hits_total",
+		"Message reads served from the cache.", nil, nil)
+	cacheMisses = prometheus.NewDesc(namespace+"_cache_misses_total",
+		"Message reads the cache could not serve.", nil, nil)
+	cacheEvictions = prometheus.NewDesc(namespace+"_cache_evictions_total",
+		"Messages dropped from the cache to make room.", nil, nil)
+	cacheBytes = prometheus.NewDesc(namespace+"_cache_bytes",
+		"Octets of message bodies held in the cache.", nil, nil)
+	cacheEntries = prometheus.NewDesc(namespace+"_cache_entries",
+		"Messages held in the cache.", nil, nil)
+)
+
+func (cc cacheCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cacheHits
+	ch <- cacheMisses
+	ch <- cacheEvictions
+	ch <- cacheBytes
+	ch <- cacheEntries
+}
+
+func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	s := cc.c.Stats()
+	ch <- prometheus.MustNewConstMetric(cacheHits, prometheus.CounterValue, float64(s.Hits))
+	ch <- prometheus.MustNewConstMetric(cacheMisses, prometheus.CounterValue, float64(s.Misses))
+	ch <- prometheus.MustNewConstMetric(cacheEvictions, prometheus.CounterValue, float64(s.Evictions))
+	ch <- prometheus.MustNewConstMetric(cacheBytes, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(cacheEntries, prometheus.GaugeValue, float64(s.Entries))
+}
