@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -34,6 +35,60 @@ type Config struct {
 	Cache       Cache                `yaml:"cache"`
 	Secrets     Secrets              `yaml:"secrets"`
 	Limits      Limits               `yaml:"limits"`
+	// ProxyProtocol, when set, reads the client's address from a PROXY
+	// protocol header sent by a trusted load balancer.
+	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
+	// Redis, when set, shares the maildrop locks and the login-failure
+	// counters among replicas.
+	Redis *Redis `yaml:"redis"`
+}
+
+// ProxyProtocol configures the PROXY protocol (v1 and v2) on listeners.
+type ProxyProtocol struct {
+	Listeners []string `yaml:"listeners"` // "pop3", "pop3s"
+	// Trusted lists the load balancers' networks (CIDR) or addresses; a
+	// connection from them must start with a header, any other connection
+	// is taken as it is.
+	Trusted       []string `yaml:"trusted"`
+	HeaderTimeout Duration `yaml:"header_timeout"` // default 5s
+}
+
+// Enabled reports whether the listener named (pop3 or pop3s) expects
+// headers.
+func (p *ProxyProtocol) Enabled(listener string) bool {
+	return p != nil && slices.Contains(p.Listeners, listener)
+}
+
+// Redis is the server holding the state that replicas share.
+type Redis struct {
+	Address      string   `yaml:"address"` // host:port
+	Username     string   `yaml:"username"`
+	PasswordFile string   `yaml:"password_file"` // at most one of these two
+	PasswordEnv  string   `yaml:"password_env"`
+	DB           int      `yaml:"db"`
+	TLS          bool     `yaml:"tls"`
+	CAFile       string   `yaml:"ca_file"`
+	KeyPrefix    string   `yaml:"key_prefix"` // default "pop3gw:"
+	LockTTL      Duration `yaml:"lock_ttl"`   // default 30s: a dead replica's locks expire after this
+}
+
+// Password returns the Redis password, "" when none is configured.
+func (r *Redis) Password() (string, error) {
+	switch {
+	case r.PasswordFile != "":
+		data, err := secrets.ReadFile(r.PasswordFile, maxSecret)
+		if err != nil {
+			return "", fmt.Errorf("config: redis password: %w", err)
+		}
+		return strings.TrimRight(string(data), "\r\n"), nil
+	case r.PasswordEnv != "":
+		v, ok := os.LookupEnv(r.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("config: redis password: environment variable %s is not set", r.PasswordEnv)
+		}
+		return v, nil
+	}
+	return "", nil
 }
 
 // Secrets says where the key that seals secrets at rest comes from: the
@@ -215,6 +270,9 @@ const (
 	DefaultSessionsPerUser  = 4
 	DefaultLoginDelay       = Duration(time.Second)
 	DefaultLoginDelayMax    = Duration(15 * time.Second)
+	DefaultHeaderTimeout    = Duration(5 * time.Second)
+	DefaultRedisKeyPrefix   = "pop3gw:"
+	DefaultRedisLockTTL     = Duration(30 * time.Second)
 )
 
 // Error lists the problems found in a configuration, one per line, each
@@ -292,6 +350,17 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.LoginDelayMax == 0 {
 		c.Limits.LoginDelayMax = max(DefaultLoginDelayMax, c.Limits.LoginDelay)
+	}
+	if p := c.ProxyProtocol; p != nil && p.HeaderTimeout == 0 {
+		p.HeaderTimeout = DefaultHeaderTimeout
+	}
+	if r := c.Redis; r != nil {
+		if r.KeyPrefix == "" {
+			r.KeyPrefix = DefaultRedisKeyPrefix
+		}
+		if r.LockTTL == 0 {
+			r.LockTTL = DefaultRedisLockTTL
+		}
 	}
 	for name, u := range c.Upstreams {
 		if u == nil {

@@ -72,6 +72,9 @@ func TestExample(t *testing.T) {
 	if c.Users["bob"].OAuth2TokenFile == "" || c.Secrets.KeyFile == "" {
 		t.Errorf("users.bob = %+v, secrets = %+v", c.Users["bob"], c.Secrets)
 	}
+	if !c.ProxyProtocol.Enabled("pop3s") || c.ProxyProtocol.HeaderTimeout != DefaultHeaderTimeout || c.Redis == nil || c.Redis.LockTTL != DefaultRedisLockTTL {
+		t.Errorf("proxy_protocol = %+v, redis = %+v", c.ProxyProtocol, c.Redis)
+	}
 	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax}) {
 		t.Errorf("limits = %+v", c.Limits)
 	}
@@ -213,6 +216,29 @@ func TestValidation(t *testing.T) {
 		{"limits per user", func(c *Config) { c.Limits.SessionsPerUser = -5 }, "limits.sessions_per_user: must be positive, or -1 for no limit"},
 		{"limits delay order", func(c *Config) { c.Limits.LoginDelay = Duration(time.Minute) }, "limits.login_delay_max: 15s is less than limits.login_delay (1m0s)"},
 		{"limits delay cap", func(c *Config) { c.Limits.LoginDelayMax = Duration(time.Hour) }, "limits.login_delay_max: 1h0m0s is more than 5m"},
+		{"proxy protocol no listeners", func(c *Config) {
+			c.ProxyProtocol = &ProxyProtocol{Trusted: []string{"10.0.0.0/8"}, HeaderTimeout: Duration(time.Second)}
+		}, "proxy_protocol.listeners: name at least one of pop3 and pop3s"},
+		{"proxy protocol listener not configured", func(c *Config) {
+			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"pop3s"}, Trusted: []string{"10.0.0.1"}, HeaderTimeout: Duration(time.Second)}
+		}, "proxy_protocol.listeners: pop3s is not configured in listen"},
+		{"proxy protocol listener name", func(c *Config) {
+			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"http"}, Trusted: []string{"10.0.0.1"}, HeaderTimeout: Duration(time.Second)}
+		}, `proxy_protocol.listeners: "http" is not pop3 or pop3s`},
+		{"proxy protocol no trusted", func(c *Config) {
+			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"pop3"}, HeaderTimeout: Duration(time.Second)}
+		}, "proxy_protocol.trusted: list the load balancers' networks"},
+		{"proxy protocol bad trusted", func(c *Config) {
+			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"pop3"}, Trusted: []string{"10.0.0.0/33"}, HeaderTimeout: Duration(time.Second)}
+		}, `proxy_protocol.trusted: "10.0.0.0/33" is not an address or a network`},
+		{"redis no address", func(c *Config) { c.Redis = &Redis{LockTTL: DefaultRedisLockTTL} }, "redis.address: required"},
+		{"redis two passwords", func(c *Config) {
+			c.Redis = &Redis{Address: "redis:6379", PasswordFile: "f", PasswordEnv: "E", LockTTL: DefaultRedisLockTTL}
+		}, "redis: set only one of password_file and password_env"},
+		{"redis lock ttl", func(c *Config) { c.Redis = &Redis{Address: "redis:6379", LockTTL: Duration(time.Second)} }, "redis.lock_ttl: must be between 3s and 10m, not 1s"},
+		{"redis ca without tls", func(c *Config) {
+			c.Redis = &Redis{Address: "redis:6379", CAFile: "ca.pem", LockTTL: DefaultRedisLockTTL}
+		}, "redis.ca_file: set, but tls is false"},
 		{"passthrough no upstream", func(c *Config) { c.Passthrough = &Passthrough{} }, "passthrough.upstream: required"},
 		{"passthrough unknown upstream", func(c *Config) { c.Passthrough = &Passthrough{Upstream: "nope"} }, `passthrough.upstream: "nope" is not defined in upstreams`},
 		{"passthrough domain upstream", func(c *Config) {
@@ -301,7 +327,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
 			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
-			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache, secrets, limits)`}},
+			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
 			`config: line 3: listen: unknown key "pop4"`,
 			`config: line 5: cache.memory: invalid size "1TB": unknown unit "TB" (use KiB, MiB, GiB or a plain number of bytes)`}},

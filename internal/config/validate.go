@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -226,6 +227,59 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.MaxMessage > c.Cache.Memory {
 		p.add("cache.max_message", "%v is larger than cache.memory (%v)", c.Cache.MaxMessage, c.Cache.Memory)
+	}
+
+	// proxy_protocol
+	if pp := c.ProxyProtocol; pp != nil {
+		if len(pp.Listeners) == 0 {
+			p.add("proxy_protocol.listeners", "name at least one of pop3 and pop3s")
+		}
+		for _, l := range pp.Listeners {
+			switch {
+			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "":
+			case l == "pop3" || l == "pop3s":
+				p.add("proxy_protocol.listeners", "%s is not configured in listen", l)
+			default:
+				p.add("proxy_protocol.listeners", "%q is not pop3 or pop3s", l)
+			}
+		}
+		if len(pp.Trusted) == 0 {
+			p.add("proxy_protocol.trusted", "list the load balancers' networks or addresses; headers are accepted only from them")
+		}
+		for _, t := range pp.Trusted {
+			if _, err := netip.ParsePrefix(t); err != nil {
+				if _, err := netip.ParseAddr(t); err != nil {
+					p.add("proxy_protocol.trusted", "%q is not an address or a network such as 10.0.0.0/8", t)
+				}
+			}
+		}
+		if pp.HeaderTimeout <= 0 {
+			p.add("proxy_protocol.header_timeout", "must be positive")
+		}
+	}
+
+	// redis
+	if r := c.Redis; r != nil {
+		if r.Address == "" {
+			p.add("redis.address", "required (host:port)")
+		} else {
+			p.addr("redis.address", r.Address, false)
+		}
+		if r.PasswordFile != "" && r.PasswordEnv != "" {
+			p.add("redis", "set only one of password_file and password_env")
+		}
+		if r.PasswordEnv != "" && !validEnvName(r.PasswordEnv) {
+			p.add("redis.password_env", "%q is not a valid environment variable name", r.PasswordEnv)
+		}
+		if r.CAFile != "" && !r.TLS {
+			p.add("redis.ca_file", "set, but tls is false")
+		}
+		if r.DB < 0 {
+			p.add("redis.db", "must not be negative")
+		}
+		if r.LockTTL < Duration(3*time.Second) || r.LockTTL > Duration(10*time.Minute) {
+			p.add("redis.lock_ttl", "must be between 3s and 10m, not %v", r.LockTTL)
+		}
 	}
 
 	// secrets
