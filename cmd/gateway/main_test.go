@@ -7,6 +7,7 @@ import (
 	"github.com/pop3gw/gateway/internal/testenv"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -525,5 +526,46 @@ func TestMetricsReadinessHealthcheck(t *testing.T) {
 	}
 	if code := run([]string{"healthcheck", "-url", base + "/readyz"}, nil, io.Discard, io.Discard); code != 1 {
 		t.Fatalf("healthcheck of an unready gateway: exit %d", code)
+	}
+}
+
+func TestServeProxyProtocol(t *testing.T) {
+	f := newFixture(t)
+	cfg, _ := os.ReadFile(f.config)
+	os.WriteFile(f.config, append(cfg, []byte("proxy_protocol:\n  listeners: [pop3]\n  trusted: [127.0.0.1]\n")...), 0o600)
+	addrs, logs := startServe(t, f.config)
+
+	// A trusted balancer's header names the client.
+	nc, err := net.Dial("tcp", addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(nc, "PROXY TCP4 192.0.2.7 127.0.0.1 5555 110\r\n")
+	c, err := pop3client.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client's address is not loopback, so without TLS it may not
+	// send a password: the limits and rules see the real client.
+	if err := c.Login("alice", "local-pass"); err == nil || !strings.Contains(err.Error(), "Plaintext authentication disallowed") {
+		t.Fatalf("plaintext login from a remote client: %v", err)
+	}
+	c.Quit()
+	c.Close()
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "remote=192.0.2.7:5555") })
+
+	// Anyone else's header is an unknown command.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	nc, err = d.Dial("tcp", addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c, err = pop3client.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reply, _ := c.Cmd("PROXY TCP4 192.0.2.8 127.0.0.1 5555 110"); !strings.HasPrefix(reply, "-ERR") {
+		t.Fatalf("forged header: %q", reply)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/listener"
 	"github.com/pop3gw/gateway/internal/metrics"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
@@ -129,6 +131,12 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 	}
 
+	var trusted []netip.Prefix
+	if pp := cfg.ProxyProtocol; pp != nil {
+		if trusted, err = listener.ParsePrefixes(pp.Trusted); err != nil {
+			return fmt.Errorf("proxy_protocol.trusted: %w", err)
+		}
+	}
 	errc := make(chan error, 3)
 	listen := func(name, addr string, serveFn func(net.Listener) error) error {
 		if addr == "" {
@@ -139,7 +147,12 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 			return fmt.Errorf("listen %s %s: %w", name, addr, err)
 		}
 		s.addrs[name] = ln.Addr().String()
-		log.Info("listening", "listener", name, "addr", ln.Addr().String())
+		if cfg.ProxyProtocol.Enabled(name) {
+			ln = listener.ProxyProtocol(ln, trusted, time.Duration(cfg.ProxyProtocol.HeaderTimeout))
+			log.Info("listening", "listener", name, "addr", ln.Addr().String(), "proxy_protocol", true, "trusted", cfg.ProxyProtocol.Trusted)
+		} else {
+			log.Info("listening", "listener", name, "addr", ln.Addr().String())
+		}
 		go func() {
 			if err := serveFn(ln); err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("%s: %w", name, err)
