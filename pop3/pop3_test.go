@@ -564,3 +564,23 @@ func TestShutdownWaitsForSessions(t *testing.T) {
 }
 
 func serverTLS(t *testing.T) *tls.Config { return testenv.ServerTLS(t, "localhost") }
+
+func TestShutdownDeadlineDeletesNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	busy := h.dial()
+	busy.login()
+	busy.cmd("DELE 1", "+OK Marked to be deleted.")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := h.srv.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown returned no error although a session outlived its deadline")
+	}
+	if !busy.closed() {
+		t.Fatal("the session was left open after the drain deadline")
+	}
+	h.be.md.mu.Lock()
+	defer h.be.md.mu.Unlock()
+	if h.be.md.committed != nil {
+		t.Fatalf("a session closed by the drain committed %v", h.be.md.committed)
+	}
+}

@@ -26,8 +26,9 @@ import (
 	"github.com/pop3gw/gateway/upstream"
 )
 
-// drainTimeout bounds how long SIGTERM waits for sessions to finish.
-const drainTimeout = 30 * time.Second
+// drainTimeout bounds how long SIGTERM waits for sessions to finish; the
+// serve command's -drain flag sets it.
+var drainTimeout = 30 * time.Second
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lvl slog.Level
@@ -50,6 +51,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 	configPath := fs.String("config", "", "config file (YAML)")
 	logFormat := fs.String("log-format", "text", "log format: json or text")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.DurationVar(&drainTimeout, "drain", drainTimeout, "on SIGTERM, how long sessions may go on before they are closed (deleting nothing)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
