@@ -31,8 +31,21 @@ type health struct {
 	listening atomic.Bool
 	draining  atomic.Bool
 
-	mu    sync.Mutex
-	state map[string]*reach // by upstream name
+	mu     sync.Mutex
+	state  map[string]*reach // by upstream name
+	checks []namedCheck      // asked at each /readyz
+}
+
+type namedCheck struct {
+	name  string
+	check func(context.Context) error
+}
+
+// check adds a dependency asked at each /readyz, such as the shared Redis.
+func (h *health) check(name string, fn func(context.Context) error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.checks = append(h.checks, namedCheck{name, fn})
 }
 
 type reach struct {
@@ -103,7 +116,7 @@ func (h *health) run(ctx context.Context, servers func() map[string]upstream.Ser
 
 // ready reports whether the service should get new connections, and why
 // not.
-func (h *health) ready(upstreams []string) (bool, []string) {
+func (h *health) ready(ctx context.Context, upstreams []string) (bool, []string) {
 	var problems []string
 	if !h.listening.Load() {
 		problems = append(problems, "listeners are not up")
@@ -123,13 +136,21 @@ func (h *health) ready(upstreams []string) (bool, []string) {
 			problems = append(problems, fmt.Sprintf("upstream %s: not contacted for %v", name, time.Since(r.at).Round(time.Second)))
 		}
 	}
+	checks := h.checks
 	h.mu.Unlock()
+	for _, c := range checks {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		if err := c.check(cctx); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", c.name, err))
+		}
+		cancel()
+	}
 	return len(problems) == 0, problems
 }
 
 func (h *health) readyHandler(upstreams func() []string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		ok, problems := h.ready(upstreams())
+		ok, problems := h.ready(r.Context(), upstreams())
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(w, strings.Join(problems, "\n")+"\n")

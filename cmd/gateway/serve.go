@@ -118,17 +118,32 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 	msgCache := cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage))
 	s.metrics.WatchCache(msgCache)
 	s.gateway = proxy.New(pc, msgCache, log)
-	s.pop3 = &pop3.Server{
-		Observer:          s.metrics,
-		Backend:           s.gateway,
-		TLSConfig:         tlsConfig,
-		AllowInsecureAuth: cfg.Auth.AllowInsecure,
-		Implementation:    "gateway " + version,
-		Logger:            log,
-		Guard: guard.NewMemory(guard.Options{
+	var loginGuard pop3.LoginGuard = guard.NewMemory(guard.Options{
+		Base: time.Duration(cfg.Limits.LoginDelay),
+		Max:  time.Duration(cfg.Limits.LoginDelayMax),
+	})
+	if cfg.Redis != nil {
+		shared, err := sharedState(ctx, cfg.Redis, log)
+		if err != nil {
+			return err
+		}
+		defer shared.Close()
+		s.gateway.SetLocker(shared)
+		loginGuard = shared.Guard(guard.Options{
 			Base: time.Duration(cfg.Limits.LoginDelay),
 			Max:  time.Duration(cfg.Limits.LoginDelayMax),
-		}),
+		})
+		s.health.check("redis", shared.Ping)
+		log.Info("sharing maildrop locks and login counters through Redis", "addr", cfg.Redis.Address)
+	}
+	s.pop3 = &pop3.Server{
+		Observer:           s.metrics,
+		Backend:            s.gateway,
+		TLSConfig:          tlsConfig,
+		AllowInsecureAuth:  cfg.Auth.AllowInsecure,
+		Implementation:     "gateway " + version,
+		Logger:             log,
+		Guard:              loginGuard,
 		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/oauth"
+	"github.com/pop3gw/gateway/internal/redisstate"
 	"github.com/pop3gw/gateway/internal/secrets"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -163,9 +165,14 @@ func (st *setup) tokenFunc(user, file string, c *oauth.Client, key *secrets.Key)
 // upstreamTLS verifies the upstream against the system roots plus ca_file;
 // tls_skip_verify turns verification off.
 func upstreamTLS(u *config.Upstream) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: u.ServerName, InsecureSkipVerify: u.TLSSkipVerify}
-	if u.CAFile != "" {
-		pem, err := os.ReadFile(u.CAFile)
+	return clientTLS(u.CAFile, u.ServerName, u.TLSSkipVerify)
+}
+
+// clientTLS verifies a server against the system roots plus caFile.
+func clientTLS(caFile, serverName string, skipVerify bool) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: skipVerify}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("ca_file: %w", err)
 		}
@@ -174,11 +181,35 @@ func upstreamTLS(u *config.Upstream) (*tls.Config, error) {
 			pool = x509.NewCertPool()
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificate found", u.CAFile)
+			return nil, fmt.Errorf("ca_file %s: no PEM certificate found", caFile)
 		}
 		c.RootCAs = pool
 	}
 	return c, nil
+}
+
+// sharedState connects to the Redis that replicas share, if configured.
+func sharedState(ctx context.Context, r *config.Redis, log *slog.Logger) (*redisstate.Store, error) {
+	password, err := r.Password()
+	if err != nil {
+		return nil, err
+	}
+	opts := redisstate.Options{
+		Addr:      r.Address,
+		Username:  r.Username,
+		Password:  password,
+		DB:        r.DB,
+		KeyPrefix: r.KeyPrefix,
+		LockTTL:   time.Duration(r.LockTTL),
+		Logger:    log,
+	}
+	if r.TLS {
+		host, _, _ := net.SplitHostPort(r.Address)
+		if opts.TLS, err = clientTLS(r.CAFile, host, false); err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+	}
+	return redisstate.New(ctx, opts)
 }
 
 // certificate holds the listener certificate, replaced on reload.

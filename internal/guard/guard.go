@@ -80,7 +80,7 @@ func (m *Memory) Delay(ctx context.Context, ip, user string) time.Duration {
 	defer m.mu.Unlock()
 	now := m.now()
 	n := max(m.count(m.ips, ip, now), m.count(m.users, user, now))
-	return m.delayFor(n)
+	return DelayFor(n, m.opts.Base, m.opts.Max)
 }
 
 // Failed records a refused login from ip for user; an empty user counts
@@ -138,14 +138,17 @@ func (m *Memory) expired(e entry, now time.Time) bool {
 	return now.Sub(e.last) >= m.opts.Window
 }
 
-// delayFor is min(Base << (n-1), Max) without overflowing.
-func (m *Memory) delayFor(n int) time.Duration {
-	if n <= 0 {
+// DelayFor is the delay after failures failed logins: 0 for none, else
+// base doubled for each failure after the first, at most max, computed
+// without overflowing. Every LoginGuard implementation of the gateway
+// uses it, so a delay does not depend on where the counters are kept.
+func DelayFor(failures int, base, max time.Duration) time.Duration {
+	if failures <= 0 {
 		return 0
 	}
-	shift := n - 1
-	if shift >= 63 || m.opts.Base > m.opts.Max>>shift {
-		return m.opts.Max
+	shift := failures - 1
+	if shift >= 63 || base > max>>shift {
+		return max
 	}
-	return m.opts.Base << shift
+	return base << shift
 }

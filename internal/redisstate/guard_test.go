@@ -1,0 +1,170 @@
+package redisstate
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/redistest"
+)
+
+var testGuardOptions = guard.Options{Base: 10 * time.Millisecond, Max: 80 * time.Millisecond, Window: time.Minute}
+
+func TestDelayFor(t *testing.T) {
+	const base, limit = 10 * time.Millisecond, 80 * time.Millisecond
+	for n, want := range map[int]time.Duration{
+		-1: 0, 0: 0, 1: 10 * time.Millisecond, 2: 20 * time.Millisecond,
+		3: 40 * time.Millisecond, 4: 80 * time.Millisecond, 5: limit, 63: limit, 64: limit, 1 << 40: limit,
+	} {
+		if got := guard.DelayFor(n, base, limit); got != want {
+			t.Errorf("DelayFor(%d) = %v, want %v", n, got, want)
+		}
+	}
+	if got := guard.DelayFor(70, time.Second, time.Duration(1<<62)); got != 1<<62 {
+		t.Errorf("DelayFor overflowed: %v", got)
+	}
+}
+
+// Failures counted through one replica slow down logins through another,
+// and a success through either clears them.
+func TestGuardShared(t *testing.T) {
+	addr := redistest.Start(t)
+	ga := replica(t, addr, time.Second, nil).Guard(testGuardOptions)
+	gb := replica(t, addr, time.Second, nil).Guard(testGuardOptions)
+	ctx := context.Background()
+
+	for i := range 6 {
+		want := guard.DelayFor(i, testGuardOptions.Base, testGuardOptions.Max)
+		if got := gb.Delay(ctx, "192.0.2.1", "alice"); got != want {
+			t.Errorf("after %d failures: Delay = %v, want %v", i, got, want)
+		}
+		ga.Failed(ctx, "192.0.2.1", "alice")
+	}
+	// 6 failures: capped at Max.
+	if got := gb.Delay(ctx, "192.0.2.1", "alice"); got != testGuardOptions.Max {
+		t.Errorf("capped Delay = %v, want %v", got, testGuardOptions.Max)
+	}
+	// Either counter decides.
+	if got := gb.Delay(ctx, "192.0.2.99", "alice"); got != testGuardOptions.Max {
+		t.Errorf("same user, other address: Delay = %v", got)
+	}
+	if got := gb.Delay(ctx, "192.0.2.1", "bob"); got != testGuardOptions.Max {
+		t.Errorf("same address, other user: Delay = %v", got)
+	}
+	if got := gb.Delay(ctx, "192.0.2.99", "bob"); got != 0 {
+		t.Errorf("unrelated address and user: Delay = %v", got)
+	}
+	// The larger counter wins.
+	gb.Failed(ctx, "192.0.2.99", "bob")
+	if got := ga.Delay(ctx, "192.0.2.99", "alice"); got != testGuardOptions.Max {
+		t.Errorf("larger counter: Delay = %v", got)
+	}
+
+	gb.Succeeded(ctx, "192.0.2.1", "alice")
+	if got := ga.Delay(ctx, "192.0.2.1", "alice"); got != 0 {
+		t.Errorf("after Succeeded via B: Delay via A = %v, want 0", got)
+	}
+	if got := ga.Delay(ctx, "192.0.2.99", "bob"); got != testGuardOptions.Base {
+		t.Errorf("Succeeded cleared others' counters: Delay = %v", got)
+	}
+}
+
+func TestGuardWindow(t *testing.T) {
+	addr := redistest.Start(t)
+	const window = 300 * time.Millisecond
+	opts := testGuardOptions
+	opts.Window = window
+	g := replica(t, addr, time.Second, nil).Guard(opts)
+	ctx := context.Background()
+
+	g.Failed(ctx, "192.0.2.1", "alice")
+	time.Sleep(window / 2)
+	g.Failed(ctx, "192.0.2.1", "alice") // extends the window
+	last := time.Now()
+	if got := g.Delay(ctx, "192.0.2.1", "alice"); got != 2*opts.Base {
+		t.Fatalf("Delay = %v, want %v", got, 2*opts.Base)
+	}
+	ttl, err := raw(t, addr).PTTL(ctx, "pop3gw:fail:ip:192.0.2.1").Result()
+	if err != nil || ttl <= 0 || ttl > window {
+		t.Errorf("counter TTL = %v, %v; want in (0, %v]", ttl, err, window)
+	}
+	for g.Delay(ctx, "192.0.2.1", "alice") != 0 {
+		if time.Since(last) > window+time.Second {
+			t.Fatal("counters did not expire")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := time.Since(last); d < window*2/3 {
+		t.Errorf("counters expired %v after the last failure, window %v", d, window)
+	}
+	// A fresh count starts at one.
+	g.Failed(ctx, "192.0.2.1", "alice")
+	if got := g.Delay(ctx, "192.0.2.1", "alice"); got != opts.Base {
+		t.Errorf("after expiry and one failure: Delay = %v, want %v", got, opts.Base)
+	}
+}
+
+func TestGuardEmptyUser(t *testing.T) {
+	addr := redistest.Start(t)
+	s := replica(t, addr, time.Second, nil)
+	g := s.Guard(testGuardOptions)
+	ctx := context.Background()
+
+	g.Failed(ctx, "192.0.2.1", "")
+	g.Failed(ctx, "192.0.2.1", "")
+	keys, err := raw(t, addr).Keys(ctx, "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != "pop3gw:fail:ip:192.0.2.1" {
+		t.Errorf("keys = %q, want only the address counter", keys)
+	}
+	if got := g.Delay(ctx, "192.0.2.1", ""); got != 2*testGuardOptions.Base {
+		t.Errorf("Delay = %v", got)
+	}
+	if got := g.Delay(ctx, "192.0.2.1", "alice"); got != 2*testGuardOptions.Base {
+		t.Errorf("Delay with a user = %v", got)
+	}
+	if got := g.Delay(ctx, "192.0.2.2", ""); got != 0 {
+		t.Errorf("other address: Delay = %v", got)
+	}
+	// Nothing to count or ask.
+	g.Failed(ctx, "", "")
+	if got := g.Delay(ctx, "", ""); got != 0 {
+		t.Errorf("no address or user: Delay = %v", got)
+	}
+	g.Succeeded(ctx, "192.0.2.1", "")
+	if got := g.Delay(ctx, "192.0.2.1", ""); got != 0 {
+		t.Errorf("after Succeeded: Delay = %v", got)
+	}
+}
+
+func TestGuardKeyPrefix(t *testing.T) {
+	addr := redistest.Start(t)
+	ctx := context.Background()
+	s1, err := New(ctx, Options{Addr: addr, KeyPrefix: "one:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	s2, err := New(ctx, Options{Addr: addr, KeyPrefix: "two:"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	s1.Guard(testGuardOptions).Failed(ctx, "192.0.2.1", "alice")
+	if got := s2.Guard(testGuardOptions).Delay(ctx, "192.0.2.1", "alice"); got != 0 {
+		t.Errorf("other prefix sees the failure: Delay = %v", got)
+	}
+	r1, ok, err := s1.Lock(ctx, "alice")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	defer r1()
+	r2, ok, err := s2.Lock(ctx, "alice")
+	if err != nil || !ok {
+		t.Fatalf("other prefix: lock not taken: %v", err)
+	}
+	r2()
+}
