@@ -1,0 +1,191 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/redistest"
+)
+
+// buildGateway compiles the gateway binary into the test's directory.
+func buildGateway(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gateway")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/pop3gw/gateway/cmd/gateway").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// replica is a `gateway serve` process.
+type replica struct {
+	cmd  *exec.Cmd
+	addr string // POP3
+
+	mu  sync.Mutex
+	log strings.Builder
+}
+
+func (r *replica) logs() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.log.String()
+}
+
+var listening = regexp.MustCompile(`msg=listening listener=pop3 addr=(\S+)`)
+
+// startReplica runs the gateway with config and waits for its POP3
+// listener.
+func startReplica(t *testing.T, bin, config string) *replica {
+	t.Helper()
+	r := &replica{cmd: exec.Command(bin, "serve", "-config", config, "-log-level", "debug")}
+	r.cmd.Env = append(os.Environ(), "ALICE_UPSTREAM=upstream-pass")
+	stderr, err := r.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	})
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			r.mu.Lock()
+			r.log.WriteString(sc.Text() + "\n")
+			r.mu.Unlock()
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				addrc <- m[1]
+			}
+		}
+	}()
+	select {
+	case r.addr = <-addrc:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the replica did not start listening:\n%s", r.logs())
+	}
+	return r
+}
+
+// login tries alice's login on a replica; the client is open on success.
+func login(addr, password string) (*pop3client.Client, error) {
+	c, err := pop3client.Dial(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Login("alice", password); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// TestReplicasShareStateThroughRedis runs two gateway processes with one
+// Redis: the [IN-USE] lock and the login-failure counters hold across
+// them, and a killed replica's lock expires.
+func TestReplicasShareStateThroughRedis(t *testing.T) {
+	redisAddr := redistest.Start(t)
+	bin := buildGateway(t)
+	mem, err := imapmem.Start("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	mem.AddUser("alice@example.com", "upstream-pass")
+	mem.Append("alice@example.com", "INBOX", []byte("Subject: shared\r\n\r\nhello\r\n"))
+
+	hash, err := passwd.Hash("local-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const lockTTL = 3 * time.Second // the least the config allows
+	config := filepath.Join(t.TempDir(), "gateway.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: none
+    keep_connection: 0s
+users:
+  alice:
+    password_hash: %q
+    upstream: mem
+    upstream_user: alice@example.com
+    upstream_password_env: ALICE_UPSTREAM
+limits:
+  login_delay: 200ms
+  login_delay_max: 200ms
+redis:
+  address: %q
+  lock_ttl: %s
+`, mem.Addr(), hash, redisAddr, lockTTL)), 0o600)
+	one := startReplica(t, bin, config)
+	two := startReplica(t, bin, config)
+
+	// Failed logins on one replica delay the next attempt on the other.
+	if _, err := login(one.addr, "wrong"); err == nil {
+		t.Fatal("a wrong password was accepted")
+	}
+	if strings.Contains(two.logs(), "delaying login") {
+		t.Fatal("replica two delayed a login before any failure")
+	}
+	held, err := login(two.addr, "local-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if !strings.Contains(two.logs(), "delaying login") {
+		t.Fatalf("replica two did not delay the login after replica one's failure:\n%s", two.logs())
+	}
+
+	// The maildrop is held on replica two: replica one says [IN-USE].
+	if _, err := login(one.addr, "local-pass"); err == nil || !strings.Contains(err.Error(), "[IN-USE]") {
+		t.Fatalf("second session on the other replica: %v, want -ERR [IN-USE]", err)
+	}
+
+	// Replica two dies with the session open. Its lock outlives it for at
+	// most the lock's TTL, then the maildrop is usable again.
+	two.cmd.Process.Kill()
+	two.cmd.Wait()
+	killed := time.Now()
+	if _, err := login(one.addr, "local-pass"); err == nil || !strings.Contains(err.Error(), "[IN-USE]") {
+		t.Fatalf("login right after the holder died: %v, want -ERR [IN-USE] until the lock expires", err)
+	}
+	for {
+		c, err := login(one.addr, "local-pass")
+		if err == nil {
+			if n, _, err := c.Stat(); err != nil || n != 1 {
+				t.Fatalf("STAT after the lock expired: %d, %v", n, err)
+			}
+			c.Quit()
+			break
+		}
+		if !strings.Contains(err.Error(), "[IN-USE]") {
+			t.Fatalf("login while the dead replica's lock expires: %v", err)
+		}
+		if time.Since(killed) > lockTTL+5*time.Second {
+			t.Fatalf("the dead replica's lock did not expire within %v", time.Since(killed))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if waited := time.Since(killed); waited > lockTTL+2*time.Second {
+		t.Errorf("the maildrop was usable %v after the holder died; the lock TTL is %v", waited, lockTTL)
+	}
+}
