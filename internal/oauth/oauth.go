@@ -148,6 +148,8 @@ type Source struct {
 	store  *Store
 	log    *slog.Logger
 	now    func() time.Time
+	// beforeRefresh, in tests, runs just before a refresh request.
+	beforeRefresh func()
 
 	mu     sync.Mutex
 	tok    *oauth2.Token
@@ -183,7 +185,24 @@ func (s *Source) AccessToken(ctx context.Context, refresh bool) (string, error) 
 	if s.tok.RefreshToken == "" {
 		return "", fmt.Errorf("%w: the stored token has no refresh token", ErrRefused)
 	}
+	if s.beforeRefresh != nil {
+		s.beforeRefresh()
+	}
 	tok, err := s.refresh(ctx, s.tok.RefreshToken)
+	if errors.Is(err, ErrRefused) {
+		// Another process sharing the file (a replica, or `gateway
+		// oauth2 login`) may have rotated the token meanwhile: its new
+		// one is on disk.
+		if st := statFile(s.store.Path); !st.same(s.loaded) {
+			if fresh, lerr := s.store.Load(); lerr == nil && fresh.RefreshToken != s.tok.RefreshToken {
+				s.tok, s.loaded = fresh, st
+				if fresh.AccessToken != "" && fresh.Expiry.After(s.now().Add(refreshEarly)) {
+					return fresh.AccessToken, nil
+				}
+				tok, err = s.refresh(ctx, fresh.RefreshToken)
+			}
+		}
+	}
 	if err != nil {
 		return "", err
 	}

@@ -551,3 +551,37 @@ func TestSourceKeepsTokenWhenSaveFails(t *testing.T) {
 		t.Errorf("second token %q, want a new valid one", second)
 	}
 }
+
+// Two processes share one token file (replicas on a shared volume) and the
+// provider rotates refresh tokens: the one that refreshes second finds its
+// refresh token void, and picks up the other's from the file.
+func TestSourcesSharingRotatingFile(t *testing.T) {
+	p := oauthtest.NewProvider(t)
+	p.RotateRefreshTokens = true
+	c := newClient(p)
+	s := newStore(t)
+	save(t, s, expired(p))
+	ctx := testContext(t)
+
+	one := NewSource(c, &Store{Path: s.Path, Key: s.Key, Context: s.Context}, discardLog())
+	two := NewSource(c, &Store{Path: s.Path, Key: s.Key, Context: s.Context}, discardLog())
+	if _, err := two.AccessToken(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// one refreshes between two's look at the file and two's refresh.
+	two.beforeRefresh = func() {
+		if _, err := one.AccessToken(ctx, true); err != nil {
+			t.Error(err)
+		}
+	}
+	got, err := two.AccessToken(ctx, true)
+	if err != nil {
+		t.Fatalf("refresh after the other process rotated the token: %v", err)
+	}
+	if !p.ValidFor(alice, got) {
+		t.Fatalf("AccessToken = %q, not valid", got)
+	}
+	if p.Requests(oauthtest.RefreshTokenGrant) < 3 {
+		t.Fatalf("%d refresh requests; the race was not exercised", p.Requests(oauthtest.RefreshTokenGrant))
+	}
+}
