@@ -1317,12 +1317,15 @@ func TestKubernetes(t *testing.T) {
 
 	var deps []*k8sObject
 	for i := range objs {
-		if objs[i].Kind == "Deployment" {
+		if objs[i].Kind == "Deployment" && objs[i].Metadata.Name == "pop3-gateway" {
 			deps = append(deps, &objs[i])
 		}
 	}
 	if len(deps) != 1 {
-		t.Fatalf("want one Deployment, found %d", len(deps))
+		t.Fatalf("want one Deployment pop3-gateway, found %d", len(deps))
+	}
+	if find(objs, "Service", "pop3-gateway-redis") == nil || find(objs, "Deployment", "pop3-gateway-redis") == nil {
+		t.Error("no Redis Deployment and Service for the replicas' shared state")
 	}
 	var dep deploymentSpec
 	if err := deps[0].Spec.Decode(&dep); err != nil {
@@ -1491,7 +1494,7 @@ func TestKubernetes(t *testing.T) {
 	// Services: POP3 on a load balancer, metrics on a ClusterIP.
 	var lb, metrics bool
 	for _, o := range objs {
-		if o.Kind != "Service" {
+		if o.Kind != "Service" || o.Metadata.Name == "pop3-gateway-redis" {
 			continue
 		}
 		var s serviceSpec
