@@ -236,6 +236,10 @@ func TestDeleteToDovecotTrash(t *testing.T) {
 			t.Errorf("%s holds %d messages, want %d", mailbox, mb.Messages, want)
 		}
 	}
+	// The loop above selects the mailboxes in random order.
+	if _, err := sess.Select(ctx, "Trash"); err != nil {
+		t.Fatal(err)
+	}
 	r, err := sess.Fetch(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
