@@ -269,37 +269,30 @@ func TestCodeLoginPasted(t *testing.T) {
 	}
 }
 
-func TestCodeLoginPastedWrongState(t *testing.T) {
-	p := oauthtest.NewProvider(t)
-	authURL, pasted, done := codeLogin(t, newClient(p), p)
-	loc := redirectFor(t, authURL)
-	q := loc.Query()
-	q.Set("state", "forged")
-	loc.RawQuery = q.Encode()
-	fmt.Fprintf(pasted, "%s\n", loc)
-	r := wait(t, done)
-	if r.err == nil || !strings.Contains(r.err.Error(), "state") {
-		t.Fatalf("CodeLogin with a forged state: %v, want a state error", r.err)
-	}
-	if n := p.Requests(oauthtest.AuthorizationCodeGrant); n != 0 {
-		t.Errorf("%d code exchanges, want none", n)
-	}
-}
-
-func TestCodeLoginRedirectWrongState(t *testing.T) {
-	p := oauthtest.NewProvider(t)
-	authURL, _, done := codeLogin(t, newClient(p), p)
-	loc := redirectFor(t, authURL)
-	q := loc.Query()
-	q.Set("state", "forged")
-	loc.RawQuery = q.Encode()
-	resp, body := browse(t, loc.String())
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "state") {
-		t.Errorf("the redirect page for a forged state: %s %q", resp.Status, body)
-	}
-	r := wait(t, done)
-	if r.err == nil || !strings.Contains(r.err.Error(), "state") {
-		t.Fatalf("CodeLogin with a forged state: %v, want a state error", r.err)
+// A forged state, pasted or in the redirect, ends the login without a
+// code exchange.
+func TestCodeLoginWrongState(t *testing.T) {
+	for _, via := range []string{"pasted", "redirect"} {
+		t.Run(via, func(t *testing.T) {
+			p := oauthtest.NewProvider(t)
+			authURL, pasted, done := codeLogin(t, newClient(p), p)
+			loc := redirectFor(t, authURL)
+			q := loc.Query()
+			q.Set("state", "forged")
+			loc.RawQuery = q.Encode()
+			if via == "pasted" {
+				fmt.Fprintf(pasted, "%s\n", loc)
+			} else if resp, body := browse(t, loc.String()); resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "state") {
+				t.Errorf("the redirect page for a forged state: %s %q", resp.Status, body)
+			}
+			r := wait(t, done)
+			if r.err == nil || !strings.Contains(r.err.Error(), "state") {
+				t.Fatalf("CodeLogin with a forged state: %v, want a state error", r.err)
+			}
+			if n := p.Requests(oauthtest.AuthorizationCodeGrant); n != 0 {
+				t.Errorf("%d code exchanges, want none", n)
+			}
+		})
 	}
 }
 
