@@ -312,14 +312,19 @@ func (c *conn) readLine(limit int) (string, error) {
 
 // reply writes one response line; write errors surface at the next flush.
 func (c *conn) reply(format string, args ...any) {
-	line := format
-	if len(args) > 0 {
-		line = fmt.Sprintf(format, args...)
-	}
-	if strings.HasPrefix(line, "-ERR") {
+	switch {
+	case strings.HasPrefix(format, "-ERR"):
+		line := format
+		if len(args) > 0 {
+			line = fmt.Sprintf(format, args...)
+		}
 		c.srv.observer().ErrorReply(responseCode(line))
+		c.bw.WriteString(line)
+	case len(args) > 0:
+		fmt.Fprintf(c.bw, format, args...)
+	default:
+		c.bw.WriteString(format)
 	}
-	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")
 }
 

@@ -124,6 +124,11 @@ passthrough:
 cache:
   memory: 256MiB
   max_message: 16MiB
+# Every benchmark client comes from 127.0.0.1, and the idle workload holds
+# 1,000 sessions at once: the per-address and per-user limits are off.
+limits:
+  connections_per_ip: -1
+  sessions_per_user: -1
 `, imapAddr)
 	if err := os.WriteFile(g.conf, []byte(conf), 0o600); err != nil {
 		return nil, err
