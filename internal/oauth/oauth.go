@@ -64,6 +64,8 @@ type Store struct {
 	// Context binds the sealed file to its account, so a file copied to
 	// another user's path does not open.
 	Context string
+
+	write func(name string, data []byte) error // secrets.WriteFile; tests replace it
 }
 
 // stored is the token file's plaintext.
@@ -116,7 +118,11 @@ func (s *Store) Save(tok *oauth2.Token) error {
 	if err != nil {
 		return err
 	}
-	return secrets.WriteFile(s.Path, s.Key.Seal(plain, s.Context))
+	write := s.write
+	if write == nil {
+		write = secrets.WriteFile
+	}
+	return write(s.Path, s.Key.Seal(plain, s.Context))
 }
 
 // stat identifies a version of the token file, to notice a new
