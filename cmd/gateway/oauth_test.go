@@ -401,3 +401,34 @@ func TestOAuth2LoginRefusesPasswordUpstream(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 }
+
+// A public client (no secret, as Microsoft's desktop applications) sends
+// its client_id in the form.
+func TestOAuth2PublicClient(t *testing.T) {
+	f := newOAuthFixture(t, config.AuthXOAuth2)
+	p := f.provider
+	p.ClientSecret = ""
+	cfg, _ := os.ReadFile(f.config)
+	var kept []string
+	for _, line := range strings.Split(string(cfg), "\n") {
+		if !strings.Contains(line, "client_secret_file") {
+			kept = append(kept, line)
+		}
+	}
+	os.WriteFile(f.config, []byte(strings.Join(kept, "\n")), 0o600)
+
+	r := startCLI("oauth2", "login", "-config", f.config, "-user", "bob")
+	r.waitLine(t, func(l string) bool { return strings.Contains(l, "enter the code") })
+	p.ApproveDevice(p.PendingDeviceCodes()[0], bobUpstream)
+	if code, out := r.wait(t); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	addrs, _ := startServe(t, f.config)
+	p.ExpireAccessTokens()
+	if _, err := fetchAll(addrs["pop3"]); err != nil {
+		t.Fatalf("session with a refreshed token of a public client: %v", err)
+	}
+	if p.Requests(oauthtest.RefreshTokenGrant) == 0 {
+		t.Fatal("no refresh happened")
+	}
+}

@@ -130,10 +130,17 @@ func oauthClient(u *config.Upstream) (*oauth.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	endpoint := oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceAuthURL}
+	if secret == "" {
+		// A public client (Microsoft's "mobile and desktop" applications)
+		// sends its client_id in the form; HTTP Basic with an empty
+		// secret is refused by some providers.
+		endpoint.AuthStyle = oauth2.AuthStyleInParams
+	}
 	return &oauth.Client{Config: &oauth2.Config{
 		ClientID:     o.ClientID,
 		ClientSecret: secret,
-		Endpoint:     oauth2.Endpoint{AuthURL: o.AuthURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceAuthURL},
+		Endpoint:     endpoint,
 		Scopes:       o.Scopes,
 		RedirectURL:  o.RedirectURL,
 	}}, nil
