@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -99,6 +100,11 @@ func oauth2Cmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		tok, err = client.DeviceLogin(ctx, stdout)
 	} else {
 		tok, err = client.CodeLogin(ctx, stdin, stdout)
+	}
+	if err == nil {
+		// The token directory is made on first use, for the gateway's
+		// user only.
+		err = os.MkdirAll(filepath.Dir(user.OAuth2TokenFile), 0o700)
 	}
 	if err == nil {
 		store := &oauth.Store{Path: user.OAuth2TokenFile, Key: key, Context: config.TokenContext(*userName)}

@@ -57,7 +57,9 @@ func newOAuthFixture(t *testing.T, mech string) *oauthFixture {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	f := &oauthFixture{provider: p, mem: mem, key: key, keyText: keyText, tokenFile: filepath.Join(dir, "bob.token")}
+	// The token's directory does not exist yet: `gateway oauth2 login`
+	// makes it.
+	f := &oauthFixture{provider: p, mem: mem, key: key, keyText: keyText, tokenFile: filepath.Join(dir, "tokens", "bob.token")}
 	keyFile := filepath.Join(dir, "secrets.key")
 	secretFile := filepath.Join(dir, "client-secret")
 	os.WriteFile(keyFile, []byte(keyText+"\n"), 0o600)
@@ -101,6 +103,7 @@ secrets:
 // seed stores a refresh token as if bob had authorised the gateway.
 func (f *oauthFixture) seed(t *testing.T) string {
 	t.Helper()
+	os.MkdirAll(filepath.Dir(f.tokenFile), 0o700)
 	rt := f.provider.IssueRefreshToken(bobUpstream)
 	if err := f.store().Save(&oauth2.Token{RefreshToken: rt}); err != nil {
 		t.Fatal(err)
