@@ -312,9 +312,20 @@ func (l *lock) renew() {
 		case n == 0:
 			select {
 			case <-l.stop: // released meanwhile
+				return
 			default:
-				l.s.log.Warn("redisstate: maildrop lock expired or taken over while the session was open", "key", l.key)
 			}
+			// A Redis restarted without persistence has forgotten every
+			// lock: take ours again unless someone else already has.
+			ctx, cancel := context.WithTimeout(context.Background(), every)
+			again, err := l.s.rdb.SetNX(ctx, l.key, l.token, l.s.ttl).Result()
+			cancel()
+			if err == nil && again {
+				l.s.log.Info("redisstate: took a maildrop lock again after Redis lost it", "key", l.key)
+				failing = false
+				continue
+			}
+			l.s.log.Warn("redisstate: maildrop lock expired or taken over while the session was open", "key", l.key)
 			return
 		default:
 			failing = false

@@ -376,3 +376,30 @@ func TestNewErrorHidesPassword(t *testing.T) {
 		t.Errorf("New took %v", d)
 	}
 }
+
+// Redis forgets every key (a restart without persistence): a session's
+// lock is taken again at the next renewal, so no second session gets it.
+func TestLockRetakenAfterRedisForgets(t *testing.T) {
+	addr := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	var buf testenv.Buffer
+	a := replica(t, addr, ttl, &buf)
+	b := replica(t, addr, ttl, nil)
+	rc := raw(t, addr)
+
+	relA, ok := tryLock(t, a, "alice")
+	if !ok {
+		t.Fatal("A: lock not taken")
+	}
+	defer relA()
+	if err := rc.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, func() bool { return strings.Contains(buf.String(), "took a maildrop lock again") })
+	if _, ok := tryLock(t, b, "alice"); ok {
+		t.Fatal("B took the lock A still holds")
+	}
+	if strings.Contains(buf.String(), "level=WARN") {
+		t.Errorf("warned although the lock was taken again:\n%s", buf.String())
+	}
+}
