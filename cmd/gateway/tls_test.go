@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/pop3client"
 	"github.com/pop3gw/gateway/internal/testenv"
 )
@@ -139,5 +141,57 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.Rename(to+".tmp", to); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An upstream's certificate is verified unless the config says
+// tls_skip_verify, which is warned about at start.
+func TestUpstreamCertificateVerification(t *testing.T) {
+	mem, err := imapmem.Start("127.0.0.1:0", &imapmem.Options{TLSConfig: testenv.ServerTLS(t, "127.0.0.1"), ImplicitTLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	mem.AddUser("alice@example.com", "upstream-secret")
+	secret := writeFile(t, "secret", "upstream-secret\n", 0o600)
+	hash, err := passwd.Hash("local-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		skip   bool
+		wantOK bool
+	}{{false, false}, {true, true}} {
+		config := writeFile(t, "gateway.yaml", fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: implicit
+    tls_skip_verify: %v
+users:
+  alice:
+    password_hash: %q
+    upstream: mem
+    upstream_user: alice@example.com
+    upstream_password_file: %s
+`, mem.Addr(), tc.skip, hash, secret), 0o600)
+		addrs, logs := startServe(t, config)
+		c, err := pop3client.Dial(addrs["pop3"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = c.Login("alice", "local-pass")
+		c.Close()
+		if (err == nil) != tc.wantOK {
+			t.Errorf("tls_skip_verify %v: login error %v", tc.skip, err)
+		}
+		warned := strings.Contains(logs.String(), "tls_skip_verify is true")
+		if warned != tc.skip {
+			t.Errorf("tls_skip_verify %v: warning logged %v", tc.skip, warned)
+		}
+		if !tc.skip && !strings.Contains(logs.String(), "certificate") {
+			t.Errorf("the refused certificate is not named in the log:\n%s", logs)
+		}
 	}
 }
