@@ -42,6 +42,15 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	failed := 0
+	if cfg.Redis != nil {
+		if shared, err := sharedState(ctx, cfg.Redis, slog.New(slog.DiscardHandler)); err != nil {
+			failed++
+			fmt.Fprintf(stdout, "redis %s: FAILED: %v\n", cfg.Redis.Address, err)
+		} else {
+			shared.Close()
+			fmt.Fprintf(stdout, "redis %s: ok\n", cfg.Redis.Address)
+		}
+	}
 	for _, r := range gw.Check(ctx) {
 		if r.Err != nil {
 			failed++

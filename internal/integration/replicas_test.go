@@ -189,3 +189,31 @@ redis:
 		t.Errorf("the maildrop was usable %v after the holder died; the lock TTL is %v", waited, lockTTL)
 	}
 }
+
+// TestCheckReportsRedis: `gateway check` says whether the shared Redis
+// answers.
+func TestCheckReportsRedis(t *testing.T) {
+	redisAddr, stop := redistest.StartStoppable(t)
+	bin := buildGateway(t)
+	config := filepath.Join(t.TempDir(), "gateway.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: "127.0.0.1:1"
+    tls: none
+passthrough:
+  upstream: mem
+redis:
+  address: %q
+`, redisAddr)), 0o600)
+	out, err := exec.Command(bin, "check", "-config", config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "redis "+redisAddr+": ok") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	stop()
+	out, err = exec.Command(bin, "check", "-config", config).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "redis "+redisAddr+": FAILED") {
+		t.Fatalf("check with Redis down: %v\n%s", err, out)
+	}
+}
