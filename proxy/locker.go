@@ -13,6 +13,13 @@ type Locker interface {
 	Lock(ctx context.Context, key string) (release func(), ok bool, err error)
 }
 
+// HeldChecker is a Locker whose locks can be lost while held (one shared
+// through a server that may forget them). A session asks before it applies
+// deletes, and deletes nothing if its lock is gone.
+type HeldChecker interface {
+	Held(ctx context.Context, key string) (bool, error)
+}
+
 // MemoryLocker is a Locker for one process.
 type MemoryLocker struct {
 	mu    sync.Mutex

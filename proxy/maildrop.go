@@ -394,6 +394,16 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
 	for j, i := range deleted {
 		uids[j] = m.uids[i]
 	}
+	if hc, ok := m.g.locker.(HeldChecker); ok {
+		held, err := hc.Held(ctx, m.acct.maildrop())
+		if err != nil {
+			return fmt.Errorf("checking the maildrop lock before deleting: %w", err)
+		}
+		if !held {
+			m.log.Error("maildrop lock lost during the session; deleting nothing", "marked", len(uids))
+			return errors.New("maildrop lock lost during the session")
+		}
+	}
 	sess, err := m.session(ctx)
 	if err != nil {
 		return err

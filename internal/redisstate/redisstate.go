@@ -109,6 +109,7 @@ type Store struct {
 	closed bool
 	done   chan struct{} // closed by Close: renewals stop
 	wg     sync.WaitGroup
+	held   map[string]*lock // by Redis key: the locks this Store holds
 
 	// noRenew is a test hook: locks are not renewed, as if their replica
 	// had stopped.
@@ -259,9 +260,37 @@ func (s *Store) Lock(ctx context.Context, key string) (release func(), ok bool, 
 		return nil, false, fmt.Errorf("redisstate: taking a maildrop lock: %w", redis.ErrClosed)
 	}
 	s.wg.Add(1)
+	if s.held == nil {
+		s.held = make(map[string]*lock)
+	}
+	s.held[rkey] = l
 	s.mu.Unlock()
 	go l.renew()
 	return l.release, true, nil
+}
+
+// Held tells whether the lock named key, taken through this Store, is
+// still this Store's in Redis: a session asks before it deletes, so a
+// lock lost to another replica (a Redis outage longer than LockTTL) stops
+// the deletes.
+func (s *Store) Held(ctx context.Context, key string) (bool, error) {
+	rkey := s.lockKey(key)
+	s.mu.Lock()
+	l := s.held[rkey]
+	s.mu.Unlock()
+	if l == nil {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, lockTimeout)
+	defer cancel()
+	v, err := s.rdb.Get(ctx, rkey).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("redisstate: checking a maildrop lock: %w", err)
+	}
+	return v == l.token, nil
 }
 
 // lock is one held maildrop lock.
@@ -339,6 +368,11 @@ func (l *lock) release() {
 	l.once.Do(func() {
 		close(l.stop)
 		<-l.stopped
+		l.s.mu.Lock()
+		if l.s.held[l.key] == l {
+			delete(l.s.held, l.key)
+		}
+		l.s.mu.Unlock()
 		l.delete()
 	})
 }

@@ -17,8 +17,9 @@ import (
 )
 
 var (
-	_ proxy.Locker    = (*Store)(nil)
-	_ pop3.LoginGuard = (*Guard)(nil)
+	_ proxy.Locker      = (*Store)(nil)
+	_ proxy.HeldChecker = (*Store)(nil)
+	_ pop3.LoginGuard   = (*Guard)(nil)
 )
 
 // replica connects a Store to addr, as one gateway replica would, with
@@ -401,5 +402,37 @@ func TestLockRetakenAfterRedisForgets(t *testing.T) {
 	}
 	if strings.Contains(buf.String(), "level=WARN") {
 		t.Errorf("warned although the lock was taken again:\n%s", buf.String())
+	}
+}
+
+func TestHeld(t *testing.T) {
+	addr := redistest.Start(t)
+	a := replica(t, addr, time.Second, nil)
+	b := replica(t, addr, time.Second, nil)
+	rc := raw(t, addr)
+	ctx := context.Background()
+
+	if held, err := a.Held(ctx, "alice"); err != nil || held {
+		t.Fatalf("before locking: held %v, %v", held, err)
+	}
+	rel, ok := tryLock(t, a, "alice")
+	if !ok {
+		t.Fatal("lock not taken")
+	}
+	if held, err := a.Held(ctx, "alice"); err != nil || !held {
+		t.Fatalf("while held: %v, %v", held, err)
+	}
+	// Another replica never holds A's lock.
+	if held, _ := b.Held(ctx, "alice"); held {
+		t.Fatal("B reports A's lock as its own")
+	}
+	// Taken over: A no longer holds it.
+	rc.Set(ctx, a.lockKey("alice"), "other", 0)
+	if held, err := a.Held(ctx, "alice"); err != nil || held {
+		t.Fatalf("after a takeover: %v, %v", held, err)
+	}
+	rel()
+	if held, _ := a.Held(ctx, "alice"); held {
+		t.Fatal("held after release")
 	}
 }
