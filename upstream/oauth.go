@@ -25,14 +25,22 @@ const (
 func (s *Session) LoginOAuth2(ctx context.Context, mech, username, token string) (err error) {
 	defer s.timed("login", time.Now(), &err)
 	defer s.op(ctx)()
-	var client sasl.Client
+	client := &bearerClient{mech: mech}
 	switch mech {
 	case XOAuth2:
-		client = &xoauth2Client{username: username, token: token}
+		// Google's form: "user=U^Aauth=Bearer T^A^A"; a failure's JSON
+		// challenge is answered with an empty response.
+		client.ir = []byte("user=" + username + "\x01auth=Bearer " + token + "\x01\x01")
+		client.ack = []byte{}
 	case OAuthBearer:
+		// RFC 7628 §3.1; a failure's challenge is answered with 0x01
+		// (§3.2.3).
 		host, port, _ := net.SplitHostPort(s.address)
 		p, _ := strconv.Atoi(port)
-		client = &oauthBearerClient{username: username, token: token, host: host, port: p}
+		_, client.ir, _ = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
+			Username: username, Token: token, Host: host, Port: p,
+		}).Start()
+		client.ack = []byte{0x01}
 	default:
 		return fmt.Errorf("upstream: unknown OAuth2 mechanism %q", mech)
 	}
@@ -45,20 +53,10 @@ func (s *Session) LoginOAuth2(ctx context.Context, mech, username, token string)
 		return fmt.Errorf("%w: %s", ErrAuthFailed, fail.Error())
 	}
 	err = classifyLoginError(err)
-	if challenge := failedChallenge(client); challenge != nil && errors.Is(err, ErrAuthFailed) {
-		err = fmt.Errorf("%w (%s)", err, sanitize(challenge))
+	if client.failed != nil && errors.Is(err, ErrAuthFailed) {
+		err = fmt.Errorf("%w (%s)", err, sanitize(client.failed))
 	}
 	return err
-}
-
-func failedChallenge(c sasl.Client) []byte {
-	switch c := c.(type) {
-	case *xoauth2Client:
-		return c.failed
-	case *oauthBearerClient:
-		return c.failed
-	}
-	return nil
 }
 
 // bearerError is the server's JSON error challenge of a failed bearer
@@ -84,48 +82,22 @@ func sanitize(b []byte) string {
 	return string(out)
 }
 
-// xoauth2Client is the XOAUTH2 mechanism as Google documents it: one
-// initial response "user=U^Aauth=Bearer T^A^A". On failure the server sends
-// a JSON error as a challenge, to be answered with an empty response, after
-// which it completes the command with NO.
-type xoauth2Client struct {
-	username, token string
-	failed          []byte
+// bearerClient sends an OAuth2 bearer token as one initial response. On
+// failure the server sends a JSON error as a challenge, which the client
+// acknowledges with ack so the server can finish the command with NO.
+type bearerClient struct {
+	mech   string
+	ir     []byte
+	ack    []byte
+	failed []byte // the server's error challenge
 }
 
-func (c *xoauth2Client) Start() (string, []byte, error) {
-	return XOAuth2, []byte("user=" + c.username + "\x01auth=Bearer " + c.token + "\x01\x01"), nil
-}
+func (c *bearerClient) Start() (string, []byte, error) { return c.mech, c.ir, nil }
 
-func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
+func (c *bearerClient) Next(challenge []byte) ([]byte, error) {
 	if c.failed != nil {
 		return nil, &bearerError{challenge: c.failed}
 	}
 	c.failed = append([]byte{}, challenge...)
-	return []byte{}, nil
-}
-
-// oauthBearerClient is OAUTHBEARER (RFC 7628 §3.1). On failure the server
-// sends a JSON error challenge, which the client answers with a single
-// 0x01 (§3.2.3) so the server can finish the exchange with NO.
-type oauthBearerClient struct {
-	username, token string
-	host            string
-	port            int
-	failed          []byte
-}
-
-func (c *oauthBearerClient) Start() (string, []byte, error) {
-	_, ir, err := sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{
-		Username: c.username, Token: c.token, Host: c.host, Port: c.port,
-	}).Start()
-	return OAuthBearer, ir, err
-}
-
-func (c *oauthBearerClient) Next(challenge []byte) ([]byte, error) {
-	if c.failed != nil {
-		return nil, &bearerError{challenge: c.failed}
-	}
-	c.failed = append([]byte{}, challenge...)
-	return []byte{0x01}, nil
+	return c.ack, nil
 }

@@ -118,21 +118,21 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 	msgCache := cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage))
 	s.metrics.WatchCache(msgCache)
 	s.gateway = proxy.New(pc, msgCache, log)
-	var loginGuard pop3.LoginGuard = guard.NewMemory(guard.Options{
+	delays := guard.Options{
 		Base: time.Duration(cfg.Limits.LoginDelay),
 		Max:  time.Duration(cfg.Limits.LoginDelayMax),
-	})
-	if cfg.Redis != nil {
+	}
+	var loginGuard pop3.LoginGuard
+	if cfg.Redis == nil {
+		loginGuard = guard.NewMemory(delays)
+	} else {
 		shared, err := sharedState(ctx, cfg.Redis, log)
 		if err != nil {
 			return err
 		}
 		defer shared.Close()
 		s.gateway.SetLocker(shared)
-		loginGuard = shared.Guard(guard.Options{
-			Base: time.Duration(cfg.Limits.LoginDelay),
-			Max:  time.Duration(cfg.Limits.LoginDelayMax),
-		})
+		loginGuard = shared.Guard(delays)
 		s.health.check("redis", shared.Ping)
 		log.Info("sharing maildrop locks and login counters through Redis", "addr", cfg.Redis.Address)
 	}
