@@ -30,11 +30,21 @@ type Cache struct {
 	maxMessage int64
 
 	mu     sync.Mutex
-	bodies *simplelru.LRU[Key, []byte]
-	bytes  int64
+	bodies *simplelru.LRU[Key, *entry]
+	bytes  int64 // cached bodies, and evicted ones still held
+	gone   int64 // evicted bodies still held
 	sizes  *simplelru.LRU[Key, int64]
 
 	hits, misses, evictions atomic.Int64
+}
+
+// entry is a cached body and the readers holding it. A body evicted while
+// held stays counted in the cache's bytes until its last reader lets go:
+// the memory is only free then.
+type entry struct {
+	body    []byte
+	holds   int
+	evicted bool
 }
 
 // New returns a cache holding at most maxBytes of bodies, none larger than
@@ -43,8 +53,13 @@ func New(maxBytes, maxMessage int64) *Cache {
 	c := &Cache{maxBytes: maxBytes, maxMessage: min(maxMessage, maxBytes)}
 	// Entries are bounded by bytes, not by count: the count limit is only a
 	// backstop, eviction is driven by Add.
-	c.bodies, _ = simplelru.NewLRU[Key, []byte](1<<30, func(_ Key, body []byte) {
-		c.bytes -= int64(len(body))
+	c.bodies, _ = simplelru.NewLRU[Key, *entry](1<<30, func(_ Key, e *entry) {
+		if e.holds > 0 {
+			e.evicted = true
+			c.gone += int64(len(e.body))
+			return
+		}
+		c.bytes -= int64(len(e.body))
 	})
 	c.sizes, _ = simplelru.NewLRU[Key, int64](maxSizes, nil)
 	return c
@@ -56,14 +71,50 @@ func (c *Cache) MaxMessage() int64 { return c.maxMessage }
 // Get returns the cached body. The slice must not be modified.
 func (c *Cache) Get(k Key) ([]byte, bool) {
 	c.mu.Lock()
-	body, ok := c.bodies.Get(k)
+	e, ok := c.bodies.Get(k)
 	c.mu.Unlock()
+	c.count(ok)
+	if !ok {
+		return nil, false
+	}
+	return e.body, true
+}
+
+// Hold is Get for a reader that keeps the body while it sends it: until
+// release is called, the body stays counted in the cache's bytes even if
+// it is evicted, so the cache's bound covers the bodies it has handed out.
+// release must be called exactly once.
+func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
+	c.mu.Lock()
+	e, ok := c.bodies.Get(k)
 	if ok {
+		e.holds++
+	}
+	c.mu.Unlock()
+	c.count(ok)
+	if !ok {
+		return nil, nil, false
+	}
+	var once sync.Once
+	return e.body, func() { once.Do(func() { c.release(e) }) }, true
+}
+
+func (c *Cache) release(e *entry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e.holds--
+	if e.holds == 0 && e.evicted {
+		c.bytes -= int64(len(e.body))
+		c.gone -= int64(len(e.body))
+	}
+}
+
+func (c *Cache) count(hit bool) {
+	if hit {
 		c.hits.Add(1)
 	} else {
 		c.misses.Add(1)
 	}
-	return body, ok
 }
 
 // Peek reports whether a body is cached, without counting a hit or a miss
@@ -71,12 +122,17 @@ func (c *Cache) Get(k Key) ([]byte, bool) {
 func (c *Cache) Peek(k Key) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.bodies.Peek(k)
+	e, ok := c.bodies.Peek(k)
+	if !ok {
+		return nil, false
+	}
+	return e.body, true
 }
 
 // Add stores a body, evicting the least recently used ones to make room,
-// and records its size. It reports whether the body was kept. The cache
-// takes ownership of body.
+// and records its size. It reports whether the body was kept: not when
+// held bodies that were evicted leave no room. The cache takes ownership
+// of body.
 func (c *Cache) Add(k Key, body []byte) bool {
 	size := int64(len(body))
 	c.SetSize(k, size)
@@ -85,17 +141,19 @@ func (c *Cache) Add(k Key, body []byte) bool {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old, ok := c.bodies.Peek(k); ok {
-		c.bytes -= int64(len(old))
-	}
-	c.bodies.Add(k, body)
-	c.bytes += size
-	for c.bytes > c.maxBytes {
+	c.bodies.Remove(k)
+	for c.bytes+size > c.maxBytes {
+		// Evicting held bodies frees nothing until their readers let go.
+		if c.gone+size > c.maxBytes {
+			return false
+		}
 		if _, _, ok := c.bodies.RemoveOldest(); !ok {
-			break
+			return false
 		}
 		c.evictions.Add(1)
 	}
+	c.bodies.Add(k, &entry{body: body})
+	c.bytes += size
 	return true
 }
 

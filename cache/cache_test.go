@@ -100,3 +100,52 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("over budget: %+v", st)
 	}
 }
+
+// A body handed to a reader stays counted until the reader lets it go, so
+// the cache's bound includes evicted bodies still being sent.
+func TestHeldBodiesStayCounted(t *testing.T) {
+	c := New(100, 60)
+	c.Add(key(1), make([]byte, 60))
+	body, release, ok := c.Hold(key(1))
+	if !ok || len(body) != 60 {
+		t.Fatalf("Hold = %d bytes, %v", len(body), ok)
+	}
+	if !c.Add(key(2), make([]byte, 40)) {
+		t.Fatal("a body that fits beside the held one was refused")
+	}
+	// Evicts 1, which is held: its 60 bytes leave no room for 3.
+	if c.Add(key(3), make([]byte, 50)) {
+		t.Fatal("a body was kept while held bodies fill the cache")
+	}
+	if st := c.Stats(); st.Bytes > 100 {
+		t.Fatalf("stats = %+v: over the bound", st)
+	}
+	if _, ok := c.Peek(key(1)); ok {
+		t.Fatal("the evicted body is still served")
+	}
+	if _, ok := c.Peek(key(2)); !ok {
+		t.Fatal("a refused Add evicted a body for nothing")
+	}
+	release()
+	release() // a second call is harmless
+	if st := c.Stats(); st.Bytes != 40 || st.Entries != 1 {
+		t.Fatalf("stats after release = %+v; want 40 bytes in 1 entry", st)
+	}
+	if !c.Add(key(3), make([]byte, 50)) {
+		t.Fatal("released room was not reusable")
+	}
+}
+
+func TestHoldAndReplace(t *testing.T) {
+	c := New(100, 100)
+	c.Add(key(1), make([]byte, 60))
+	_, release, _ := c.Hold(key(1))
+	c.Add(key(1), make([]byte, 30))
+	if st := c.Stats(); st.Bytes != 90 {
+		t.Fatalf("bytes = %d; want 90 (the held old body and the new one)", st.Bytes)
+	}
+	release()
+	if st := c.Stats(); st.Bytes != 30 {
+		t.Fatalf("bytes = %d; want 30", st.Bytes)
+	}
+}
