@@ -31,14 +31,14 @@ type Cache struct {
 
 	mu     sync.Mutex
 	bodies *simplelru.LRU[Key, *entry]
-	bytes  int64 // cached bodies, and evicted ones still held
-	gone   int64 // evicted bodies still held
+	bytes  int64 // cached bodies, and replaced ones still held
+	held   int64 // bodies held by readers
 	sizes  *simplelru.LRU[Key, int64]
 
 	hits, misses, evictions atomic.Int64
 }
 
-// entry is a cached body and the readers holding it. A body evicted while
+// entry is a cached body and the readers holding it. A body replaced while
 // held stays counted in the cache's bytes until its last reader lets go:
 // the memory is only free then.
 type entry struct {
@@ -56,7 +56,6 @@ func New(maxBytes, maxMessage int64) *Cache {
 	c.bodies, _ = simplelru.NewLRU[Key, *entry](1<<30, func(_ Key, e *entry) {
 		if e.holds > 0 {
 			e.evicted = true
-			c.gone += int64(len(e.body))
 			return
 		}
 		c.bytes -= int64(len(e.body))
@@ -81,14 +80,14 @@ func (c *Cache) Get(k Key) ([]byte, bool) {
 }
 
 // Hold is Get for a reader that keeps the body while it sends it: until
-// release is called, the body stays counted in the cache's bytes even if
-// it is evicted, so the cache's bound covers the bodies it has handed out.
-// release must be called exactly once.
+// release is called, the body is not evicted, and stays counted in the
+// cache's bytes even if a newer version replaces it, so the cache's bound
+// covers the bodies it has handed out.
 func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
 	c.mu.Lock()
 	e, ok := c.bodies.Get(k)
 	if ok {
-		e.holds++
+		c.hold(e)
 	}
 	c.mu.Unlock()
 	c.count(ok)
@@ -99,13 +98,23 @@ func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
 	return e.body, func() { once.Do(func() { c.release(e) }) }, true
 }
 
+func (c *Cache) hold(e *entry) {
+	if e.holds == 0 {
+		c.held += int64(len(e.body))
+	}
+	e.holds++
+}
+
 func (c *Cache) release(e *entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e.holds--
-	if e.holds == 0 && e.evicted {
+	if e.holds > 0 {
+		return
+	}
+	c.held -= int64(len(e.body))
+	if e.evicted {
 		c.bytes -= int64(len(e.body))
-		c.gone -= int64(len(e.body))
 	}
 }
 
@@ -134,27 +143,51 @@ func (c *Cache) Peek(k Key) ([]byte, bool) {
 // held bodies that were evicted leave no room. The cache takes ownership
 // of body.
 func (c *Cache) Add(k Key, body []byte) bool {
+	return c.add(k, body, false) != nil
+}
+
+// AddHeld is Add followed by Hold, for the reader that fetched the body:
+// it returns release, or nil if the body was not kept.
+func (c *Cache) AddHeld(k Key, body []byte) (release func()) {
+	e := c.add(k, body, true)
+	if e == nil {
+		return nil
+	}
+	var once sync.Once
+	return func() { once.Do(func() { c.release(e) }) }
+}
+
+func (c *Cache) add(k Key, body []byte, hold bool) *entry {
 	size := int64(len(body))
 	c.SetSize(k, size)
 	if size > c.maxMessage {
-		return false
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.bodies.Remove(k)
 	for c.bytes+size > c.maxBytes {
-		// Evicting held bodies frees nothing until their readers let go.
-		if c.gone+size > c.maxBytes {
-			return false
+		// Evicting a held body would free nothing until its readers let
+		// go: held bodies are skipped, and without room besides them the
+		// new body is not kept.
+		if c.held+size > c.maxBytes {
+			return nil
 		}
-		if _, _, ok := c.bodies.RemoveOldest(); !ok {
-			return false
+		oldest, e, _ := c.bodies.GetOldest()
+		if e.holds > 0 {
+			c.bodies.Get(oldest)
+			continue
 		}
+		c.bodies.RemoveOldest()
 		c.evictions.Add(1)
 	}
-	c.bodies.Add(k, &entry{body: body})
+	e := &entry{body: body}
+	if hold {
+		c.hold(e)
+	}
+	c.bodies.Add(k, e)
 	c.bytes += size
-	return true
+	return e
 }
 
 // SetSize records the exact size of a message.

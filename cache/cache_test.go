@@ -101,8 +101,8 @@ func TestConcurrentUse(t *testing.T) {
 	}
 }
 
-// A body handed to a reader stays counted until the reader lets it go, so
-// the cache's bound includes evicted bodies still being sent.
+// A body handed to a reader is not evicted and stays counted until the
+// reader lets it go, so the cache's bound includes the bodies being sent.
 func TestHeldBodiesStayCounted(t *testing.T) {
 	c := New(100, 60)
 	c.Add(key(1), make([]byte, 60))
@@ -113,26 +113,35 @@ func TestHeldBodiesStayCounted(t *testing.T) {
 	if !c.Add(key(2), make([]byte, 40)) {
 		t.Fatal("a body that fits beside the held one was refused")
 	}
-	// Evicts 1, which is held: its 60 bytes leave no room for 3.
-	if c.Add(key(3), make([]byte, 50)) {
-		t.Fatal("a body was kept while held bodies fill the cache")
+	// Room for 3 means evicting 2; 1 is held.
+	if !c.Add(key(3), make([]byte, 40)) {
+		t.Fatal("a body that fits once an unheld one goes was refused")
+	}
+	if _, ok := c.Peek(key(2)); ok {
+		t.Fatal("the unheld body survived; the held one should have")
+	}
+	if c.Add(key(4), make([]byte, 50)) {
+		t.Fatal("a body was kept while the held one leaves no room")
+	}
+	if _, ok := c.Peek(key(1)); !ok {
+		t.Fatal("the held body was evicted")
+	}
+	if _, ok := c.Peek(key(3)); !ok {
+		t.Fatal("a refused Add evicted a body for nothing")
 	}
 	if st := c.Stats(); st.Bytes > 100 {
 		t.Fatalf("stats = %+v: over the bound", st)
 	}
-	if _, ok := c.Peek(key(1)); ok {
-		t.Fatal("the evicted body is still served")
-	}
-	if _, ok := c.Peek(key(2)); !ok {
-		t.Fatal("a refused Add evicted a body for nothing")
-	}
 	release()
 	release() // a second call is harmless
-	if st := c.Stats(); st.Bytes != 40 || st.Entries != 1 {
-		t.Fatalf("stats after release = %+v; want 40 bytes in 1 entry", st)
-	}
-	if !c.Add(key(3), make([]byte, 50)) {
+	if !c.Add(key(4), make([]byte, 50)) {
 		t.Fatal("released room was not reusable")
+	}
+	if _, ok := c.Peek(key(1)); ok {
+		t.Fatal("the released body, now the oldest, was not evicted")
+	}
+	if st := c.Stats(); st.Bytes != 90 || st.Entries != 2 {
+		t.Fatalf("stats = %+v; want 3 and 4", st)
 	}
 }
 
@@ -147,5 +156,26 @@ func TestHoldAndReplace(t *testing.T) {
 	release()
 	if st := c.Stats(); st.Bytes != 30 {
 		t.Fatalf("bytes = %d; want 30", st.Bytes)
+	}
+}
+
+func TestAddHeld(t *testing.T) {
+	c := New(100, 100)
+	release := c.AddHeld(key(1), make([]byte, 80))
+	if release == nil {
+		t.Fatal("AddHeld did not keep a body that fits")
+	}
+	if c.Add(key(2), make([]byte, 30)) {
+		t.Fatal("a body was kept while the held one fills the cache")
+	}
+	if st := c.Stats(); st.Hits != 0 {
+		t.Fatalf("stats = %+v: AddHeld counted a hit", st)
+	}
+	release()
+	if !c.Add(key(2), make([]byte, 30)) {
+		t.Fatal("released room was not reusable")
+	}
+	if c.AddHeld(key(3), make([]byte, 101)) != nil {
+		t.Fatal("AddHeld kept a body over max_message")
 	}
 }
