@@ -147,41 +147,88 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	if m.msgs[i].Size > limit {
 		return r, nil
 	}
-	body, whole, err := readUpTo(r.r, m.msgs[i].Size, limit)
+	res := &reservation{budget: m.g.budget}
+	body, whole, err := readUpTo(r.r, m.msgs[i].Size, limit, res.fit)
 	if err != nil {
+		res.release()
 		r.err = err
 		m.broken = true
 		r.Close()
 		return nil, err
 	}
 	if !whole {
-		// The server's size was too small: send what was read, then the
-		// rest as it comes.
+		// The server's size was too small, or the budget has no room for
+		// the message: send what was read, then the rest as it comes.
 		r.n = int64(len(body))
-		return struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(body), r), r}, nil
+		return heldReader{io.MultiReader(bytes.NewReader(body), r), func() error {
+			defer res.release()
+			return r.Close()
+		}}, nil
 	}
 	r.eof = true
 	r.Close()
-	m.g.cache.Add(k, body)
+	// Once the cache holds the body, it counts there; otherwise the
+	// reservation lasts until the client has it.
+	release := res.release
+	if held := m.g.cache.AddHeld(k, body); held != nil {
+		res.release()
+		release = held
+	}
 	m.setSize(i, int64(len(body)))
 	m.prefetch(i + 1)
-	return io.NopCloser(bytes.NewReader(body)), nil
+	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, nil
+}
+
+// heldReader sends a body and lets go of its memory when closed.
+type heldReader struct {
+	io.Reader
+	close func() error
+}
+
+func (r heldReader) Close() error { return r.close() }
+
+// reservation is the part of the gateway's budget one buffer holds.
+type reservation struct {
+	budget *cache.Budget
+	n      int64
+}
+
+// fit makes the reservation n bytes, if the budget has room.
+func (r *reservation) fit(n int64) bool {
+	if n <= r.n {
+		return true
+	}
+	if !r.budget.Reserve(n - r.n) {
+		return false
+	}
+	r.n = n
+	return true
+}
+
+func (r *reservation) release() {
+	r.budget.Release(r.n)
+	r.n = 0
 }
 
 // readUpTo reads r to its end into one buffer sized for the expected
-// length, unless it holds more than limit octets: then it returns what it
-// read with whole == false.
-func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err error) {
-	body = make([]byte, 0, min(expected+2, limit)+1)
+// length, unless it holds more than limit octets, or room refuses the
+// buffer's next size: then it returns what it read with whole == false.
+func readUpTo(r io.Reader, expected, limit int64, room func(int64) bool) (body []byte, whole bool, err error) {
+	size := bufferSize(expected, limit)
+	if !room(size) {
+		return nil, false, nil
+	}
+	body = make([]byte, 0, size)
 	for {
 		if int64(len(body)) > limit {
 			return body, false, nil
 		}
 		if len(body) == cap(body) {
-			body = slices.Grow(body, len(body))
+			more := min(int64(len(body)), limit+1-int64(len(body)))
+			if !room(int64(len(body)) + more) {
+				return body, false, nil
+			}
+			body = slices.Grow(body, int(more))
 		}
 		n, err := r.Read(body[len(body):min(int64(cap(body)), limit+1)])
 		body = body[:len(body)+n]
@@ -198,13 +245,13 @@ func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err 
 // fetched ahead, and fetches ahead of it.
 func (m *maildrop) cached(i int) (io.ReadCloser, bool) {
 	m.waitMessage(i)
-	body, ok := m.g.cache.Get(m.key(i))
+	body, release, ok := m.g.cache.Hold(m.key(i))
 	if !ok {
 		return nil, false
 	}
 	m.setSize(i, int64(len(body)))
 	m.prefetch(i + 1)
-	return io.NopCloser(bytes.NewReader(body)), true
+	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, true
 }
 
 // Fetching ahead: after a message is served, the next ones the cache can
@@ -221,8 +268,9 @@ const (
 var errLargerThanListed = errors.New("message larger than listed")
 
 // prefetch starts fetching the messages from i on that are not cached yet,
-// unless a batch is already under way, and tells whether message i is in
-// the batch it started.
+// unless a batch is already under way or the budget has no room for it,
+// and tells whether message i is in the batch it started. Each message
+// holds its part of the batch's reservation until the cache has it.
 func (m *maildrop) prefetch(i int) bool {
 	if !m.g.prefetch || m.up.NoFetchAhead || m.broken || !m.sess.Alive() {
 		return false
@@ -263,6 +311,13 @@ func (m *maildrop) prefetch(i int) bool {
 	if len(uids) == 0 {
 		return false
 	}
+	var reserved int64
+	for _, uid := range uids {
+		reserved += bufferSize(sizes[uid], limit)
+	}
+	if !m.g.budget.Reserve(reserved) {
+		return false
+	}
 	done := make(chan struct{})
 	m.prefetching, m.ready = done, ready
 	sess := m.sess
@@ -273,12 +328,18 @@ func (m *maildrop) prefetch(i int) bool {
 				close(ch)
 			}
 		}()
+		batch := &reservation{budget: m.g.budget, n: reserved}
+		defer batch.release()
 		m.prefetchErr = sess.FetchEach(context.Background(), uids, func(uid uint32, body io.Reader) error {
 			ch, ok := index[uid]
 			if !ok {
 				return nil
 			}
-			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit)
+			share := bufferSize(sizes[uid], limit)
+			res := &reservation{budget: m.g.budget, n: share}
+			batch.n -= share
+			defer res.release()
+			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit, res.fit)
 			if err != nil {
 				return err
 			}
@@ -294,6 +355,9 @@ func (m *maildrop) prefetch(i int) bool {
 	_, ok := ready[i]
 	return ok
 }
+
+// bufferSize is what readUpTo first allocates for a message listed at size.
+func bufferSize(size, limit int64) int64 { return min(size+2, limit) + 1 }
 
 // waitMessage waits until message i, if it is being fetched ahead, is in
 // the cache or its batch has failed.

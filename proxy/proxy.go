@@ -79,6 +79,9 @@ type Gateway struct {
 	log    *slog.Logger
 	pool   *pool
 	snaps  *snapshots
+	// budget bounds the bodies held outside the cache and the remembered
+	// listings; nil: no bound.
+	budget *cache.Budget
 	// prefetch fetches the next message while the client reads one.
 	prefetch bool
 
@@ -95,7 +98,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		log:      log,
 		locker:   NewMemoryLocker(),
 		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
-		snaps:    newSnapshots(),
+		snaps:    newSnapshots(nil),
 		prefetch: true,
 	}
 	g.config.Store(cfg)
@@ -105,6 +108,17 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 // SetLocker replaces the in-process maildrop locks, for instance by locks
 // shared among replicas. Call it before serving.
 func (g *Gateway) SetLocker(l Locker) { g.locker = l }
+
+// SetBudget bounds the memory that grows with sessions and messages
+// beyond the cache: a body read whole before RETR answers or fetched ahead
+// holds its size of b until the cache holds it or the client has it, and
+// remembered listings hold theirs, up to a quarter of b. Without room, a
+// message streams from the upstream and fetching ahead does not start.
+// Call it before serving.
+func (g *Gateway) SetBudget(b *cache.Budget) {
+	g.budget = b
+	g.snaps = newSnapshots(b)
+}
 
 // SetPrefetch turns fetching ahead on or off for every upstream. Call it
 // before serving.

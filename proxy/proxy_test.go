@@ -40,7 +40,8 @@ type envOptions struct {
 	onDelete   upstream.DeleteMode
 	timeout    time.Duration
 	maxMessage int64
-	log        *slog.Logger // default: discard, or stderr with -v
+	budget     *cache.Budget // default: none
+	log        *slog.Logger  // default: discard, or stderr with -v
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -112,6 +113,9 @@ func newEnv(t *testing.T, opts envOptions) *env {
 		log = testLogger()
 	}
 	gw := New(cfg, c, log)
+	if opts.budget != nil {
+		gw.SetBudget(opts.budget)
+	}
 	srv := &pop3.Server{Backend: gw, Logger: log}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"sync"
+	"unsafe"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 
+	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -18,19 +20,43 @@ const maxSnapshots = 1000
 // message raises UIDNEXT, an expunge lowers the count, and UIDs are never
 // reused (RFC 9051 §2.3.1.1). A UID's message never changes, so neither
 // does its size.
+//
+// Listings are bounded in bytes too: a few mailboxes of a million messages
+// weigh more than a thousand small ones. They hold their size of the
+// gateway's budget, at most a quarter of it, so bodies always keep the
+// rest; the oldest are forgotten to make room.
 type snapshots struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[string, *snapshot]
+	budget   *cache.Budget
+	maxBytes int64 // -1: no bound
+
+	mu    sync.Mutex
+	lru   *simplelru.LRU[string, *snapshot]
+	bytes int64
 }
 
 type snapshot struct {
 	state   upstream.Mailbox
 	entries []upstream.Entry // shared, read-only
+	bytes   int64
 }
 
-func newSnapshots() *snapshots {
-	lru, _ := simplelru.NewLRU[string, *snapshot](maxSnapshots, nil)
-	return &snapshots{lru: lru}
+func newSnapshots(budget *cache.Budget) *snapshots {
+	s := &snapshots{budget: budget, maxBytes: -1}
+	if budget != nil {
+		s.maxBytes = budget.Limit() / 4
+	}
+	s.lru, _ = simplelru.NewLRU(maxSnapshots, func(_ string, snap *snapshot) {
+		s.bytes -= snap.bytes
+		s.budget.Release(snap.bytes)
+	})
+	return s
+}
+
+// listingBytes is what remembering a listing costs: its entries, its key
+// and the bookkeeping around them.
+func listingBytes(maildrop string, entries []upstream.Entry) int64 {
+	const overhead = 200
+	return int64(len(entries))*int64(unsafe.Sizeof(upstream.Entry{})) + int64(len(maildrop)) + overhead
 }
 
 // get returns the listing recorded for the mailbox in the given state.
@@ -51,7 +77,18 @@ func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstr
 	if state.UIDNext == 0 || uint32(len(entries)) != state.Messages {
 		return
 	}
+	n := listingBytes(maildrop, entries)
+	if s.maxBytes >= 0 && n > s.maxBytes {
+		return
+	}
 	s.mu.Lock()
-	s.lru.Add(maildrop, &snapshot{state: state, entries: entries})
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	s.lru.Remove(maildrop)
+	for s.maxBytes >= 0 && s.bytes+n > s.maxBytes || !s.budget.Reserve(n) {
+		if _, _, ok := s.lru.RemoveOldest(); !ok {
+			return // bodies hold the budget
+		}
+	}
+	s.lru.Add(maildrop, &snapshot{state: state, entries: entries, bytes: n})
+	s.bytes += n
 }
