@@ -90,6 +90,11 @@ func (m *Metrics) WatchCache(c *cache.Cache) {
 	m.registry.MustRegister(cacheCollector{c})
 }
 
+// WatchBudget exports the memory budget's counters, read at each scrape.
+func (m *Metrics) WatchBudget(b *cache.Budget) {
+	m.registry.MustRegister(budgetCollector{b})
+}
+
 // Handler serves the metrics in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
@@ -162,4 +167,33 @@ func (cc cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(cacheEvictions, prometheus.CounterValue, float64(s.Evictions))
 	ch <- prometheus.MustNewConstMetric(cacheBytes, prometheus.GaugeValue, float64(s.Bytes))
 	ch <- prometheus.MustNewConstMetric(cacheEntries, prometheus.GaugeValue, float64(s.Entries))
+}
+
+// budgetCollector reads the memory budget's counters at each scrape.
+type budgetCollector struct{ b *cache.Budget }
+
+var (
+	budgetLimit = prometheus.NewDesc(namespace+"_memory_budget_bytes",
+		"Octets of message bodies in flight and remembered listings the gateway may hold beside the cache (cache.in_flight).", nil, nil)
+	budgetInUse = prometheus.NewDesc(namespace+"_memory_budget_used_bytes",
+		"Octets of the memory budget held now.", nil, nil)
+	budgetHigh = prometheus.NewDesc(namespace+"_memory_budget_high_water_bytes",
+		"The most octets of the memory budget held at once since start.", nil, nil)
+	budgetRefused = prometheus.NewDesc(namespace+"_memory_budget_refused_total",
+		"Reservations refused for want of room: a message streamed instead of being held, or a fetch ahead did not start.", nil, nil)
+)
+
+func (bc budgetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- budgetLimit
+	ch <- budgetInUse
+	ch <- budgetHigh
+	ch <- budgetRefused
+}
+
+func (bc budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	s := bc.b.Stats()
+	ch <- prometheus.MustNewConstMetric(budgetLimit, prometheus.GaugeValue, float64(s.Limit))
+	ch <- prometheus.MustNewConstMetric(budgetInUse, prometheus.GaugeValue, float64(s.InUse))
+	ch <- prometheus.MustNewConstMetric(budgetHigh, prometheus.GaugeValue, float64(s.HighWater))
+	ch <- prometheus.MustNewConstMetric(budgetRefused, prometheus.CounterValue, float64(s.Refused))
 }
