@@ -65,6 +65,8 @@ func serveCmd(args []string, stderr io.Writer) int {
 		return 2
 	}
 	slog.SetDefault(log)
+	procCgroup, _ := os.ReadFile("/proc/self/cgroup")
+	memLimitSource = limitMemory(os.Getenv, procCgroup, "/sys/fs/cgroup")
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -118,6 +120,9 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 	msgCache := cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage))
 	s.metrics.WatchCache(msgCache)
 	s.gateway = proxy.New(pc, msgCache, log)
+	budget := cache.NewBudget(memoryBounds(cfg.Cache, log))
+	s.metrics.WatchBudget(budget)
+	s.gateway.SetBudget(budget)
 	delays := guard.Options{
 		Base: time.Duration(cfg.Limits.LoginDelay),
 		Max:  time.Duration(cfg.Limits.LoginDelayMax),

@@ -252,6 +252,10 @@ type Passthrough struct {
 type Cache struct {
 	Memory     ByteSize `yaml:"memory"`      // total bytes of cached bodies; default 256MiB
 	MaxMessage ByteSize `yaml:"max_message"` // larger messages are not cached; default 16MiB
+	// InFlight bounds the bodies held outside the cache (read whole before
+	// RETR answers, or fetched ahead) and the remembered listings; 0 holds
+	// none. nil: derived from the memory limit when the gateway starts.
+	InFlight *ByteSize `yaml:"in_flight"`
 }
 
 // Defaults applied by SetDefaults to empty or zero values.

@@ -656,3 +656,22 @@ passthrough:
 		t.Fatalf("keep_connection 2h: %v", err)
 	}
 }
+
+func TestCacheInFlight(t *testing.T) {
+	c := mustParse(t, minimal)
+	if c.Cache.InFlight != nil {
+		t.Errorf("in_flight unset = %v; want nil, to be derived at start", *c.Cache.InFlight)
+	}
+	for in, want := range map[string]ByteSize{"64MiB": 64 * MiB, "0": 0} {
+		c := mustParse(t, minimal+"cache:\n  in_flight: "+in+"\n")
+		if c.Cache.InFlight == nil || *c.Cache.InFlight != want {
+			t.Errorf("in_flight %s = %v; want %v", in, c.Cache.InFlight, want)
+		}
+	}
+	c = mustParse(t, minimal)
+	neg := ByteSize(-1)
+	c.Cache.InFlight = &neg
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "cache.in_flight: must not be negative") {
+		t.Errorf("negative in_flight: %v", err)
+	}
+}

@@ -225,6 +225,9 @@ func (c *Config) Validate() error {
 	if c.Cache.MaxMessage < 0 {
 		p.add("cache.max_message", "must not be negative")
 	}
+	if c.Cache.InFlight != nil && *c.Cache.InFlight < 0 {
+		p.add("cache.in_flight", "must not be negative")
+	}
 	if c.Cache.MaxMessage > c.Cache.Memory {
 		p.add("cache.max_message", "%v is larger than cache.memory (%v)", c.Cache.MaxMessage, c.Cache.Memory)
 	}
