@@ -41,7 +41,7 @@ import (
 const password = "bench-pass"
 
 // workloads in the order they run.
-var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "idle"}
+var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "idle", "memory"}
 
 // sizes are the counts of a run.
 type sizes struct {
@@ -54,6 +54,7 @@ type sizes struct {
 	concMsgs, concSize     int
 	idleSessions           int
 	idleParallel           int // logins at a time while opening them
+	memSessions, memSize   int // concurrent RETRs, one message each
 }
 
 var full = sizes{
@@ -62,6 +63,7 @@ var full = sizes{
 	bigSize:       30 << 20,
 	concMailboxes: 8, concSessions: 5, concMsgs: 50, concSize: 30 << 10,
 	idleSessions: 1000, idleParallel: 8,
+	memSessions: 64, memSize: 16 << 20,
 }
 
 var quick = sizes{
@@ -70,6 +72,7 @@ var quick = sizes{
 	bigSize:       30 << 20,
 	concMailboxes: 8, concSessions: 2, concMsgs: 20, concSize: 30 << 10,
 	idleSessions: 200, idleParallel: 8,
+	memSessions: 64, memSize: 16 << 20,
 }
 
 func main() {
@@ -280,6 +283,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"big", b.big},
 		{"concurrent", b.concurrent},
 		{"idle", b.idle},
+		{"memory", b.memoryBound},
 	} {
 		if !b.selected[w.name] {
 			continue

@@ -17,6 +17,7 @@ import (
 func coldUser(target string, round int) string { return fmt.Sprintf("cold-%s-%d", target, round+1) }
 func concUser(i int) string                    { return fmt.Sprintf("conc%d", i+1) }
 func idleUser(i int) string                    { return fmt.Sprintf("idle%04d", i+1) }
+func memUser(i int) string                     { return fmt.Sprintf("mem%02d", i+1) }
 
 var targetNames = []string{"gateway", "imapc", "direct"}
 
@@ -46,6 +47,11 @@ func (b *bench) users() map[string]string {
 			u[idleUser(i)] = password
 		}
 	}
+	if b.selected["memory"] {
+		for i := range b.sz.memSessions {
+			u[memUser(i)] = password
+		}
+	}
 	return u
 }
 
@@ -54,6 +60,7 @@ var (
 	coldOctets int64
 	bigOctets  int64
 	concOctets int64
+	memOctets  int64
 )
 
 // seed writes the mail as maildir files and lets Dovecot index every
@@ -101,6 +108,15 @@ func (b *bench) seed(ctx context.Context) error {
 		msg := messages(5, 1, 1<<10)
 		for i := range b.sz.idleSessions {
 			if err := b.dc.Deliver(idleUser(i), msg...); err != nil {
+				return err
+			}
+		}
+	}
+	if b.selected["memory"] {
+		msgs := messages(6, 1, b.sz.memSize)
+		memOctets = wireSize(msgs)
+		for i := range b.sz.memSessions {
+			if err := deliver(memUser(i), msgs); err != nil {
 				return err
 			}
 		}
@@ -396,4 +412,116 @@ func parallel(ctx context.Context, n, width int, fn func(int) error) error {
 		return err
 	}
 	return ctx.Err()
+}
+
+// memoryMaxMessage is max_message for the memory workload: large enough
+// that every message of it could be held whole.
+const memoryMaxMessage = "64MiB"
+
+// containerLimit is the memory limit of the Kubernetes manifest, and
+// containerGoMemLimit what the gateway sets GOMEMLIMIT to in a cgroup with
+// that limit.
+const (
+	containerLimit      = 512 << 20
+	containerGoMemLimit = containerLimit * 85 / 100
+)
+
+// memoryBound: memSessions mailboxes of one memSize message; all log in,
+// then all RETR at once, with max_message 64MiB and cache.memory 256MiB.
+// It runs twice, each time on a fresh gateway: with no memory limit, and
+// with GOMEMLIMIT as the gateway sets it in a 512 MiB container. The
+// gateway's peak is its VmHWM.
+func (b *bench) memoryBound(ctx context.Context) error {
+	for _, v := range []struct {
+		what string
+		env  []string
+	}{
+		{"no memory limit", nil},
+		{"GOMEMLIMIT of a 512 MiB container", []string{fmt.Sprintf("GOMEMLIMIT=%d", containerGoMemLimit)}},
+	} {
+		if err := b.gw.restartWith(b.gw.memoryConf, v.env, ""); err != nil {
+			return err
+		}
+		base := b.gw.rss.reset()
+		d, err := b.concurrentRetrs(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.what, err)
+		}
+		peak, err := b.gw.peakRSS()
+		if err != nil {
+			return err
+		}
+		bounds := "no memory bounds logged"
+		if rec := b.gw.logRecord("memory bounds"); rec != nil {
+			bounds = fmt.Sprintf("in_flight %s, GOMEMLIMIT %s", mib(rec["in_flight"]), mib(rec["gomemlimit"]))
+		}
+		b.logf("  memory     %s: peak %.1f MiB, %d RETRs in %v", v.what, float64(peak)/(1<<20), b.sz.memSessions, d.Round(time.Millisecond))
+		b.memory = append(b.memory,
+			memLine{"fresh gateway, before memory", base, ""},
+			memLine{"peak during memory, " + v.what, peak,
+				fmt.Sprintf("VmHWM; %s; %d RETRs took %v", bounds, b.sz.memSessions, d.Round(time.Millisecond))})
+		if v.env != nil && peak > containerLimit {
+			b.notes = append(b.notes, fmt.Sprintf("memory: the gateway peaked at %.1f MiB, over the %d MiB container limit", float64(peak)/(1<<20), containerLimit>>20))
+		}
+		if err := b.gw.stop(); err != nil {
+			return err
+		}
+	}
+	// The workload loop stops the gateway it started.
+	return b.gw.restart("")
+}
+
+// concurrentRetrs logs in to every memory mailbox, then RETRs message 1
+// on all of them at once, checks the octets and QUITs.
+func (b *bench) concurrentRetrs(ctx context.Context) (time.Duration, error) {
+	n := b.sz.memSessions
+	clients := make([]*pop3client.Client, n)
+	defer func() {
+		for _, c := range clients {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if err := parallel(ctx, n, 16, func(i int) error {
+		var st stats
+		c, err := login(ctx, b.gw.addr, memUser(i), &st)
+		clients[i] = c
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := parallel(ctx, n, n, func(i int) error {
+		c := clients[i]
+		if _, err := c.OK("RETR 1"); err != nil {
+			return fmt.Errorf("%s: RETR 1: %w", memUser(i), err)
+		}
+		got, err := c.DiscardMulti()
+		if err != nil {
+			return fmt.Errorf("%s: RETR 1: %w", memUser(i), err)
+		}
+		if got != memOctets {
+			return fmt.Errorf("%s: RETR 1: %d octets, want %d", memUser(i), got, memOctets)
+		}
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	d := time.Since(start)
+	for i, c := range clients {
+		if err := c.Quit(); err != nil {
+			return 0, fmt.Errorf("%s: QUIT: %w", memUser(i), err)
+		}
+	}
+	return d, nil
+}
+
+// mib formats a JSON number of bytes from the gateway's log in MiB.
+func mib(v any) string {
+	f, ok := v.(float64)
+	if !ok {
+		return fmt.Sprint(v)
+	}
+	return fmt.Sprintf("%.0f MiB", f/(1<<20))
 }
