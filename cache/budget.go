@@ -50,11 +50,7 @@ func (b *Budget) Release(n int64) {
 		return
 	}
 	b.mu.Lock()
-	b.used -= n
-	if b.used < 0 {
-		b.mu.Unlock()
-		panic("cache: budget released more than was reserved")
-	}
+	b.used = max(b.used-n, 0)
 	b.mu.Unlock()
 }
 
