@@ -1,7 +1,7 @@
 // Package cache keeps message bodies in memory, bounded in bytes, so a
 // message read twice is fetched from the upstream server once. It also
 // remembers the exact sizes of messages it has seen, which outlive the
-// bodies and are small.
+// bodies and are small. Its Budget bounds what is held outside it.
 package cache
 
 import (

@@ -108,9 +108,11 @@ func (m *maildrop) key(i int) cache.Key {
 func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 
 // Open serves the message from the cache, or fetches it. A message the
-// cache can hold is read whole before Open returns, so the size announced
-// by RETR is the exact one and a failure upstream is a clean -ERR rather
-// than a cut transfer. Larger messages stream through as they arrive.
+// cache can hold is read whole before Open returns, when the budget has
+// room for it, so the size announced by RETR is the exact one and a
+// failure upstream is a clean -ERR rather than a cut transfer. Larger
+// messages, and any message when the budget is spent, stream through as
+// they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	if r, ok := m.cached(i); ok {
 		return r, nil
