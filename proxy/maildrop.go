@@ -52,6 +52,10 @@ type maildrop struct {
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 
+// errNoBody answers RETR and TOP when the server listed the message but
+// sent no body for it: a temporary failure (RFC 3206), never 0 octets.
+var errNoBody = &pop3.Error{Code: pop3.CodeSysTemp, Text: "The server did not send this message; please try again later."}
+
 func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
 	state := sess.Selected()
 	entries, ok := g.snaps.get(acct.maildrop(), state)
@@ -139,8 +143,20 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		if errors.Is(err, upstream.ErrMessageGone) {
 			return nil, errMessageGone
 		}
+		if errors.Is(err, upstream.ErrNoBody) {
+			m.log.Warn("the server sent no body for a listed message", "uid", m.uids[i])
+			return nil, errNoBody
+		}
 		m.broken = true
 		return nil, err
+	}
+	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.msgs[i].Size > 0 {
+		// An empty literal for a message listed with octets is no
+		// message either.
+		raw.Close()
+		abandon()
+		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		return nil, errNoBody
 	}
 	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: raw, r: pop3.NewCRLFReader(raw)}
 	limit := m.g.cache.MaxMessage()
@@ -284,6 +300,9 @@ func (m *maildrop) prefetch(i int) bool {
 			}
 			if !whole {
 				return errLargerThanListed
+			}
+			if len(data) == 0 && sizes[uid] > 0 {
+				return nil // no message: RETR fetches it again
 			}
 			m.g.cache.Add(keys[uid], data)
 			delete(index, uid)
