@@ -55,7 +55,9 @@ type Maildrop interface {
 	// message and found the exact count, so callers ask again each time.
 	Messages() []Message
 
-	// Open returns the message as CRLF-terminated lines, undotted. The
+	// Open returns the message with CRLF line endings, undotted, exactly
+	// Size octets; a last line without a line ending stays so, and the
+	// response ends it without counting it (RFC 1939 §11). The
 	// caller reads it to the end or closes it early; if ctx is cancelled
 	// before Close, the maildrop abandons the transfer rather than finishing
 	// it. A read error means the message could not be delivered whole.

@@ -92,16 +92,7 @@ func (e *scriptedEnv) login() *pop3client.Client {
 // to n, UIDVALIDITY 1.
 func loginAndList(sizes ...int) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `
-		S: * OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR UIDPLUS] ready
-		C: {tag} AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==
-		S: {tag} OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in
-		C: {tag} SELECT INBOX
-		S: * %d EXISTS
-		S: * OK [UIDVALIDITY 1] ok
-		S: * OK [UIDNEXT %d] ok
-		S: {tag} OK [READ-WRITE] selected
-	`, len(sizes), len(sizes)+1)
+	b.WriteString(loginAndSelect(len(sizes)))
 	if len(sizes) > 0 {
 		b.WriteString("C: {tag} FETCH 1:* (UID RFC822.SIZE)\n")
 		for i, size := range sizes {
@@ -110,6 +101,21 @@ func loginAndList(sizes ...int) string {
 		b.WriteString("S: {tag} OK fetched\n")
 	}
 	return b.String()
+}
+
+// loginAndSelect is loginAndList for a mailbox of n messages whose
+// listing the gateway remembers from an earlier session.
+func loginAndSelect(n int) string {
+	return fmt.Sprintf(`
+		S: * OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR UIDPLUS] ready
+		C: {tag} AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==
+		S: {tag} OK [CAPABILITY IMAP4rev1 UIDPLUS] logged in
+		C: {tag} SELECT INBOX
+		S: * %d EXISTS
+		S: * OK [UIDVALIDITY 1] ok
+		S: * OK [UIDNEXT %d] ok
+		S: {tag} OK [READ-WRITE] selected
+	`, n, n+1)
 }
 
 // message187 is 187 octets with CRLF line endings and no final line
@@ -237,5 +243,40 @@ func TestFlagUpdateBeforeBody(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestNoFinalLineBreakKeepsItsSize: a message whose last line has no line
+// break is 187 octets for the server and for POP3 (RFC 1939 §11): RETR
+// ends the last line with a CRLF before the terminator, but that CRLF is
+// not counted. The listing does not change after RETR, in this session or
+// the next.
+func TestNoFinalLineBreakKeepsItsSize(t *testing.T) {
+	if len(message187) != 187 {
+		t.Fatalf("message187 is %d octets", len(message187))
+	}
+	e := newScriptedEnv(t, loginAndList(187)+`
+		C: {tag} UID FETCH 1 (UID BODY.PEEK[])
+		`+fetchReply(1, 1, message187)+`
+		S: {tag} OK fetched
+	`, loginAndSelect(1))
+	c := e.login()
+	expectReply(t, c, "LIST 1", "+OK 1 187")
+	expectReply(t, c, "RETR 1", "+OK 187 octets")
+	if body := must[[]byte](t)(c.RawMulti()); string(body) != message187+"\r\n" {
+		t.Fatalf("RETR 1 = %q", body)
+	}
+	expectReply(t, c, "LIST 1", "+OK 1 187")
+	expectReply(t, c, "STAT", "+OK 1 187")
+	// From the cache this time.
+	expectReply(t, c, "RETR 1", "+OK 187 octets")
+	must[[]byte](t)(c.RawMulti())
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	c = e.login()
+	expectReply(t, c, "LIST 1", "+OK 1 187")
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
 	}
 }
