@@ -70,3 +70,12 @@ type Maildrop interface {
 	// Close ends the session and releases the maildrop.
 	Close() error
 }
+
+// TopOpener is a Maildrop that can serve TOP (RFC 1939 §7) without reading
+// the whole message, e.g. from a fetched prefix.
+type TopOpener interface {
+	// OpenTop returns the start of message index, as Open returns it, up
+	// to at least the header, the blank line after it and lines lines of
+	// the body, or the whole message if it is shorter.
+	OpenTop(ctx context.Context, index int, lines int64) (io.ReadCloser, error)
+}

@@ -164,6 +164,14 @@ type topWriter struct {
 	prevCR    bool
 }
 
+// TopComplete tells whether msg, the start of a message as NewCRLFReader
+// returns it, holds everything TOP sends for lines body lines: the header,
+// the blank line and that many lines of the body (RFC 1939 §7).
+func TopComplete(msg []byte, lines int64) bool {
+	_, err := newTopWriter(io.Discard, lines).Write(msg)
+	return errors.Is(err, errTopDone)
+}
+
 func newTopWriter(w io.Writer, lines int64) *topWriter {
 	return &topWriter{w: w, lines: lines, lineStart: true}
 }

@@ -140,15 +140,7 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	raw, err := sess.Fetch(fetchCtx, m.uids[i])
 	if err != nil {
 		abandon()
-		if errors.Is(err, upstream.ErrMessageGone) {
-			return nil, errMessageGone
-		}
-		if errors.Is(err, upstream.ErrNoBody) {
-			m.log.Warn("the server sent no body for a listed message", "uid", m.uids[i])
-			return nil, errNoBody
-		}
-		m.broken = true
-		return nil, err
+		return nil, m.fetchFailed(i, err)
 	}
 	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.msgs[i].Size > 0 {
 		// An empty literal for a message listed with octets is no
@@ -185,6 +177,75 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	m.setSize(i, int64(len(body)))
 	m.prefetch(i + 1)
 	return io.NopCloser(bytes.NewReader(body)), nil
+}
+
+// fetchFailed turns a failed fetch of message i into the error for the
+// client.
+func (m *maildrop) fetchFailed(i int, err error) error {
+	switch {
+	case errors.Is(err, upstream.ErrMessageGone):
+		return errMessageGone
+	case errors.Is(err, upstream.ErrNoBody):
+		m.log.Warn("the server sent no body for a listed message", "uid", m.uids[i])
+		return errNoBody
+	}
+	m.broken = true
+	return err
+}
+
+// topPrefix is the first part of a message fetched for TOP: most headers
+// fit, with room for a few lines of the body. It doubles until the lines
+// asked for are in.
+const topPrefix = 32 << 10
+
+// OpenTop serves TOP from the cache, or from a prefix of the raw message
+// (BODY.PEEK[]<0.n>, byte for byte what RETR sends) that grows until it
+// holds the lines asked for, so that clients scanning headers do not
+// download whole mailboxes. It fetches nothing ahead. A message whose
+// prefix outgrows the cache ceiling is streamed as RETR streams it, and the
+// transfer is dropped once TOP has what it needs.
+func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
+	m.waitMessage(i)
+	if body, ok := m.g.cache.Get(m.key(i)); ok {
+		return io.NopCloser(bytes.NewReader(body)), nil
+	}
+	m.wait()
+	sess, err := m.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	limit := m.g.cache.MaxMessage()
+	var raw []byte
+	for n := int64(topPrefix); ; n *= 2 {
+		part, err := sess.FetchPart(ctx, m.uids[i], int64(len(raw)), n)
+		if err != nil {
+			return nil, m.fetchFailed(i, err)
+		}
+		got, err := io.ReadAll(io.LimitReader(part, n))
+		if cerr := part.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			m.broken = true
+			return nil, err
+		}
+		raw = append(raw, got...)
+		whole := int64(len(got)) < n
+		if len(raw) == 0 && m.msgs[i].Size > 0 {
+			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+			return nil, errNoBody
+		}
+		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
+		if whole && int64(len(body)) <= limit {
+			m.g.cache.Add(m.key(i), body)
+		}
+		if whole || pop3.TopComplete(body, lines) {
+			return io.NopCloser(bytes.NewReader(body)), nil
+		}
+		if int64(len(raw)) >= limit {
+			return m.Open(ctx, i)
+		}
+	}
 }
 
 // readUpTo reads r to its end into one buffer sized for the expected

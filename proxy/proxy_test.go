@@ -339,21 +339,21 @@ func TestCacheServesRepeatReads(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.deliver("alice@example.com", corpus...)
 	c := e.login("alice", localPassword)
-	must[[]byte](t)(c.Top(1, 0)) // fetches and caches the whole message
+	must[[]byte](t)(c.Top(1, 0)) // its prefix is the whole message: cached
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(2)) // fetched ahead, with 3
 	must[[]byte](t)(c.Top(2, 1))
 	c.Quit()
-	// One fetch command: message 1 with 2 and 3 fetched ahead.
-	waitFor(t, func() bool { return e.proxy.fetches.Load() == 1 })
+	// Two fetch commands: message 1 for TOP, then 2 and 3 fetched ahead.
+	waitFor(t, func() bool { return e.proxy.fetches.Load() == 2 })
 	// Another session of the same account shares the cache.
 	c = e.login("alice", localPassword)
 	must[[]byte](t)(c.Retr(2))
 	must[[]byte](t)(c.Retr(3))
 	c.Quit()
-	if n := e.proxy.fetches.Load(); n != 1 {
-		t.Fatalf("%d upstream fetch commands, want 1", n)
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream fetch commands, want 2", n)
 	}
 	if st := e.cache.Stats(); st.Entries != 3 {
 		t.Fatalf("cache holds %d messages, want 3", st.Entries)
@@ -743,5 +743,52 @@ func TestNoReuseAcrossReload(t *testing.T) {
 	c.Quit()
 	if n := e.proxy.accepted.Load(); n != 2 {
 		t.Fatalf("%d upstream connections, want 2: none reused across the reload", n)
+	}
+}
+
+// TestTopFetchesOnlyAPrefix: TOP reads a prefix of the message that holds
+// the lines asked for, BODY.PEEK[]<0.n>, growing it when it does not, and
+// fetches nothing ahead: a client scanning the headers of a mailbox does
+// not download it.
+func TestTopFetchesOnlyAPrefix(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const count = 20
+	var msgs []string
+	for i := 0; i < count; i++ {
+		msgs = append(msgs, fmt.Sprintf("Subject: %d\r\n\r\n%s", i, strings.Repeat("a body line\r\n", 25_000))) // 325 kB
+	}
+	e.deliver("alice@example.com", msgs...)
+	c := e.login("alice", localPassword)
+	for i := range msgs {
+		top := must[[]byte](t)(c.Top(i+1, 2))
+		if want := fmt.Sprintf("Subject: %d\r\n\r\na body line\r\na body line\r\n", i); string(top) != want {
+			t.Fatalf("TOP %d 2 = %q", i+1, top)
+		}
+	}
+	if n := e.proxy.toClient.Load(); n > count*64<<10 {
+		t.Fatalf("%d octets came from the upstream for TOP of %d messages", n, count)
+	}
+	if n := e.proxy.fetches.Load(); n != count {
+		t.Fatalf("%d body fetches for %d TOP commands", n, count)
+	}
+	// More lines than the first prefix holds: it grows.
+	top := must[[]byte](t)(c.Top(1, 20_000))
+	if want := msgs[0][:len("Subject: 0\r\n\r\n")+20_000*len("a body line\r\n")]; string(top) != want {
+		t.Fatalf("TOP 1 20000: %d octets, want %d", len(top), len(want))
+	}
+	// The whole message: RETR serves it from the cache afterwards.
+	top = must[[]byte](t)(c.Top(2, 1_000_000))
+	if string(top) != msgs[1] {
+		t.Fatalf("TOP 2 1000000: %d octets, want %d", len(top), len(msgs[1]))
+	}
+	hits := e.cache.Stats().Hits
+	if body := must[[]byte](t)(c.Retr(2)); string(body) != msgs[1] {
+		t.Fatalf("RETR 2 after TOP: %d octets", len(body))
+	}
+	if e.cache.Stats().Hits == hits {
+		t.Fatalf("RETR after a whole TOP was not served from the cache")
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
 	}
 }

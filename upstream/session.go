@@ -327,6 +327,15 @@ func (s *Session) Fetch(ctx context.Context, uid uint32) (_ io.ReadCloser, err e
 	return s.fetchSection(ctx, uid, &imap.FetchItemBodySection{Peek: true})
 }
 
+// FetchPart streams at most n octets of the raw message from offset on
+// (BODY.PEEK[]<offset.n>, RFC 9051 §6.4.5): byte for byte the part of what
+// Fetch streams, unlike BODY[HEADER] and BODY[TEXT], which some providers
+// rebuild. Fewer than n octets means the message ends there.
+func (s *Session) FetchPart(ctx context.Context, uid uint32, offset, n int64) (_ io.ReadCloser, err error) {
+	defer s.timed("fetch", time.Now(), &err)
+	return s.fetchSection(ctx, uid, &imap.FetchItemBodySection{Peek: true, Partial: &imap.SectionPartial{Offset: offset, Size: n}})
+}
+
 func (s *Session) fetchSection(ctx context.Context, uid uint32, section *imap.FetchItemBodySection) (_ io.ReadCloser, err error) {
 	done := s.op(ctx)
 	s.await(uid)

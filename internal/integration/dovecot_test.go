@@ -81,7 +81,8 @@ var uidlShape = regexp.MustCompile(`^[\x21-\x7e]{1,70}$`)
 
 // TestMatchesDovecotPOP3 serves one maildir through Dovecot's own POP3
 // server and through the gateway in front of Dovecot's IMAP server, and
-// requires the replies to STAT, LIST, RETR, TOP and UIDL to be identical.
+// requires the replies to STAT, LIST, RETR, TOP and UIDL to be identical,
+// TOP both before the message is read and after.
 func TestMatchesDovecotPOP3(t *testing.T) {
 	dc := dovecottest.Start(t, map[string]string{"ref": "ref-pass"})
 	corpus := trickyCorpus()
@@ -93,6 +94,11 @@ func TestMatchesDovecotPOP3(t *testing.T) {
 	gw := startGateway(t, dc.IMAPAddr(), upstream.DeleteKeep)
 
 	cmds := []string{"STAT", "LIST", "UIDL"}
+	// TOP before RETR: the gateway answers from a prefix of the message.
+	for i := range corpus {
+		n := i + 1
+		cmds = append(cmds, fmt.Sprintf("TOP %d 0", n), fmt.Sprintf("TOP %d 2", n), fmt.Sprintf("TOP %d 2000", n))
+	}
 	for i := range corpus {
 		n := i + 1
 		cmds = append(cmds,
