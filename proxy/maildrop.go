@@ -150,7 +150,8 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
 		return nil, errNoBody
 	}
-	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: raw, r: pop3.NewCRLFReader(raw)}
+	resumable := newResumingReader(m, i, fetchCtx, raw)
+	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: resumable, r: pop3.NewCRLFReader(resumable)}
 	limit := m.g.cache.MaxMessage()
 	if m.msgs[i].Size > limit {
 		return r, nil
