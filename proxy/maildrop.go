@@ -116,7 +116,13 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // by RETR is the exact one and a failure upstream is a clean -ERR rather
 // than a cut transfer. Larger messages stream through as they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	if r, ok := m.cached(i); ok {
+	return m.open(ctx, i, true)
+}
+
+// open is Open, fetching the following messages ahead only if ahead is
+// set.
+func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, error) {
+	if r, ok := m.cached(i, ahead); ok {
 		return r, nil
 	}
 	m.wait()
@@ -126,8 +132,8 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	}
 	// The message comes in one batch with those after it; if the batch
 	// fails before it, it is fetched alone.
-	if m.prefetch(i) {
-		if r, ok := m.cached(i); ok {
+	if ahead && m.prefetch(i) {
+		if r, ok := m.cached(i, ahead); ok {
 			return r, nil
 		}
 		m.wait()
@@ -176,7 +182,9 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	r.Close()
 	m.g.cache.Add(k, body)
 	m.setSize(i, int64(len(body)))
-	m.prefetch(i + 1)
+	if ahead {
+		m.prefetch(i + 1)
+	}
 	return io.NopCloser(bytes.NewReader(body)), nil
 }
 
@@ -194,40 +202,35 @@ func (m *maildrop) fetchFailed(i int, err error) error {
 	return err
 }
 
-// topPrefix is the first part of a message fetched for TOP: most headers
-// fit, with room for a few lines of the body. It doubles until the lines
-// asked for are in.
-const topPrefix = 32 << 10
+// TOP reads a prefix of the message: topPrefix first, where most headers
+// fit with room for a few lines of the body, doubling while the lines
+// asked for are not in, up to topPrefixMax; past that, the whole message.
+const (
+	topPrefix    = 32 << 10
+	topPrefixMax = 256 << 10
+)
 
 // OpenTop serves TOP from the cache, or from a prefix of the raw message
 // (BODY.PEEK[]<0.n>, byte for byte what RETR sends) that grows until it
 // holds the lines asked for, so that clients scanning headers do not
-// download whole mailboxes. It fetches nothing ahead. A message whose
-// prefix outgrows the cache ceiling is streamed as RETR streams it, and the
-// transfer is dropped once TOP has what it needs.
+// download whole mailboxes. It fetches nothing ahead. TOP for more lines
+// than the message can have (fetchmail asks for 99999999), or for more
+// than the largest prefix holds, reads the whole message as RETR does.
 func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
 	m.waitMessage(i)
 	if body, ok := m.g.cache.Get(m.key(i)); ok {
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
-	m.wait()
-	sess, err := m.session(ctx)
-	if err != nil {
-		return nil, err
+	if lines >= m.msgs[i].Size {
+		// Every line takes an octet at least: this is the whole message.
+		return m.open(ctx, i, false)
 	}
+	m.wait()
 	limit := m.g.cache.MaxMessage()
 	var raw []byte
-	for n := int64(topPrefix); ; n *= 2 {
-		part, err := sess.FetchPart(ctx, m.uids[i], int64(len(raw)), n)
+	for n := int64(topPrefix); len(raw) < topPrefixMax; n *= 2 {
+		got, err := m.fetchPart(ctx, i, int64(len(raw)), n)
 		if err != nil {
-			return nil, m.fetchFailed(i, err)
-		}
-		got, err := io.ReadAll(io.LimitReader(part, n))
-		if cerr := part.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			m.broken = true
 			return nil, err
 		}
 		raw = append(raw, got...)
@@ -243,10 +246,32 @@ func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		if whole || pop3.TopComplete(body, lines) {
 			return io.NopCloser(bytes.NewReader(body)), nil
 		}
-		if int64(len(raw)) >= limit {
-			return m.Open(ctx, i)
-		}
 	}
+	return m.open(ctx, i, false)
+}
+
+// fetchPart reads at most n raw octets of message i from offset on,
+// continuing on a new connection if the upstream one dies.
+func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byte, error) {
+	sess, err := m.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	part, err := sess.FetchPart(ctx, m.uids[i], offset, n)
+	if err != nil {
+		return nil, m.fetchFailed(i, err)
+	}
+	r := newResumingReader(m, i, ctx, part)
+	r.base = offset
+	got, err := io.ReadAll(io.LimitReader(r, n))
+	if cerr := r.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		m.broken = true
+		return nil, err
+	}
+	return got, nil
 }
 
 // readUpTo reads r to its end into one buffer sized for the expected
@@ -273,15 +298,17 @@ func readUpTo(r io.Reader, expected, limit int64) (body []byte, whole bool, err 
 }
 
 // cached serves message i from the cache, waiting for it if it is being
-// fetched ahead, and fetches ahead of it.
-func (m *maildrop) cached(i int) (io.ReadCloser, bool) {
+// fetched ahead, and, if ahead is set, fetches ahead of it.
+func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
 	m.waitMessage(i)
 	body, ok := m.g.cache.Get(m.key(i))
 	if !ok {
 		return nil, false
 	}
 	m.setSize(i, int64(len(body)))
-	m.prefetch(i + 1)
+	if ahead {
+		m.prefetch(i + 1)
+	}
 	return io.NopCloser(bytes.NewReader(body)), true
 }
 

@@ -24,6 +24,7 @@ type resumingReader struct {
 	i    int
 	ctx  context.Context // the transfer's: cancelled, it drops the connection
 	cur  io.ReadCloser
+	base int64 // offset in the raw message of the first octet
 	size int64 // raw octets the server announced, -1 if unknown
 	n    int64 // raw octets read
 	left int   // resumes left
@@ -53,7 +54,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 		}
 		r.left--
 		r.m.log.Warn("upstream connection lost mid-message; resuming", "uid", r.m.uids[r.i],
-			"offset", r.n, "size", r.size, "err", err)
+			"offset", r.base+r.n, "err", err)
 		if rerr := r.resume(); rerr != nil {
 			r.m.log.Warn("resuming the message failed", "uid", r.m.uids[r.i], "err", rerr)
 			return 0, errors.Join(err, rerr)
@@ -71,7 +72,7 @@ func (r *resumingReader) resume() error {
 	if err != nil {
 		return err
 	}
-	rest, err := sess.FetchPart(r.ctx, r.m.uids[r.i], r.n, r.size-r.n)
+	rest, err := sess.FetchPart(r.ctx, r.m.uids[r.i], r.base+r.n, r.size-r.n)
 	if err != nil {
 		return err
 	}
