@@ -18,8 +18,9 @@ import (
 // present at login, in UID order, are messages 1 to n for the whole
 // session (RFC 1939 §4).
 //
-// Sizes. POP3 sizes count the octets RETR sends, with CRLF line endings
-// (RFC 1939 §11). The listing starts from the server's RFC822.SIZE, which
+// Sizes. POP3 sizes count the octets of the message as RETR sends it, with
+// CRLF line endings, but not the CRLF that RETR adds to end a last line
+// that has none (RFC 1939 §11; Dovecot's pop3d counts the same). The listing starts from the server's RFC822.SIZE, which
 // is that count for a correct server, or from the exact size the cache
 // recorded when the message was last read through this gateway. A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
