@@ -280,3 +280,28 @@ func TestNoFinalLineBreakKeepsItsSize(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTopReadsAPrefix: TOP asks for the start of the raw message, and a
+// NIL answer is [SYS/TEMP] for TOP as for RETR.
+func TestTopReadsAPrefix(t *testing.T) {
+	e := newScriptedEnv(t, loginAndList(189, 189)+`
+		C: {tag} UID FETCH 1 (UID BODY.PEEK[]<0.32768>)
+		S: * 1 FETCH (UID 1 BODY[]<0> NIL)
+		S: {tag} OK fetched
+		C: {tag} UID FETCH 2 (UID BODY.PEEK[]<0.32768>)
+		`+strings.Replace(fetchReply(2, 2, message189), "BODY[]", "BODY[]<0>", 1)+`
+		S: {tag} OK fetched
+	`)
+	c := e.login()
+	expectReply(t, c, "TOP 1 0", noBodyReply)
+	if top := must[[]byte](t)(c.Top(2, 1)); string(top) != message189[:strings.Index(message189, "\r\n\r\n")+4]+strings.Repeat("0123456789", 12)+"\r\n" {
+		t.Fatalf("TOP 2 1 = %q", top)
+	}
+	// The prefix was the whole message: RETR needs no fetch.
+	if body := must[[]byte](t)(c.Retr(2)); string(body) != message189 {
+		t.Fatalf("RETR 2 = %q", body)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+}
