@@ -20,9 +20,10 @@ import (
 //
 // Sizes. POP3 sizes count the octets of the message as RETR sends it, with
 // CRLF line endings, but not the CRLF that RETR adds to end a last line
-// that has none (RFC 1939 §11; Dovecot's pop3d counts the same). The listing starts from the server's RFC822.SIZE, which
-// is that count for a correct server, or from the exact size the cache
-// recorded when the message was last read through this gateway. A server
+// that has none (RFC 1939 §11; Dovecot's pop3d counts the same). The
+// listing starts from the server's RFC822.SIZE, which is that count for a
+// correct server, or from the exact size the cache recorded when the
+// message was last read through this gateway. A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
 // only proof is the message itself: every read counts the octets it
 // produces, and when the count differs, the exact one replaces the listed

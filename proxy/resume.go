@@ -49,7 +49,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			// The reader keeps its error: the next Read sees it again.
 			return n, nil
 		}
-		if r.ctx.Err() != nil || r.left == 0 || r.size < 0 {
+		if r.ctx.Err() != nil || r.left == 0 || r.size < 0 || r.n >= r.size {
 			return 0, err
 		}
 		r.left--
