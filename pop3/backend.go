@@ -55,7 +55,9 @@ type Maildrop interface {
 	// message and found the exact count, so callers ask again each time.
 	Messages() []Message
 
-	// Open returns the message as CRLF-terminated lines, undotted. The
+	// Open returns the message with CRLF line endings, undotted, exactly
+	// Size octets; a last line without a line ending stays so, and the
+	// response ends it without counting it (RFC 1939 §11). The
 	// caller reads it to the end or closes it early; if ctx is cancelled
 	// before Close, the maildrop abandons the transfer rather than finishing
 	// it. A read error means the message could not be delivered whole.
@@ -67,4 +69,13 @@ type Maildrop interface {
 
 	// Close ends the session and releases the maildrop.
 	Close() error
+}
+
+// TopOpener is a Maildrop that can serve TOP (RFC 1939 §7) without reading
+// the whole message, e.g. from a fetched prefix.
+type TopOpener interface {
+	// OpenTop returns the start of message index, as Open returns it, up
+	// to at least the header, the blank line after it and lines lines of
+	// the body, or the whole message if it is shorter.
+	OpenTop(ctx context.Context, index int, lines int64) (io.ReadCloser, error)
 }

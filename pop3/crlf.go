@@ -7,9 +7,11 @@ import (
 )
 
 // NewCRLFReader returns a reader of r's octets in the form POP3 sends a
-// message: each bare CR and each bare LF becomes CRLF, and a message that
-// does not end with a line ending gets one. An empty message stays empty.
-// The count of octets it returns is the size STAT and LIST must report.
+// message: each bare CR and each bare LF becomes CRLF. The count of octets
+// it returns is the size STAT and LIST must report (RFC 1939 §11). A last
+// line without a line ending keeps it that way: the CRLF that ends it on
+// the wire belongs to the multi-line response, not to the message, as in
+// Dovecot's pop3d and in the IMAP server's RFC822.SIZE.
 func NewCRLFReader(r io.Reader) io.Reader {
 	return &crlfReader{r: r, lineStart: true}
 }
@@ -105,12 +107,10 @@ func (c *crlfReader) fill() {
 		p = p[i+1:]
 	}
 	if err != nil {
-		if err == io.EOF {
-			if c.pendingCR || !c.lineStart {
-				buf = append(buf, crlf...)
-				c.pendingCR = false
-				c.lineStart = true
-			}
+		if err == io.EOF && c.pendingCR {
+			buf = append(buf, crlf...)
+			c.pendingCR = false
+			c.lineStart = true
 		}
 		c.err = err
 	}

@@ -16,7 +16,7 @@ type dotWriter struct {
 	w         *bufio.Writer
 	lineStart bool  // the next octet starts a line
 	pendingCR bool  // a CR was seen and its LF may follow in the next Write
-	n         int64 // octets written before stuffing
+	n         int64 // octets of the message written, before stuffing
 }
 
 func newDotWriter(w *bufio.Writer) *dotWriter {
@@ -139,7 +139,11 @@ func (d *dotWriter) Close() error {
 		d.eol()
 	}
 	if !d.lineStart {
-		d.eol()
+		// The response must end the last line before its terminator
+		// (RFC 1939 §3); that CRLF is not part of the message, nor of
+		// its size.
+		d.w.Write(crlf)
+		d.lineStart = true
 	}
 	d.w.WriteString(".\r\n")
 	return d.flushErr()
@@ -158,6 +162,14 @@ type topWriter struct {
 	lineStart bool
 	blankLine bool // the current header line is empty so far
 	prevCR    bool
+}
+
+// TopComplete tells whether msg, the start of a message as NewCRLFReader
+// returns it, holds everything TOP sends for lines body lines: the header,
+// the blank line and that many lines of the body (RFC 1939 §7).
+func TopComplete(msg []byte, lines int64) bool {
+	_, err := newTopWriter(io.Discard, lines).Write(msg)
+	return errors.Is(err, errTopDone)
 }
 
 func newTopWriter(w io.Writer, lines int64) *topWriter {

@@ -149,7 +149,11 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32*1024); return
 func (c *conn) send(i int, lines int64) error {
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
-	r, err := c.maildrop.Open(ctx, i)
+	open := c.maildrop.Open
+	if t, ok := c.maildrop.(TopOpener); ok && lines >= 0 {
+		open = func(ctx context.Context, i int) (io.ReadCloser, error) { return t.OpenTop(ctx, i, lines) }
+	}
+	r, err := open(ctx, i)
 	if err != nil {
 		return c.fail("open message", err)
 	}

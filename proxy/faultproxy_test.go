@@ -20,6 +20,7 @@ type faultProxy struct {
 	accepted  atomic.Int64 // connections from the gateway
 	toClient  atomic.Int64 // octets forwarded from the server
 	cutAfter  atomic.Int64 // >0: close both sides after this many more octets
+	recut     atomic.Int64 // >0: after a cut, cut again after this many octets
 	stall     atomic.Bool  // stop forwarding from the server
 	closedUps atomic.Int64 // server connections closed
 
@@ -108,7 +109,7 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 			if left := p.cutAfter.Load(); left > 0 {
 				if int64(len(chunk)) >= left {
 					client.Write(chunk[:left])
-					p.cutAfter.Store(0) // one cut, then new connections pass
+					p.cutAfter.Store(p.recut.Load()) // one cut, then new connections pass, unless recut
 					return
 				}
 				p.cutAfter.Add(-int64(len(chunk)))

@@ -18,10 +18,12 @@ import (
 // present at login, in UID order, are messages 1 to n for the whole
 // session (RFC 1939 §4).
 //
-// Sizes. POP3 sizes count the octets RETR sends, with CRLF line endings
-// (RFC 1939 §11). The listing starts from the server's RFC822.SIZE, which
-// is that count for a correct server, or from the exact size the cache
-// recorded when the message was last read through this gateway. A server
+// Sizes. POP3 sizes count the octets of the message as RETR sends it, with
+// CRLF line endings, but not the CRLF that RETR adds to end a last line
+// that has none (RFC 1939 §11; Dovecot's pop3d counts the same). The
+// listing starts from the server's RFC822.SIZE, which is that count for a
+// correct server, or from the exact size the cache recorded when the
+// message was last read through this gateway. A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
 // only proof is the message itself: every read counts the octets it
 // produces, and when the count differs, the exact one replaces the listed
@@ -48,9 +50,16 @@ type maildrop struct {
 	prefetching chan struct{}         // closed when the batch ends
 	ready       map[int]chan struct{} // closed when that message is cached, or the batch ends
 	prefetchErr error
+	// notAhead holds the messages a batch ended without: they are
+	// fetched alone when asked for, never in another batch.
+	notAhead map[int]bool
 }
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
+
+// errNoBody answers RETR and TOP when the server listed the message but
+// sent no body for it: a temporary failure (RFC 3206), never 0 octets.
+var errNoBody = &pop3.Error{Code: pop3.CodeSysTemp, Text: "The server did not send this message; please try again later."}
 
 func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
 	state := sess.Selected()
@@ -114,7 +123,13 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // messages, and any message when the budget is spent, stream through as
 // they arrive.
 func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	if r, ok := m.cached(i); ok {
+	return m.open(ctx, i, true)
+}
+
+// open is Open, fetching the following messages ahead only if ahead is
+// set.
+func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, error) {
+	if r, ok := m.cached(i, ahead); ok {
 		return r, nil
 	}
 	m.wait()
@@ -124,8 +139,8 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	}
 	// The message comes in one batch with those after it; if the batch
 	// fails before it, it is fetched alone.
-	if m.prefetch(i) {
-		if r, ok := m.cached(i); ok {
+	if ahead && m.prefetch(i) {
+		if r, ok := m.cached(i, ahead); ok {
 			return r, nil
 		}
 		m.wait()
@@ -138,13 +153,18 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 	raw, err := sess.Fetch(fetchCtx, m.uids[i])
 	if err != nil {
 		abandon()
-		if errors.Is(err, upstream.ErrMessageGone) {
-			return nil, errMessageGone
-		}
-		m.broken = true
-		return nil, err
+		return nil, m.fetchFailed(i, err)
 	}
-	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: raw, r: pop3.NewCRLFReader(raw)}
+	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.msgs[i].Size > 0 {
+		// An empty literal for a message listed with octets is no
+		// message either.
+		raw.Close()
+		abandon()
+		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		return nil, errNoBody
+	}
+	resumable := newResumingReader(m, i, fetchCtx, raw)
+	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: resumable, r: pop3.NewCRLFReader(resumable)}
 	limit := m.g.cache.MaxMessage()
 	if m.msgs[i].Size > limit {
 		return r, nil
@@ -177,7 +197,9 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
 		release = held
 	}
 	m.setSize(i, int64(len(body)))
-	m.prefetch(i + 1)
+	if ahead {
+		m.prefetch(i + 1)
+	}
 	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, nil
 }
 
@@ -212,6 +234,92 @@ func (r *reservation) release() {
 	r.n = 0
 }
 
+// fetchFailed turns a failed fetch of message i into the error for the
+// client.
+func (m *maildrop) fetchFailed(i int, err error) error {
+	switch {
+	case errors.Is(err, upstream.ErrMessageGone):
+		return errMessageGone
+	case errors.Is(err, upstream.ErrNoBody):
+		m.log.Warn("the server sent no body for a listed message", "uid", m.uids[i])
+		return errNoBody
+	}
+	m.broken = true
+	return err
+}
+
+// TOP reads a prefix of the message: topPrefix first, where most headers
+// fit with room for a few lines of the body, doubling while the lines
+// asked for are not in, up to topPrefixMax; past that, the whole message.
+const (
+	topPrefix    = 32 << 10
+	topPrefixMax = 256 << 10
+)
+
+// OpenTop serves TOP from the cache, or from a prefix of the raw message
+// (BODY.PEEK[]<0.n>, byte for byte what RETR sends) that grows until it
+// holds the lines asked for, so that clients scanning headers do not
+// download whole mailboxes. It fetches nothing ahead. TOP for more lines
+// than the message can have (fetchmail asks for 99999999), or for more
+// than the largest prefix holds, reads the whole message as RETR does.
+func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
+	m.waitMessage(i)
+	if body, ok := m.g.cache.Get(m.key(i)); ok {
+		return io.NopCloser(bytes.NewReader(body)), nil
+	}
+	if lines >= m.msgs[i].Size {
+		// Every line takes an octet at least: this is the whole message.
+		return m.open(ctx, i, false)
+	}
+	m.wait()
+	limit := m.g.cache.MaxMessage()
+	var raw []byte
+	for n := int64(topPrefix); len(raw) < topPrefixMax; n *= 2 {
+		got, err := m.fetchPart(ctx, i, int64(len(raw)), n)
+		if err != nil {
+			return nil, err
+		}
+		raw = append(raw, got...)
+		whole := int64(len(got)) < n
+		if len(raw) == 0 && m.msgs[i].Size > 0 {
+			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+			return nil, errNoBody
+		}
+		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
+		if whole && int64(len(body)) <= limit {
+			m.g.cache.Add(m.key(i), body)
+		}
+		if whole || pop3.TopComplete(body, lines) {
+			return io.NopCloser(bytes.NewReader(body)), nil
+		}
+	}
+	return m.open(ctx, i, false)
+}
+
+// fetchPart reads at most n raw octets of message i from offset on,
+// continuing on a new connection if the upstream one dies.
+func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byte, error) {
+	sess, err := m.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	part, err := sess.FetchPart(ctx, m.uids[i], offset, n)
+	if err != nil {
+		return nil, m.fetchFailed(i, err)
+	}
+	r := newResumingReader(m, i, ctx, part)
+	r.base = offset
+	got, err := io.ReadAll(io.LimitReader(r, n))
+	if cerr := r.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		m.broken = true
+		return nil, err
+	}
+	return got, nil
+}
+
 // readUpTo reads r to its end into one buffer sized for the expected
 // length, unless it holds more than limit octets, or room refuses the
 // buffer's next size: then it returns what it read with whole == false.
@@ -244,15 +352,17 @@ func readUpTo(r io.Reader, expected, limit int64, room func(int64) bool) (body [
 }
 
 // cached serves message i from the cache, waiting for it if it is being
-// fetched ahead, and fetches ahead of it.
-func (m *maildrop) cached(i int) (io.ReadCloser, bool) {
+// fetched ahead, and, if ahead is set, fetches ahead of it.
+func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
 	m.waitMessage(i)
 	body, release, ok := m.g.cache.Hold(m.key(i))
 	if !ok {
 		return nil, false
 	}
 	m.setSize(i, int64(len(body)))
-	m.prefetch(i + 1)
+	if ahead {
+		m.prefetch(i + 1)
+	}
 	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, true
 }
 
@@ -300,7 +410,7 @@ func (m *maildrop) prefetch(i int) bool {
 			break
 		}
 		k := m.key(j)
-		if _, cached := m.g.cache.Peek(k); cached {
+		if _, cached := m.g.cache.Peek(k); cached || m.notAhead[j] {
 			continue
 		}
 		uid := m.uids[j]
@@ -348,6 +458,9 @@ func (m *maildrop) prefetch(i int) bool {
 			if !whole {
 				return errLargerThanListed
 			}
+			if len(data) == 0 && sizes[uid] > 0 {
+				return nil // no message: RETR fetches it again
+			}
 			m.g.cache.Add(keys[uid], data)
 			delete(index, uid)
 			close(ch)
@@ -379,6 +492,14 @@ func (m *maildrop) wait() {
 }
 
 func (m *maildrop) endPrefetch() {
+	for j := range m.ready {
+		if _, ok := m.g.cache.Peek(m.key(j)); !ok {
+			if m.notAhead == nil {
+				m.notAhead = make(map[int]bool)
+			}
+			m.notAhead[j] = true
+		}
+	}
 	m.prefetching, m.ready = nil, nil
 	if err := m.prefetchErr; err != nil {
 		m.prefetchErr = nil

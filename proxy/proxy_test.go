@@ -343,21 +343,21 @@ func TestCacheServesRepeatReads(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.deliver("alice@example.com", corpus...)
 	c := e.login("alice", localPassword)
-	must[[]byte](t)(c.Top(1, 0)) // fetches and caches the whole message
+	must[[]byte](t)(c.Top(1, 0)) // its prefix is the whole message: cached
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(1))
 	must[[]byte](t)(c.Retr(2)) // fetched ahead, with 3
 	must[[]byte](t)(c.Top(2, 1))
 	c.Quit()
-	// One fetch command: message 1 with 2 and 3 fetched ahead.
-	waitFor(t, func() bool { return e.proxy.fetches.Load() == 1 })
+	// Two fetch commands: message 1 for TOP, then 2 and 3 fetched ahead.
+	waitFor(t, func() bool { return e.proxy.fetches.Load() == 2 })
 	// Another session of the same account shares the cache.
 	c = e.login("alice", localPassword)
 	must[[]byte](t)(c.Retr(2))
 	must[[]byte](t)(c.Retr(3))
 	c.Quit()
-	if n := e.proxy.fetches.Load(); n != 1 {
-		t.Fatalf("%d upstream fetch commands, want 1", n)
+	if n := e.proxy.fetches.Load(); n != 2 {
+		t.Fatalf("%d upstream fetch commands, want 2", n)
 	}
 	if st := e.cache.Stats(); st.Entries != 3 {
 		t.Fatalf("cache holds %d messages, want 3", st.Entries)
@@ -385,9 +385,10 @@ func TestFetchAheadAndKeepingCanBeTurnedOff(t *testing.T) {
 
 func TestWrongUpstreamSizeIsCorrected(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	// Stored with bare LF, the server counts 4 octets fewer than POP3 sends.
+	// Stored with bare LF, the server counts 3 octets fewer than POP3
+	// sends. The CRLF that ends the last line on the wire is not counted.
 	raw := "Subject: lf\n\nline 1\nline 2"
-	exact := "Subject: lf\r\n\r\nline 1\r\nline 2\r\n"
+	exact := "Subject: lf\r\n\r\nline 1\r\nline 2"
 	e.deliver("alice@example.com", raw)
 	c := e.login("alice", localPassword)
 	if _, size := must2(t)(c.Stat()); size != int64(len(raw)) {
@@ -396,7 +397,7 @@ func TestWrongUpstreamSizeIsCorrected(t *testing.T) {
 	// RETR announces the octets it sends.
 	expectReply(t, c, "RETR 1", fmt.Sprintf("+OK %d octets", len(exact)))
 	body := must[[]byte](t)(c.RawMulti())
-	if string(body) != exact {
+	if string(body) != exact+"\r\n" {
 		t.Fatalf("RETR = %q", body)
 	}
 	// From now on this session lists them too.
@@ -476,31 +477,68 @@ func TestClientVanishesMidRetr(t *testing.T) {
 	})
 }
 
+// TestUpstreamDropsMidMessage: when the upstream connection dies in the
+// middle of a message, the gateway logs in again and continues with
+// BODY.PEEK[]<offset> from the first octet it had not read, so the client
+// gets the whole message byte for byte, whether it was being read whole
+// before the reply or streamed. The message here is stored with bare LF:
+// offsets count the server's octets, not the CRLF ones sent.
 func TestUpstreamDropsMidMessage(t *testing.T) {
 	e := newEnv(t, envOptions{maxMessage: 200_000})
 	// Fetched ahead, a cut batch is retried message by message
 	// (TestFetchAheadCutByUpstream); this is about a single fetch.
 	e.gw.SetPrefetch(false)
-	small := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 10000)
-	large := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
+	small := "Subject: cut\n\n" + strings.Repeat("line of text\n", 10000)
+	large := "Subject: cut\n\n" + strings.Repeat("line of text\n", 50000)
+	crlf := func(s string) string { return strings.ReplaceAll(s, "\n", "\r\n") }
 	e.deliver("alice@example.com", small, large)
 
-	// A message the cache can hold is read whole before the reply: a cut
-	// gives a clean -ERR, and the session ends.
 	c := e.login("alice", localPassword)
 	e.proxy.cutAfter.Store(50_000)
-	expectReply(t, c, "RETR 1", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
-	if _, err := c.Line(); err == nil {
-		t.Fatal("session went on after the upstream dropped")
+	if body := must[[]byte](t)(c.Retr(1)); string(body) != crlf(small) {
+		t.Fatalf("RETR 1 after a cut: %d octets, want %d", len(body), len(crlf(small)))
 	}
-
-	// A larger one streams: the client sees the connection close before
-	// the terminating line, never a shortened message that looks whole.
-	c = e.login("alice", localPassword)
+	// Streamed, and cut twice: the resumed transfer is cut again.
 	e.proxy.cutAfter.Store(300_000)
+	e.proxy.recut.Store(200_000)
 	c.Send("RETR 2")
-	reply, _ := c.Line()
-	if reply != fmt.Sprintf("+OK %d octets", len(large)) {
+	if reply, _ := c.Line(); !strings.HasPrefix(reply, "+OK ") {
+		t.Fatalf("RETR 2 reply %q", reply)
+	}
+	e.proxy.recut.Store(0)
+	body, err := c.RawMulti()
+	if err != nil {
+		t.Fatalf("RETR 2 after two cuts: %v after %d octets", err, len(body))
+	}
+	if string(pop3client.Unstuff(body)) != crlf(large) {
+		t.Fatalf("RETR 2 after two cuts: %d octets, not the message", len(body))
+	}
+	if n := e.proxy.accepted.Load(); n != 4 {
+		t.Fatalf("%d upstream connections, want 4: one and one per cut", n)
+	}
+	c.Dele(1)
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count("alice@example.com"); n != 1 {
+		t.Fatalf("%d messages left, want 1", n)
+	}
+}
+
+// TestUpstreamDropsMidMessageEveryTime: when every new connection dies
+// too, the gateway gives up after a few tries, and the client sees the
+// connection close before the terminating line, never a shortened message
+// that looks whole, and the message stays.
+func TestUpstreamDropsMidMessageEveryTime(t *testing.T) {
+	e := newEnv(t, envOptions{maxMessage: 200_000})
+	e.gw.SetPrefetch(false)
+	large := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
+	e.deliver("alice@example.com", large)
+	c := e.login("alice", localPassword)
+	e.proxy.recut.Store(100_000)
+	e.proxy.cutAfter.Store(300_000)
+	c.Send("RETR 1")
+	if reply, _ := c.Line(); reply != fmt.Sprintf("+OK %d octets", len(large)) {
 		t.Fatalf("RETR reply %q", reply)
 	}
 	got, err := c.RawMulti()
@@ -510,8 +548,11 @@ func TestUpstreamDropsMidMessage(t *testing.T) {
 	if len(got) >= len(large) {
 		t.Fatalf("got %d octets of %d", len(got), len(large))
 	}
-	if n := e.count("alice@example.com"); n != 2 {
-		t.Fatalf("%d messages left, want 2", n)
+	if n := e.proxy.accepted.Load(); n != 1+maxResumes {
+		t.Fatalf("%d upstream connections, want %d", n, 1+maxResumes)
+	}
+	if n := e.count("alice@example.com"); n != 1 {
+		t.Fatalf("%d messages left, want 1", n)
 	}
 }
 
@@ -746,5 +787,52 @@ func TestNoReuseAcrossReload(t *testing.T) {
 	c.Quit()
 	if n := e.proxy.accepted.Load(); n != 2 {
 		t.Fatalf("%d upstream connections, want 2: none reused across the reload", n)
+	}
+}
+
+// TestTopFetchesOnlyAPrefix: TOP reads a prefix of the message that holds
+// the lines asked for, BODY.PEEK[]<0.n>, growing it when it does not, and
+// fetches nothing ahead: a client scanning the headers of a mailbox does
+// not download it.
+func TestTopFetchesOnlyAPrefix(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const count = 20
+	var msgs []string
+	for i := 0; i < count; i++ {
+		msgs = append(msgs, fmt.Sprintf("Subject: %d\r\n\r\n%s", i, strings.Repeat("a body line\r\n", 25_000))) // 325 kB
+	}
+	e.deliver("alice@example.com", msgs...)
+	c := e.login("alice", localPassword)
+	for i := range msgs {
+		top := must[[]byte](t)(c.Top(i+1, 2))
+		if want := fmt.Sprintf("Subject: %d\r\n\r\na body line\r\na body line\r\n", i); string(top) != want {
+			t.Fatalf("TOP %d 2 = %q", i+1, top)
+		}
+	}
+	if n := e.proxy.toClient.Load(); n > count*64<<10 {
+		t.Fatalf("%d octets came from the upstream for TOP of %d messages", n, count)
+	}
+	if n := e.proxy.fetches.Load(); n != count {
+		t.Fatalf("%d body fetches for %d TOP commands", n, count)
+	}
+	// More lines than the first prefix holds: it grows.
+	top := must[[]byte](t)(c.Top(1, 20_000))
+	if want := msgs[0][:len("Subject: 0\r\n\r\n")+20_000*len("a body line\r\n")]; string(top) != want {
+		t.Fatalf("TOP 1 20000: %d octets, want %d", len(top), len(want))
+	}
+	// The whole message: RETR serves it from the cache afterwards.
+	top = must[[]byte](t)(c.Top(2, 1_000_000))
+	if string(top) != msgs[1] {
+		t.Fatalf("TOP 2 1000000: %d octets, want %d", len(top), len(msgs[1]))
+	}
+	hits := e.cache.Stats().Hits
+	if body := must[[]byte](t)(c.Retr(2)); string(body) != msgs[1] {
+		t.Fatalf("RETR 2 after TOP: %d octets", len(body))
+	}
+	if e.cache.Stats().Hits == hits {
+		t.Fatalf("RETR after a whole TOP was not served from the cache")
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
 	}
 }

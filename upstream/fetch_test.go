@@ -407,3 +407,33 @@ func TestFetchSequence(t *testing.T) {
 		}
 	}
 }
+
+// FetchPart returns the raw octets of a part of the message, byte for
+// byte what Fetch returns there, and fewer at the end of the message.
+func TestFetchPart(t *testing.T) {
+	msg := []byte("Subject: part\r\n\r\nline one\nline two\r\nno final newline")
+	mem := startMem(t, nil, msg)
+	s := open(t, plain(mem.Addr()))
+	for _, tc := range []struct{ offset, n int64 }{
+		{0, 10}, {0, int64(len(msg))}, {0, 1000}, {7, 20}, {30, 1000}, {int64(len(msg)) - 1, 5},
+	} {
+		rc, err := s.FetchPart(testCtx(t), 1, tc.offset, tc.n)
+		if err != nil {
+			t.Fatalf("FetchPart(%d, %d): %v", tc.offset, tc.n, err)
+		}
+		got, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want := msg[tc.offset:min(int64(len(msg)), tc.offset+tc.n)]
+		if !bytes.Equal(got, want) {
+			t.Errorf("FetchPart(%d, %d) = %q, want %q", tc.offset, tc.n, got, want)
+		}
+	}
+	if got := fetchAll(t, s, 1); !bytes.Equal(got, msg) {
+		t.Errorf("Fetch after FetchPart = %q", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -48,6 +49,10 @@ var (
 	ErrAuthFailed = errors.New("upstream: credentials refused")
 	// ErrMessageGone means the message was expunged by someone else.
 	ErrMessageGone = errors.New("upstream: message no longer exists")
+	// ErrNoBody means the server answered a body fetch without the
+	// message (NIL, or no body at all) although the message is still
+	// there: Exchange does this for a message it cannot convert.
+	ErrNoBody = errors.New("upstream: the server sent no body for an existing message")
 )
 
 // Session is one logged-in IMAP connection with a selected mailbox. Its
@@ -59,6 +64,20 @@ type Session struct {
 	observe func(op string, d time.Duration, err error)
 	mailbox string
 	info    Mailbox
+
+	// A FETCH response for a UID that an earlier response of the same
+	// command already answered (a flag update the server sent on its own,
+	// then the body) is not given to the command by the IMAP client but to
+	// strayFetch, which hands a body for the UID awaited to stray.
+	awaiting atomic.Uint32
+	stray    chan strayBody
+}
+
+// strayBody is a body section that reached strayFetch, with the rest of
+// its response.
+type strayBody struct {
+	msg  *imapclient.FetchMessageData
+	body imapclient.FetchItemDataBodySection
 }
 
 // Mailbox describes the selected mailbox.
@@ -120,15 +139,20 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 	wd.begin()
 	defer wd.end()
 
+	s := &Session{conn: wd, address: srv.Address, observe: srv.Observe, stray: make(chan strayBody, 1)}
+	opts := &imapclient.Options{
+		TLSConfig:             tlsConfig,
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Fetch: s.strayFetch},
+	}
 	var client *imapclient.Client
 	if srv.Security == SecurityStartTLS {
-		client, err = imapclient.NewStartTLS(wd, &imapclient.Options{TLSConfig: tlsConfig})
+		client, err = imapclient.NewStartTLS(wd, opts)
 		if err != nil {
 			raw.Close()
 			return nil, fmt.Errorf("upstream: STARTTLS with %s: %w", srv.Address, err)
 		}
 	} else {
-		client = imapclient.New(wd, nil)
+		client = imapclient.New(wd, opts)
 		if err := client.WaitGreeting(); err != nil {
 			client.Close()
 			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
@@ -138,7 +162,44 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 		client.Close()
 		return nil, fmt.Errorf("upstream: connect %s: %w", srv.Address, ctx.Err())
 	}
-	return &Session{client: client, conn: wd, address: srv.Address, observe: srv.Observe}, nil
+	s.client = client
+	return s, nil
+}
+
+// strayFetch receives the FETCH responses no command claimed. A body for
+// the UID a fetch awaits goes to that fetch, which then reads the rest of
+// the response; everything else is read and dropped.
+func (s *Session) strayFetch(msg *imapclient.FetchMessageData) {
+	var uid imap.UID
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		switch item := item.(type) {
+		case imapclient.FetchItemDataUID:
+			uid = item.UID
+		case imapclient.FetchItemDataBodySection:
+			if uid != 0 && uint32(uid) == s.awaiting.Load() {
+				select {
+				case s.stray <- strayBody{msg: msg, body: item}:
+					return
+				default:
+				}
+			}
+		}
+	}
+}
+
+// await makes uid the message whose stray body is wanted, dropping what a
+// previous fetch left behind.
+func (s *Session) await(uid uint32) {
+	s.awaiting.Store(uid)
+	for {
+		select {
+		case old := <-s.stray:
+			for old.msg.Next() != nil {
+			}
+		default:
+			return
+		}
+	}
 }
 
 // op brackets one exchange with the server: the watchdog runs, and a
@@ -255,47 +316,98 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 // (BODY.PEEK[], so \Seen is not set). The caller reads to the end or closes
 // early: Close then reads and discards the rest, unless ctx was cancelled,
 // in which case the connection is closed instead and the session is over.
+//
+// A response without the body (a flag update the server sent on its own
+// before it) does not end the wait: the body may follow in a second
+// response. Only when none came does Fetch ask whether the message is
+// still there, and returns ErrMessageGone if not, ErrNoBody if it is; a
+// body sent as NIL is ErrNoBody at once.
 func (s *Session) Fetch(ctx context.Context, uid uint32) (_ io.ReadCloser, err error) {
 	defer s.timed("fetch", time.Now(), &err)
+	return s.fetchSection(ctx, uid, &imap.FetchItemBodySection{Peek: true})
+}
+
+// FetchPart streams at most n octets of the raw message from offset on
+// (BODY.PEEK[]<offset.n>, RFC 9051 §6.4.5): byte for byte the part of what
+// Fetch streams, unlike BODY[HEADER] and BODY[TEXT], which some providers
+// rebuild. Fewer than n octets means the message ends there.
+func (s *Session) FetchPart(ctx context.Context, uid uint32, offset, n int64) (_ io.ReadCloser, err error) {
+	defer s.timed("fetch", time.Now(), &err)
+	return s.fetchSection(ctx, uid, &imap.FetchItemBodySection{Peek: true, Partial: &imap.SectionPartial{Offset: offset, Size: n}})
+}
+
+func (s *Session) fetchSection(ctx context.Context, uid uint32, section *imap.FetchItemBodySection) (_ io.ReadCloser, err error) {
 	done := s.op(ctx)
+	s.await(uid)
+	defer s.awaiting.Store(0)
 	cmd := s.client.Fetch(imap.UIDSetNum(imap.UID(uid)), &imap.FetchOptions{
 		UID:         true,
-		BodySection: []*imap.FetchItemBodySection{{Peek: true}},
+		BodySection: []*imap.FetchItemBodySection{section},
 	})
-	msg := cmd.Next()
-	if msg == nil {
-		err := cmd.Close()
-		done()
-		if err != nil {
-			return nil, fmt.Errorf("upstream: fetch UID %d: %w", uid, err)
-		}
-		return nil, ErrMessageGone
-	}
-	for {
-		item := msg.Next()
-		if item == nil {
-			break
-		}
-		if body, ok := item.(imapclient.FetchItemDataBodySection); ok {
-			lit := &literalReader{r: strings.NewReader("")}
-			if body.Literal != nil {
-				lit = &literalReader{r: body.Literal, size: body.Literal.Size()}
+	sentNIL := false
+	if msg := cmd.Next(); msg != nil {
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			if body, ok := item.(imapclient.FetchItemDataBodySection); ok {
+				if body.Literal != nil {
+					return s.newMessageReader(ctx, msg, body, done, cmd.Close), nil
+				}
+				sentNIL = true
 			}
-			return &messageReader{s: s, ctx: ctx, cmd: cmd, msg: msg, lit: lit, done: done}, nil
 		}
 	}
-	err = cmd.Close()
-	done()
+	// The body, if it comes, is in a later response, which reaches
+	// strayFetch before the command can end: the IMAP client reads
+	// nothing past a literal until it has been read.
+	closed := make(chan error, 1)
+	go func() { closed <- cmd.Close() }()
+	wait := func() error { return <-closed }
+	select {
+	case st := <-s.stray:
+		if st.body.Literal != nil {
+			return s.newMessageReader(ctx, st.msg, st.body, done, wait), nil
+		}
+		for st.msg.Next() != nil {
+		}
+		sentNIL = true
+		err = wait()
+	case err = <-closed:
+	}
 	if err != nil {
+		done()
 		return nil, fmt.Errorf("upstream: fetch UID %d: %w", uid, err)
 	}
-	return nil, ErrMessageGone
+	if sentNIL {
+		done()
+		return nil, ErrNoBody
+	}
+	exists, err := s.exists(uid)
+	done()
+	switch {
+	case err != nil:
+		return nil, err
+	case !exists:
+		return nil, ErrMessageGone
+	}
+	return nil, ErrNoBody
+}
+
+// exists tells whether the selected mailbox still holds uid.
+func (s *Session) exists(uid uint32) (bool, error) {
+	data, err := s.client.UIDSearch(&imap.SearchCriteria{UID: []imap.UIDSet{imap.UIDSetNum(imap.UID(uid))}}, nil).Wait()
+	if err != nil {
+		return false, fmt.Errorf("upstream: looking for UID %d: %w", uid, err)
+	}
+	return slices.Contains(data.AllUIDs(), imap.UID(uid)), nil
+}
+
+func (s *Session) newMessageReader(ctx context.Context, msg *imapclient.FetchMessageData, body imapclient.FetchItemDataBodySection, done func(), wait func() error) *messageReader {
+	return &messageReader{s: s, ctx: ctx, wait: wait, msg: msg, lit: &literalReader{r: body.Literal, size: body.Literal.Size()}, done: done}
 }
 
 type messageReader struct {
 	s    *Session
 	ctx  context.Context
-	cmd  *imapclient.FetchCommand
+	wait func() error // ends the command, once the response is read
 	msg  *imapclient.FetchMessageData
 	lit  *literalReader
 	done func()
@@ -316,6 +428,10 @@ func (r *messageReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Size is the length of the literal the server announced: the raw octets
+// the reader returns when read to the end.
+func (r *messageReader) Size() int64 { return r.lit.size }
 
 func (r *messageReader) Close() error {
 	defer r.done()
@@ -340,7 +456,7 @@ func (r *messageReader) Close() error {
 	}
 	for r.msg.Next() != nil {
 	}
-	if err := r.cmd.Close(); err != nil {
+	if err := r.wait(); err != nil {
 		return fmt.Errorf("upstream: fetch: %w", err)
 	}
 	return nil
