@@ -83,6 +83,7 @@ type Gateway struct {
 	prefetch bool
 
 	locker Locker
+	state  StateStore
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -94,6 +95,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		cache:    c,
 		log:      log,
 		locker:   NewMemoryLocker(),
+		state:    NewMemoryState(),
 		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(),
 		prefetch: true,

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
@@ -41,11 +43,15 @@ type envOptions struct {
 	timeout    time.Duration
 	maxMessage int64
 	log        *slog.Logger // default: discard, or stderr with -v
+	caps       imap.CapSet  // the upstream's capabilities; nil: imapmem's default
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
 	t.Helper()
 	var memOpts *imapmem.Options
+	if opts.caps != nil {
+		memOpts = &imapmem.Options{Caps: opts.caps}
+	}
 	mem, err := imapmem.Start("127.0.0.1:0", memOpts)
 	if err != nil {
 		t.Fatal(err)

@@ -55,3 +55,11 @@ func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstr
 	s.lru.Add(maildrop, &snapshot{state: state, entries: entries})
 	s.mu.Unlock()
 }
+
+// forget drops the mailbox's listing, after a change its state would not
+// show, such as messages flagged \Deleted.
+func (s *snapshots) forget(maildrop string) {
+	s.mu.Lock()
+	s.lru.Remove(maildrop)
+	s.mu.Unlock()
+}

@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// StateStore keeps what the sessions of a maildrop must agree on across
+// gateway restarts, replicas and upstream UIDVALIDITY changes. A maildrop
+// is named by an opaque string; a message by its identity, a string
+// derived from what the upstream keeps when UIDs change (see identities).
+//
+// Every write is durable when the method returns: a UIDL is shown to a
+// client only after it is recorded, so a crash can never give the same
+// message a second UIDL (RFC 1939 §7: a unique-id is stable across
+// sessions).
+type StateStore interface {
+	// Assign returns the UIDL recorded for each of ids, and whether the
+	// message is hidden. An identity seen for the first time is given
+	// proposed[i], or, should another identity of the maildrop already
+	// hold that UIDL, the first of proposed[i]+"-1", proposed[i]+"-2", ...
+	// that none holds, so UIDLs stay unique within the maildrop.
+	Assign(ctx context.Context, maildrop string, ids, proposed []string) (uidls []string, hidden []bool, err error)
+	// Hide records that the client deleted these messages but the upstream
+	// keeps them (on_delete seen or keep): later listings leave them out.
+	Hide(ctx context.Context, maildrop string, ids []string) error
+	// Journal returns the maildrop's pending-delete journal, nil when there
+	// is none.
+	Journal(ctx context.Context, maildrop string) ([]byte, error)
+	// SetJournal replaces the maildrop's journal; nil removes it.
+	SetJournal(ctx context.Context, maildrop string, journal []byte) error
+}
+
+// SetState replaces the in-memory state store, for instance by one on disk
+// or shared among replicas. Call it before serving.
+func (g *Gateway) SetState(s StateStore) { g.state = s }
+
+// identities names each message of a listing by what survives a change of
+// UIDVALIDITY: a digest of its Message-ID, RFC822.SIZE and INTERNALDATE.
+// Messages with the same digest (a message delivered twice, or mail
+// without Message-ID arriving in the same second) are told apart by their
+// rank among those in UID order, which a rebuild of the mailbox keeps.
+//
+// Providers' own permanent ids (Gmail's X-GM-MSGID, RFC 8474 EMAILID)
+// would be better still, but the IMAP client library cannot fetch them.
+func identities(entries []upstream.Entry) []string {
+	ids := make([]string, len(entries))
+	rank := make(map[string]int, len(entries))
+	for i, e := range entries {
+		h := sha256.New()
+		fmt.Fprintf(h, "%s\x00%d\x00%d", e.MessageID, e.Size, e.InternalDate.Unix())
+		digest := hex.EncodeToString(h.Sum(nil)[:16])
+		ids[i] = "d:" + digest + ":" + strconv.Itoa(rank[digest])
+		rank[digest]++
+	}
+	return ids
+}
+
+// UIDLVariant is the n-th alternative to a proposed UIDL that another
+// message of the maildrop already holds; n counts from 1. Each StateStore
+// uses it, so they all give the same UIDLs.
+func UIDLVariant(proposed string, n int) string {
+	return proposed + "-" + strconv.Itoa(n)
+}
+
+// pendingDelete is the journal of deletes under way at QUIT: written
+// before the first upstream command and removed once the messages are
+// gone, so that a QUIT cut short (a dropped connection, a crash) is
+// finished by the next session of the maildrop before it lists.
+type pendingDelete struct {
+	UIDValidity uint32              `json:"uidvalidity"`
+	UIDs        []uint32            `json:"uids"`
+	Mode        upstream.DeleteMode `json:"mode"`
+	Trash       string              `json:"trash,omitempty"`
+	// Copied records that the messages are in the trash already (a server
+	// without MOVE): what is left is the expunge, and a second COPY would
+	// leave two copies there.
+	Copied bool `json:"copied,omitempty"`
+}
+
+func (g *Gateway) writeJournal(ctx context.Context, maildrop string, j *pendingDelete) error {
+	data, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	if err := g.state.SetJournal(ctx, maildrop, data); err != nil {
+		return fmt.Errorf("recording pending deletes: %w", err)
+	}
+	return nil
+}
+
+// MemoryState is a StateStore for one process: what it records is lost at
+// exit. It serves tests and the demo.
+type MemoryState struct {
+	mu        sync.Mutex
+	maildrops map[string]*memoryMaildrop
+}
+
+type memoryMaildrop struct {
+	uidls   map[string]string   // identity -> UIDL
+	holders map[string]struct{} // UIDLs given
+	hidden  map[string]bool
+	journal []byte
+}
+
+// NewMemoryState returns an empty MemoryState.
+func NewMemoryState() *MemoryState {
+	return &MemoryState{maildrops: make(map[string]*memoryMaildrop)}
+}
+
+func (s *MemoryState) maildrop(name string) *memoryMaildrop {
+	md := s.maildrops[name]
+	if md == nil {
+		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]struct{}{}, hidden: map[string]bool{}}
+		s.maildrops[name] = md
+	}
+	return md
+}
+
+// Assign implements StateStore.
+func (s *MemoryState) Assign(_ context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	uidls := make([]string, len(ids))
+	hidden := make([]bool, len(ids))
+	for i, id := range ids {
+		u, ok := md.uidls[id]
+		if !ok {
+			u = proposed[i]
+			for n := 1; ; n++ {
+				if _, taken := md.holders[u]; !taken {
+					break
+				}
+				u = UIDLVariant(proposed[i], n)
+			}
+			md.uidls[id] = u
+			md.holders[u] = struct{}{}
+		}
+		uidls[i], hidden[i] = u, md.hidden[id]
+	}
+	return uidls, hidden, nil
+}
+
+// Hide implements StateStore.
+func (s *MemoryState) Hide(_ context.Context, maildrop string, ids []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	for _, id := range ids {
+		md.hidden[id] = true
+	}
+	return nil
+}
+
+// Journal implements StateStore.
+func (s *MemoryState) Journal(_ context.Context, maildrop string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if md := s.maildrops[maildrop]; md != nil && md.journal != nil {
+		return append([]byte(nil), md.journal...), nil
+	}
+	return nil, nil
+}
+
+// SetJournal implements StateStore.
+func (s *MemoryState) SetJournal(_ context.Context, maildrop string, journal []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maildrop(maildrop).journal = append([]byte(nil), journal...)
+	if journal == nil {
+		s.maildrop(maildrop).journal = nil
+	}
+	return nil
+}
