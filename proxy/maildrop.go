@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,7 +38,8 @@ type maildrop struct {
 	account string
 	valid   uint32
 	uids    []uint32
-	ids     []string // identities, for the state store
+	ids     []string        // identities, for the state store
+	pending []pendingDelete // deletes of earlier sessions not finished yet
 	msgs    []pop3.Message
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
@@ -55,13 +55,13 @@ type maildrop struct {
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 
 func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
-	if err := g.finishDeletes(ctx, sess, acct, log); err != nil {
+	pending, err := g.finishDeletes(ctx, sess, acct, log)
+	if err != nil {
 		return nil, err
 	}
 	state := sess.Selected()
 	entries, ok := g.snaps.get(acct.maildrop(), state)
 	if !ok {
-		var err error
 		if entries, err = sess.Snapshot(ctx); err != nil {
 			return nil, err
 		}
@@ -75,7 +75,9 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		log:     log,
 		account: acct.key(),
 		valid:   sess.Selected().UIDValidity,
+		pending: pending,
 	}
+	deleting := pendingUIDs(pending)
 	ids := identities(entries)
 	proposed := make([]string, len(entries))
 	for i, e := range entries {
@@ -89,8 +91,9 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		// A message flagged \Deleted goes at the next expunge by anyone,
 		// perhaps a delete of ours that a server without UIDPLUS could not
 		// finish; one the client deleted in a mode that keeps mail is
-		// hidden. Listing either would serve it again.
-		if e.Deleted || hidden[i] {
+		// hidden, and so is one whose delete is still pending. Listing any
+		// of them would serve it again.
+		if e.Deleted || hidden[i] || deleting[e.UID] {
 			continue
 		}
 		m.uids = append(m.uids, e.UID)
@@ -102,50 +105,6 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		m.msgs = append(m.msgs, pop3.Message{Size: size, UIDL: uidls[i]})
 	}
 	return m, nil
-}
-
-// finishDeletes completes the deletes a QUIT of an earlier session left
-// half done (the connection dropped, the gateway crashed), as recorded in
-// the maildrop's journal, before the messages could be listed again. It
-// selects the mailbox again afterwards, for its new state.
-func (g *Gateway) finishDeletes(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) error {
-	data, err := g.state.Journal(ctx, acct.maildrop())
-	if err != nil {
-		return fmt.Errorf("reading pending deletes: %w", err)
-	}
-	if data == nil {
-		return nil
-	}
-	var j pendingDelete
-	if err := json.Unmarshal(data, &j); err != nil {
-		log.Error("unreadable pending-delete journal; dropping it", "err", err)
-		return g.state.SetJournal(ctx, acct.maildrop(), nil)
-	}
-	if v := sess.Selected().UIDValidity; v != j.UIDValidity {
-		// The UIDs name other messages now, or none.
-		log.Warn("pending deletes dropped: the mailbox's UIDVALIDITY changed", "messages", len(j.UIDs))
-		return g.state.SetJournal(ctx, acct.maildrop(), nil)
-	}
-	mode := j.Mode
-	if j.Mode == upstream.DeleteTrash && j.Copied {
-		mode = upstream.DeleteExpunge
-	}
-	err = sess.DeleteJournaled(ctx, j.UIDs, mode, j.Trash, func() error {
-		j.Copied = true
-		return g.writeJournal(ctx, acct.maildrop(), &j)
-	})
-	if err != nil {
-		return fmt.Errorf("finishing pending deletes: %w", err)
-	}
-	if err := g.state.SetJournal(ctx, acct.maildrop(), nil); err != nil {
-		return fmt.Errorf("clearing pending deletes: %w", err)
-	}
-	g.snaps.forget(acct.maildrop())
-	log.Info("pending deletes finished", "count", len(j.UIDs), "mode", j.Mode)
-	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
-		return err
-	}
-	return nil
 }
 
 // uidl is the unique-id of a message (RFC 1939 §7): its UID and the
@@ -501,8 +460,8 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 	if err != nil {
 		return pop3.CommitResult{}, err
 	}
-	j := &pendingDelete{UIDValidity: m.valid, UIDs: uids, Mode: mode, Trash: m.up.Trash}
-	if err := m.g.writeJournal(ctx, maildrop, j); err != nil {
+	journal := append(slices.Clip(m.pending), pendingDelete{UIDValidity: m.valid, UIDs: uids, Mode: mode, Trash: m.up.Trash})
+	if err := m.g.writeJournal(ctx, maildrop, journal); err != nil {
 		return pop3.CommitResult{}, err
 	}
 	// Whatever happens now, the listing remembered may be wrong: messages
@@ -510,14 +469,14 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 	// they were.
 	defer m.g.snaps.forget(maildrop)
 	err = sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, func() error {
-		j.Copied = true
-		return m.g.writeJournal(ctx, maildrop, j)
+		journal[len(journal)-1].Copied = true
+		return m.g.writeJournal(ctx, maildrop, journal)
 	})
 	if err != nil {
 		m.broken = true
 		return pop3.CommitResult{}, err
 	}
-	if err := m.g.state.SetJournal(ctx, maildrop, nil); err != nil {
+	if err := m.g.writeJournal(ctx, maildrop, m.pending); err != nil {
 		// The deletes are done; the next session repeats them harmlessly.
 		m.log.Warn("clearing the pending-delete journal failed", "err", err)
 	}

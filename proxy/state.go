@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 
@@ -70,10 +72,10 @@ func UIDLVariant(proposed string, n int) string {
 	return proposed + "-" + strconv.Itoa(n)
 }
 
-// pendingDelete is the journal of deletes under way at QUIT: written
-// before the first upstream command and removed once the messages are
-// gone, so that a QUIT cut short (a dropped connection, a crash) is
-// finished by the next session of the maildrop before it lists.
+// pendingDelete is one QUIT's deletes, journaled before the first
+// upstream command and removed from the journal once done, so that a QUIT
+// cut short (a dropped connection, a crash) is finished by the next
+// session of the maildrop before it lists.
 type pendingDelete struct {
 	UIDValidity uint32              `json:"uidvalidity"`
 	UIDs        []uint32            `json:"uids"`
@@ -85,15 +87,92 @@ type pendingDelete struct {
 	Copied bool `json:"copied,omitempty"`
 }
 
-func (g *Gateway) writeJournal(ctx context.Context, maildrop string, j *pendingDelete) error {
-	data, err := json.Marshal(j)
-	if err != nil {
-		return err
+func (g *Gateway) readJournal(ctx context.Context, maildrop string) ([]pendingDelete, error) {
+	data, err := g.state.Journal(ctx, maildrop)
+	if err != nil || data == nil {
+		return nil, err
+	}
+	var journal []pendingDelete
+	if err := json.Unmarshal(data, &journal); err != nil {
+		g.log.Error("unreadable pending-delete journal; ignoring it", "err", err)
+		return nil, nil
+	}
+	return journal, nil
+}
+
+// writeJournal replaces the maildrop's journal; an empty one is removed.
+func (g *Gateway) writeJournal(ctx context.Context, maildrop string, journal []pendingDelete) error {
+	var data []byte
+	if len(journal) > 0 {
+		var err error
+		if data, err = json.Marshal(journal); err != nil {
+			return err
+		}
 	}
 	if err := g.state.SetJournal(ctx, maildrop, data); err != nil {
 		return fmt.Errorf("recording pending deletes: %w", err)
 	}
 	return nil
+}
+
+// finishDeletes completes the deletes that earlier sessions' QUITs left
+// half done, as the maildrop's journal records them, and returns those it
+// could not finish: their messages stay out of the listing, since the
+// client deleted them, and the next session tries again. Deletes recorded
+// under another UIDVALIDITY are dropped: their UIDs name other messages
+// now, or none. After any delete the mailbox is selected again, for its
+// new state.
+func (g *Gateway) finishDeletes(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) ([]pendingDelete, error) {
+	maildrop := acct.maildrop()
+	journal, err := g.readJournal(ctx, maildrop)
+	if err != nil {
+		return nil, fmt.Errorf("reading pending deletes: %w", err)
+	}
+	if len(journal) == 0 {
+		return nil, nil
+	}
+	valid := sess.Selected().UIDValidity
+	var left []pendingDelete
+	for i := range journal {
+		d := &journal[i]
+		if d.UIDValidity != valid {
+			log.Warn("pending deletes dropped: the mailbox's UIDVALIDITY changed", "messages", len(d.UIDs))
+			continue
+		}
+		mode := d.Mode
+		if d.Mode == upstream.DeleteTrash && d.Copied {
+			mode = upstream.DeleteExpunge
+		}
+		err := sess.DeleteJournaled(ctx, d.UIDs, mode, d.Trash, func() error {
+			d.Copied = true
+			return g.writeJournal(ctx, maildrop, append(slices.Clip(left), journal[i:]...))
+		})
+		if err != nil {
+			log.Warn("finishing pending deletes failed; their messages stay unlisted until it works", "err", err, "messages", len(d.UIDs))
+			left = append(left, *d)
+			continue
+		}
+		log.Info("pending deletes finished", "messages", len(d.UIDs), "mode", d.Mode)
+	}
+	if err := g.writeJournal(ctx, maildrop, left); err != nil {
+		return nil, err
+	}
+	g.snaps.forget(maildrop)
+	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+		return nil, err
+	}
+	return left, nil
+}
+
+// pendingUIDs is the set of UIDs whose deletes are pending.
+func pendingUIDs(journal []pendingDelete) map[uint32]bool {
+	uids := make(map[uint32]bool)
+	for _, d := range journal {
+		for _, uid := range d.UIDs {
+			uids[uid] = true
+		}
+	}
+	return uids
 }
 
 // MemoryState is a StateStore for one process: what it records is lost at

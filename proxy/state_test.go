@@ -185,6 +185,12 @@ func TestInterruptedDeletesFinishedNextSession(t *testing.T) {
 				t.Fatal("the upstream connection was not cut at EXPUNGE")
 			}
 
+			// Finishing them fails too: the login is refused for now.
+			cut.at("EXPUNGE")
+			if err := e.dial().Login("alice", localPassword); err == nil || !strings.Contains(err.Error(), "[SYS/TEMP]") {
+				t.Fatalf("login while the pending deletes cannot be finished: %v, want -ERR [SYS/TEMP]", err)
+			}
+
 			// A client that lists it again would delete it again: with
 			// COPY, into a second copy in the trash.
 			c = e.login("alice", localPassword)
