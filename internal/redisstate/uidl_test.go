@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pop3gw/gateway/internal/redistest"
 	"github.com/pop3gw/gateway/internal/statetest"
+	"github.com/pop3gw/gateway/internal/testenv"
 	"github.com/pop3gw/gateway/proxy"
 )
 
@@ -43,5 +45,25 @@ func TestUIDLStoreSharedByReplicas(t *testing.T) {
 	c := replica(t, addr, 0, nil)
 	if uidls, _ := statetest.Assign(t, c, "md", []string{"z"}, []string{"9"}); uidls[0] != proxy.UIDLVariant("ux", 1) {
 		t.Fatalf("later replica: %v", uidls)
+	}
+}
+
+// A Redis that keeps no append-only file would forget UIDLs at a restart:
+// the operator is told; one that keeps it is not warned about.
+func TestCheckPersistence(t *testing.T) {
+	addr := redistest.Start(t)
+	var buf testenv.Buffer
+	s := replica(t, addr, 0, &buf)
+	s.CheckPersistence(context.Background())
+	if !strings.Contains(buf.String(), "appendonly off") {
+		t.Fatalf("no warning with appendonly no:\n%s", buf.String())
+	}
+	if err := raw(t, addr).ConfigSet(context.Background(), "appendonly", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	buf = testenv.Buffer{}
+	s.CheckPersistence(context.Background())
+	if strings.Contains(buf.String(), "appendonly") {
+		t.Fatalf("warning with appendonly yes:\n%s", buf.String())
 	}
 }
