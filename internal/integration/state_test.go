@@ -21,6 +21,7 @@ import (
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/redistest"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -292,5 +293,79 @@ users:
 	after := listUIDLs(c)
 	if want := []string{before[2], before[0], before[1]}; len(before) != 3 || !slices.Equal(after, want) {
 		t.Fatalf("UIDLs after kill -9 and a UIDVALIDITY change = %v, want %v", after, want)
+	}
+}
+
+// TestReplicasShareUIDLsThroughRedis: two gateway processes with one
+// Redis give a message the same UIDL, also after the mailbox was
+// renumbered under a new UIDVALIDITY between their sessions.
+func TestReplicasShareUIDLsThroughRedis(t *testing.T) {
+	redisAddr := redistest.Start(t)
+	bin := buildGateway(t)
+	mem, err := imapmem.Start("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	const user = "alice@example.com"
+	mem.AddUser(user, "upstream-pass")
+	arrived := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
+	msgs := [][]byte{
+		[]byte("Message-ID: <1@example.com>\r\nSubject: 1\r\n\r\nbody\r\n"),
+		[]byte("Message-ID: <2@example.com>\r\nSubject: 2\r\n\r\nbody\r\n"),
+	}
+	if err := mem.AppendAt(user, "INBOX", arrived, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := passwd.Hash("local-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "gateway.yaml")
+	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: none
+    keep_connection: 0s
+users:
+  alice:
+    password_hash: %q
+    upstream: mem
+    upstream_user: alice@example.com
+    upstream_password_env: ALICE_UPSTREAM
+redis:
+  address: %q
+`, mem.Addr(), hash, redisAddr)), 0o600)
+	one := startReplica(t, bin, config)
+	two := startReplica(t, bin, config)
+	uidlsOn := func(r *replica) []string {
+		t.Helper()
+		c, err := login(r.addr, "local-pass")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Quit()
+		entries, err := c.UIDL()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.Value)
+		}
+		return out
+	}
+	before := uidlsOn(one)
+	if err := mem.Recreate(user, "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if err := mem.AppendAt(user, "INBOX", arrived, msgs[1], msgs[0]); err != nil {
+		t.Fatal(err)
+	}
+	after := uidlsOn(two)
+	if want := []string{before[1], before[0]}; len(before) != 2 || !slices.Equal(after, want) {
+		t.Fatalf("UIDLs on the other replica after a UIDVALIDITY change = %v, want %v", after, want)
 	}
 }
