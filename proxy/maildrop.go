@@ -107,8 +107,10 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 	return m, nil
 }
 
-// uidl is the unique-id of a message (RFC 1939 §7): its UID and the
-// mailbox's UIDVALIDITY, each as eight lower-case hex digits. That is what
+// uidl is the unique-id (RFC 1939 §7) a message gets when the gateway
+// first lists it; the StateStore keeps it for the message from then on,
+// under any later UIDVALIDITY. It is the UID and the mailbox's
+// UIDVALIDITY, each as eight lower-case hex digits. That is what
 // Dovecot's default pop3_uidl_format (%08Xu%08Xv) produces, so clients
 // moving from Dovecot's own POP3 server to the gateway in front of the same
 // mailbox do not download everything again.

@@ -1,7 +1,9 @@
 // Package proxy joins a POP3 login to an IMAP session: it decides which
 // upstream account a login maps to, logs in there, fixes the message list
 // for the session, serves messages through the cache and applies deletions
-// at QUIT.
+// at QUIT. What must outlive a session (each message's UIDL, the messages
+// deleted but kept upstream, deletes not finished yet) it keeps in a
+// StateStore.
 package proxy
 
 import (
