@@ -60,12 +60,13 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		return nil, err
 	}
 	state := sess.Selected()
-	entries, ok := g.snaps.get(acct.maildrop(), state)
+	entries, ids, ok := g.snaps.get(acct.maildrop(), state)
 	if !ok {
 		if entries, err = sess.Snapshot(ctx); err != nil {
 			return nil, err
 		}
-		g.snaps.put(acct.maildrop(), state, entries)
+		ids = identities(entries)
+		g.snaps.put(acct.maildrop(), state, entries, ids)
 	}
 	m := &maildrop{
 		g:       g,
@@ -76,14 +77,16 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		account: acct.key(),
 		valid:   sess.Selected().UIDValidity,
 		pending: pending,
+		uids:    make([]uint32, 0, len(entries)),
+		ids:     make([]string, 0, len(entries)),
+		msgs:    make([]pop3.Message, 0, len(entries)),
 	}
 	deleting := pendingUIDs(pending)
-	ids := identities(entries)
 	proposed := make([]string, len(entries))
 	for i, e := range entries {
 		proposed[i] = uidl(m.valid, e.UID)
 	}
-	uidls, hidden, err := g.state.Assign(ctx, acct.maildrop(), ids, proposed)
+	uidls, hidden, err := g.assign(ctx, acct.maildrop(), ids, proposed)
 	if err != nil {
 		return nil, fmt.Errorf("recording UIDLs: %w", err)
 	}
@@ -452,7 +455,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 				return pop3.CommitResult{}, err
 			}
 		}
-		if err := m.g.state.Hide(ctx, maildrop, ids); err != nil {
+		if err := m.g.hide(ctx, maildrop, ids); err != nil {
 			return pop3.CommitResult{}, fmt.Errorf("hiding deleted messages: %w", err)
 		}
 		m.log.Info("deleted messages hidden, kept upstream", "count", len(uids), "mode", mode)

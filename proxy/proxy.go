@@ -84,8 +84,9 @@ type Gateway struct {
 	// prefetch fetches the next message while the client reads one.
 	prefetch bool
 
-	locker Locker
-	state  StateStore
+	locker   Locker
+	state    StateStore
+	assigned *assignments
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -98,6 +99,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		log:      log,
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
+		assigned: newAssignments(),
 		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(),
 		prefetch: true,

@@ -26,6 +26,7 @@ type snapshots struct {
 type snapshot struct {
 	state   upstream.Mailbox
 	entries []upstream.Entry // shared, read-only
+	ids     []string         // the entries' identities; shared, read-only
 }
 
 func newSnapshots() *snapshots {
@@ -34,25 +35,25 @@ func newSnapshots() *snapshots {
 }
 
 // get returns the listing recorded for the mailbox in the given state.
-func (s *snapshots) get(maildrop string, state upstream.Mailbox) ([]upstream.Entry, bool) {
+func (s *snapshots) get(maildrop string, state upstream.Mailbox) ([]upstream.Entry, []string, bool) {
 	if state.UIDNext == 0 {
-		return nil, false // the server did not say; nothing can be proved
+		return nil, nil, false // the server did not say; nothing can be proved
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap, ok := s.lru.Get(maildrop)
 	if !ok || snap.state != state {
-		return nil, false
+		return nil, nil, false
 	}
-	return snap.entries, true
+	return snap.entries, snap.ids, true
 }
 
-func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstream.Entry) {
+func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstream.Entry, ids []string) {
 	if state.UIDNext == 0 || uint32(len(entries)) != state.Messages {
 		return
 	}
 	s.mu.Lock()
-	s.lru.Add(maildrop, &snapshot{state: state, entries: entries})
+	s.lru.Add(maildrop, &snapshot{state: state, entries: entries, ids: ids})
 	s.mu.Unlock()
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -40,9 +43,73 @@ type StateStore interface {
 	SetJournal(ctx context.Context, maildrop string, journal []byte) error
 }
 
+// SharedStateStore is a StateStore that other gateway processes write
+// too, such as one in Redis shared by replicas. The gateway asks it at
+// every login, since another process may have hidden messages meanwhile;
+// the answers of any other store are remembered while the listing stays
+// the same.
+type SharedStateStore interface {
+	StateStore
+	SharedWithOtherProcesses()
+}
+
 // SetState replaces the in-memory state store, for instance by one on disk
-// or shared among replicas. Call it before serving.
+// or shared among replicas. A store must be used by one Gateway only,
+// unless it is a SharedStateStore. Call it before serving.
 func (g *Gateway) SetState(s StateStore) { g.state = s }
+
+// assignment is a StateStore's answer to Assign for one listing.
+type assignment struct {
+	ids, uidls []string
+	hidden     []bool
+}
+
+// assignments remembers the last answer per maildrop: a poller logging in
+// again to an unchanged mailbox of thousands of messages then costs no
+// lookups. It is read-only once stored.
+type assignments struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[string, *assignment]
+}
+
+func newAssignments() *assignments {
+	lru, _ := simplelru.NewLRU[string, *assignment](maxSnapshots, nil)
+	return &assignments{lru: lru}
+}
+
+func (a *assignments) forget(maildrop string) {
+	a.mu.Lock()
+	a.lru.Remove(maildrop)
+	a.mu.Unlock()
+}
+
+// assign is g.state.Assign, answered from memory when it can be.
+func (g *Gateway) assign(ctx context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	if _, shared := g.state.(SharedStateStore); shared {
+		return g.state.Assign(ctx, maildrop, ids, proposed)
+	}
+	g.assigned.mu.Lock()
+	last, ok := g.assigned.lru.Get(maildrop)
+	g.assigned.mu.Unlock()
+	if ok && slices.Equal(last.ids, ids) {
+		return last.uidls, last.hidden, nil
+	}
+	uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.assigned.mu.Lock()
+	g.assigned.lru.Add(maildrop, &assignment{ids: ids, uidls: uidls, hidden: hidden})
+	g.assigned.mu.Unlock()
+	return uidls, hidden, nil
+}
+
+// hide is g.state.Hide; the remembered answer for the maildrop is stale
+// after it.
+func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error {
+	defer g.assigned.forget(maildrop)
+	return g.state.Hide(ctx, maildrop, ids)
+}
 
 // identities names each message of a listing by what survives a change of
 // UIDVALIDITY: a digest of its Message-ID, RFC822.SIZE and INTERNALDATE.
@@ -54,13 +121,23 @@ func (g *Gateway) SetState(s StateStore) { g.state = s }
 // would be better still, but the IMAP client library cannot fetch them.
 func identities(entries []upstream.Entry) []string {
 	ids := make([]string, len(entries))
-	rank := make(map[string]int, len(entries))
+	rank := make(map[[16]byte]int, len(entries))
+	var buf []byte
 	for i, e := range entries {
-		h := sha256.New()
-		fmt.Fprintf(h, "%s\x00%d\x00%d", e.MessageID, e.Size, e.InternalDate.Unix())
-		digest := hex.EncodeToString(h.Sum(nil)[:16])
-		ids[i] = "d:" + digest + ":" + strconv.Itoa(rank[digest])
-		rank[digest]++
+		buf = append(buf[:0], e.MessageID...)
+		buf = append(buf, 0)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.InternalDate.Unix()))
+		sum := sha256.Sum256(buf)
+		digest := [16]byte(sum[:16])
+		r := rank[digest]
+		rank[digest] = r + 1
+		id := make([]byte, 0, 2+32+1+4)
+		id = append(id, "d:"...)
+		id = hex.AppendEncode(id, digest[:])
+		id = append(id, ':')
+		id = strconv.AppendInt(id, int64(r), 10)
+		ids[i] = string(id)
 	}
 	return ids
 }

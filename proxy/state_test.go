@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -305,5 +307,56 @@ func (p *commandCutter) serve() {
 				}
 			}
 		}()
+	}
+}
+
+// sharedMemory is a MemoryState standing for a store that replicas share.
+type sharedMemory struct{ *MemoryState }
+
+func (sharedMemory) SharedWithOtherProcesses() {}
+
+// Replicas sharing a store: what one hides, the other leaves out at its
+// next login, though it listed the same mailbox before.
+func TestSharedStateNotRemembered(t *testing.T) {
+	e := newEnv(t, envOptions{onDelete: upstream.DeleteKeep})
+	e.deliver(alice, corpus...)
+	shared := sharedMemory{NewMemoryState()}
+	e.gw.SetState(shared)
+	other := New(e.config, e.cache, testLogger())
+	other.SetState(shared)
+	srv := &pop3.Server{Backend: other, Logger: testLogger()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	onOther := func() []string {
+		c, err := pop3client.Dial(ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Login("alice", localPassword); err != nil {
+			t.Fatal(err)
+		}
+		defer c.Quit()
+		return uidls(t, c)
+	}
+
+	all := onOther()
+	c := e.login("alice", localPassword)
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := onOther(), []string{all[0], all[2]}; !slices.Equal(got, want) {
+		t.Fatalf("other replica lists %v after the delete, want %v", got, want)
 	}
 }

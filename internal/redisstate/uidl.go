@@ -19,7 +19,11 @@ import (
 // survives a restart of Redis depends on Redis's own persistence
 // (appendonly yes): Store.CheckPersistence warns when it is off.
 
-var _ proxy.StateStore = (*Store)(nil)
+var _ proxy.SharedStateStore = (*Store)(nil)
+
+// SharedWithOtherProcesses implements proxy.SharedStateStore: replicas
+// write the same keys.
+func (s *Store) SharedWithOtherProcesses() {}
 
 // assignChunk bounds the identities sent in one script call.
 const assignChunk = 500
