@@ -19,13 +19,14 @@ import (
 
 // StateStore keeps what the sessions of a maildrop must agree on across
 // gateway restarts, replicas and upstream UIDVALIDITY changes. A maildrop
-// is named by an opaque string; a message by its identity, a string
-// derived from what the upstream keeps when UIDs change (see identities).
+// is named by an opaque string that holds a user name, so stores keep it
+// hashed; a message by its identity, a string derived from what the
+// upstream keeps when UIDs change (see identities).
 //
-// Every write is durable when the method returns: a UIDL is shown to a
-// client only after it is recorded, so a crash can never give the same
-// message a second UIDL (RFC 1939 §7: a unique-id is stable across
-// sessions).
+// Every write is recorded when the method returns (on disk, for a store
+// on disk): a UIDL is shown to a client only after it is recorded, so a
+// crash can never give the same message a second UIDL (RFC 1939 §7: a
+// unique-id is stable across sessions).
 type StateStore interface {
 	// Assign returns the UIDL recorded for each of ids, and whether the
 	// message is hidden. An identity seen for the first time is given
@@ -115,7 +116,9 @@ func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error
 // UIDVALIDITY: a digest of its Message-ID, RFC822.SIZE and INTERNALDATE.
 // Messages with the same digest (a message delivered twice, or mail
 // without Message-ID arriving in the same second) are told apart by their
-// rank among those in UID order, which a rebuild of the mailbox keeps.
+// rank among those in UID order, which a rebuild of the mailbox keeps;
+// when the first of them goes, the next takes its rank, and so its UIDL
+// and whether it is hidden: harmless between copies of one message.
 //
 // Providers' own permanent ids (Gmail's X-GM-MSGID, RFC 8474 EMAILID)
 // would be better still, but the IMAP client library cannot fetch them.
