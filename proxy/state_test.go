@@ -360,3 +360,31 @@ func TestSharedStateNotRemembered(t *testing.T) {
 		t.Fatalf("other replica lists %v after the delete, want %v", got, want)
 	}
 }
+
+func TestIdentities(t *testing.T) {
+	at := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
+	ids := identities([]upstream.Entry{
+		{UID: 1, Size: 10, MessageID: "<a@x>", InternalDate: at},
+		{UID: 2, Size: 10, MessageID: "<a@x>", InternalDate: at},                  // a second copy
+		{UID: 3, Size: 11, MessageID: "<a@x>", InternalDate: at},                  // another size
+		{UID: 4, Size: 10, MessageID: "<a@x>", InternalDate: at.Add(time.Second)}, // another arrival
+		{UID: 5, Size: 10, MessageID: "", InternalDate: at},
+		{UID: 6, Size: 10, MessageID: "<a@x>", InternalDate: at},
+	})
+	base, _, _ := strings.Cut(strings.TrimPrefix(ids[0], "d:"), ":")
+	if ids[0] != "d:"+base+":0" || ids[1] != "d:"+base+":1" || ids[5] != "d:"+base+":2" {
+		t.Errorf("copies of one message: %q %q %q, want ranks 0, 1, 2 of one digest", ids[0], ids[1], ids[5])
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Errorf("identity %q given twice in %q", id, ids)
+		}
+		seen[id] = true
+	}
+	// The UID is no part of it.
+	again := identities([]upstream.Entry{{UID: 99, Size: 10, MessageID: "<a@x>", InternalDate: at}})
+	if again[0] != ids[0] {
+		t.Errorf("identity under another UID = %q, want %q", again[0], ids[0])
+	}
+}
