@@ -331,7 +331,8 @@ func (c *conn) quit(string) error {
 		c.reply("+OK Logging out.")
 		return errClose
 	}
-	if err := c.maildrop.Commit(c.ctx, marked); err != nil {
+	res, err := c.maildrop.Commit(c.ctx, marked)
+	if err != nil {
 		c.log.Error("applying deletes failed", "err", err, "marked", len(marked))
 		c.result = "commit-failed"
 		c.releaseMaildrop()
@@ -339,10 +340,10 @@ func (c *conn) quit(string) error {
 		return errClose
 	}
 	c.deletes = len(marked)
-	c.srv.observer().Deleted(len(marked))
+	c.srv.observer().Deleted(res)
 	c.result = "ok"
 	c.releaseMaildrop()
-	c.reply("+OK Logging out, messages deleted.")
+	c.reply("+OK Logging out, %s", quitSummary(res))
 	return errClose
 }
 

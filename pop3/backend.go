@@ -64,8 +64,9 @@ type Maildrop interface {
 	Open(ctx context.Context, index int) (io.ReadCloser, error)
 
 	// Commit removes the given messages. It is called only from QUIT in the
-	// TRANSACTION state (RFC 1939 §6), with the indexes marked deleted.
-	Commit(ctx context.Context, deleted []int) error
+	// TRANSACTION state (RFC 1939 §6), with the indexes marked deleted, and
+	// reports what it did, for the reply.
+	Commit(ctx context.Context, deleted []int) (CommitResult, error)
 
 	// Close ends the session and releases the maildrop.
 	Close() error

@@ -19,8 +19,8 @@ type Observer interface {
 	ErrorReply(code string)
 	// Sent reports octets of message data sent by RETR and TOP.
 	Sent(octets int64)
-	// Deleted reports messages removed at QUIT.
-	Deleted(n int)
+	// Deleted reports what QUIT did with the messages marked deleted.
+	Deleted(r CommitResult)
 }
 
 // nopObserver stands in when Server.Observer is nil.
@@ -32,7 +32,7 @@ func (nopObserver) Login(string, string) {}
 func (nopObserver) Command(string)       {}
 func (nopObserver) ErrorReply(string)    {}
 func (nopObserver) Sent(int64)           {}
-func (nopObserver) Deleted(int)          {}
+func (nopObserver) Deleted(CommitResult) {}
 
 func (s *Server) observer() Observer {
 	if s.Observer != nil {

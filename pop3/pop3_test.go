@@ -22,6 +22,7 @@ type memMaildrop struct {
 	mu        sync.Mutex
 	msgs      [][]byte
 	committed []int
+	keep      bool // Commit keeps the messages on the server
 	closed    bool
 	openErr   error
 	readErr   error // returned after half of the message
@@ -52,11 +53,14 @@ type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
-func (m *memMaildrop) Commit(ctx context.Context, deleted []int) error {
+func (m *memMaildrop) Commit(ctx context.Context, deleted []int) (CommitResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.committed = append([]int(nil), deleted...)
-	return nil
+	if m.keep {
+		return CommitResult{Kept: len(deleted)}, nil
+	}
+	return CommitResult{Removed: len(deleted)}, nil
 }
 
 func (m *memMaildrop) Close() error {
@@ -582,5 +586,30 @@ func TestShutdownDeadlineDeletesNothing(t *testing.T) {
 	defer h.be.md.mu.Unlock()
 	if h.be.md.committed != nil {
 		t.Fatalf("a session closed by the drain committed %v", h.be.md.committed)
+	}
+}
+
+// A maildrop that keeps deleted mail on the server says so at QUIT: a
+// client told "deleted" would have no reason to look for it again.
+func TestQuitSaysWhatCommitDid(t *testing.T) {
+	h := newHarness(t, nil)
+	h.be.md.keep = true
+	c := h.dial()
+	c.login()
+	c.cmd("DELE 1", "+OK Marked to be deleted.")
+	c.cmd("DELE 3", "+OK Marked to be deleted.")
+	c.cmd("QUIT", "+OK Logging out, 2 messages hidden, kept on the server.")
+
+	for _, tc := range []struct {
+		r    CommitResult
+		want string
+	}{
+		{CommitResult{Removed: 3}, "messages deleted."},
+		{CommitResult{Kept: 1}, "1 message hidden, kept on the server."},
+		{CommitResult{Removed: 1, Kept: 2}, "1 message deleted, 2 messages hidden and kept on the server."},
+	} {
+		if got := quitSummary(tc.r); got != tc.want {
+			t.Errorf("quitSummary(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
 	}
 }

@@ -278,7 +278,7 @@ func TestListingsBoundedInBytes(t *testing.T) {
 		return upstream.Mailbox{UIDValidity: 1, UIDNext: uint32(n + 1), Messages: uint32(n)}
 	}
 	for i := range 20 {
-		s.put(fmt.Sprintf("mailbox%d", i), state(100), listing(100))
+		s.put(fmt.Sprintf("mailbox%d", i), state(100), listing(100), nil)
 	}
 	if s.bytes > 10<<10 {
 		t.Errorf("listings hold %d bytes; want at most a quarter of the 40 KiB budget", s.bytes)
@@ -286,18 +286,18 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	if st := budget.Stats(); st.InUse != s.bytes {
 		t.Errorf("budget in use %d; listings hold %d", st.InUse, s.bytes)
 	}
-	if _, ok := s.get("mailbox19", state(100)); !ok {
+	if _, _, ok := s.get("mailbox19", state(100)); !ok {
 		t.Error("the newest listing was not remembered")
 	}
-	if _, ok := s.get("mailbox0", state(100)); ok {
+	if _, _, ok := s.get("mailbox0", state(100)); ok {
 		t.Error("the oldest listing was remembered beyond the bound")
 	}
 	// Larger than the bound: not remembered, and nothing else forgotten.
-	s.put("huge", state(1000), listing(1000))
-	if _, ok := s.get("huge", state(1000)); ok {
+	s.put("huge", state(1000), listing(1000), nil)
+	if _, _, ok := s.get("huge", state(1000)); ok {
 		t.Error("a listing over the bound was remembered")
 	}
-	if _, ok := s.get("mailbox19", state(100)); !ok {
+	if _, _, ok := s.get("mailbox19", state(100)); !ok {
 		t.Error("a listing too large to remember made others forgotten")
 	}
 	// Bodies holding the whole budget leave no room for listings.
@@ -305,8 +305,8 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	if !budget.Reserve(rest) {
 		t.Fatal("reserving the rest of the budget failed")
 	}
-	s.put("late", state(100), listing(100))
-	if _, ok := s.get("late", state(100)); !ok {
+	s.put("late", state(100), listing(100), nil)
+	if _, _, ok := s.get("late", state(100)); !ok {
 		t.Error("a listing was refused although older ones could make room")
 	}
 	budget.Release(rest)

@@ -40,6 +40,8 @@ type maildrop struct {
 	account string
 	valid   uint32
 	uids    []uint32
+	ids     []string        // identities, for the state store
+	pending []pendingDelete // deletes of earlier sessions not finished yet
 	msgs    []pop3.Message
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
@@ -62,14 +64,18 @@ var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 var errNoBody = &pop3.Error{Code: pop3.CodeSysTemp, Text: "The server did not send this message; please try again later."}
 
 func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
+	pending, err := g.finishDeletes(ctx, sess, acct, log)
+	if err != nil {
+		return nil, err
+	}
 	state := sess.Selected()
-	entries, ok := g.snaps.get(acct.maildrop(), state)
+	entries, ids, ok := g.snaps.get(acct.maildrop(), state)
 	if !ok {
-		var err error
 		if entries, err = sess.Snapshot(ctx); err != nil {
 			return nil, err
 		}
-		g.snaps.put(acct.maildrop(), state, entries)
+		ids = identities(entries)
+		g.snaps.put(acct.maildrop(), state, entries, ids)
 	}
 	m := &maildrop{
 		g:       g,
@@ -79,22 +85,44 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		log:     log,
 		account: acct.key(),
 		valid:   sess.Selected().UIDValidity,
-		uids:    make([]uint32, len(entries)),
-		msgs:    make([]pop3.Message, len(entries)),
+		pending: pending,
+		uids:    make([]uint32, 0, len(entries)),
+		ids:     make([]string, 0, len(entries)),
+		msgs:    make([]pop3.Message, 0, len(entries)),
+	}
+	deleting := pendingUIDs(pending)
+	proposed := make([]string, len(entries))
+	for i, e := range entries {
+		proposed[i] = uidl(m.valid, e.UID)
+	}
+	uidls, hidden, err := g.assign(ctx, acct.maildrop(), ids, proposed)
+	if err != nil {
+		return nil, fmt.Errorf("recording UIDLs: %w", err)
 	}
 	for i, e := range entries {
-		m.uids[i] = e.UID
+		// A message flagged \Deleted goes at the next expunge by anyone,
+		// perhaps a delete of ours that a server without UIDPLUS could not
+		// finish; one the client deleted in a mode that keeps mail is
+		// hidden, and so is one whose delete is still pending. Listing any
+		// of them would serve it again.
+		if e.Deleted || hidden[i] || deleting[e.UID] {
+			continue
+		}
+		m.uids = append(m.uids, e.UID)
+		m.ids = append(m.ids, ids[i])
 		size := e.Size
-		if exact, ok := g.cache.Size(m.key(i)); ok {
+		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: e.UID}); ok {
 			size = exact
 		}
-		m.msgs[i] = pop3.Message{Size: size, UIDL: uidl(m.valid, e.UID)}
+		m.msgs = append(m.msgs, pop3.Message{Size: size, UIDL: uidls[i]})
 	}
 	return m, nil
 }
 
-// uidl is the unique-id of a message (RFC 1939 §7): its UID and the
-// mailbox's UIDVALIDITY, each as eight lower-case hex digits. That is what
+// uidl is the unique-id (RFC 1939 §7) a message gets when the gateway
+// first lists it; the StateStore keeps it for the message from then on,
+// under any later UIDVALIDITY. It is the UID and the mailbox's
+// UIDVALIDITY, each as eight lower-case hex digits. That is what
 // Dovecot's default pop3_uidl_format (%08Xu%08Xv) produces, so clients
 // moving from Dovecot's own POP3 server to the gateway in front of the same
 // mailbox do not download everything again.
@@ -575,32 +603,77 @@ func (r *messageReader) Close() error {
 }
 
 // Commit applies the upstream's delete mode to the marked messages.
-func (m *maildrop) Commit(ctx context.Context, deleted []int) error {
+//
+// Expunge and trash: a journal of the deletes is recorded first and
+// removed when they are done, so a QUIT cut short is finished by the next
+// session; on a server without MOVE, the journal also records when the
+// messages are in the trash, so that finishing never copies them twice.
+//
+// Seen and keep leave the messages on the server; they are recorded as
+// hidden, so they are not served again to a client that deleted them
+// (RFC 1939 §6 has QUIT remove them from the maildrop).
+func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult, error) {
 	m.wait()
 	uids := make([]uint32, len(deleted))
+	ids := make([]string, len(deleted))
 	for j, i := range deleted {
-		uids[j] = m.uids[i]
+		uids[j], ids[j] = m.uids[i], m.ids[i]
 	}
 	if hc, ok := m.g.locker.(HeldChecker); ok {
 		held, err := hc.Held(ctx, m.acct.maildrop())
 		if err != nil {
-			return fmt.Errorf("checking the maildrop lock before deleting: %w", err)
+			return pop3.CommitResult{}, fmt.Errorf("checking the maildrop lock before deleting: %w", err)
 		}
 		if !held {
 			m.log.Error("maildrop lock lost during the session; deleting nothing", "marked", len(uids))
-			return errors.New("maildrop lock lost during the session")
+			return pop3.CommitResult{}, errors.New("maildrop lock lost during the session")
 		}
+	}
+	maildrop := m.acct.maildrop()
+	mode := m.up.OnDelete
+	if mode == upstream.DeleteSeen || mode == upstream.DeleteKeep {
+		if mode == upstream.DeleteSeen {
+			sess, err := m.session(ctx)
+			if err != nil {
+				return pop3.CommitResult{}, err
+			}
+			if err := sess.Delete(ctx, uids, mode, m.up.Trash); err != nil {
+				m.broken = true
+				return pop3.CommitResult{}, err
+			}
+		}
+		if err := m.g.hide(ctx, maildrop, ids); err != nil {
+			return pop3.CommitResult{}, fmt.Errorf("hiding deleted messages: %w", err)
+		}
+		m.log.Info("deleted messages hidden, kept upstream", "count", len(uids), "mode", mode)
+		return pop3.CommitResult{Kept: len(uids)}, nil
 	}
 	sess, err := m.session(ctx)
 	if err != nil {
-		return err
+		return pop3.CommitResult{}, err
 	}
-	if err := sess.Delete(ctx, uids, m.up.OnDelete, m.up.Trash); err != nil {
+	journal := append(slices.Clip(m.pending), pendingDelete{UIDValidity: m.valid, UIDs: uids, Mode: mode, Trash: m.up.Trash})
+	if err := m.g.writeJournal(ctx, maildrop, journal); err != nil {
+		return pop3.CommitResult{}, err
+	}
+	// Whatever happens now, the listing remembered may be wrong: messages
+	// flagged \Deleted but not expunged leave the mailbox's counts as
+	// they were.
+	defer m.g.snaps.forget(maildrop)
+	err = sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, func() error {
+		journal[len(journal)-1].Copied = true
+		return m.g.writeJournal(ctx, maildrop, journal)
+	})
+	if err != nil {
 		m.broken = true
-		return err
+		return pop3.CommitResult{}, err
 	}
-	m.log.Info("deletes applied", "count", len(uids), "mode", m.up.OnDelete)
-	return nil
+	if err := m.g.writeJournal(ctx, maildrop, m.pending); err != nil {
+		// The deletes are done; the next session repeats them harmlessly.
+		m.log.Warn("clearing the pending-delete journal failed", "err", err)
+	}
+	m.log.Info("deletes applied", "count", len(uids), "mode", mode)
+	return pop3.CommitResult{Removed: len(uids)}, nil
 }
 
 // session returns the upstream session, logging in again if the connection

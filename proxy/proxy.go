@@ -1,7 +1,9 @@
 // Package proxy joins a POP3 login to an IMAP session: it decides which
 // upstream account a login maps to, logs in there, fixes the message list
 // for the session, serves messages through the cache and applies deletions
-// at QUIT.
+// at QUIT. What must outlive a session (each message's UIDL, the messages
+// deleted but kept upstream, deletes not finished yet) it keeps in a
+// StateStore.
 package proxy
 
 import (
@@ -85,7 +87,9 @@ type Gateway struct {
 	// prefetch fetches the next message while the client reads one.
 	prefetch bool
 
-	locker Locker
+	locker   Locker
+	state    StateStore
+	assigned *assignments
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -97,6 +101,8 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		cache:    c,
 		log:      log,
 		locker:   NewMemoryLocker(),
+		state:    NewMemoryState(),
+		assigned: newAssignments(),
 		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(nil),
 		prefetch: true,

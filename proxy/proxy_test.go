@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
@@ -42,11 +44,15 @@ type envOptions struct {
 	maxMessage int64
 	budget     *cache.Budget // default: none
 	log        *slog.Logger  // default: discard, or stderr with -v
+	caps       imap.CapSet   // the upstream's capabilities; nil: imapmem's default
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
 	t.Helper()
 	var memOpts *imapmem.Options
+	if opts.caps != nil {
+		memOpts = &imapmem.Options{Caps: opts.caps}
+	}
 	mem, err := imapmem.Start("127.0.0.1:0", memOpts)
 	if err != nil {
 		t.Fatal(err)

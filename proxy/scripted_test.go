@@ -94,9 +94,9 @@ func loginAndList(sizes ...int) string {
 	var b strings.Builder
 	b.WriteString(loginAndSelect(len(sizes)))
 	if len(sizes) > 0 {
-		b.WriteString("C: {tag} FETCH 1:* (UID RFC822.SIZE)\n")
+		b.WriteString(`C: {tag} FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])` + "\n")
 		for i, size := range sizes {
-			fmt.Fprintf(&b, "S: * %d FETCH (UID %d RFC822.SIZE %d)\n", i+1, i+1, size)
+			fmt.Fprintf(&b, "S: * %d FETCH (UID %d FLAGS () RFC822.SIZE %d)\n", i+1, i+1, size)
 		}
 		b.WriteString("S: {tag} OK fetched\n")
 	}

@@ -37,6 +37,7 @@ type snapshots struct {
 type snapshot struct {
 	state   upstream.Mailbox
 	entries []upstream.Entry // shared, read-only
+	ids     []string         // the entries' identities; shared, read-only
 	bytes   int64
 }
 
@@ -52,32 +53,40 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 	return s
 }
 
-// listingBytes is what remembering a listing costs: its entries, its key
-// and the bookkeeping around them.
-func listingBytes(maildrop string, entries []upstream.Entry) int64 {
+// listingBytes is what remembering a listing costs: its entries with
+// their Message-IDs, their identities, its key and the bookkeeping around
+// them.
+func listingBytes(maildrop string, entries []upstream.Entry, ids []string) int64 {
 	const overhead = 200
-	return int64(len(entries))*int64(unsafe.Sizeof(upstream.Entry{})) + int64(len(maildrop)) + overhead
+	n := int64(len(entries))*int64(unsafe.Sizeof(upstream.Entry{})) + int64(len(maildrop)) + overhead
+	for _, e := range entries {
+		n += int64(len(e.MessageID))
+	}
+	for _, id := range ids {
+		n += int64(unsafe.Sizeof(id)) + int64(len(id))
+	}
+	return n
 }
 
 // get returns the listing recorded for the mailbox in the given state.
-func (s *snapshots) get(maildrop string, state upstream.Mailbox) ([]upstream.Entry, bool) {
+func (s *snapshots) get(maildrop string, state upstream.Mailbox) ([]upstream.Entry, []string, bool) {
 	if state.UIDNext == 0 {
-		return nil, false // the server did not say; nothing can be proved
+		return nil, nil, false // the server did not say; nothing can be proved
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	snap, ok := s.lru.Get(maildrop)
 	if !ok || snap.state != state {
-		return nil, false
+		return nil, nil, false
 	}
-	return snap.entries, true
+	return snap.entries, snap.ids, true
 }
 
-func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstream.Entry) {
+func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstream.Entry, ids []string) {
 	if state.UIDNext == 0 || uint32(len(entries)) != state.Messages {
 		return
 	}
-	n := listingBytes(maildrop, entries)
+	n := listingBytes(maildrop, entries, ids)
 	if s.maxBytes >= 0 && n > s.maxBytes {
 		return
 	}
@@ -89,6 +98,14 @@ func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstr
 			return // bodies hold the budget
 		}
 	}
-	s.lru.Add(maildrop, &snapshot{state: state, entries: entries, bytes: n})
+	s.lru.Add(maildrop, &snapshot{state: state, entries: entries, ids: ids, bytes: n})
 	s.bytes += n
+}
+
+// forget drops the mailbox's listing, after a change its state would not
+// show, such as messages flagged \Deleted.
+func (s *snapshots) forget(maildrop string) {
+	s.mu.Lock()
+	s.lru.Remove(maildrop)
+	s.mu.Unlock()
 }

@@ -30,7 +30,15 @@ var ErrNoTrash = errors.New("upstream: no trash mailbox: the server marks none w
 // Delete removes the messages with the given UIDs from the selected mailbox
 // as mode says. trash names the trash mailbox for DeleteTrash when the
 // server marks none with the \Trash special-use attribute (RFC 6154).
-func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, trash string) (err error) {
+func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, trash string) error {
+	return s.DeleteJournaled(ctx, uids, mode, trash, nil)
+}
+
+// DeleteJournaled is Delete that calls copied, when not nil, once a COPY
+// to the trash (a server without MOVE) has succeeded and before the
+// expunge that completes the move, so the caller can record that a retry
+// must not copy again. An error from copied stops the delete there.
+func (s *Session) DeleteJournaled(ctx context.Context, uids []uint32, mode DeleteMode, trash string, copied func() error) (err error) {
 	defer s.timed("delete", time.Now(), &err)
 	if len(uids) == 0 || mode == DeleteKeep {
 		return nil
@@ -58,6 +66,11 @@ func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, tr
 		}
 		if _, err := s.client.Copy(set, mailbox).Wait(); err != nil {
 			return fmt.Errorf("upstream: copy to %q: %w", mailbox, err)
+		}
+		if copied != nil {
+			if err := copied(); err != nil {
+				return err
+			}
 		}
 		return s.expunge(ctx, set)
 	}

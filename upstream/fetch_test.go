@@ -24,6 +24,15 @@ func entriesOf(uids ...uint32) []upstream.Entry {
 	return out
 }
 
+// uidSizes keeps only the UID and size of each entry.
+func uidSizes(entries []upstream.Entry) []upstream.Entry {
+	out := make([]upstream.Entry, len(entries))
+	for i, e := range entries {
+		out[i] = upstream.Entry{UID: e.UID, Size: e.Size}
+	}
+	return out
+}
+
 func TestSnapshot(t *testing.T) {
 	mem := startMem(t, nil, messages(5)...)
 	s := open(t, plain(mem.Addr()))
@@ -31,7 +40,7 @@ func TestSnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := entriesOf(1, 2, 3, 4, 5); !slices.Equal(got, want) {
+	if want := entriesOf(1, 2, 3, 4, 5); !slices.Equal(uidSizes(got), want) {
 		t.Errorf("Snapshot = %v, want %v", got, want)
 	}
 }
@@ -60,7 +69,7 @@ func TestSnapshotGaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, want) {
+	if !slices.Equal(uidSizes(got), want) {
 		t.Errorf("new session: Snapshot = %v, want %v", got, want)
 	}
 	// A session selected before the expunge has not been told of it. The
@@ -73,7 +82,7 @@ func TestSnapshotGaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range got {
-		if !slices.Contains(want, e) {
+		if !slices.Contains(want, uidSizes([]upstream.Entry{e})[0]) {
 			t.Errorf("older session: Snapshot = %v, has %v, not among %v", got, e, want)
 		}
 	}
@@ -85,7 +94,7 @@ func TestSnapshotGaps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got, want) {
+	if !slices.Equal(uidSizes(got), want) {
 		t.Errorf("deleting session: Snapshot = %v, want %v", got, want)
 	}
 }
@@ -114,7 +123,7 @@ func TestSnapshotOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []upstream.Entry{{5, 10}, {3000000000, 20}, {4000000000, 30}}
+	want := []upstream.Entry{{UID: 5, Size: 10}, {UID: 3000000000, Size: 20}, {UID: 4000000000, Size: 30}}
 	if !slices.Equal(got, want) {
 		t.Errorf("Snapshot = %v, want %v", got, want)
 	}
@@ -385,7 +394,7 @@ func TestFetchAfterFlagChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := entriesOf(1, 2, 3); !slices.Equal(got, want) {
+	if want := entriesOf(1, 2, 3); !slices.Equal(uidSizes(got), want) {
 		t.Errorf("Snapshot = %v, want %v", got, want)
 	}
 }

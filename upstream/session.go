@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -92,6 +94,15 @@ type Mailbox struct {
 type Entry struct {
 	UID  uint32
 	Size int64 // RFC822.SIZE as the server reports it
+	// Deleted is set when the message carries \Deleted: whoever expunges
+	// next removes it (RFC 9051 §2.3.2).
+	Deleted bool
+	// MessageID is the Message-ID header field's value, "" when there is
+	// none, and InternalDate the server's arrival time (RFC 9051
+	// §2.3.3): with Size they tell the message apart from others after
+	// its UID changed with the UIDVALIDITY.
+	MessageID    string
+	InternalDate time.Time
 }
 
 // Dial connects to srv and waits for its greeting; with starttls it also
@@ -271,7 +282,8 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 }
 
 // Snapshot lists every message of the selected mailbox by UID with its
-// size, in UID order, with one UID FETCH.
+// size, flags, arrival time and Message-ID, in UID order, with one UID
+// FETCH.
 func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.timed("list", time.Now(), &err)
 	if s.info.Messages == 0 {
@@ -280,29 +292,39 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.op(ctx)()
 	var all imap.SeqSet
 	all.AddRange(1, 0) // 1:*
-	cmd := s.client.Fetch(all, &imap.FetchOptions{UID: true, RFC822Size: true})
+	cmd := s.client.Fetch(all, &imap.FetchOptions{
+		UID: true, RFC822Size: true, Flags: true, InternalDate: true,
+		BodySection: []*imap.FetchItemBodySection{messageIDField},
+	})
 	entries := make([]Entry, 0, s.info.Messages)
 	for {
 		msg := cmd.Next()
 		if msg == nil {
 			break
 		}
-		var uid imap.UID
-		size := int64(-1)
+		e := Entry{Size: -1}
 		for item := msg.Next(); item != nil; item = msg.Next() {
 			switch item := item.(type) {
 			case imapclient.FetchItemDataUID:
-				uid = item.UID
+				e.UID = uint32(item.UID)
 			case imapclient.FetchItemDataRFC822Size:
-				size = item.Size
+				e.Size = item.Size
+			case imapclient.FetchItemDataFlags:
+				e.Deleted = slices.Contains(item.Flags, imap.FlagDeleted)
+			case imapclient.FetchItemDataInternalDate:
+				e.InternalDate = item.Time
+			case imapclient.FetchItemDataBodySection:
+				if item.Literal != nil {
+					e.MessageID = readMessageID(item.Literal)
+				}
 			}
 		}
 		// A response without the size is a flag update the server sent
 		// on its own, e.g. for a message expunged by another client.
-		if uid == 0 || size < 0 {
+		if e.UID == 0 || e.Size < 0 {
 			continue
 		}
-		entries = append(entries, Entry{UID: uint32(uid), Size: size})
+		entries = append(entries, e)
 	}
 	if err := cmd.Close(); err != nil {
 		return nil, fmt.Errorf("upstream: listing messages: %w", err)
@@ -310,6 +332,29 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	slices.SortFunc(entries, func(a, b Entry) int { return cmp.Compare(a.UID, b.UID) })
 	entries = slices.CompactFunc(entries, func(a, b Entry) bool { return a.UID == b.UID })
 	return entries, nil
+}
+
+// messageIDField is BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]: a few dozen
+// octets per message, and no \Seen.
+var messageIDField = &imap.FetchItemBodySection{
+	Specifier:    imap.PartSpecifierHeader,
+	HeaderFields: []string{"Message-ID"},
+	Peek:         true,
+}
+
+// maxMessageIDField bounds what is kept of a Message-ID field.
+const maxMessageIDField = 4 << 10
+
+// readMessageID reads the literal of a HEADER.FIELDS (MESSAGE-ID) fetch
+// to its end and returns the field's unfolded value.
+func readMessageID(r io.Reader) string {
+	field, _ := io.ReadAll(io.LimitReader(r, maxMessageIDField))
+	io.Copy(io.Discard, r)
+	msg, err := mail.ReadMessage(bytes.NewReader(append(field, "\r\n\r\n"...)))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(msg.Header.Get("Message-Id"))
 }
 
 // Fetch streams the raw octets of the message with the given UID

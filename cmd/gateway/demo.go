@@ -66,6 +66,8 @@ func runDemo(ctx context.Context, listen string, log *slog.Logger, ready func(ad
 		Upstreams:   map[string]*proxy.Upstream{"demo": up},
 		Passthrough: &proxy.Passthrough{Upstream: "demo"},
 	}, cache.New(64<<20, 8<<20), log)
+	// The demo's mail lives in memory; so does what it records of it.
+	gw.SetState(proxy.NewMemoryState())
 	srv := &pop3.Server{Backend: gw, Logger: log, Implementation: "gateway " + version}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {

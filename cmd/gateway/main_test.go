@@ -485,7 +485,7 @@ func TestMetricsReadinessHealthcheck(t *testing.T) {
 		`pop3gw_commands_total{verb="DELE"} 1`,
 		`pop3gw_error_replies_total{code="AUTH"} 1`,
 		fmt.Sprintf(`pop3gw_message_bytes_sent_total %d`, len(msg)),
-		`pop3gw_deletes_applied_total 1`,
+		`pop3gw_deletes_applied_total{outcome="removed"} 1`,
 		`pop3gw_sessions_total{result="ok"} 1`,
 		`pop3gw_sessions_active 0`,
 		`pop3gw_upstream_duration_seconds_count{operation="login"}`,

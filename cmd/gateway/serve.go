@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/boltstate"
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/guard"
 	"github.com/pop3gw/gateway/internal/listener"
@@ -137,10 +138,17 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		}
 		defer shared.Close()
 		s.gateway.SetLocker(shared)
+		s.gateway.SetState(shared)
+		shared.CheckPersistence(ctx)
 		loginGuard = shared.Guard(delays)
 		s.health.check("redis", shared.Ping)
-		log.Info("sharing maildrop locks and login counters through Redis", "addr", cfg.Redis.Address)
+		log.Info("sharing maildrop locks, login counters and UIDLs through Redis", "addr", cfg.Redis.Address)
 	}
+	closeState, err := s.localState(cfg)
+	if err != nil {
+		return err
+	}
+	defer closeState()
 	s.pop3 = &pop3.Server{
 		Observer:           s.metrics,
 		Backend:            s.gateway,
@@ -214,6 +222,34 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 			return nil
 		}
 	}
+}
+
+// localState opens the UIDL store in data_dir when no Redis holds it.
+// Without either, the gateway's default in-memory store stays, with a
+// warning: it is lost at every restart.
+func (s *service) localState(cfg *config.Config) (closeState func(), err error) {
+	switch {
+	case cfg.Redis != nil:
+		if cfg.DataDir != "" {
+			s.log.Warn("data_dir is not used: redis holds the UIDL store", "data_dir", cfg.DataDir)
+		}
+		return func() {}, nil
+	case cfg.DataDir == "":
+		s.log.Warn("neither data_dir nor redis is set: UIDLs and deletes kept on the server are remembered in memory only; " +
+			"after a restart, mail of a mailbox whose UIDVALIDITY changed is downloaded again, and mail deleted with on_delete seen or keep is listed again")
+		return func() {}, nil
+	}
+	st, err := boltstate.Open(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	s.gateway.SetState(st)
+	s.log.Info("UIDL store opened", "path", st.Path())
+	return func() {
+		if err := st.Close(); err != nil {
+			s.log.Error("closing the UIDL store", "err", err)
+		}
+	}, nil
 }
 
 // reload re-reads the config file and swaps in users, secrets and the

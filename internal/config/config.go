@@ -27,6 +27,7 @@ import (
 // Config is the configuration file.
 type Config struct {
 	Listen      Listen               `yaml:"listen"`
+	DataDir     string               `yaml:"data_dir"` // the embedded UIDL store, unless redis is set; empty: in memory only
 	TLS         TLS                  `yaml:"tls"`
 	Auth        Auth                 `yaml:"auth"`
 	Upstreams   map[string]*Upstream `yaml:"upstreams"`
@@ -39,7 +40,7 @@ type Config struct {
 	// protocol header sent by a trusted load balancer.
 	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
 	// Redis, when set, shares the maildrop locks and the login-failure
-	// counters among replicas.
+	// counters among replicas, and holds the UIDL store.
 	Redis *Redis `yaml:"redis"`
 }
 

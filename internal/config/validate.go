@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -283,6 +284,11 @@ func (c *Config) Validate() error {
 		if r.LockTTL < Duration(3*time.Second) || r.LockTTL > Duration(10*time.Minute) {
 			p.add("redis.lock_ttl", "must be between 3s and 10m, not %v", r.LockTTL)
 		}
+	}
+
+	// data_dir
+	if d := c.DataDir; d != "" && !filepath.IsAbs(d) {
+		p.add("data_dir", "%q is not an absolute path", d)
 	}
 
 	// secrets

@@ -13,6 +13,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -458,4 +459,31 @@ func parseOAuthBearer(resp []byte) (user, token string, ok bool) {
 		}
 	}
 	return user, token, haveToken && user != ""
+}
+
+// AppendAt is Append with the given INTERNALDATE.
+func (s *Server) AppendAt(user, mailbox string, date time.Time, msgs ...[]byte) error {
+	u, err := s.user(user)
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if _, err := u.Append(mailbox, literal{bytes.NewReader(m)}, &imap.AppendOptions{Time: date}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Recreate deletes a user's mailbox and creates it again, empty and with a
+// new UIDVALIDITY, as a server does when a mailbox is restored or rebuilt.
+func (s *Server) Recreate(user, mailbox string) error {
+	u, err := s.user(user)
+	if err != nil {
+		return err
+	}
+	if err := u.Delete(mailbox); err != nil {
+		return err
+	}
+	return u.Create(mailbox, nil)
 }

@@ -29,7 +29,7 @@ type Metrics struct {
 	commands       *prometheus.CounterVec
 	errors         *prometheus.CounterVec
 	sent           prometheus.Counter
-	deleted        prometheus.Counter
+	deleted        *prometheus.CounterVec
 	upstream       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
 }
@@ -65,10 +65,10 @@ func New() *Metrics {
 			Namespace: namespace, Name: "message_bytes_sent_total",
 			Help: "Octets of messages sent by RETR and TOP, before dot-stuffing.",
 		}),
-		deleted: prometheus.NewCounter(prometheus.CounterOpts{
+		deleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "deletes_applied_total",
-			Help: "Messages removed upstream at QUIT.",
-		}),
+			Help: "Messages deleted by clients and applied at QUIT, by outcome: removed from the mailbox, or kept on the server (on_delete seen or keep) and hidden from later listings.",
+		}, []string{"outcome"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "upstream_duration_seconds",
 			Help:    "Time taken by IMAP operations, by operation (connect, login, select, list, fetch, fetch-batch, delete).",
@@ -125,7 +125,14 @@ func (m *Metrics) ErrorReply(code string) {
 
 func (m *Metrics) Sent(octets int64) { m.sent.Add(float64(octets)) }
 
-func (m *Metrics) Deleted(n int) { m.deleted.Add(float64(n)) }
+func (m *Metrics) Deleted(r pop3.CommitResult) {
+	if r.Removed > 0 {
+		m.deleted.WithLabelValues("removed").Add(float64(r.Removed))
+	}
+	if r.Kept > 0 {
+		m.deleted.WithLabelValues("kept").Add(float64(r.Kept))
+	}
+}
 
 // ObserveUpstream records one IMAP operation; it fits
 // upstream.Server.Observe.

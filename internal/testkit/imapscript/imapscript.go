@@ -20,6 +20,9 @@
 // literal whose message has no final line break. Blank lines and lines
 // starting with # are skipped.
 //
+// A FETCH's list of items matches in any order: clients send them in no
+// fixed order, and RFC 9051 §6.4.5 gives them none.
+//
 // Each connection plays the next dialogue given to Start; a connection
 // beyond them, a client line that differs from the script, or a dialogue
 // not played to its end fails the test, naming what the client sent.
@@ -30,6 +33,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -175,7 +179,7 @@ func (s *Server) play(conn int, c net.Conn, steps []step) bool {
 			t, after, _ := strings.Cut(got, " ")
 			tag, got, want = t, after, rest
 		}
-		if got != want {
+		if got != want && fetchItems(got) != fetchItems(want) {
 			s.fail("connection %d, line %d: want %q, the client sent %q", conn, st.line, want, got)
 			return false
 		}
@@ -222,4 +226,38 @@ func (s *Server) Failures() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.failures...)
+}
+
+// fetchItems returns a FETCH command line with the items of its
+// parenthesised list sorted, so two lists that differ only in order are
+// equal; any other line is returned as it is.
+func fetchItems(line string) string {
+	i := strings.Index(strings.ToUpper(line), "FETCH ")
+	if i < 0 || !strings.HasSuffix(line, ")") {
+		return line
+	}
+	open := strings.Index(line[i:], "(")
+	if open < 0 {
+		return line
+	}
+	open += i
+	list := line[open+1 : len(line)-1]
+	var items []string
+	depth, start := 0, 0
+	for j := 0; j < len(list); j++ {
+		switch list[j] {
+		case '(', '[':
+			depth++
+		case ')', ']':
+			depth--
+		case ' ':
+			if depth == 0 {
+				items = append(items, list[start:j])
+				start = j + 1
+			}
+		}
+	}
+	items = append(items, list[start:])
+	slices.Sort(items)
+	return line[:open+1] + strings.Join(items, " ") + ")"
 }

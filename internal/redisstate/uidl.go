@@ -1,0 +1,147 @@
+package redisstate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pop3gw/gateway/proxy"
+)
+
+// The UIDL store (a proxy.StateStore) that replicas share. Per maildrop,
+// under the hash of its name: a hash identity -> UIDL, a hash UIDL ->
+// identity (so a UIDL is given once), a set of hidden identities and a
+// string holding the pending-delete journal. The keys never expire.
+//
+// A write is acknowledged by Redis before the proxy shows a UIDL; that it
+// survives a restart of Redis depends on Redis's own persistence
+// (appendonly yes): Store.CheckPersistence warns when it is off.
+
+var _ proxy.SharedStateStore = (*Store)(nil)
+
+// SharedWithOtherProcesses implements proxy.SharedStateStore: replicas
+// write the same keys.
+func (s *Store) SharedWithOtherProcesses() {}
+
+// assignChunk bounds the identities sent in one script call.
+const assignChunk = 500
+
+// assignScript gives each identity (ARGV, in pairs with the proposed
+// UIDL) its recorded UIDL, or records the proposed one, or the first
+// variant proposed-1, proposed-2, ... that no other identity holds, the
+// rule of proxy.UIDLVariant. It returns UIDL, hidden (0 or 1) pairs. As a
+// script it runs atomically, so replicas listing the same new message at
+// once agree on its UIDL.
+var assignScript = redis.NewScript(`
+local out = {}
+for i = 1, #ARGV, 2 do
+	local id, proposed = ARGV[i], ARGV[i + 1]
+	local u = redis.call("HGET", KEYS[1], id)
+	if not u then
+		u = proposed
+		local n = 0
+		while redis.call("HEXISTS", KEYS[2], u) == 1 do
+			n = n + 1
+			u = proposed .. "-" .. n
+		end
+		redis.call("HSET", KEYS[1], id, u)
+		redis.call("HSET", KEYS[2], u, id)
+	end
+	out[#out + 1] = u
+	out[#out + 1] = redis.call("SISMEMBER", KEYS[3], id)
+end
+return out
+`)
+
+func (s *Store) stateKeys(maildrop string) (uidls, holders, hidden, journal string) {
+	h := hash(maildrop)
+	return s.prefix + "uidl:" + h, s.prefix + "uidl-holder:" + h, s.prefix + "hidden:" + h, s.prefix + "journal:" + h
+}
+
+// Assign implements proxy.StateStore.
+func (s *Store) Assign(ctx context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	uidlKey, holderKey, hiddenKey, _ := s.stateKeys(maildrop)
+	uidls := make([]string, 0, len(ids))
+	hidden := make([]bool, 0, len(ids))
+	for start := 0; start < len(ids); start += assignChunk {
+		end := min(start+assignChunk, len(ids))
+		args := make([]any, 0, 2*(end-start))
+		for i := start; i < end; i++ {
+			args = append(args, ids[i], proposed[i])
+		}
+		res, err := assignScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey}, args...).Slice()
+		if err != nil {
+			return nil, nil, fmt.Errorf("redisstate: recording UIDLs: %w", err)
+		}
+		if len(res) != 2*(end-start) {
+			return nil, nil, errors.New("redisstate: recording UIDLs: short reply")
+		}
+		for i := 0; i < len(res); i += 2 {
+			u, _ := res[i].(string)
+			h, _ := res[i+1].(int64)
+			uidls = append(uidls, u)
+			hidden = append(hidden, h == 1)
+		}
+	}
+	return uidls, hidden, nil
+}
+
+// Hide implements proxy.StateStore.
+func (s *Store) Hide(ctx context.Context, maildrop string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	_, _, hiddenKey, _ := s.stateKeys(maildrop)
+	members := make([]any, len(ids))
+	for i, id := range ids {
+		members[i] = id
+	}
+	if err := s.rdb.SAdd(ctx, hiddenKey, members...).Err(); err != nil {
+		return fmt.Errorf("redisstate: hiding messages: %w", err)
+	}
+	return nil
+}
+
+// Journal implements proxy.StateStore.
+func (s *Store) Journal(ctx context.Context, maildrop string) ([]byte, error) {
+	_, _, _, journalKey := s.stateKeys(maildrop)
+	j, err := s.rdb.Get(ctx, journalKey).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstate: reading pending deletes: %w", err)
+	}
+	return j, nil
+}
+
+// SetJournal implements proxy.StateStore.
+func (s *Store) SetJournal(ctx context.Context, maildrop string, journal []byte) error {
+	_, _, _, journalKey := s.stateKeys(maildrop)
+	var err error
+	if journal == nil {
+		err = s.rdb.Del(ctx, journalKey).Err()
+	} else {
+		err = s.rdb.Set(ctx, journalKey, journal, 0).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("redisstate: recording pending deletes: %w", err)
+	}
+	return nil
+}
+
+// CheckPersistence warns when Redis says it keeps no append-only file: a
+// Redis restart would then forget the UIDLs, and clients would download
+// again the mail of any mailbox whose UIDVALIDITY changed since. A Redis
+// that refuses CONFIG (many managed services) is not asked further.
+func (s *Store) CheckPersistence(ctx context.Context) {
+	v, err := s.rdb.ConfigGet(ctx, "appendonly").Result()
+	if err != nil {
+		return
+	}
+	if v["appendonly"] == "no" {
+		s.log.Warn("redisstate: Redis has appendonly off: a restart of Redis can lose UIDLs recorded since its last snapshot; set appendonly yes")
+	}
+}

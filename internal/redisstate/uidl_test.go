@@ -1,0 +1,69 @@
+package redisstate
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pop3gw/gateway/internal/redistest"
+	"github.com/pop3gw/gateway/internal/statetest"
+	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/proxy"
+)
+
+func TestUIDLStore(t *testing.T) {
+	addr := redistest.Start(t)
+	n := 0
+	statetest.Run(t, func(t *testing.T) proxy.StateStore {
+		// One Redis; each subtest its own prefix, so it starts empty.
+		n++
+		s, err := New(context.Background(), Options{Addr: addr, KeyPrefix: fmt.Sprintf("t%d:", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+// Two replicas agree on UIDLs and on what is hidden, and a replica
+// started later finds both.
+func TestUIDLStoreSharedByReplicas(t *testing.T) {
+	addr := redistest.Start(t)
+	a := replica(t, addr, 0, nil)
+	b := replica(t, addr, 0, nil)
+	statetest.Assign(t, a, "md", []string{"x", "y"}, []string{"ux", "uy"})
+	if err := a.Hide(context.Background(), "md", []string{"y"}); err != nil {
+		t.Fatal(err)
+	}
+	uidls, hidden := statetest.Assign(t, b, "md", []string{"y", "x", "z"}, []string{"1", "2", "ux"})
+	if want := []string{"uy", "ux", proxy.UIDLVariant("ux", 1)}; !slices.Equal(uidls, want) || !slices.Equal(hidden, []bool{true, false, false}) {
+		t.Fatalf("other replica: %v %v, want %v [true false false]", uidls, hidden, want)
+	}
+	c := replica(t, addr, 0, nil)
+	if uidls, _ := statetest.Assign(t, c, "md", []string{"z"}, []string{"9"}); uidls[0] != proxy.UIDLVariant("ux", 1) {
+		t.Fatalf("later replica: %v", uidls)
+	}
+}
+
+// A Redis that keeps no append-only file would forget UIDLs at a restart:
+// the operator is told; one that keeps it is not warned about.
+func TestCheckPersistence(t *testing.T) {
+	addr := redistest.Start(t)
+	var buf testenv.Buffer
+	s := replica(t, addr, 0, &buf)
+	s.CheckPersistence(context.Background())
+	if !strings.Contains(buf.String(), "appendonly off") {
+		t.Fatalf("no warning with appendonly no:\n%s", buf.String())
+	}
+	if err := raw(t, addr).ConfigSet(context.Background(), "appendonly", "yes").Err(); err != nil {
+		t.Fatal(err)
+	}
+	buf = testenv.Buffer{}
+	s.CheckPersistence(context.Background())
+	if strings.Contains(buf.String(), "appendonly") {
+		t.Fatalf("warning with appendonly yes:\n%s", buf.String())
+	}
+}

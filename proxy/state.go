@@ -1,0 +1,341 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// StateStore keeps what the sessions of a maildrop must agree on across
+// gateway restarts, replicas and upstream UIDVALIDITY changes. A maildrop
+// is named by an opaque string that holds a user name, so stores keep it
+// hashed; a message by its identity, a string derived from what the
+// upstream keeps when UIDs change (see identities).
+//
+// Every write is recorded when the method returns (on disk, for a store
+// on disk): a UIDL is shown to a client only after it is recorded, so a
+// crash can never give the same message a second UIDL (RFC 1939 §7: a
+// unique-id is stable across sessions).
+type StateStore interface {
+	// Assign returns the UIDL recorded for each of ids, and whether the
+	// message is hidden. An identity seen for the first time is given
+	// proposed[i], or, should another identity of the maildrop already
+	// hold that UIDL, the first of proposed[i]+"-1", proposed[i]+"-2", ...
+	// that none holds, so UIDLs stay unique within the maildrop.
+	Assign(ctx context.Context, maildrop string, ids, proposed []string) (uidls []string, hidden []bool, err error)
+	// Hide records that the client deleted these messages but the upstream
+	// keeps them (on_delete seen or keep): later listings leave them out.
+	Hide(ctx context.Context, maildrop string, ids []string) error
+	// Journal returns the maildrop's pending-delete journal, nil when there
+	// is none.
+	Journal(ctx context.Context, maildrop string) ([]byte, error)
+	// SetJournal replaces the maildrop's journal; nil removes it.
+	SetJournal(ctx context.Context, maildrop string, journal []byte) error
+}
+
+// SharedStateStore is a StateStore that other gateway processes write
+// too, such as one in Redis shared by replicas. The gateway asks it at
+// every login, since another process may have hidden messages meanwhile;
+// the answers of any other store are remembered while the listing stays
+// the same.
+type SharedStateStore interface {
+	StateStore
+	SharedWithOtherProcesses()
+}
+
+// SetState replaces the in-memory state store, for instance by one on disk
+// or shared among replicas. A store must be used by one Gateway only,
+// unless it is a SharedStateStore. Call it before serving.
+func (g *Gateway) SetState(s StateStore) { g.state = s }
+
+// assignment is a StateStore's answer to Assign for one listing.
+type assignment struct {
+	ids, uidls []string
+	hidden     []bool
+}
+
+// assignments remembers the last answer per maildrop: a poller logging in
+// again to an unchanged mailbox of thousands of messages then costs no
+// lookups. It is read-only once stored.
+type assignments struct {
+	mu  sync.Mutex
+	lru *simplelru.LRU[string, *assignment]
+}
+
+func newAssignments() *assignments {
+	lru, _ := simplelru.NewLRU[string, *assignment](maxSnapshots, nil)
+	return &assignments{lru: lru}
+}
+
+func (a *assignments) forget(maildrop string) {
+	a.mu.Lock()
+	a.lru.Remove(maildrop)
+	a.mu.Unlock()
+}
+
+// assign is g.state.Assign, answered from memory when it can be.
+func (g *Gateway) assign(ctx context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	if _, shared := g.state.(SharedStateStore); shared {
+		return g.state.Assign(ctx, maildrop, ids, proposed)
+	}
+	g.assigned.mu.Lock()
+	last, ok := g.assigned.lru.Get(maildrop)
+	g.assigned.mu.Unlock()
+	if ok && slices.Equal(last.ids, ids) {
+		return last.uidls, last.hidden, nil
+	}
+	uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
+	if err != nil {
+		return nil, nil, err
+	}
+	g.assigned.mu.Lock()
+	g.assigned.lru.Add(maildrop, &assignment{ids: ids, uidls: uidls, hidden: hidden})
+	g.assigned.mu.Unlock()
+	return uidls, hidden, nil
+}
+
+// hide is g.state.Hide; the remembered answer for the maildrop is stale
+// after it.
+func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error {
+	defer g.assigned.forget(maildrop)
+	return g.state.Hide(ctx, maildrop, ids)
+}
+
+// identities names each message of a listing by what survives a change of
+// UIDVALIDITY: a digest of its Message-ID, RFC822.SIZE and INTERNALDATE.
+// Messages with the same digest (a message delivered twice, or mail
+// without Message-ID arriving in the same second) are told apart by their
+// rank among those in UID order, which a rebuild of the mailbox keeps;
+// when the first of them goes, the next takes its rank, and so its UIDL
+// and whether it is hidden: harmless between copies of one message.
+//
+// Providers' own permanent ids (Gmail's X-GM-MSGID, RFC 8474 EMAILID)
+// would be better still, but the IMAP client library cannot fetch them.
+func identities(entries []upstream.Entry) []string {
+	ids := make([]string, len(entries))
+	rank := make(map[[16]byte]int, len(entries))
+	var buf []byte
+	for i, e := range entries {
+		buf = append(buf[:0], e.MessageID...)
+		buf = append(buf, 0)
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
+		buf = binary.BigEndian.AppendUint64(buf, uint64(e.InternalDate.Unix()))
+		sum := sha256.Sum256(buf)
+		digest := [16]byte(sum[:16])
+		r := rank[digest]
+		rank[digest] = r + 1
+		id := make([]byte, 0, 2+32+1+4)
+		id = append(id, "d:"...)
+		id = hex.AppendEncode(id, digest[:])
+		id = append(id, ':')
+		id = strconv.AppendInt(id, int64(r), 10)
+		ids[i] = string(id)
+	}
+	return ids
+}
+
+// UIDLVariant is the n-th alternative to a proposed UIDL that another
+// message of the maildrop already holds; n counts from 1. Each StateStore
+// uses it, so they all give the same UIDLs.
+func UIDLVariant(proposed string, n int) string {
+	return proposed + "-" + strconv.Itoa(n)
+}
+
+// pendingDelete is one QUIT's deletes, journaled before the first
+// upstream command and removed from the journal once done, so that a QUIT
+// cut short (a dropped connection, a crash) is finished by the next
+// session of the maildrop before it lists.
+type pendingDelete struct {
+	UIDValidity uint32              `json:"uidvalidity"`
+	UIDs        []uint32            `json:"uids"`
+	Mode        upstream.DeleteMode `json:"mode"`
+	Trash       string              `json:"trash,omitempty"`
+	// Copied records that the messages are in the trash already (a server
+	// without MOVE): what is left is the expunge, and a second COPY would
+	// leave two copies there.
+	Copied bool `json:"copied,omitempty"`
+}
+
+func (g *Gateway) readJournal(ctx context.Context, maildrop string) ([]pendingDelete, error) {
+	data, err := g.state.Journal(ctx, maildrop)
+	if err != nil || data == nil {
+		return nil, err
+	}
+	var journal []pendingDelete
+	if err := json.Unmarshal(data, &journal); err != nil {
+		g.log.Error("unreadable pending-delete journal; ignoring it", "err", err)
+		return nil, nil
+	}
+	return journal, nil
+}
+
+// writeJournal replaces the maildrop's journal; an empty one is removed.
+func (g *Gateway) writeJournal(ctx context.Context, maildrop string, journal []pendingDelete) error {
+	var data []byte
+	if len(journal) > 0 {
+		var err error
+		if data, err = json.Marshal(journal); err != nil {
+			return err
+		}
+	}
+	if err := g.state.SetJournal(ctx, maildrop, data); err != nil {
+		return fmt.Errorf("recording pending deletes: %w", err)
+	}
+	return nil
+}
+
+// finishDeletes completes the deletes that earlier sessions' QUITs left
+// half done, as the maildrop's journal records them, and returns those it
+// could not finish: their messages stay out of the listing, since the
+// client deleted them, and the next session tries again. Deletes recorded
+// under another UIDVALIDITY are dropped: their UIDs name other messages
+// now, or none. After any delete the mailbox is selected again, for its
+// new state.
+func (g *Gateway) finishDeletes(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) ([]pendingDelete, error) {
+	maildrop := acct.maildrop()
+	journal, err := g.readJournal(ctx, maildrop)
+	if err != nil {
+		return nil, fmt.Errorf("reading pending deletes: %w", err)
+	}
+	if len(journal) == 0 {
+		return nil, nil
+	}
+	valid := sess.Selected().UIDValidity
+	var left []pendingDelete
+	for i := range journal {
+		d := &journal[i]
+		if d.UIDValidity != valid {
+			log.Warn("pending deletes dropped: the mailbox's UIDVALIDITY changed", "messages", len(d.UIDs))
+			continue
+		}
+		mode := d.Mode
+		if d.Mode == upstream.DeleteTrash && d.Copied {
+			mode = upstream.DeleteExpunge
+		}
+		err := sess.DeleteJournaled(ctx, d.UIDs, mode, d.Trash, func() error {
+			d.Copied = true
+			return g.writeJournal(ctx, maildrop, append(slices.Clip(left), journal[i:]...))
+		})
+		if err != nil {
+			log.Warn("finishing pending deletes failed; their messages stay unlisted until it works", "err", err, "messages", len(d.UIDs))
+			left = append(left, *d)
+			continue
+		}
+		log.Info("pending deletes finished", "messages", len(d.UIDs), "mode", d.Mode)
+	}
+	if err := g.writeJournal(ctx, maildrop, left); err != nil {
+		return nil, err
+	}
+	g.snaps.forget(maildrop)
+	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+		return nil, err
+	}
+	return left, nil
+}
+
+// pendingUIDs is the set of UIDs whose deletes are pending.
+func pendingUIDs(journal []pendingDelete) map[uint32]bool {
+	uids := make(map[uint32]bool)
+	for _, d := range journal {
+		for _, uid := range d.UIDs {
+			uids[uid] = true
+		}
+	}
+	return uids
+}
+
+// MemoryState is a StateStore for one process: what it records is lost at
+// exit. It serves tests and the demo.
+type MemoryState struct {
+	mu        sync.Mutex
+	maildrops map[string]*memoryMaildrop
+}
+
+type memoryMaildrop struct {
+	uidls   map[string]string   // identity -> UIDL
+	holders map[string]struct{} // UIDLs given
+	hidden  map[string]bool
+	journal []byte
+}
+
+// NewMemoryState returns an empty MemoryState.
+func NewMemoryState() *MemoryState {
+	return &MemoryState{maildrops: make(map[string]*memoryMaildrop)}
+}
+
+func (s *MemoryState) maildrop(name string) *memoryMaildrop {
+	md := s.maildrops[name]
+	if md == nil {
+		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]struct{}{}, hidden: map[string]bool{}}
+		s.maildrops[name] = md
+	}
+	return md
+}
+
+// Assign implements StateStore.
+func (s *MemoryState) Assign(_ context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	uidls := make([]string, len(ids))
+	hidden := make([]bool, len(ids))
+	for i, id := range ids {
+		u, ok := md.uidls[id]
+		if !ok {
+			u = proposed[i]
+			for n := 1; ; n++ {
+				if _, taken := md.holders[u]; !taken {
+					break
+				}
+				u = UIDLVariant(proposed[i], n)
+			}
+			md.uidls[id] = u
+			md.holders[u] = struct{}{}
+		}
+		uidls[i], hidden[i] = u, md.hidden[id]
+	}
+	return uidls, hidden, nil
+}
+
+// Hide implements StateStore.
+func (s *MemoryState) Hide(_ context.Context, maildrop string, ids []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	for _, id := range ids {
+		md.hidden[id] = true
+	}
+	return nil
+}
+
+// Journal implements StateStore.
+func (s *MemoryState) Journal(_ context.Context, maildrop string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if md := s.maildrops[maildrop]; md != nil && md.journal != nil {
+		return append([]byte(nil), md.journal...), nil
+	}
+	return nil, nil
+}
+
+// SetJournal implements StateStore.
+func (s *MemoryState) SetJournal(_ context.Context, maildrop string, journal []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.maildrop(maildrop).journal = append([]byte(nil), journal...)
+	if journal == nil {
+		s.maildrop(maildrop).journal = nil
+	}
+	return nil
+}
