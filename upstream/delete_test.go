@@ -101,11 +101,18 @@ func TestDeleteFullCaps(t *testing.T) {
 		}
 	})
 	t.Run("trash missing", func(t *testing.T) {
+		// The configured trash is created at the first delete, instead
+		// of every QUIT failing with NO [TRYCREATE].
 		mem, s := deleteSetup(t, nil, 0)
-		if err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteTrash, "Bin"); err == nil {
-			t.Fatal("move to a missing mailbox succeeded")
+		if err := s.Delete(testCtx(t), []uint32{1, 3}, upstream.DeleteTrash, "Bin"); err != nil {
+			t.Fatal(err)
 		}
-		checkState(t, mem.Addr(), "INBOX", "1:", "2:", "3:", "4:", "5:")
+		checkState(t, mem.Addr(), "INBOX", "2:", "4:", "5:")
+		checkState(t, mem.Addr(), "Bin", "1:", "2:")
+		if err := s.Delete(testCtx(t), []uint32{2}, upstream.DeleteTrash, "Bin"); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "Bin", "1:", "2:", "3:")
 	})
 	t.Run("seen", func(t *testing.T) {
 		mem, s := deleteSetup(t, nil, 0)
@@ -183,6 +190,14 @@ func TestDeleteWithoutUIDPlusAndMove(t *testing.T) {
 		checkState(t, mem.Addr(), "INBOX", "1:\\Deleted", "2:", "3:", "4:\\Deleted", "5:\\Deleted")
 		checkState(t, mem.Addr(), "Trash", "1:", "2:")
 	})
+	t.Run("trash missing", func(t *testing.T) {
+		mem, s := deleteSetup(t, rev1Only, 0)
+		if err := s.Delete(testCtx(t), []uint32{2, 5}, upstream.DeleteTrash, "Bin"); err != nil {
+			t.Fatal(err)
+		}
+		checkState(t, mem.Addr(), "INBOX", "1:", "3:", "4:")
+		checkState(t, mem.Addr(), "Bin", "1:", "2:")
+	})
 	t.Run("trash not configured", func(t *testing.T) {
 		mem, s := deleteSetup(t, rev1Only, 0)
 		if err := s.Delete(testCtx(t), []uint32{1}, upstream.DeleteTrash, ""); !errors.Is(err, upstream.ErrNoTrash) {
@@ -241,4 +256,37 @@ func body(b *imapclient.FetchMessageBuffer) []byte {
 		return s.Bytes
 	}
 	return nil
+}
+
+// A trash that is the served mailbox would take each deleted message back
+// under a new UID, to be downloaded again at the next poll: nothing moves.
+func TestDeleteIntoServedMailbox(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		caps imap.CapSet
+	}{{"full caps", nil}, {"IMAP4rev1 only", rev1Only}} {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := startMem(t, &imapmem.Options{Caps: tt.caps})
+			if err := mem.Append(user, "Trash", messages(3)...); err != nil {
+				t.Fatal(err)
+			}
+			s := dial(t, plain(mem.Addr()))
+			ctx := testCtx(t)
+			if err := s.Login(ctx, user, password); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Select(ctx, "Trash"); err != nil {
+				t.Fatal(err)
+			}
+			err := s.Delete(ctx, []uint32{1, 2}, upstream.DeleteTrash, "Trash")
+			if !errors.Is(err, upstream.ErrTrashIsServed) {
+				t.Fatalf("got %v, want ErrTrashIsServed", err)
+			}
+			checkState(t, mem.Addr(), "Trash", "1:", "2:", "3:")
+			tr, err := s.FindTrash(ctx, "Trash")
+			if err != nil || !tr.Served || tr.Mailbox != "Trash" {
+				t.Errorf("FindTrash = %+v, %v; want Trash, served", tr, err)
+			}
+		})
+	}
 }
