@@ -41,6 +41,11 @@ type Config struct {
 	// Redis, when set, shares the maildrop locks and the login-failure
 	// counters among replicas.
 	Redis *Redis `yaml:"redis"`
+
+	// lines maps the path of each key written in the file to its line,
+	// set by Parse: a default applies only to a key that is absent, and
+	// problems name the lines of the keys involved.
+	lines map[string]int
 }
 
 // ProxyProtocol configures the PROXY protocol (v1 and v2) on listeners.
@@ -250,7 +255,7 @@ type Passthrough struct {
 
 // Cache bounds the in-memory message cache.
 type Cache struct {
-	Memory     ByteSize `yaml:"memory"`      // total bytes of cached bodies; default 256MiB
+	Memory     ByteSize `yaml:"memory"`      // total bytes of cached bodies; default 256MiB, an explicit 0 caches none
 	MaxMessage ByteSize `yaml:"max_message"` // larger messages are not cached; default 16MiB
 }
 
@@ -319,6 +324,15 @@ func Parse(data []byte) (*Config, error) {
 	} else if err != io.EOF {
 		return nil, decodeError(data, err)
 	}
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) == nil {
+		c.lines = map[string]int{}
+		for _, k := range collectKeys(&root, "", nil) {
+			if k.value == 0 {
+				c.lines[k.path] = k.line
+			}
+		}
+	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -333,7 +347,7 @@ func (c *Config) SetDefaults() {
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = DefaultMinVersion
 	}
-	if c.Cache.Memory == 0 {
+	if _, set := c.lines["cache.memory"]; c.Cache.Memory == 0 && !set {
 		c.Cache.Memory = DefaultMemory
 	}
 	if c.Cache.MaxMessage == 0 {
@@ -411,6 +425,15 @@ func (c *Config) SetDefaults() {
 			p.Domains = lower
 		}
 	}
+}
+
+// key names a key for a problem: its path, and its line when the file
+// has it.
+func (c *Config) key(path string) string {
+	if line, ok := c.lines[path]; ok {
+		return fmt.Sprintf("%s (line %d)", path, line)
+	}
+	return path
 }
 
 // MinTLSVersion returns tls.min_version as a crypto/tls version constant,

@@ -656,3 +656,69 @@ passthrough:
 		t.Fatalf("keep_connection 2h: %v", err)
 	}
 }
+
+// on_delete trash into the served mailbox would hand every deleted message
+// back under a new UID; the error names both keys and their lines.
+func TestTrashIsServedMailbox(t *testing.T) {
+	for _, tt := range []struct {
+		name, keys string
+		want       []string
+	}{
+		{"same name", "    mailbox: Archive\n    on_delete: trash\n    trash_mailbox: Archive\n", []string{
+			`upstreams.corp.on_delete (line 8): trash moves deleted messages into upstreams.corp.trash_mailbox (line 9), which is upstreams.corp.mailbox (line 7) ("Archive")`}},
+		{"inbox in other case", "    on_delete: trash\n    trash_mailbox: inbox\n", []string{
+			"upstreams.corp.on_delete (line 7)", "upstreams.corp.trash_mailbox (line 8)", "upstreams.corp.mailbox (\"INBOX\")"}},
+		{"provider preset", "    provider: gmail\n    mailbox: \"[Gmail]/Trash\"\n", []string{
+			"upstreams.corp.on_delete: trash moves deleted messages into upstreams.corp.trash_mailbox, which is upstreams.corp.mailbox (line 8)"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			text := strings.Replace(minimal, `    address: "imap.example.com:993"`+"\n",
+				`    address: "imap.example.com:993"`+"\n"+tt.keys, 1)
+			_, err := Parse([]byte(text))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error:\n%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+	// Another mailbox, or the same name with another delete mode, is fine.
+	for _, keys := range []string{
+		"    mailbox: Archive\n    on_delete: trash\n    trash_mailbox: Trash\n",
+		"    mailbox: Trash\n    on_delete: expunge\n    trash_mailbox: Trash\n",
+		"    mailbox: INBOX.Trash\n    on_delete: trash\n    trash_mailbox: INBOX\n",
+	} {
+		text := strings.Replace(minimal, `    address: "imap.example.com:993"`+"\n",
+			`    address: "imap.example.com:993"`+"\n"+keys, 1)
+		if _, err := Parse([]byte(text)); err != nil {
+			t.Errorf("%q: %v", keys, err)
+		}
+	}
+}
+
+// cache.memory: 0 turns the body cache off; only a missing key gets the
+// default.
+func TestCacheMemoryZero(t *testing.T) {
+	for _, tt := range []struct {
+		text string
+		want ByteSize
+	}{
+		{"", DefaultMemory},
+		{"cache:\n  max_message: 1MiB\n", DefaultMemory},
+		{"cache:\n  memory: 0\n", 0},
+		{"cache:\n  memory: 0MiB\n  max_message: 1MiB\n", 0},
+		{"cache:\n  memory: 64MiB\n", 64 * MiB},
+	} {
+		c, err := Parse([]byte(minimal + tt.text))
+		if err != nil {
+			t.Errorf("%q: %v", tt.text, err)
+			continue
+		}
+		if c.Cache.Memory != tt.want {
+			t.Errorf("%q: cache.memory %v, want %v", tt.text, c.Cache.Memory, tt.want)
+		}
+	}
+}
