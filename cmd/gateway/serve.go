@@ -146,6 +146,8 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		Guard:              loginGuard,
 		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
+		MaxConnections:     max(cfg.Limits.MaxConnections, 0),
+		LoginTimeout:       time.Duration(cfg.Limits.LoginTimeout),
 	}
 
 	var trusted []netip.Prefix

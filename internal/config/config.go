@@ -116,6 +116,11 @@ type Limits struct {
 	// LoginDelayMax, and a successful login resets it.
 	LoginDelay    Duration `yaml:"login_delay"`
 	LoginDelayMax Duration `yaml:"login_delay_max"`
+	// MaxConnections bounds the open POP3 connections on all listeners;
+	// 0 means the default, -1 no limit.
+	MaxConnections int `yaml:"max_connections"`
+	// LoginTimeout bounds the time from connect to login.
+	LoginTimeout Duration `yaml:"login_timeout"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -273,6 +278,8 @@ const (
 	// within these, a password-guessing run does not.
 	DefaultConnectionsPerIP = 20
 	DefaultSessionsPerUser  = 4
+	DefaultMaxConnections   = 1000
+	DefaultLoginTimeout     = Duration(3 * time.Minute)
 	DefaultLoginDelay       = Duration(time.Second)
 	DefaultLoginDelayMax    = Duration(15 * time.Second)
 	DefaultHeaderTimeout    = Duration(5 * time.Second)
@@ -358,6 +365,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.SessionsPerUser == 0 {
 		c.Limits.SessionsPerUser = DefaultSessionsPerUser
+	}
+	if c.Limits.MaxConnections == 0 {
+		c.Limits.MaxConnections = DefaultMaxConnections
+	}
+	if c.Limits.LoginTimeout == 0 {
+		c.Limits.LoginTimeout = DefaultLoginTimeout
 	}
 	if c.Limits.LoginDelay == 0 {
 		c.Limits.LoginDelay = DefaultLoginDelay

@@ -75,7 +75,8 @@ func TestExample(t *testing.T) {
 	if !c.ProxyProtocol.Enabled("pop3s") || c.ProxyProtocol.HeaderTimeout != DefaultHeaderTimeout || c.Redis == nil || c.Redis.LockTTL != DefaultRedisLockTTL {
 		t.Errorf("proxy_protocol = %+v, redis = %+v", c.ProxyProtocol, c.Redis)
 	}
-	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax}) {
+	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax,
+		MaxConnections: DefaultMaxConnections, LoginTimeout: DefaultLoginTimeout}) {
 		t.Errorf("limits = %+v", c.Limits)
 	}
 	alice := c.Users["alice"]
@@ -214,6 +215,8 @@ func TestValidation(t *testing.T) {
 		{"secrets env name", func(c *Config) { c.Secrets.KeyEnv = "A-B" }, `secrets.key_env: "A-B" is not a valid environment variable name`},
 		{"limits per ip", func(c *Config) { c.Limits.ConnectionsPerIP = -2 }, "limits.connections_per_ip: must be positive, or -1 for no limit"},
 		{"limits per user", func(c *Config) { c.Limits.SessionsPerUser = -5 }, "limits.sessions_per_user: must be positive, or -1 for no limit"},
+		{"limits max connections", func(c *Config) { c.Limits.MaxConnections = -3 }, "limits.max_connections: must be positive, or -1 for no limit"},
+		{"limits login timeout", func(c *Config) { c.Limits.LoginTimeout = Duration(time.Second) }, "limits.login_timeout: must be between 10s and 1h, not 1s"},
 		{"limits delay order", func(c *Config) { c.Limits.LoginDelay = Duration(time.Minute) }, "limits.login_delay_max: 15s is less than limits.login_delay (1m0s)"},
 		{"limits delay cap", func(c *Config) { c.Limits.LoginDelayMax = Duration(time.Hour) }, "limits.login_delay_max: 1h0m0s is more than 5m"},
 		{"proxy protocol no listeners", func(c *Config) {

@@ -305,6 +305,12 @@ func (c *Config) Validate() error {
 	if l.SessionsPerUser < -1 {
 		p.add("limits.sessions_per_user", "must be positive, or -1 for no limit")
 	}
+	if l.MaxConnections < -1 {
+		p.add("limits.max_connections", "must be positive, or -1 for no limit")
+	}
+	if l.LoginTimeout < Duration(10*time.Second) || l.LoginTimeout > Duration(time.Hour) {
+		p.add("limits.login_timeout", "must be between 10s and 1h, not %v", l.LoginTimeout)
+	}
 	if l.LoginDelay < 0 {
 		p.add("limits.login_delay", "must not be negative")
 	}
