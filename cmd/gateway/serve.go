@@ -187,7 +187,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		return err
 	}
 	if cfg.Listen.HTTP != "" {
-		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.http = newHTTPServer(s.httpHandler())
 		if err := listen("http", cfg.Listen.HTTP, s.http.Serve); err != nil {
 			s.pop3.Shutdown(context.Background())
 			return err
