@@ -1202,6 +1202,13 @@ type k8sContainer struct {
 			Drop []string `yaml:"drop"`
 		} `yaml:"capabilities"`
 	} `yaml:"securityContext"`
+	Lifecycle struct {
+		PreStop *struct {
+			Sleep *struct {
+				Seconds int `yaml:"seconds"`
+			} `yaml:"sleep"`
+		} `yaml:"preStop"`
+	} `yaml:"lifecycle"`
 	LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
 	ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
 	Resources      struct {
@@ -1340,8 +1347,26 @@ func TestKubernetes(t *testing.T) {
 			t.Errorf("Deployment: selector %s=%s does not match the pod's labels", k, v)
 		}
 	}
-	if pod.TerminationGracePeriodSeconds < 45 {
-		t.Errorf("terminationGracePeriodSeconds %d: want at least 45 (the gateway drains for 30 s)", pod.TerminationGracePeriodSeconds)
+	if len(pod.Containers) > 0 {
+		// The endpoint must leave the Service before SIGTERM closes the
+		// listeners, and the grace period must cover the pause and the
+		// drain, or sessions are killed mid-QUIT.
+		c := &pod.Containers[0]
+		pause := 0
+		if ps := c.Lifecycle.PreStop; ps == nil || ps.Sleep == nil || ps.Sleep.Seconds < 5 {
+			t.Error("container lifecycle: want a preStop sleep of at least 5 s, so the endpoint is removed before SIGTERM")
+		} else {
+			pause = ps.Sleep.Seconds
+		}
+		drain := 30
+		if i := slices.Index(c.Args, "-drain"); i >= 0 && i+1 < len(c.Args) {
+			if d, err := time.ParseDuration(c.Args[i+1]); err == nil {
+				drain = int(d.Seconds())
+			}
+		}
+		if min := pause + drain + 5; pod.TerminationGracePeriodSeconds < min {
+			t.Errorf("terminationGracePeriodSeconds %d: want at least %d (preStop %d s + drain %d s + 5 s)", pod.TerminationGracePeriodSeconds, min, pause, drain)
+		}
 	}
 	if sc := pod.SecurityContext; sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != 65532 {
 		t.Error("pod securityContext: want runAsNonRoot: true and runAsUser: 65532")

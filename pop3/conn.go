@@ -92,6 +92,7 @@ type conn struct {
 	authFails   int
 
 	// what the server counted for this connection, to give back at the end
+	admitted    bool // within MaxConnections
 	ip          string
 	ipCounted   bool
 	sessionUser string
@@ -180,7 +181,18 @@ func (c *conn) serve() {
 
 	c.log = c.log.With("remote", c.netConn().RemoteAddr().String())
 	c.srv.observer().SessionStart()
-	admitted := c.srv.admitIP(c)
+	if refusal := c.admit(); refusal != "" {
+		// The refusal takes the place of the greeting; SYS/TEMP (RFC 3206)
+		// tells the client to try again later. A TLS client is refused
+		// before the handshake, which would cost more than the refusal.
+		c.result = "too-many-connections"
+		if c.tls {
+			return
+		}
+		c.reply("-ERR [%s] %s", CodeSysTemp, refusal)
+		c.bw.Flush()
+		return
+	}
 	if c.tls {
 		tc := c.nc.(*tls.Conn)
 		tc.SetDeadline(time.Now().Add(c.srv.authTimeout()))
@@ -190,15 +202,6 @@ func (c *conn) serve() {
 			return
 		}
 		tc.SetDeadline(time.Time{})
-	}
-	if !admitted {
-		// The refusal takes the place of the greeting; SYS/TEMP (RFC 3206)
-		// tells the client to try again later.
-		c.result = "too-many-connections"
-		c.log.Warn("connection refused: too many from this address", "limit", c.srv.MaxConnsPerIP)
-		c.reply("-ERR [%s] Too many connections from your address.", CodeSysTemp)
-		c.bw.Flush()
-		return
 	}
 	c.reply("+OK POP3 gateway ready.")
 	for {
@@ -212,6 +215,20 @@ func (c *conn) serve() {
 	c.bw.Flush()
 }
 
+// admit checks the connection limits, and returns the refusal for one
+// over them.
+func (c *conn) admit() string {
+	if !c.admitted {
+		c.log.Warn("connection refused: too many connections", "limit", c.srv.MaxConnections)
+		return "Too many connections, try again later."
+	}
+	if !c.srv.admitIP(c) {
+		c.log.Warn("connection refused: too many from this address", "limit", c.srv.MaxConnsPerIP)
+		return "Too many connections from your address."
+	}
+	return ""
+}
+
 // next reads and runs one command.
 func (c *conn) next() error {
 	line, err := c.readLine(maxCommandLine)
@@ -222,6 +239,11 @@ func (c *conn) next() error {
 	case isTimeout(err):
 		if c.isAborted() {
 			return err
+		}
+		if c.state == stateAuthorization && time.Since(c.start) >= c.srv.loginTimeout() {
+			c.result = "login-timeout"
+			c.reply("-ERR Too long without logging in.")
+			return errClose
 		}
 		c.result = "timeout"
 		c.reply("-ERR Disconnected for inactivity.")
@@ -276,11 +298,14 @@ func (c *conn) readLine(limit int) (string, error) {
 			return "", err
 		}
 	}
-	timeout := c.srv.authTimeout()
-	if c.state == stateTransaction {
-		timeout = c.srv.idleTimeout()
+	deadline := time.Now().Add(c.srv.idleTimeout())
+	if c.state == stateAuthorization {
+		deadline = time.Now().Add(c.srv.authTimeout())
+		if end := c.start.Add(c.srv.loginTimeout()); end.Before(deadline) {
+			deadline = end
+		}
 	}
-	c.netConn().SetReadDeadline(time.Now().Add(timeout))
+	c.netConn().SetReadDeadline(deadline)
 
 	var line []byte
 	tooLong := false

@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -234,11 +235,170 @@ func TestMaxConnsPerIPImplicitTLS(t *testing.T) {
 		return &client{t: t, nc: tc, r: bufio.NewReader(tc)}
 	}
 	dial().expect("+OK POP3 gateway ready.")
-	c := dial()
-	c.expect(errTooManyConns)
+	refusedBeforeHandshake(t, ln.Addr().String())
+}
+
+// refusedBeforeHandshake dials a TLS listener and checks that the server
+// closed the connection without sending a single TLS record.
+func refusedBeforeHandshake(t *testing.T, addr string) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	rc := &readCounter{Conn: nc}
+	tc := tls.Client(rc, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("the handshake of a refused connection succeeded")
+	} else if isTimeout(err) {
+		t.Fatalf("handshake: %v; want the connection closed", err)
+	}
+	if rc.n != 0 {
+		t.Fatalf("the server sent %d octets to a refused TLS client; want none", rc.n)
+	}
+}
+
+type readCounter struct {
+	net.Conn
+	n int
+}
+
+func (r *readCounter) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.n += n
+	return n, err
+}
+
+func TestMaxConnections(t *testing.T) {
+	const refusal = "-ERR [SYS/TEMP] Too many connections, try again later."
+	h := newHarness(t, func(s *Server) { s.MaxConnections = 2; s.MaxConnsPerIP = 5 })
+	first := h.dial()
+	second := h.dial()
+	second.login()
+	c, greeting := h.dialRaw()
+	if greeting != refusal {
+		t.Fatalf("third connection got %q", greeting)
+	}
 	if !c.closed() {
 		t.Fatal("refused connection left open")
 	}
+	// A refused connection takes no place once it is gone.
+	waitFor(t, func() bool { return h.srv.Sessions() == 2 })
+	if _, greeting := h.dialRaw(); greeting != refusal {
+		t.Fatalf("fourth connection got %q", greeting)
+	}
+	first.cmd("QUIT", "+OK Logging out.")
+	waitFor(t, func() bool { return h.srv.Sessions() == 1 })
+	h.dial()
+}
+
+func TestMaxConnectionsImplicitTLS(t *testing.T) {
+	srv := &Server{
+		Backend:        &memBackend{md: &memMaildrop{msgs: sample}},
+		Logger:         slog.New(slog.DiscardHandler),
+		TLSConfig:      serverTLS(t),
+		MaxConnections: 1,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln)
+	defer srv.Shutdown(context.Background())
+	tc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	(&client{t: t, nc: tc, r: bufio.NewReader(tc)}).expect("+OK POP3 gateway ready.")
+	refusedBeforeHandshake(t, ln.Addr().String())
+}
+
+// A client that never logs in is closed after LoginTimeout, however often
+// it sends a command within AuthTimeout.
+func TestLoginTimeoutBoundsUnauthenticatedPhase(t *testing.T) {
+	h := newHarness(t, func(s *Server) {
+		s.AuthTimeout = time.Second
+		s.LoginTimeout = 1500 * time.Millisecond
+	})
+	c := h.dial()
+	start := time.Now()
+	for time.Since(start) < 10*time.Second {
+		time.Sleep(300 * time.Millisecond)
+		// Once the server has closed, the write may fail; its farewell
+		// is still there to read.
+		io.WriteString(c.nc, "CAPA\r\n")
+		l := c.line()
+		if l == "-ERR Too long without logging in." {
+			if !c.closed() {
+				t.Fatal("connection left open after the login timeout")
+			}
+			return
+		}
+		if l != "+OK Capability list follows" {
+			t.Fatalf("got %q", l)
+		}
+		c.multi()
+	}
+	t.Fatalf("a client sending CAPA every 300ms was still connected after %v", time.Since(start).Round(time.Second))
+}
+
+// An accept error that is neither a timeout nor EMFILE, such as a
+// connection reset before accept or a PROXY listener's fault, must not
+// stop the server.
+func TestAcceptErrorKeepsServing(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &faultyListener{Listener: ln, faults: 3}
+	srv := &Server{Backend: &memBackend{md: &memMaildrop{msgs: sample}}, Logger: slog.New(slog.DiscardHandler)}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(fl) }()
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	h := &harness{t: t, srv: srv, addr: ln.Addr().String()}
+	h.dial().cmd("QUIT", "+OK Logging out.")
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v after an accept error", err)
+	default:
+	}
+	if fl.faulted() != 3 {
+		t.Fatalf("listener returned %d faults, want 3", fl.faulted())
+	}
+	srv.Shutdown(context.Background())
+	if err := <-served; err != ErrServerClosed {
+		t.Fatalf("Serve after Shutdown = %v", err)
+	}
+}
+
+// faultyListener fails its first Accept calls with an error that is not
+// temporary.
+type faultyListener struct {
+	net.Listener
+	mu     sync.Mutex
+	faults int
+	done   int
+}
+
+func (l *faultyListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if l.done < l.faults {
+		l.done++
+		l.mu.Unlock()
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.ECONNABORTED}
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+func (l *faultyListener) faulted() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.done
 }
 
 const errTooManySessions = "-ERR [SYS/TEMP] Too many sessions for this user."

@@ -8,7 +8,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -18,6 +17,11 @@ const (
 	DefaultIdleTimeout     = 10 * time.Minute // RFC 1939 §3: at least 10 minutes
 	DefaultMaxBadCommands  = 10
 	DefaultMaxAuthFailures = 3
+	// DefaultLoginTimeout bounds the whole AUTHORIZATION state. The
+	// inactivity timer of RFC 1939 §3 protects a session's state; before
+	// login there is none, and a client that keeps a connection open with
+	// a CAPA now and then only holds a slot.
+	DefaultLoginTimeout = 3 * time.Minute
 )
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -50,6 +54,9 @@ type Server struct {
 	// IdleTimeout after login, and each write to the client.
 	AuthTimeout time.Duration
 	IdleTimeout time.Duration
+	// LoginTimeout bounds the time from accept to login, however busy
+	// the client keeps the connection.
+	LoginTimeout time.Duration
 
 	// MaxBadCommands unknown, malformed or misplaced commands close the
 	// connection; so do MaxAuthFailures refused logins.
@@ -67,6 +74,10 @@ type Server struct {
 	// greeting and closed. Zero means no limit.
 	MaxConnsPerIP int
 
+	// MaxConnections bounds the open connections on all listeners; one
+	// more is refused like one over MaxConnsPerIP. Zero means no limit.
+	MaxConnections int
+
 	// MaxSessionsPerUser bounds the sessions per user name, counting those
 	// logging in and those logged in; a further login is refused with
 	// [SYS/TEMP] before the backend is asked, and does not count as a
@@ -77,6 +88,7 @@ type Server struct {
 	mu           sync.Mutex
 	listeners    map[net.Listener]struct{}
 	conns        map[*conn]struct{}
+	admitted     int            // conns within MaxConnections
 	ipConns      map[string]int // open connections per remote address
 	userSessions map[string]int // sessions per user name
 	closing      atomic.Bool
@@ -112,16 +124,16 @@ func (s *Server) serve(l net.Listener, implicitTLS bool) error {
 			if s.closing.Load() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) {
-				// Out of descriptors or a passing fault: back off, as
-				// net/http does, rather than spin or give up.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.logger().Warn("accept failed, retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Out of descriptors, a connection reset before it was
+			// accepted, or another passing fault: back off, as net/http
+			// does, rather than spin, and never stop serving for it.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.logger().Warn("accept failed, retrying", "err", err, "delay", delay)
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		c := s.newConn(nc, implicitTLS)
@@ -169,6 +181,10 @@ func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
 		s.conns = make(map[*conn]struct{})
 	}
 	c := newConn(s, nc, implicitTLS, s.nextID.Add(1))
+	if s.MaxConnections <= 0 || s.admitted < s.MaxConnections {
+		s.admitted++
+		c.admitted = true
+	}
 	s.conns[c] = struct{}{}
 	s.sessions.Add(1)
 	return c
@@ -177,6 +193,9 @@ func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
 func (s *Server) connDone(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.admitted {
+		s.admitted--
+	}
 	if c.ipCounted {
 		release(s.ipConns, c.ip)
 	}
@@ -300,6 +319,13 @@ func (s *Server) idleTimeout() time.Duration {
 		return s.IdleTimeout
 	}
 	return DefaultIdleTimeout
+}
+
+func (s *Server) loginTimeout() time.Duration {
+	if s.LoginTimeout > 0 {
+		return s.LoginTimeout
+	}
+	return DefaultLoginTimeout
 }
 
 func (s *Server) maxBadCommands() int {

@@ -349,12 +349,45 @@ func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (*upst
 	return sess, nil
 }
 
+// checkDeletes describes what QUIT does to deleted messages. Only the
+// server knows which mailbox is marked \Trash, so on_delete trash into the
+// served mailbox, which the config file cannot always show, is caught here.
+func checkDeletes(ctx context.Context, sess *upstream.Session, up *Upstream) (string, error) {
+	switch up.OnDelete {
+	case upstream.DeleteExpunge:
+		return "expunged", nil
+	case upstream.DeleteSeen:
+		return "marked \\Seen and kept", nil
+	case upstream.DeleteKeep:
+		return "kept", nil
+	case upstream.DeleteTrash:
+	default:
+		return "", fmt.Errorf("unknown on_delete %q", up.OnDelete)
+	}
+	t, err := sess.FindTrash(ctx, up.Trash)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("on_delete trash: %w; set upstreams.%s.trash_mailbox", err, up.Name)
+	case t.Served:
+		return "", fmt.Errorf("upstreams.%s.mailbox %q is the trash (%q, marked \\Trash or named in trash_mailbox): upstreams.%s.on_delete trash would move deleted messages back into it under new UIDs, to be downloaded at every poll; set on_delete to expunge or serve another mailbox",
+			up.Name, up.Mailbox, t.Mailbox, up.Name)
+	case t.Marked:
+		return fmt.Sprintf("moved to %q (marked \\Trash)", t.Mailbox), nil
+	case t.Exists:
+		return fmt.Sprintf("moved to %q (trash_mailbox)", t.Mailbox), nil
+	}
+	return fmt.Sprintf("moved to %q (trash_mailbox; created at the first delete)", t.Mailbox), nil
+}
+
 // CheckResult is the outcome of checking one mapped user's upstream login.
 type CheckResult struct {
 	User     string
 	Upstream string
 	Messages uint32
-	Err      error
+	// Deletes says what QUIT does to deleted messages, and for on_delete
+	// trash where they go.
+	Deletes string
+	Err     error
 }
 
 // Check logs in to the upstream account of the named mapped users, or of
@@ -385,6 +418,7 @@ func (g *Gateway) Check(ctx context.Context, names ...string) []CheckResult {
 					r.Err = err
 				} else {
 					r.Messages = uint32(len(entries))
+					r.Deletes, r.Err = checkDeletes(ctx, sess, acct.upstream)
 				}
 				sess.Close()
 			}

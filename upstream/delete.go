@@ -1,10 +1,14 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -26,6 +30,11 @@ const (
 
 // ErrNoTrash means no trash mailbox could be found.
 var ErrNoTrash = errors.New("upstream: no trash mailbox: the server marks none with \\Trash and none is configured")
+
+// ErrTrashIsServed means the trash is the mailbox being served: moving a
+// message there would only give it a new UID, and every client would
+// download it again.
+var ErrTrashIsServed = errors.New("upstream: the trash mailbox is the mailbox being served; deleted messages would come back under new UIDs")
 
 // Delete removes the messages with the given UIDs from the selected mailbox
 // as mode says. trash names the trash mailbox for DeleteTrash when the
@@ -54,19 +63,30 @@ func (s *Session) DeleteJournaled(ctx context.Context, uids []uint32, mode Delet
 	case DeleteExpunge:
 		return s.expunge(ctx, set)
 	case DeleteTrash:
-		mailbox, err := s.trashMailbox(trash)
+		t, err := s.findTrash(trash)
+		if err != nil {
+			return err
+		}
+		if t.Served {
+			return fmt.Errorf("%w (%q)", ErrTrashIsServed, t.Mailbox)
+		}
+		err = s.intoTrash(set, t.Mailbox)
+		if isTryCreate(err) && !t.Marked {
+			// RFC 9051 §7.1: TRYCREATE says the target does not exist
+			// yet. A configured trash is created once, then the move is
+			// retried; a missing one would fail every QUIT for good.
+			if err := s.createTrash(ctx, t.Mailbox); err != nil {
+				return err
+			}
+			err = s.intoTrash(set, t.Mailbox)
+		}
 		if err != nil {
 			return err
 		}
 		if s.client.Caps().Has(imap.CapMove) {
-			if _, err := s.client.Move(set, mailbox).Wait(); err != nil {
-				return fmt.Errorf("upstream: move to %q: %w", mailbox, err)
-			}
 			return nil
 		}
-		if _, err := s.client.Copy(set, mailbox).Wait(); err != nil {
-			return fmt.Errorf("upstream: copy to %q: %w", mailbox, err)
-		}
+		// The copy is whole (every chunk): a retry must not copy again.
 		if copied != nil {
 			if err := copied(); err != nil {
 				return err
@@ -77,16 +97,84 @@ func (s *Session) DeleteJournaled(ctx context.Context, uids []uint32, mode Delet
 	return fmt.Errorf("upstream: unknown delete mode %q", mode)
 }
 
-func (s *Session) addFlag(set imap.UIDSet, flag imap.Flag) error {
-	err := s.client.Store(set, &imap.StoreFlags{
-		Op:     imap.StoreFlagsAdd,
-		Silent: true,
-		Flags:  []imap.Flag{flag},
-	}, nil).Close()
-	if err != nil {
-		return fmt.Errorf("upstream: store %s: %w", flag, err)
+// intoTrash moves the messages to mailbox, or copies them where the server
+// lacks MOVE (RFC 6851); the caller then expunges the originals.
+func (s *Session) intoTrash(set imap.UIDSet, mailbox string) error {
+	for _, chunk := range chunkUIDSet(set) {
+		if s.client.Caps().Has(imap.CapMove) {
+			if _, err := s.client.Move(chunk, mailbox).Wait(); err != nil {
+				return fmt.Errorf("upstream: move to %q: %w", mailbox, err)
+			}
+			continue
+		}
+		if _, err := s.client.Copy(chunk, mailbox).Wait(); err != nil {
+			return fmt.Errorf("upstream: copy to %q: %w", mailbox, err)
+		}
 	}
 	return nil
+}
+
+func (s *Session) addFlag(set imap.UIDSet, flag imap.Flag) error {
+	for _, chunk := range chunkUIDSet(set) {
+		err := s.client.Store(chunk, &imap.StoreFlags{
+			Op:     imap.StoreFlagsAdd,
+			Silent: true,
+			Flags:  []imap.Flag{flag},
+		}, nil).Close()
+		if err != nil {
+			return fmt.Errorf("upstream: store %s: %w", flag, err)
+		}
+	}
+	return nil
+}
+
+func (s *Session) uidExpunge(set imap.UIDSet) error {
+	for _, chunk := range chunkUIDSet(set) {
+		if err := s.client.UIDExpunge(chunk).Close(); err != nil {
+			return fmt.Errorf("upstream: uid expunge: %w", err)
+		}
+	}
+	return nil
+}
+
+// maxSetOctets bounds the UID set of one command. Servers cap the command
+// line (Dovecot's imap_max_line_length is 64 KiB, others less) and RFC 7162
+// §4 asks clients to stay near 8192 octets, so the deletes of a large,
+// scattered selection are sent in several commands, each well below that.
+const maxSetOctets = 4000
+
+// chunkUIDSet splits set into sets whose text is at most maxSetOctets long.
+// The ranges are sorted and merged first, so contiguous UIDs stay one range.
+func chunkUIDSet(set imap.UIDSet) []imap.UIDSet {
+	ranges := slices.Clone(set)
+	slices.SortFunc(ranges, func(a, b imap.UIDRange) int { return cmp.Compare(a.Start, b.Start) })
+	var merged imap.UIDSet
+	for _, r := range ranges {
+		if n := len(merged); n > 0 && r.Start <= merged[n-1].Stop+1 {
+			merged[n-1].Stop = max(merged[n-1].Stop, r.Stop)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	var chunks []imap.UIDSet
+	var cur imap.UIDSet
+	octets := 0
+	for _, r := range merged {
+		n := len(strconv.FormatUint(uint64(r.Start), 10)) + 1 // and a comma
+		if r.Stop != r.Start {
+			n += 1 + len(strconv.FormatUint(uint64(r.Stop), 10))
+		}
+		if len(cur) > 0 && octets+n > maxSetOctets {
+			chunks = append(chunks, cur)
+			cur, octets = nil, 0
+		}
+		cur = append(cur, r)
+		octets += n
+	}
+	if len(cur) > 0 {
+		chunks = append(chunks, cur)
+	}
+	return chunks
 }
 
 // expunge removes exactly the given messages. With UIDPLUS (RFC 4315) that
@@ -99,10 +187,7 @@ func (s *Session) expunge(ctx context.Context, set imap.UIDSet) error {
 		return err
 	}
 	if s.client.Caps().Has(imap.CapUIDPlus) {
-		if err := s.client.UIDExpunge(set).Close(); err != nil {
-			return fmt.Errorf("upstream: uid expunge: %w", err)
-		}
-		return nil
+		return s.uidExpunge(set)
 	}
 	data, err := s.client.UIDSearch(&imap.SearchCriteria{Flag: []imap.Flag{imap.FlagDeleted}}, nil).Wait()
 	if err != nil {
@@ -121,26 +206,96 @@ func (s *Session) expunge(ctx context.Context, set imap.UIDSet) error {
 	return nil
 }
 
-// trashMailbox finds the mailbox marked \Trash, or falls back to the
-// configured name.
-func (s *Session) trashMailbox(configured string) (string, error) {
+// Trash is where on_delete trash puts messages.
+type Trash struct {
+	Mailbox string
+	// Marked says the server marks it \Trash (RFC 6154); otherwise it is
+	// the configured name.
+	Marked bool
+	// Exists says LIST showed it; a configured trash is created at the
+	// first delete that needs it.
+	Exists bool
+	// Served says it is the selected mailbox, or the selected mailbox is
+	// marked \Trash: deletes there must not move anything.
+	Served bool
+}
+
+// FindTrash tells where DeleteTrash would move messages, for `gateway
+// check`: the mailbox marked \Trash, else configured.
+func (s *Session) FindTrash(ctx context.Context, configured string) (_ Trash, err error) {
+	defer s.op(ctx)()
+	return s.findTrash(configured)
+}
+
+// findTrash looks for the mailbox marked \Trash first (RFC 6154 §2), and
+// falls back to the configured name.
+func (s *Session) findTrash(configured string) (Trash, error) {
 	options := &imap.ListOptions{}
 	if s.client.Caps().Has(imap.CapSpecialUse) {
 		options.ReturnSpecialUse = true
 	}
 	list, err := s.client.List("", "*", options).Collect()
 	if err != nil {
-		return "", fmt.Errorf("upstream: list mailboxes: %w", err)
+		return Trash{}, fmt.Errorf("upstream: list mailboxes: %w", err)
 	}
+	var t Trash
 	for _, mbox := range list {
-		for _, attr := range mbox.Attrs {
-			if attr == imap.MailboxAttrTrash {
-				return mbox.Mailbox, nil
-			}
+		if !slices.Contains(mbox.Attrs, imap.MailboxAttrTrash) {
+			continue
+		}
+		if sameMailbox(mbox.Mailbox, s.mailbox) {
+			return Trash{Mailbox: mbox.Mailbox, Marked: true, Exists: true, Served: true}, nil
+		}
+		if t.Mailbox == "" {
+			t = Trash{Mailbox: mbox.Mailbox, Marked: true, Exists: true}
 		}
 	}
-	if configured != "" {
-		return configured, nil
+	if t.Mailbox != "" {
+		return t, nil
 	}
-	return "", ErrNoTrash
+	if configured == "" {
+		return Trash{}, ErrNoTrash
+	}
+	t = Trash{Mailbox: configured, Served: sameMailbox(configured, s.mailbox)}
+	for _, mbox := range list {
+		t.Exists = t.Exists || sameMailbox(mbox.Mailbox, configured)
+	}
+	return t, nil
+}
+
+// createTrash creates the configured trash, marked \Trash where the server
+// takes CREATE-SPECIAL-USE (RFC 6154 §3), so other clients use it too.
+func (s *Session) createTrash(ctx context.Context, mailbox string) error {
+	var options *imap.CreateOptions
+	if s.client.Caps().Has(imap.CapCreateSpecialUse) {
+		options = &imap.CreateOptions{SpecialUse: []imap.MailboxAttr{imap.MailboxAttrTrash}}
+	}
+	err := s.client.Create(mailbox, options).Wait()
+	if options != nil && err != nil && !hasCode(err, imap.ResponseCodeAlreadyExists) {
+		// The server will not mark this one \Trash (USEATTR, RFC 6154
+		// §5.3, or another refusal); a plain mailbox still stops every
+		// QUIT from failing.
+		err = s.client.Create(mailbox, nil).Wait()
+	}
+	if err != nil && !hasCode(err, imap.ResponseCodeAlreadyExists) {
+		return fmt.Errorf("upstream: create trash %q: %w", mailbox, err)
+	}
+	slog.InfoContext(ctx, "created the trash mailbox", "mailbox", mailbox)
+	return nil
+}
+
+// sameMailbox compares mailbox names; INBOX is case-insensitive (RFC 9051
+// §5.1), other names are not.
+func sameMailbox(a, b string) bool {
+	if strings.EqualFold(a, "INBOX") {
+		return strings.EqualFold(b, "INBOX")
+	}
+	return a == b
+}
+
+func isTryCreate(err error) bool { return hasCode(err, imap.ResponseCodeTryCreate) }
+
+func hasCode(err error, code imap.ResponseCode) bool {
+	var ie *imap.Error
+	return errors.As(err, &ie) && ie.Code == code
 }

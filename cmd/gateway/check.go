@@ -57,7 +57,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "user %s (upstream %s): FAILED: %v\n", r.User, r.Upstream, r.Err)
 			continue
 		}
-		fmt.Fprintf(stdout, "user %s (upstream %s): ok, %d messages\n", r.User, r.Upstream, r.Messages)
+		fmt.Fprintf(stdout, "user %s (upstream %s): ok, %d messages; deleted messages are %s\n", r.User, r.Upstream, r.Messages, r.Deletes)
 	}
 	if failed > 0 {
 		return 1

@@ -25,6 +25,27 @@ const (
 	probeTimeout = 10 * time.Second
 )
 
+// httpTimeouts bound each exchange with the HTTP listener, so a client
+// that sends its request slowly, never reads the reply, or keeps idle
+// connections open cannot pile up connections (slowloris). The answers
+// are small and local; a probe or scrape needs far less.
+var httpTimeouts = struct{ readHeader, read, write, idle time.Duration }{
+	readHeader: 10 * time.Second,
+	read:       30 * time.Second,
+	write:      30 * time.Second,
+	idle:       2 * time.Minute,
+}
+
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: httpTimeouts.readHeader,
+		ReadTimeout:       httpTimeouts.read,
+		WriteTimeout:      httpTimeouts.write,
+		IdleTimeout:       httpTimeouts.idle,
+	}
+}
+
 // health answers /readyz: the listeners are up, the service is not
 // draining, and every configured upstream was reachable recently.
 type health struct {

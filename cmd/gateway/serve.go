@@ -159,6 +159,8 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		Guard:              loginGuard,
 		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
+		MaxConnections:     max(cfg.Limits.MaxConnections, 0),
+		LoginTimeout:       time.Duration(cfg.Limits.LoginTimeout),
 	}
 
 	var trusted []netip.Prefix
@@ -198,7 +200,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		return err
 	}
 	if cfg.Listen.HTTP != "" {
-		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.http = newHTTPServer(s.httpHandler())
 		if err := listen("http", cfg.Listen.HTTP, s.http.Serve); err != nil {
 			s.pop3.Shutdown(context.Background())
 			return err

@@ -42,6 +42,11 @@ type Config struct {
 	// Redis, when set, shares the maildrop locks and the login-failure
 	// counters among replicas, and holds the UIDL store.
 	Redis *Redis `yaml:"redis"`
+
+	// lines maps the path of each key written in the file to its line,
+	// set by Parse: a default applies only to a key that is absent, and
+	// problems name the lines of the keys involved.
+	lines map[string]int
 }
 
 // ProxyProtocol configures the PROXY protocol (v1 and v2) on listeners.
@@ -112,6 +117,11 @@ type Limits struct {
 	// LoginDelayMax, and a successful login resets it.
 	LoginDelay    Duration `yaml:"login_delay"`
 	LoginDelayMax Duration `yaml:"login_delay_max"`
+	// MaxConnections bounds the open POP3 connections on all listeners;
+	// 0 means the default, -1 no limit.
+	MaxConnections int `yaml:"max_connections"`
+	// LoginTimeout bounds the time from connect to login.
+	LoginTimeout Duration `yaml:"login_timeout"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -251,7 +261,7 @@ type Passthrough struct {
 
 // Cache bounds the in-memory message cache.
 type Cache struct {
-	Memory     ByteSize `yaml:"memory"`      // total bytes of cached bodies; default 256MiB
+	Memory     ByteSize `yaml:"memory"`      // total bytes of cached bodies; default 256MiB, an explicit 0 caches none
 	MaxMessage ByteSize `yaml:"max_message"` // larger messages are not cached; default 16MiB
 	// InFlight bounds the bodies held outside the cache (read whole before
 	// RETR answers, or fetched ahead) and the remembered listings; 0 holds
@@ -273,6 +283,8 @@ const (
 	// within these, a password-guessing run does not.
 	DefaultConnectionsPerIP = 20
 	DefaultSessionsPerUser  = 4
+	DefaultMaxConnections   = 1000
+	DefaultLoginTimeout     = Duration(3 * time.Minute)
 	DefaultLoginDelay       = Duration(time.Second)
 	DefaultLoginDelayMax    = Duration(15 * time.Second)
 	DefaultHeaderTimeout    = Duration(5 * time.Second)
@@ -324,6 +336,15 @@ func Parse(data []byte) (*Config, error) {
 	} else if err != io.EOF {
 		return nil, decodeError(data, err)
 	}
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) == nil {
+		c.lines = map[string]int{}
+		for _, k := range collectKeys(&root, "", nil) {
+			if k.value == 0 {
+				c.lines[k.path] = k.line
+			}
+		}
+	}
 	c.SetDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -338,7 +359,7 @@ func (c *Config) SetDefaults() {
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = DefaultMinVersion
 	}
-	if c.Cache.Memory == 0 {
+	if _, set := c.lines["cache.memory"]; c.Cache.Memory == 0 && !set {
 		c.Cache.Memory = DefaultMemory
 	}
 	if c.Cache.MaxMessage == 0 {
@@ -349,6 +370,12 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Limits.SessionsPerUser == 0 {
 		c.Limits.SessionsPerUser = DefaultSessionsPerUser
+	}
+	if c.Limits.MaxConnections == 0 {
+		c.Limits.MaxConnections = DefaultMaxConnections
+	}
+	if c.Limits.LoginTimeout == 0 {
+		c.Limits.LoginTimeout = DefaultLoginTimeout
 	}
 	if c.Limits.LoginDelay == 0 {
 		c.Limits.LoginDelay = DefaultLoginDelay
@@ -416,6 +443,15 @@ func (c *Config) SetDefaults() {
 			p.Domains = lower
 		}
 	}
+}
+
+// key names a key for a problem: its path, and its line when the file
+// has it.
+func (c *Config) key(path string) string {
+	if line, ok := c.lines[path]; ok {
+		return fmt.Sprintf("%s (line %d)", path, line)
+	}
+	return path
 }
 
 // MinTLSVersion returns tls.min_version as a crypto/tls version constant,

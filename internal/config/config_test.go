@@ -75,7 +75,8 @@ func TestExample(t *testing.T) {
 	if !c.ProxyProtocol.Enabled("pop3s") || c.ProxyProtocol.HeaderTimeout != DefaultHeaderTimeout || c.Redis == nil || c.Redis.LockTTL != DefaultRedisLockTTL {
 		t.Errorf("proxy_protocol = %+v, redis = %+v", c.ProxyProtocol, c.Redis)
 	}
-	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax}) {
+	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax,
+		MaxConnections: DefaultMaxConnections, LoginTimeout: DefaultLoginTimeout}) {
 		t.Errorf("limits = %+v", c.Limits)
 	}
 	alice := c.Users["alice"]
@@ -214,6 +215,8 @@ func TestValidation(t *testing.T) {
 		{"secrets env name", func(c *Config) { c.Secrets.KeyEnv = "A-B" }, `secrets.key_env: "A-B" is not a valid environment variable name`},
 		{"limits per ip", func(c *Config) { c.Limits.ConnectionsPerIP = -2 }, "limits.connections_per_ip: must be positive, or -1 for no limit"},
 		{"limits per user", func(c *Config) { c.Limits.SessionsPerUser = -5 }, "limits.sessions_per_user: must be positive, or -1 for no limit"},
+		{"limits max connections", func(c *Config) { c.Limits.MaxConnections = -3 }, "limits.max_connections: must be positive, or -1 for no limit"},
+		{"limits login timeout", func(c *Config) { c.Limits.LoginTimeout = Duration(time.Second) }, "limits.login_timeout: must be between 10s and 1h, not 1s"},
 		{"limits delay order", func(c *Config) { c.Limits.LoginDelay = Duration(time.Minute) }, "limits.login_delay_max: 15s is less than limits.login_delay (1m0s)"},
 		{"limits delay cap", func(c *Config) { c.Limits.LoginDelayMax = Duration(time.Hour) }, "limits.login_delay_max: 1h0m0s is more than 5m"},
 		{"proxy protocol no listeners", func(c *Config) {
@@ -673,5 +676,71 @@ func TestCacheInFlight(t *testing.T) {
 	c.Cache.InFlight = &neg
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "cache.in_flight: must not be negative") {
 		t.Errorf("negative in_flight: %v", err)
+	}
+}
+
+// on_delete trash into the served mailbox would hand every deleted message
+// back under a new UID; the error names both keys and their lines.
+func TestTrashIsServedMailbox(t *testing.T) {
+	for _, tt := range []struct {
+		name, keys string
+		want       []string
+	}{
+		{"same name", "    mailbox: Archive\n    on_delete: trash\n    trash_mailbox: Archive\n", []string{
+			`upstreams.corp.on_delete (line 8): trash moves deleted messages into upstreams.corp.trash_mailbox (line 9), which is upstreams.corp.mailbox (line 7) ("Archive")`}},
+		{"inbox in other case", "    on_delete: trash\n    trash_mailbox: inbox\n", []string{
+			"upstreams.corp.on_delete (line 7)", "upstreams.corp.trash_mailbox (line 8)", "upstreams.corp.mailbox (\"INBOX\")"}},
+		{"provider preset", "    provider: gmail\n    mailbox: \"[Gmail]/Trash\"\n", []string{
+			"upstreams.corp.on_delete: trash moves deleted messages into upstreams.corp.trash_mailbox, which is upstreams.corp.mailbox (line 8)"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			text := strings.Replace(minimal, `    address: "imap.example.com:993"`+"\n",
+				`    address: "imap.example.com:993"`+"\n"+tt.keys, 1)
+			_, err := Parse([]byte(text))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error:\n%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+	// Another mailbox, or the same name with another delete mode, is fine.
+	for _, keys := range []string{
+		"    mailbox: Archive\n    on_delete: trash\n    trash_mailbox: Trash\n",
+		"    mailbox: Trash\n    on_delete: expunge\n    trash_mailbox: Trash\n",
+		"    mailbox: INBOX.Trash\n    on_delete: trash\n    trash_mailbox: INBOX\n",
+	} {
+		text := strings.Replace(minimal, `    address: "imap.example.com:993"`+"\n",
+			`    address: "imap.example.com:993"`+"\n"+keys, 1)
+		if _, err := Parse([]byte(text)); err != nil {
+			t.Errorf("%q: %v", keys, err)
+		}
+	}
+}
+
+// cache.memory: 0 turns the body cache off; only a missing key gets the
+// default.
+func TestCacheMemoryZero(t *testing.T) {
+	for _, tt := range []struct {
+		text string
+		want ByteSize
+	}{
+		{"", DefaultMemory},
+		{"cache:\n  max_message: 1MiB\n", DefaultMemory},
+		{"cache:\n  memory: 0\n", 0},
+		{"cache:\n  memory: 0MiB\n  max_message: 1MiB\n", 0},
+		{"cache:\n  memory: 64MiB\n", 64 * MiB},
+	} {
+		c, err := Parse([]byte(minimal + tt.text))
+		if err != nil {
+			t.Errorf("%q: %v", tt.text, err)
+			continue
+		}
+		if c.Cache.Memory != tt.want {
+			t.Errorf("%q: cache.memory %v, want %v", tt.text, c.Cache.Memory, tt.want)
+		}
 	}
 }

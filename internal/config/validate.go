@@ -121,6 +121,13 @@ func (c *Config) Validate() error {
 		if u.Mailbox == "" {
 			p.add(path+".mailbox", "required")
 		}
+		if u.OnDelete == OnDeleteTrash && u.TrashMailbox != "" && sameMailbox(u.TrashMailbox, u.Mailbox) {
+			// Moving a message into the mailbox it is in gives it a new
+			// UID: every poll would download it again. `gateway check`
+			// also catches a served mailbox the server marks \Trash.
+			p.add(c.key(path+".on_delete"), "trash moves deleted messages into %s, which is %s (%q), the mailbox POP3 serves: they would come back under new UIDs and be downloaded at every poll; set trash_mailbox to another mailbox or on_delete to expunge",
+				c.key(path+".trash_mailbox"), c.key(path+".mailbox"), u.Mailbox)
+		}
 		p.oneOf(path+".auth", u.Auth, authMechs)
 		switch {
 		case u.OAuthEnabled():
@@ -229,7 +236,7 @@ func (c *Config) Validate() error {
 	if c.Cache.InFlight != nil && *c.Cache.InFlight < 0 {
 		p.add("cache.in_flight", "must not be negative")
 	}
-	if c.Cache.MaxMessage > c.Cache.Memory {
+	if c.Cache.MaxMessage > c.Cache.Memory && c.Cache.Memory != 0 {
 		p.add("cache.max_message", "%v is larger than cache.memory (%v)", c.Cache.MaxMessage, c.Cache.Memory)
 	}
 
@@ -307,6 +314,12 @@ func (c *Config) Validate() error {
 	if l.SessionsPerUser < -1 {
 		p.add("limits.sessions_per_user", "must be positive, or -1 for no limit")
 	}
+	if l.MaxConnections < -1 {
+		p.add("limits.max_connections", "must be positive, or -1 for no limit")
+	}
+	if l.LoginTimeout < Duration(10*time.Second) || l.LoginTimeout > Duration(time.Hour) {
+		p.add("limits.login_timeout", "must be between 10s and 1h, not %v", l.LoginTimeout)
+	}
 	if l.LoginDelay < 0 {
 		p.add("limits.login_delay", "must not be negative")
 	}
@@ -360,6 +373,15 @@ func (p *problems) oauth2(path string, o *OAuth2) {
 	case o.ClientSecretEnv != "" && !validEnvName(o.ClientSecretEnv):
 		p.add(path+".client_secret_env", "%q is not a valid environment variable name", o.ClientSecretEnv)
 	}
+}
+
+// sameMailbox compares mailbox names; INBOX is case-insensitive (RFC 9051
+// §5.1), other names are not.
+func sameMailbox(a, b string) bool {
+	if strings.EqualFold(a, "INBOX") {
+		return strings.EqualFold(b, "INBOX")
+	}
+	return a == b
 }
 
 func validEnvName(s string) bool {

@@ -57,6 +57,14 @@ type Options struct {
 	// Keep leaves the temporary directory in place at Stop.
 	Keep bool
 
+	// IMAPMaxLineLength, if set, is imap_max_line_length: the longest IMAP
+	// command line Dovecot accepts (64 KiB by default).
+	IMAPMaxLineLength int
+
+	// NoTrash leaves out the Trash mailbox marked \Trash that every
+	// user otherwise has.
+	NoTrash bool
+
 	// ReuseProcesses selects Dovecot's high-performance process model:
 	// login processes serve many connections (service_count = 0) and mail
 	// processes serve up to 100 sessions one after another (service_count
@@ -292,7 +300,16 @@ userdb {
   args = uid=%[4]d gid=%[5]d home=%[1]s/home/%%u
 }
 `, s.root, pop3Port, s.logPath, s.uid, s.gid, protocols, userip)
-	if s.opts.IMAPC == "" {
+	if s.opts.IMAPMaxLineLength > 0 {
+		fmt.Fprintf(&b, "imap_max_line_length = %d\n", s.opts.IMAPMaxLineLength)
+	}
+	if s.opts.IMAPC == "" && s.opts.NoTrash {
+		b.WriteString(`mail_location = maildir:~/Maildir
+namespace inbox {
+  inbox = yes
+}
+`)
+	} else if s.opts.IMAPC == "" {
 		b.WriteString(`mail_location = maildir:~/Maildir
 namespace inbox {
   inbox = yes

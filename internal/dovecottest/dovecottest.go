@@ -26,7 +26,14 @@ type Server struct {
 // line breaks.
 func Start(t testing.TB, users map[string]string) *Server {
 	t.Helper()
-	inst, err := dovecot.Start(dovecot.Options{Users: users, Dir: t.TempDir()})
+	return StartWith(t, dovecot.Options{Users: users})
+}
+
+// StartWith is Start with more options; Dir is set to t.TempDir().
+func StartWith(t testing.TB, opts dovecot.Options) *Server {
+	t.Helper()
+	opts.Dir = t.TempDir()
+	inst, err := dovecot.Start(opts)
 	if errors.Is(err, dovecot.ErrNotInstalled) {
 		testenv.Missing(t, err.Error())
 	}
