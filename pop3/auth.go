@@ -10,7 +10,13 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/pop3gw/gateway/internal/username"
 )
+
+// canonicalName is the key of a login name, computed once here at the door
+// for every lock, limit and counter behind it.
+func canonicalName(name string) string { return username.Canonical(name) }
 
 // authAllowed tells whether credentials may be sent on this connection:
 // over TLS, from loopback, or anywhere when the server allows it
@@ -172,9 +178,9 @@ func (c *conn) login(username, password, method string) error {
 	// refused here, so they can never turn into extra upstream commands.
 	// Such a name is not used as a key either.
 	validName := username != "" && !strings.ContainsAny(username, "\x00\r\n")
-	key := username
-	if !validName {
-		key = ""
+	key := ""
+	if validName {
+		key = canonicalName(username)
 	}
 	if err := c.loginDelay(key); err != nil {
 		return errClose
@@ -183,7 +189,7 @@ func (c *conn) login(username, password, method string) error {
 		c.srv.observer().Login(method, "auth-failed")
 		return c.authFailed(key)
 	}
-	if !c.srv.admitUser(c, username) {
+	if !c.srv.admitUser(c, key) {
 		c.srv.observer().Login(method, "too-many-sessions")
 		c.log.Info("login refused", "user", username, "method", method, "reason", "too many sessions")
 		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
@@ -191,6 +197,7 @@ func (c *conn) login(username, password, method string) error {
 	}
 	login := &LoginInfo{
 		Username: username,
+		Key:      key,
 		Password: password,
 		Remote:   c.netConn().RemoteAddr(),
 		TLS:      c.tls,
@@ -211,7 +218,7 @@ func (c *conn) login(username, password, method string) error {
 			c.log.Info("login refused", "user", username, "method", method, "reason", e.Error())
 		}
 		if e.Code == CodeAuth {
-			return c.authFailed(username)
+			return c.authFailed(key)
 		}
 		c.reply("-ERR %s", e.Error())
 		if e.Fatal {
@@ -226,7 +233,7 @@ func (c *conn) login(username, password, method string) error {
 	c.maildrop = md
 	c.loginUser = username
 	if g := c.srv.Guard; g != nil {
-		g.Succeeded(c.ctx, c.remoteIP(), username)
+		g.Succeeded(c.ctx, c.remoteIP(), key)
 	}
 	c.deleted = make([]bool, len(md.Messages()))
 	c.log = c.log.With("user", username)

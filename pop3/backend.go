@@ -29,7 +29,10 @@ type LoginGuard interface {
 
 // LoginInfo describes one login attempt.
 type LoginInfo struct {
-	Username string
+	Username string // as the client typed it
+	// Key is Username folded by username.Canonical: the one name of this
+	// login in every lock, limit, counter and cache key.
+	Key      string
 	Password string
 	Remote   net.Addr
 	TLS      bool   // the connection is encrypted

@@ -258,8 +258,12 @@ func TestMaxSessionsPerUser(t *testing.T) {
 	// would otherwise be closed.
 	second.cmd("USER alice", "+OK")
 	second.cmd("PASS wrong", errTooManySessions)
-	// The name is taken exactly as given.
-	second.cmd("USER Alice", "+OK")
+	// A name in another case is the same user (item 6: "u2" and "U2"
+	// must not hold one allowance each).
+	second.cmd("USER ALICE", "+OK")
+	second.cmd("PASS secret pass", errTooManySessions)
+	g.take()
+	second.cmd("USER nobody", "+OK")
 	second.cmd("PASS secret pass", "-ERR [AUTH] Authentication failed.")
 	if !second.closed() {
 		t.Fatal("session open after a failed login with MaxAuthFailures 1")
@@ -283,4 +287,21 @@ func TestMaxSessionsPerUser(t *testing.T) {
 	first.cmd("QUIT", "+OK Logging out.")
 	waitFor(t, func() bool { return h.srv.Sessions() == 0 })
 	h.dial().login()
+}
+
+// TestLoginKeyIsCanonical: the backend and the guard get one key for
+// every spelling of a name, and the name as typed besides.
+func TestLoginKeyIsCanonical(t *testing.T) {
+	g := &fakeGuard{}
+	h := newHarness(t, func(s *Server) { s.Guard = g; s.MaxAuthFailures = 10 })
+	c := h.dial()
+	c.cmd("USER ALIce", "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] Authentication failed.")
+	g.expect(t, "Delay 127.0.0.1 alice", "Failed 127.0.0.1 alice")
+	h.be.mu.Lock()
+	li := h.be.logins[0]
+	h.be.mu.Unlock()
+	if li.Username != "ALIce" || li.Key != "alice" {
+		t.Fatalf("backend got name %q key %q, want ALIce and alice", li.Username, li.Key)
+	}
 }

@@ -70,7 +70,8 @@ type Server struct {
 	// MaxSessionsPerUser bounds the sessions per user name, counting those
 	// logging in and those logged in; a further login is refused with
 	// [SYS/TEMP] before the backend is asked, and does not count as a
-	// failed login. The name is taken exactly as the client gave it. Zero
+	// failed login. Names count by their canonical key
+	// (username.Canonical), so "u2" and "U2" share one allowance. Zero
 	// means no limit.
 	MaxSessionsPerUser int
 

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -47,10 +48,11 @@ func newPool(idle time.Duration, size int) *pool {
 	return &pool{idle: idle, size: size, key: key, entries: make(map[string]*pooled)}
 }
 
-// digest binds a pooled session to the credentials that opened it.
+// digest binds a pooled session to the credentials that opened it; the
+// name counts by its canonical key, as the maildrop does.
 func (p *pool) digest(acct *account) []byte {
 	mac := hmac.New(sha256.New, p.key)
-	mac.Write([]byte(acct.username))
+	mac.Write([]byte(username.Canonical(acct.username)))
 	mac.Write([]byte{0})
 	if acct.token != nil {
 		// A mapped user's OAuth2 login: the local password was checked,

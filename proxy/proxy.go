@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -67,9 +69,27 @@ type Passthrough struct {
 
 // Config is what the gateway serves. It is replaced whole on reload.
 type Config struct {
-	Upstreams   map[string]*Upstream
+	Upstreams map[string]*Upstream
+	// Users are matched case-insensitively: New and Reload key them by
+	// username.Canonical, the key the POP3 door gives each login.
 	Users       map[string]*User
 	Passthrough *Passthrough // nil: only mapped users may log in
+}
+
+// canonical returns cfg with Users keyed by canonical name; config
+// validation refuses two users that fold to one.
+func (cfg *Config) canonical() *Config {
+	for name := range cfg.Users {
+		if username.Canonical(name) != name {
+			c := *cfg
+			c.Users = make(map[string]*User, len(cfg.Users))
+			for name, u := range cfg.Users {
+				c.Users[username.Canonical(name)] = u
+			}
+			return &c
+		}
+	}
+	return cfg
 }
 
 // Gateway is the pop3.Backend that serves every login.
@@ -98,7 +118,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		snaps:    newSnapshots(),
 		prefetch: true,
 	}
-	g.config.Store(cfg)
+	g.config.Store(cfg.canonical())
 	return g
 }
 
@@ -123,7 +143,7 @@ func (g *Gateway) SetPool(idle time.Duration, size int) {
 // upstream they logged in to; idle connections are dropped, since their
 // upstream may have changed.
 func (g *Gateway) Reload(cfg *Config) {
-	g.config.Store(cfg)
+	g.config.Store(cfg.canonical())
 	g.pool.closeAll()
 }
 
@@ -159,8 +179,10 @@ func userAccount(u *User, up *Upstream) (*account, error) {
 	return acct, nil
 }
 
-// key names the account in the cache.
-func (a *account) key() string { return a.upstream.Name + "/" + a.username }
+// key names the account in the cache, the locks and the pool. A
+// passthrough name is forwarded as typed but keyed folded, so case
+// variants of one upstream account are one maildrop.
+func (a *account) key() string { return a.upstream.Name + "/" + username.Canonical(a.username) }
 
 // maildrop names the mailbox POP3 sees, for the locks, the pool and the
 // remembered listings.
@@ -171,9 +193,15 @@ var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure,
 // resolve maps a POP3 login to an upstream account, checking a mapped
 // user's local password. Every refusal is pop3.ErrAuthFailed, whatever the
 // reason, so a client cannot tell an unknown user from a wrong password.
+// A case variant of a mapped name is that user: it is checked against the
+// local hash and never forwarded.
 func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 	cfg := g.config.Load()
-	if u, ok := cfg.Users[login.Username]; ok {
+	key := login.Key
+	if key == "" {
+		key = username.Canonical(login.Username)
+	}
+	if u, ok := cfg.Users[key]; ok {
 		ok, err := passwd.Verify(u.PasswordHash, login.Password)
 		if err != nil {
 			g.log.Error("checking password hash", "user", u.Name, "err", err)
@@ -347,12 +375,12 @@ func (g *Gateway) Check(ctx context.Context, names ...string) []CheckResult {
 	}
 	var results []CheckResult
 	for _, name := range names {
-		u := cfg.Users[name]
+		u := cfg.Users[username.Canonical(name)]
 		if u == nil {
 			results = append(results, CheckResult{User: name, Err: errors.New("no such user")})
 			continue
 		}
-		r := CheckResult{User: name, Upstream: u.Upstream}
+		r := CheckResult{User: cmp.Or(u.Name, name), Upstream: u.Upstream}
 		acct, err := userAccount(u, cfg.Upstreams[u.Upstream])
 		if err != nil {
 			r.Err = err

@@ -193,6 +193,7 @@ func TestValidation(t *testing.T) {
 		{"user two secrets", func(c *Config) { c.Users["alice"].UpstreamPasswordFile = "/run/secrets/a" }, "users.alice: set only one of upstream_password_file and upstream_password_env"},
 		{"user env name", func(c *Config) { c.Users["alice"].UpstreamPasswordEnv = "1BAD-NAME" }, `users.alice.upstream_password_env: "1BAD-NAME" is not a valid environment variable name`},
 		{"user nil", func(c *Config) { c.Users["bob"] = nil }, "users.bob: is empty"},
+		{"user names equal but for case", func(c *Config) { c.Users["Alice"] = c.Users["alice"] }, "users.alice: same user as users.Alice: user names are matched without regard to case"},
 		{"upstream auth", func(c *Config) { c.Upstreams["corp"].Auth = "cram-md5" }, `upstreams.corp.auth: "cram-md5" is not one of password, xoauth2, oauthbearer`},
 		{"oauth2 without block", func(c *Config) { c.Upstreams["corp"].Auth = AuthXOAuth2 }, "upstreams.corp.oauth2: required for auth xoauth2 and oauthbearer"},
 		{"oauth2 block with password auth", func(c *Config) { c.Upstreams["corp"].OAuth2 = &OAuth2{} }, "upstreams.corp.oauth2: set, but auth is password"},

@@ -12,6 +12,7 @@ import (
 	"unicode"
 
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/username"
 )
 
 var (
@@ -131,12 +132,18 @@ func (c *Config) Validate() error {
 
 	// users
 	tokenFiles := map[string]string{}
+	folded := map[string]string{}
 	for _, name := range sortedKeys(c.Users) {
 		path := "users." + name
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 			p.add("users", "user name %q is empty or contains spaces or control characters", name)
 			path = fmt.Sprintf("users.%q", name)
 		}
+		// Logins are matched case-insensitively, so these would be one user.
+		if other, dup := folded[username.Canonical(name)]; dup {
+			p.add(path, "same user as users.%s: user names are matched without regard to case", other)
+		}
+		folded[username.Canonical(name)] = name
 		u := c.Users[name]
 		if u == nil {
 			p.add(path, "is empty")
