@@ -1,9 +1,14 @@
 package proxy
 
 import (
+	"context"
+	"net"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 )
 
@@ -75,3 +80,80 @@ func TestAccountKeysFoldCase(t *testing.T) {
 }
 
 func equalBytes(a, b []byte) bool { return string(a) == string(b) }
+
+// listen serves the gateway of e on another POP3 server with a login
+// guard, as cmd/gateway wires it.
+func (e *env) listen(g pop3.LoginGuard) string {
+	e.t.Helper()
+	srv := &pop3.Server{Backend: e.gw, Logger: testLogger(), Guard: g, MaxAuthFailures: 100}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return ln.Addr().String()
+}
+
+func dialAt(t *testing.T, addr string) *pop3client.Client {
+	t.Helper()
+	c, err := pop3client.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestPassthroughChecksCredentialsBeforeInUse: a wrong password for a
+// forwarded account in use is refused as [AUTH] and counted, never told
+// [IN-USE]; it touches neither the open session nor, after it, the
+// connection pooled for the owner.
+func TestPassthroughChecksCredentialsBeforeInUse(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("bob@example.com", corpus...)
+	g := &countingGuard{}
+	addr := e.listen(g)
+	const user, pass = "bob@example.com", "upstream-bob@example.com"
+
+	victim := e.login(user, pass)
+	attacker := dialAt(t, addr)
+	expectReply(t, attacker, "USER "+user, "+OK")
+	expectReply(t, attacker, "PASS wrong", "-ERR [AUTH] Authentication failed.")
+	if g.failed.Load() != 1 {
+		t.Error("the wrong password was not counted as a failed login")
+	}
+	// The right credentials, checked, find the maildrop busy.
+	expectReply(t, attacker, "USER "+user, "+OK")
+	expectReply(t, attacker, "PASS "+pass, inUse)
+	if body := must[[]byte](t)(victim.Retr(1)); string(body) != corpus[0] {
+		t.Fatalf("victim's RETR after the attempts = %q", body)
+	}
+	if err := victim.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
+
+	expectReply(t, attacker, "USER "+user, "+OK")
+	expectReply(t, attacker, "PASS wrong", "-ERR [AUTH] Authentication failed.")
+	opened := e.proxy.accepted.Load()
+	c := e.login(user, pass)
+	if n := e.proxy.accepted.Load(); n != opened {
+		t.Errorf("the owner's next login opened %d new upstream connections: the wrong password cost it the pooled one", n-opened)
+	}
+	if uidls := must[[]pop3client.Entry](t)(c.UIDL()); len(uidls) != len(corpus) {
+		t.Fatalf("owner sees %d messages, want %d", len(uidls), len(corpus))
+	}
+}
+
+// countingGuard counts failed logins and never delays.
+type countingGuard struct{ failed atomic.Int32 }
+
+func (g *countingGuard) Delay(context.Context, string, string) time.Duration { return 0 }
+func (g *countingGuard) Failed(context.Context, string, string)              { g.failed.Add(1) }
+func (g *countingGuard) Succeeded(context.Context, string, string)           {}

@@ -70,18 +70,21 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	if p == nil || p.idle <= 0 {
 		return nil
 	}
+	digest := p.digest(acct)
 	p.mu.Lock()
 	e := p.entries[maildrop]
-	if e == nil {
+	// Other credentials leave the connection where it is: a wrong
+	// password must not cost the owner the connection kept for it. A
+	// reload replaces every *Upstream, so a connection opened under an
+	// older configuration is never handed out.
+	if e == nil || e.upstream != acct.upstream || !hmac.Equal(e.digest, digest) {
 		p.mu.Unlock()
 		return nil
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
 	e.timer.Stop()
-	// A reload replaces every *Upstream, so a connection opened under an
-	// older configuration is never handed out.
-	if e.upstream != acct.upstream || !hmac.Equal(e.digest, p.digest(acct)) || !e.sess.Alive() {
+	if !e.sess.Alive() {
 		go e.sess.Close()
 		return nil
 	}

@@ -156,6 +156,9 @@ type account struct {
 	username string
 	password string
 	token    func(ctx context.Context, refresh bool) (string, error) // OAuth2, instead of password
+	// forwarded is a passthrough login: its credentials are checked only
+	// by the upstream.
+	forwarded bool
 }
 
 // userAccount is the upstream account of a mapped user.
@@ -232,7 +235,7 @@ func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 		passwd.DummyVerify(login.Password)
 		return nil, pop3.ErrAuthFailed
 	}
-	return &account{upstream: up, username: login.Username, password: login.Password}, nil
+	return &account{upstream: up, username: login.Username, password: login.Password, forwarded: true}, nil
 }
 
 // Login implements pop3.Backend.
@@ -243,20 +246,38 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	}
 	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
 	lockKey := acct.maildrop()
-	release, err := g.lock(ctx, lockKey, log)
-	if err != nil {
-		return nil, err
-	}
-	sess := g.reuse(ctx, acct)
-	if sess == nil {
-		// The lock is not held while logging in upstream, so a login with
-		// wrong credentials cannot keep the owner out.
-		release()
-		sess, err = g.open(ctx, acct)
+	var sess *upstream.Session
+	var release func()
+	if acct.forwarded {
+		// A forwarded login has no local hash: the upstream login is the
+		// password check, and [IN-USE] (RFC 3206) is for credentials that
+		// passed it. Locking first would answer a guess at once, uncounted,
+		// and tell that the account is in use.
+		if sess = g.reuse(ctx, acct); sess == nil {
+			sess, err = g.open(ctx, acct)
+		}
 		if err == nil {
 			if release, err = g.lock(ctx, lockKey, log); err != nil {
 				g.pool.put(lockKey, acct, sess)
 				return nil, err
+			}
+		}
+	} else {
+		// The local password was checked: a busy maildrop is told at once,
+		// without an upstream connection.
+		if release, err = g.lock(ctx, lockKey, log); err != nil {
+			return nil, err
+		}
+		if sess = g.reuse(ctx, acct); sess == nil {
+			// The lock is not held while logging in upstream, so a slow
+			// upstream login cannot keep the owner out.
+			release()
+			sess, err = g.open(ctx, acct)
+			if err == nil {
+				if release, err = g.lock(ctx, lockKey, log); err != nil {
+					g.pool.put(lockKey, acct, sess)
+					return nil, err
+				}
 			}
 		}
 	}
