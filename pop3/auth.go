@@ -243,14 +243,15 @@ func (c *conn) login(username, password, method string) error {
 	return nil
 }
 
-// loginDelay waits as long as the Guard asks before a login for user is
-// checked. Only closing the session cuts the wait short.
+// loginDelay books the login's turn with the Guard and waits for it
+// before the credentials are checked. Only closing the session cuts the
+// wait short; the turn stays used.
 func (c *conn) loginDelay(user string) error {
 	g := c.srv.Guard
 	if g == nil {
 		return nil
 	}
-	d := g.Delay(c.ctx, c.remoteIP(), user)
+	d := g.Reserve(c.ctx, c.remoteIP(), user)
 	if d <= 0 {
 		return nil
 	}

@@ -56,10 +56,11 @@ type Server struct {
 	MaxBadCommands  int
 	MaxAuthFailures int
 
-	// Guard, when set, delays each login by what it reports for the remote
-	// address and the user name, and learns of every refused and accepted
-	// login. The delay comes before the backend sees the credentials, and
-	// an unknown user is treated exactly like a wrong password.
+	// Guard, when set, books each login's turn for the remote address and
+	// the user name and delays it until then, and learns of every refused
+	// and accepted login. The turn is booked and waited for before the
+	// backend sees the credentials, so parallel connections queue, and an
+	// unknown user is treated exactly like a wrong password.
 	Guard LoginGuard
 
 	// MaxConnsPerIP bounds the open connections from one remote address;

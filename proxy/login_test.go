@@ -154,6 +154,6 @@ func TestPassthroughChecksCredentialsBeforeInUse(t *testing.T) {
 // countingGuard counts failed logins and never delays.
 type countingGuard struct{ failed atomic.Int32 }
 
-func (g *countingGuard) Delay(context.Context, string, string) time.Duration { return 0 }
-func (g *countingGuard) Failed(context.Context, string, string)              { g.failed.Add(1) }
-func (g *countingGuard) Succeeded(context.Context, string, string)           {}
+func (g *countingGuard) Reserve(context.Context, string, string) time.Duration { return 0 }
+func (g *countingGuard) Failed(context.Context, string, string)                { g.failed.Add(1) }
+func (g *countingGuard) Succeeded(context.Context, string, string)             {}

@@ -108,7 +108,9 @@ type Limits struct {
 	SessionsPerUser int `yaml:"sessions_per_user"`
 	// LoginDelay is the delay after the first failed login from an address
 	// or for a user name; it doubles with each further failure up to
-	// LoginDelayMax, and a successful login resets it.
+	// LoginDelayMax. Attempts queue: parallel ones are checked one delay
+	// apart. A successful login resets the user's count, not the
+	// address's, which expires 15 minutes after its last failure.
 	LoginDelay    Duration `yaml:"login_delay"`
 	LoginDelayMax Duration `yaml:"login_delay_max"`
 }

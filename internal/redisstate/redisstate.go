@@ -24,7 +24,10 @@
 //
 // Failed logins are counted in keys that expire Window after the last
 // failure, one per remote address and one per user name, and every
-// replica computes the same delay from them with guard.DelayFor. The guard
+// replica computes the same delay from them with guard.DelayFor. Each key
+// also holds the next allowed time, which every attempt advances in one
+// Lua script on the Redis server's clock, so attempts through any number
+// of replicas and connections queue one delay apart. The guard
 // fails open: when Redis cannot be asked, Delay returns 0 and the failure
 // is not counted, so a Redis outage only removes the slowdown of password
 // guessing and never locks every user out. Such errors are logged at most
