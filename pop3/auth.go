@@ -20,15 +20,29 @@ func canonicalName(name string) string { return username.Canonical(name) }
 
 // authAllowed tells whether credentials may be sent on this connection:
 // over TLS, from loopback, or anywhere when the server allows it
-// (RFC 2595 §2).
+// (RFC 2595 §2). Only the socket's own peer counts as loopback: an
+// address from a PROXY header is the balancer's word, and the balancer is
+// on the network.
 func (c *conn) authAllowed() bool {
 	if c.tls || c.srv.AllowInsecureAuth {
 		return true
+	}
+	if c.proxied || c.srv.RequireTLSOnLoopback {
+		return false
 	}
 	if tcp, ok := c.netConn().RemoteAddr().(*net.TCPAddr); ok {
 		return tcp.IP.IsLoopback()
 	}
 	return false
+}
+
+// proxiedConn is a connection whose remote address a load balancer gave
+// (internal/listener's PROXY protocol connections).
+type proxiedConn interface{ Proxied() bool }
+
+func isProxied(nc net.Conn) bool {
+	p, ok := nc.(proxiedConn)
+	return ok && p.Proxied()
 }
 
 func (c *conn) stlsOffered() bool {

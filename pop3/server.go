@@ -34,8 +34,11 @@ type Server struct {
 	TLSConfig *tls.Config
 
 	// AllowInsecureAuth permits USER, PASS and AUTH without TLS from
-	// addresses other than loopback. Loopback is always permitted.
-	AllowInsecureAuth bool
+	// addresses other than loopback. Loopback is permitted too unless
+	// RequireTLSOnLoopback is set; an address learnt from a PROXY header
+	// is never loopback.
+	AllowInsecureAuth    bool
+	RequireTLSOnLoopback bool
 
 	// Implementation is advertised in CAPA after login (RFC 2449 §6.9).
 	Implementation string

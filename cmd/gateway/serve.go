@@ -147,6 +147,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 	}
+	s.pop3.RequireTLSOnLoopback = cfg.Auth.RequireTLSOnLoopback
 
 	var trusted []netip.Prefix
 	if pp := cfg.ProxyProtocol; pp != nil {

@@ -133,8 +133,13 @@ type TLS struct {
 // Auth holds client authentication settings.
 type Auth struct {
 	// AllowInsecure allows USER/PASS/AUTH without TLS from non-loopback
-	// addresses. Loopback clients are always allowed.
+	// addresses. Loopback clients are allowed too, unless
+	// RequireTLSOnLoopback; a client whose address comes from a PROXY
+	// header is never a loopback client.
 	AllowInsecure bool `yaml:"allow_insecure"`
+	// RequireTLSOnLoopback removes the loopback exemption: passwords need
+	// TLS from every address (unless AllowInsecure).
+	RequireTLSOnLoopback bool `yaml:"require_tls_on_loopback"`
 }
 
 // Upstream TLS modes.
@@ -443,6 +448,8 @@ func (c *Config) Warnings() []string {
 	}
 	if c.Auth.AllowInsecure {
 		w = append(w, "auth.allow_insecure is true: clients may send passwords over the network without TLS")
+	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && c.Auth.RequireTLSOnLoopback {
+		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.require_tls_on_loopback is true: no client can log in")
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}

@@ -624,6 +624,10 @@ func TestWarnings(t *testing.T) {
 	if w := mustParse(t, minimal).Warnings(); len(w) != 0 {
 		t.Errorf("loopback-only config: warnings = %q", w)
 	}
+	c = mustParse(t, minimal+"auth:\n  require_tls_on_loopback: true\n")
+	if w := c.Warnings(); !c.Auth.RequireTLSOnLoopback || len(w) != 1 || !strings.Contains(w[0], "no client can log in") {
+		t.Errorf("require_tls_on_loopback without TLS: warnings = %q", w)
+	}
 }
 
 func TestFetchAheadAndKeepConnection(t *testing.T) {
