@@ -205,7 +205,8 @@ func (c *conn) login(username, password, method string) error {
 	}
 	if !c.srv.admitUser(c, key) {
 		c.srv.observer().Login(method, "too-many-sessions")
-		c.log.Info("login refused", "user", username, "method", method, "reason", "too many sessions")
+		c.log.Info("login refused", "method", method, "reason", "too many sessions")
+		c.log.Debug("login refused", "user", username)
 		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
 		return nil
 	}
@@ -226,11 +227,14 @@ func (c *conn) login(username, password, method string) error {
 		}
 		e, known := asError(err)
 		c.srv.observer().Login(method, loginOutcome(e))
+		// A name that did not log in may be a password typed into the
+		// wrong field: it is logged at Debug only, never above.
 		if !known {
-			c.log.Error("login failed", "user", username, "err", err)
+			c.log.Error("login failed", "method", method, "err", err)
 		} else {
-			c.log.Info("login refused", "user", username, "method", method, "reason", e.Error())
+			c.log.Info("login refused", "method", method, "reason", e.Error())
 		}
+		c.log.Debug("login refused", "user", username)
 		if e.Code == CodeAuth {
 			return c.authFailed(key)
 		}

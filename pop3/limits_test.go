@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/testenv"
 )
 
 // fakeGuard records the calls it gets and answers Reserve with a fixed value.
@@ -375,5 +377,38 @@ func TestSuccessKeepsTheAddressFailures(t *testing.T) {
 	}
 	if d := g.Delay(context.Background(), "", "bob"); d != 2*time.Millisecond {
 		t.Fatalf("bob's delay after alice's success = %v, want 2ms", d)
+	}
+}
+
+// TestRefusedNamesNotLoggedAboveDebug: a name that did not log in may be
+// a password typed in the wrong field; it appears only at Debug.
+func TestRefusedNamesNotLoggedAboveDebug(t *testing.T) {
+	var logs testenv.Buffer
+	h := newHarness(t, func(s *Server) {
+		s.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		s.MaxSessionsPerUser = 1
+		s.MaxAuthFailures = 10
+	})
+	h.dial().login()
+	c := h.dial()
+	for _, tc := range []struct{ user, want string }{
+		{"nobody", "-ERR [AUTH] Authentication failed."},
+		{"ALICE", errTooManySessions},
+	} {
+		c.cmd("USER "+tc.user, "+OK")
+		c.cmd("PASS x", tc.want)
+	}
+	c.cmd("USER down", "+OK") // an error the backend did not expect
+	c.send("PASS x")
+	c.line()
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "session end") })
+	out := logs.String()
+	if !strings.Contains(out, "login refused") || !strings.Contains(out, "login failed") {
+		t.Fatalf("the refusals are not logged:\n%s", out)
+	}
+	for _, name := range []string{"nobody", "user=down", "ALICE"} {
+		if strings.Contains(out, name) {
+			t.Errorf("refused name %q logged at Info or above:\n%s", name, out)
+		}
 	}
 }

@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"context"
+	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testenv"
 	"github.com/pop3gw/gateway/pop3"
 )
 
@@ -157,3 +160,29 @@ type countingGuard struct{ failed atomic.Int32 }
 func (g *countingGuard) Reserve(context.Context, string, string) time.Duration { return 0 }
 func (g *countingGuard) Failed(context.Context, string, string)                { g.failed.Add(1) }
 func (g *countingGuard) Succeeded(context.Context, string, string)             {}
+
+// TestRefusedNamesOnlyAtDebug: people type passwords into the name field,
+// so a name that did not log in is never logged at Info or above.
+func TestRefusedNamesOnlyAtDebug(t *testing.T) {
+	var logs testenv.Buffer
+	e := newEnv(t, envOptions{log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
+	const typed = "Tr0ub4dor-typed-as-name"
+	for _, name := range []string{typed, typed + "@example.com", typed + "@example.org"} {
+		c := e.dial()
+		expectReply(t, c, "USER "+name, "+OK")
+		expectReply(t, c, "PASS x", "-ERR [AUTH] Authentication failed.")
+		c.Quit()
+	}
+	e.login("bob@example.com", "upstream-bob@example.com").Quit()
+	waitFor(t, func() bool { return strings.Count(logs.String(), "session end") == 4 })
+	out := logs.String()
+	if !strings.Contains(out, "login refused") || !strings.Contains(out, "upstream refused the credentials") {
+		t.Fatalf("the refusals are not logged:\n%s", out)
+	}
+	if strings.Contains(out, typed) {
+		t.Fatalf("a refused name is logged at Info or above:\n%s", out)
+	}
+	if !strings.Contains(out, "user=bob@example.com") {
+		t.Fatalf("the name of a login that succeeded is missing:\n%s", out)
+	}
+}

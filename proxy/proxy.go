@@ -159,6 +159,7 @@ type account struct {
 	// forwarded is a passthrough login: its credentials are checked only
 	// by the upstream.
 	forwarded bool
+	user      string // the mapped user's configured name, for logs
 }
 
 // userAccount is the upstream account of a mapped user.
@@ -166,7 +167,7 @@ func userAccount(u *User, up *Upstream) (*account, error) {
 	if up == nil {
 		return nil, fmt.Errorf("unknown upstream %q", u.Upstream)
 	}
-	acct := &account{upstream: up, username: u.UpstreamUser}
+	acct := &account{upstream: up, username: u.UpstreamUser, user: u.Name}
 	if up.OAuth2 != "" {
 		if u.UpstreamToken == nil {
 			return nil, fmt.Errorf("upstream %s logs in with OAuth2, but the user has no token", up.Name)
@@ -244,7 +245,14 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	if err != nil {
 		return nil, err
 	}
-	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
+	log := g.log.With("upstream", acct.upstream.Name)
+	if acct.forwarded {
+		// Until the upstream accepts it, a forwarded name may be a password
+		// typed into the wrong field: Debug only.
+		log.Debug("forwarding login", "user", login.Username)
+	} else {
+		log = log.With("user", acct.user)
+	}
 	lockKey := acct.maildrop()
 	var sess *upstream.Session
 	var release func()
@@ -292,6 +300,9 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		}
 		log.Warn("upstream unavailable", "err", err)
 		return nil, errTemporary
+	}
+	if acct.forwarded {
+		log = log.With("user", login.Username)
 	}
 	md, err := g.newMaildrop(ctx, sess, acct, log)
 	if err != nil {
