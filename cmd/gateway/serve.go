@@ -126,7 +126,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 	if cfg.Redis == nil {
 		loginGuard = guard.NewMemory(delays)
 	} else {
-		shared, err := sharedState(ctx, cfg.Redis, log)
+		shared, err := sharedState(ctx, cfg, log)
 		if err != nil {
 			return err
 		}

@@ -51,7 +51,7 @@ func (g *Guard) keys(ip, user string) []string {
 		keys = append(keys, g.s.prefix+"guard:ip:"+ip)
 	}
 	if user != "" {
-		keys = append(keys, g.s.prefix+"guard:user:"+hash(user))
+		keys = append(keys, g.s.prefix+"guard:user:"+g.s.hash(user))
 	}
 	return keys
 }

@@ -160,7 +160,7 @@ func TestGuardEmptyUser(t *testing.T) {
 
 	g.Failed(ctx, "192.0.2.1", "")
 	g.Failed(ctx, "192.0.2.1", "")
-	keys, err := raw(t, addr).Keys(ctx, "*").Result()
+	keys, err := raw(t, addr).Keys(ctx, "pop3gw:guard:*").Result()
 	if err != nil {
 		t.Fatal(err)
 	}

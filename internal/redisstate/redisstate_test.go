@@ -273,9 +273,10 @@ func TestKeysHoldNoPlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]bool{
-		"pop3gw:lock:" + hash("alice@example.org"):     true,
-		"pop3gw:guard:ip:192.0.2.7":                    true,
-		"pop3gw:guard:user:" + hash("bob@example.org"): true,
+		"pop3gw:lock:" + s.hash("alice@example.org"):     true,
+		"pop3gw:guard:ip:192.0.2.7":                      true,
+		"pop3gw:guard:user:" + s.hash("bob@example.org"): true,
+		"pop3gw:namekey":                                 true,
 	}
 	if len(keys) != len(want) {
 		t.Errorf("keys %q, want %d", keys, len(want))
