@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -245,6 +247,9 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	if err != nil {
 		return nil, err
 	}
+	if addr, ok := addrPort(login.Remote); ok {
+		ctx = upstream.WithClient(ctx, addr)
+	}
 	log := g.log.With("upstream", acct.upstream.Name)
 	if acct.forwarded {
 		// Until the upstream accepts it, a forwarded name may be a password
@@ -313,6 +318,19 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	}
 	md.unlock = release
 	return md, nil
+}
+
+// addrPort is the client's address, for upstreams that are told it.
+func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		ap := tcp.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
+	}
+	if a == nil {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
 }
 
 // lock takes the maildrop's [IN-USE] lock (RFC 1939 §4: the maildrop is

@@ -76,6 +76,7 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			Trash:        u.TrashMailbox,
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
 		}
+		pc.Upstreams[name].Server.SendClientIP = u.SendClientIP
 		if st.observe != nil {
 			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}

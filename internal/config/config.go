@@ -194,6 +194,11 @@ type Upstream struct {
 	// OAuth2 is the authorization server and client for auth xoauth2 and
 	// oauthbearer; a provider preset fills its endpoints and scopes.
 	OAuth2 *OAuth2 `yaml:"oauth2"`
+	// SendClientIP tells the upstream each POP3 client's address before
+	// logging in (IMAP ID x-originating-ip, RFC 2971), for a server that
+	// trusts the gateway with it (Dovecot: login_trusted_networks), so its
+	// per-address login penalties and logs see the client.
+	SendClientIP bool `yaml:"send_client_ip"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the

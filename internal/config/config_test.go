@@ -326,7 +326,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
@@ -659,5 +659,15 @@ passthrough:
 `))
 	if err == nil || !strings.Contains(err.Error(), "upstreams.corp.keep_connection: must be between 0s and 1h") {
 		t.Fatalf("keep_connection 2h: %v", err)
+	}
+}
+
+func TestSendClientIP(t *testing.T) {
+	c := mustParse(t, strings.Replace(minimal, `address: "imap.example.com:993"`, "address: \"imap.example.com:993\"\n    send_client_ip: true", 1))
+	if !c.Upstreams["corp"].SendClientIP {
+		t.Fatal("send_client_ip not read")
+	}
+	if mustParse(t, minimal).Upstreams["corp"].SendClientIP {
+		t.Fatal("send_client_ip on by default")
 	}
 }
