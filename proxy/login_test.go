@@ -186,3 +186,37 @@ func TestRefusedNamesOnlyAtDebug(t *testing.T) {
 		t.Fatalf("the name of a login that succeeded is missing:\n%s", out)
 	}
 }
+
+// TestPassthroughFailureBudget: past its budget of refused passthrough
+// logins an upstream is asked no more (every one of them comes from the
+// gateway's address); passthrough logins get [SYS/TEMP] until the budget
+// refills, while mapped users and other upstreams go on.
+func TestPassthroughFailureBudget(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	cfg := *e.config
+	mem := *cfg.Upstreams["mem"]
+	mem.PassthroughFailures = 2
+	cfg.Upstreams = map[string]*Upstream{"mem": &mem, "other": cfg.Upstreams["other"]}
+	e.gw.Reload(&cfg)
+	c := e.dial()
+	for range 2 {
+		expectReply(t, c, "USER bob@example.com", "+OK")
+		expectReply(t, c, "PASS guess", "-ERR [AUTH] Authentication failed.")
+	}
+	c = e.dial()
+	opened := e.proxy.accepted.Load()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS upstream-bob@example.com", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+	if n := e.proxy.accepted.Load(); n != opened {
+		t.Fatalf("a passthrough login over budget reached the upstream (%d connections)", n-opened)
+	}
+	e.login("alice", localPassword).Quit()
+	e.login("carol@example.org", "carol-pass").Quit()
+
+	// The budget refills over a minute.
+	b := e.gw.budget(&mem)
+	b.mu.Lock()
+	b.last = b.last.Add(-time.Minute)
+	b.mu.Unlock()
+	e.login("bob@example.com", "upstream-bob@example.com").Quit()
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,11 @@ type Upstream struct {
 	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
 	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
 	OAuth2 string
+	// PassthroughFailures is how many refused passthrough logins a minute
+	// are forwarded to this upstream; over it, passthrough logins get
+	// [SYS/TEMP] until the budget refills. 0 means
+	// DefaultPassthroughFailures, negative no limit.
+	PassthroughFailures int
 }
 
 // User is a mapped user: local credentials for one upstream account.
@@ -105,6 +111,9 @@ type Gateway struct {
 	prefetch bool
 
 	locker Locker
+
+	budgetsMu sync.Mutex
+	budgets   map[string]*failureBudget // by upstream name
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -267,7 +276,15 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		// passed it. Locking first would answer a guess at once, uncounted,
 		// and tell that the account is in use.
 		if sess = g.reuse(ctx, acct); sess == nil {
+			budget := g.budget(acct.upstream)
+			if !budget.allow() {
+				log.Debug("passthrough failure budget spent: login not forwarded")
+				return nil, errTemporary
+			}
 			sess, err = g.open(ctx, acct)
+			if errors.Is(err, upstream.ErrAuthFailed) && budget.spend() {
+				log.Warn("too many refused passthrough logins: not forwarding any for now", "per_minute", budget.perMinute)
+			}
 		}
 		if err == nil {
 			if release, err = g.lock(ctx, lockKey, log); err != nil {

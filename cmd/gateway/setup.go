@@ -77,6 +77,7 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
 		}
 		pc.Upstreams[name].Server.SendClientIP = u.SendClientIP
+		pc.Upstreams[name].PassthroughFailures = u.PassthroughFailures
 		if st.observe != nil {
 			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}

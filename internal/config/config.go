@@ -199,6 +199,11 @@ type Upstream struct {
 	// trusts the gateway with it (Dovecot: login_trusted_networks), so its
 	// per-address login penalties and logs see the client.
 	SendClientIP bool `yaml:"send_client_ip"`
+	// PassthroughFailures is how many refused passthrough logins a minute
+	// the gateway forwards to this upstream; past it, passthrough logins
+	// are refused with [SYS/TEMP] without asking the upstream until the
+	// budget refills. 0 means the default (30), -1 no limit.
+	PassthroughFailures int `yaml:"passthrough_failures"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the

@@ -182,6 +182,7 @@ func TestValidation(t *testing.T) {
 		{"upstream timeout", func(c *Config) { c.Upstreams["corp"].Timeout = Duration(-time.Second) }, "upstreams.corp.timeout: must be positive, not -1s"},
 		{"upstream provider", func(c *Config) { c.Upstreams["corp"].Provider = "hotmail" }, `upstreams.corp.provider: "hotmail" is not one of gmail, outlook, yahoo, icloud, fastmail, aol`},
 		{"upstream nil", func(c *Config) { c.Upstreams["x"] = nil }, "upstreams.x: is empty"},
+		{"upstream passthrough_failures", func(c *Config) { c.Upstreams["corp"].PassthroughFailures = -2 }, "upstreams.corp.passthrough_failures: must be positive, or -1 for no limit"},
 		{"user name space", func(c *Config) { c.Users["a b"] = c.Users["alice"] }, `users: user name "a b" is empty or contains spaces`},
 		{"user no hash", func(c *Config) { c.Users["alice"].PasswordHash = "" }, "users.alice.password_hash: required"},
 		{"user bad hash", func(c *Config) { c.Users["alice"].PasswordHash = "secret" }, "users.alice.password_hash: unknown hash format"},
@@ -326,7 +327,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{

@@ -118,6 +118,9 @@ func (c *Config) Validate() error {
 		if u.Provider != "" {
 			p.oneOf(path+".provider", u.Provider, Providers)
 		}
+		if u.PassthroughFailures < -1 {
+			p.add(path+".passthrough_failures", "must be positive, or -1 for no limit")
+		}
 		if u.Mailbox == "" {
 			p.add(path+".mailbox", "required")
 		}
