@@ -199,8 +199,12 @@ func (c *conn) login(username, password, method string) error {
 	if err := c.loginDelay(key); err != nil {
 		return errClose
 	}
+	checked := time.Now()
 	if !validName || strings.ContainsAny(password, "\x00\r\n") {
 		c.srv.observer().Login(method, "auth-failed")
+		if err := c.refusalFloor(checked); err != nil {
+			return errClose
+		}
 		return c.authFailed(key)
 	}
 	if !c.srv.admitUser(c, key) {
@@ -236,6 +240,9 @@ func (c *conn) login(username, password, method string) error {
 		}
 		c.log.Debug("login refused", "user", username)
 		if e.Code == CodeAuth {
+			if err := c.refusalFloor(checked); err != nil {
+				return errClose
+			}
 			return c.authFailed(key)
 		}
 		c.reply("-ERR %s", e.Error())
@@ -274,6 +281,25 @@ func (c *conn) loginDelay(user string) error {
 		return nil
 	}
 	c.log.Debug("delaying login", "user", user, "delay", d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+}
+
+// refusalFloor waits until MinRefusalTime has passed since the check of
+// the credentials began, so that a refusal takes as long whether a local
+// hash or the upstream refused it: the time does not tell a mapped user
+// from a forwarded name or an unknown one.
+func (c *conn) refusalFloor(checked time.Time) error {
+	d := time.Until(checked.Add(c.srv.MinRefusalTime))
+	if d <= 0 {
+		return nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

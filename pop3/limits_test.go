@@ -412,3 +412,36 @@ func TestRefusedNamesNotLoggedAboveDebug(t *testing.T) {
 		}
 	}
 }
+
+// slowRefusals refuses "fast" at once, as a local hash does, and "slow"
+// after a while, as an upstream does.
+type slowRefusals struct{ memBackend }
+
+func (b *slowRefusals) Login(ctx context.Context, li *LoginInfo) (Maildrop, error) {
+	if li.Username == "slow" {
+		time.Sleep(150 * time.Millisecond)
+		return nil, ErrAuthFailed
+	}
+	return b.memBackend.Login(ctx, li)
+}
+
+// TestRefusalsTakeTheSameMinimumTime: a refusal by a local check and one
+// by a slower upstream both take at least MinRefusalTime, so the time
+// does not tell a mapped user from a forwarded one.
+func TestRefusalsTakeTheSameMinimumTime(t *testing.T) {
+	const floor = 400 * time.Millisecond
+	be := &slowRefusals{memBackend{md: &memMaildrop{msgs: sample}}}
+	h := newHarness(t, func(s *Server) { s.Backend = be; s.MinRefusalTime = floor; s.MaxAuthFailures = 10 })
+	c := h.dial()
+	for _, cmd := range []string{
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00wrong")), // refused at once
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00slow\x00x")),      // refused after 150ms
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00al\nice\x00x")),   // never reaches the backend
+	} {
+		start := time.Now()
+		c.cmd(cmd, "-ERR [AUTH] Authentication failed.")
+		if took := time.Since(start); took < floor {
+			t.Errorf("%s: refused in %v, want at least %v", cmd, took, floor)
+		}
+	}
+}

@@ -79,6 +79,11 @@ type Server struct {
 	// means no limit.
 	MaxSessionsPerUser int
 
+	// MinRefusalTime is the least time from the start of a credentials
+	// check to its [AUTH] refusal, so that refusals by a local hash, by an
+	// upstream and of unknown names take alike. Zero: no floor.
+	MinRefusalTime time.Duration
+
 	mu           sync.Mutex
 	listeners    map[net.Listener]struct{}
 	conns        map[*conn]struct{}

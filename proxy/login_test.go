@@ -86,9 +86,12 @@ func equalBytes(a, b []byte) bool { return string(a) == string(b) }
 
 // listen serves the gateway of e on another POP3 server with a login
 // guard, as cmd/gateway wires it.
-func (e *env) listen(g pop3.LoginGuard) string {
+func (e *env) listen(g pop3.LoginGuard, configure ...func(*pop3.Server)) string {
 	e.t.Helper()
 	srv := &pop3.Server{Backend: e.gw, Logger: testLogger(), Guard: g, MaxAuthFailures: 100}
+	for _, f := range configure {
+		f(srv)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)
@@ -219,4 +222,22 @@ func TestPassthroughFailureBudget(t *testing.T) {
 	b.last = b.last.Add(-time.Minute)
 	b.mu.Unlock()
 	e.login("bob@example.com", "upstream-bob@example.com").Quit()
+}
+
+// TestMappedAndForwardedRefusalsTakeAlike: a wrong password for a mapped
+// user (refused by the local hash) and for a forwarded name (refused by
+// the upstream) both take at least the server's MinRefusalTime.
+func TestMappedAndForwardedRefusalsTakeAlike(t *testing.T) {
+	const floor = 300 * time.Millisecond
+	e := newEnv(t, envOptions{})
+	addr := e.listen(nil, func(s *pop3.Server) { s.MinRefusalTime = floor })
+	c := dialAt(t, addr)
+	for _, user := range []string{"alice", "bob@example.com", "nobody@example.net"} {
+		expectReply(t, c, "USER "+user, "+OK")
+		start := time.Now()
+		expectReply(t, c, "PASS wrong", "-ERR [AUTH] Authentication failed.")
+		if took := time.Since(start); took < floor {
+			t.Errorf("refusal of %s took %v, want at least %v", user, took, floor)
+		}
+	}
 }

@@ -148,6 +148,9 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 	}
 	s.pop3.RequireTLSOnLoopback = cfg.Auth.RequireTLSOnLoopback
+	if d := cfg.Auth.MinRefusalTime; d != nil {
+		s.pop3.MinRefusalTime = time.Duration(*d)
+	}
 
 	var trusted []netip.Prefix
 	if pp := cfg.ProxyProtocol; pp != nil {

@@ -140,6 +140,11 @@ type Auth struct {
 	// RequireTLSOnLoopback removes the loopback exemption: passwords need
 	// TLS from every address (unless AllowInsecure).
 	RequireTLSOnLoopback bool `yaml:"require_tls_on_loopback"`
+	// MinRefusalTime is the least time a refused login takes from the
+	// start of its check, so that a mapped user refused by its local hash
+	// and a name refused by the upstream look alike in time; default
+	// DefaultMinRefusalTime (Dovecot's auth_failure_delay), 0s for none.
+	MinRefusalTime *Duration `yaml:"min_refusal_time"`
 }
 
 // Upstream TLS modes.
@@ -290,6 +295,7 @@ const (
 	DefaultHeaderTimeout    = Duration(5 * time.Second)
 	DefaultRedisKeyPrefix   = "pop3gw:"
 	DefaultRedisLockTTL     = Duration(30 * time.Second)
+	DefaultMinRefusalTime   = Duration(2 * time.Second)
 )
 
 // Error lists the problems found in a configuration, one per line, each
@@ -355,6 +361,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Cache.MaxMessage == 0 {
 		c.Cache.MaxMessage = DefaultMaxMessage
+	}
+	if c.Auth.MinRefusalTime == nil {
+		d := DefaultMinRefusalTime
+		c.Auth.MinRefusalTime = &d
 	}
 	if c.Limits.ConnectionsPerIP == 0 {
 		c.Limits.ConnectionsPerIP = DefaultConnectionsPerIP

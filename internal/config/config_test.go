@@ -672,3 +672,16 @@ func TestSendClientIP(t *testing.T) {
 		t.Fatal("send_client_ip on by default")
 	}
 }
+
+func TestMinRefusalTime(t *testing.T) {
+	if d := mustParse(t, minimal).Auth.MinRefusalTime; d == nil || *d != DefaultMinRefusalTime {
+		t.Errorf("default min_refusal_time = %v, want %v", d, DefaultMinRefusalTime)
+	}
+	if d := mustParse(t, minimal+"auth:\n  min_refusal_time: 0s\n").Auth.MinRefusalTime; d == nil || *d != 0 {
+		t.Errorf("min_refusal_time 0s read as %v", d)
+	}
+	_, err := Parse([]byte(minimal + "auth:\n  min_refusal_time: 1m\n"))
+	if err == nil || !strings.Contains(err.Error(), "auth.min_refusal_time: must be between 0s and 30s, not 1m0s") {
+		t.Errorf("min_refusal_time 1m: %v", err)
+	}
+}

@@ -300,6 +300,10 @@ func (c *Config) Validate() error {
 		p.add("secrets.key_env", "%q is not a valid environment variable name", s.KeyEnv)
 	}
 
+	if d := c.Auth.MinRefusalTime; d != nil && (*d < 0 || *d > Duration(30*time.Second)) {
+		p.add("auth.min_refusal_time", "must be between 0s and 30s, not %v", *d)
+	}
+
 	// limits
 	l := c.Limits
 	if l.ConnectionsPerIP < -1 {
