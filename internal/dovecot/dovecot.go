@@ -57,6 +57,11 @@ type Options struct {
 	// Keep leaves the temporary directory in place at Stop.
 	Keep bool
 
+	// TrustedNetworks, if set, is login_trusted_networks: clients from
+	// there may report the address of the client they act for (IMAP ID
+	// x-originating-ip), which Dovecot then logs and penalises.
+	TrustedNetworks string
+
 	// ReuseProcesses selects Dovecot's high-performance process model:
 	// login processes serve many connections (service_count = 0) and mail
 	// processes serve up to 100 sessions one after another (service_count
@@ -317,6 +322,9 @@ namespace inbox {
   inbox = yes
 }
 `, host, port)
+	}
+	if s.opts.TrustedNetworks != "" {
+		fmt.Fprintf(&b, "login_trusted_networks = %s\n", s.opts.TrustedNetworks)
 	}
 	chroot := ""
 	if self != nil {
