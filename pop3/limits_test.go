@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/redisstate"
+	"github.com/pop3gw/gateway/internal/redistest"
 	"github.com/pop3gw/gateway/internal/testenv"
 )
 
@@ -332,7 +334,20 @@ func (b *countingBackend) Login(context.Context, *LoginInfo) (Maildrop, error) {
 // checks through in 19 s with the delay at its 15 s cap).
 func TestParallelAttemptsAreSerialised(t *testing.T) {
 	const delay = 200 * time.Millisecond
-	g := guard.NewMemory(guard.Options{Base: delay, Max: delay})
+	opts := guard.Options{Base: delay, Max: delay, Window: time.Minute}
+	t.Run("memory", func(t *testing.T) { testParallelAttempts(t, guard.NewMemory(opts)) })
+	t.Run("redis", func(t *testing.T) {
+		store, err := redisstate.New(context.Background(), redisstate.Options{Addr: redistest.Start(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		testParallelAttempts(t, store.Guard(opts))
+	})
+}
+
+func testParallelAttempts(t *testing.T, g LoginGuard) {
+	const delay = 200 * time.Millisecond
 	be := &countingBackend{}
 	h := newHarness(t, func(s *Server) { s.Guard = g; s.Backend = be })
 	g.Failed(context.Background(), "127.0.0.1", "") // an earlier miss from the address
