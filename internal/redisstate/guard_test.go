@@ -115,6 +115,15 @@ func TestGuardQueuesAcrossReplicas(t *testing.T) {
 	if got := gb.Reserve(ctx, "192.0.2.2", "bob"); got != 0 {
 		t.Errorf("another address waits %v", got)
 	}
+	// A user's queue holds its owner back by at most Max, whatever the
+	// guesses from other addresses booked.
+	ga.Failed(ctx, "198.51.100.1", "dave")
+	for i := range 10 {
+		gb.Reserve(ctx, fmt.Sprintf("198.51.100.%d", i+2), "dave")
+	}
+	if got := ga.Reserve(ctx, "203.0.113.1", "dave"); got > opts.Max {
+		t.Errorf("the owner waits %v behind guesses from elsewhere, want at most %v", got, opts.Max)
+	}
 }
 
 func TestGuardWindow(t *testing.T) {
