@@ -60,8 +60,9 @@ func introduce(nc net.Conn, startTLS bool, tlsConfig *tls.Config, client netip.A
 			return nil, fmt.Errorf("STARTTLS: %w", err)
 		}
 		if br.Buffered() > 0 {
-			// Data sent before the handshake could be an injection
-			// (the CVE-2011-0411 class).
+			// Responses sent ahead of the handshake could have been
+			// injected in clear by a man in the middle (the client side
+			// of the CVE-2011-0411 class).
 			return nil, errors.New("STARTTLS: data before the TLS handshake")
 		}
 		tc := tls.Client(nc, tlsConfig)
@@ -83,7 +84,7 @@ func introduce(nc net.Conn, startTLS bool, tlsConfig *tls.Config, client netip.A
 			}
 		}
 	}
-	// RFC 2971 §3.1: only to a server that advertises ID.
+	// Only to a server that advertises the ID capability (RFC 2971).
 	if slices.ContainsFunc(caps, func(c []byte) bool { return string(c) == "ID" }) {
 		id := fmt.Sprintf(`g3 ID ("x-originating-ip" %q "x-originating-port" "%d")`, client.Addr().Unmap().String(), client.Port())
 		if _, err := command(nc, br, id, false); err != nil {
