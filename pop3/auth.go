@@ -10,19 +10,39 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
+
+	"github.com/pop3gw/gateway/internal/username"
 )
+
+// canonicalName is the key of a login name, computed once here at the door
+// for every lock, limit and counter behind it.
+func canonicalName(name string) string { return username.Canonical(name) }
 
 // authAllowed tells whether credentials may be sent on this connection:
 // over TLS, from loopback, or anywhere when the server allows it
-// (RFC 2595 §2).
+// (RFC 2595 §2). Only the socket's own peer counts as loopback: an
+// address from a PROXY header is the balancer's word, and the balancer is
+// on the network.
 func (c *conn) authAllowed() bool {
 	if c.tls || c.srv.AllowInsecureAuth {
 		return true
+	}
+	if c.proxied || c.srv.RequireTLSOnLoopback {
+		return false
 	}
 	if tcp, ok := c.netConn().RemoteAddr().(*net.TCPAddr); ok {
 		return tcp.IP.IsLoopback()
 	}
 	return false
+}
+
+// proxiedConn is a connection whose remote address a load balancer gave
+// (internal/listener's PROXY protocol connections).
+type proxiedConn interface{ Proxied() bool }
+
+func isProxied(nc net.Conn) bool {
+	p, ok := nc.(proxiedConn)
+	return ok && p.Proxied()
 }
 
 func (c *conn) stlsOffered() bool {
@@ -172,25 +192,31 @@ func (c *conn) login(username, password, method string) error {
 	// refused here, so they can never turn into extra upstream commands.
 	// Such a name is not used as a key either.
 	validName := username != "" && !strings.ContainsAny(username, "\x00\r\n")
-	key := username
-	if !validName {
-		key = ""
+	key := ""
+	if validName {
+		key = canonicalName(username)
 	}
 	if err := c.loginDelay(key); err != nil {
 		return errClose
 	}
+	checked := time.Now()
 	if !validName || strings.ContainsAny(password, "\x00\r\n") {
 		c.srv.observer().Login(method, "auth-failed")
+		if err := c.refusalFloor(checked); err != nil {
+			return errClose
+		}
 		return c.authFailed(key)
 	}
-	if !c.srv.admitUser(c, username) {
+	if !c.srv.admitUser(c, key) {
 		c.srv.observer().Login(method, "too-many-sessions")
-		c.log.Info("login refused", "user", username, "method", method, "reason", "too many sessions")
+		c.log.Info("login refused", "method", method, "reason", "too many sessions")
+		c.log.Debug("login refused", "user", username)
 		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
 		return nil
 	}
 	login := &LoginInfo{
 		Username: username,
+		Key:      key,
 		Password: password,
 		Remote:   c.netConn().RemoteAddr(),
 		TLS:      c.tls,
@@ -205,13 +231,19 @@ func (c *conn) login(username, password, method string) error {
 		}
 		e, known := asError(err)
 		c.srv.observer().Login(method, loginOutcome(e))
+		// A name that did not log in may be a password typed into the
+		// wrong field: it is logged at Debug only, never above.
 		if !known {
-			c.log.Error("login failed", "user", username, "err", err)
+			c.log.Error("login failed", "method", method, "err", err)
 		} else {
-			c.log.Info("login refused", "user", username, "method", method, "reason", e.Error())
+			c.log.Info("login refused", "method", method, "reason", e.Error())
 		}
+		c.log.Debug("login refused", "user", username)
 		if e.Code == CodeAuth {
-			return c.authFailed(username)
+			if err := c.refusalFloor(checked); err != nil {
+				return errClose
+			}
+			return c.authFailed(key)
 		}
 		c.reply("-ERR %s", e.Error())
 		if e.Fatal {
@@ -226,7 +258,7 @@ func (c *conn) login(username, password, method string) error {
 	c.maildrop = md
 	c.loginUser = username
 	if g := c.srv.Guard; g != nil {
-		g.Succeeded(c.ctx, c.remoteIP(), username)
+		g.Succeeded(c.ctx, c.remoteIP(), key)
 	}
 	c.deleted = make([]bool, len(md.Messages()))
 	c.log = c.log.With("user", username)
@@ -236,18 +268,38 @@ func (c *conn) login(username, password, method string) error {
 	return nil
 }
 
-// loginDelay waits as long as the Guard asks before a login for user is
-// checked. Only closing the session cuts the wait short.
+// loginDelay books the login's turn with the Guard and waits for it
+// before the credentials are checked. Only closing the session cuts the
+// wait short; the turn stays used.
 func (c *conn) loginDelay(user string) error {
 	g := c.srv.Guard
 	if g == nil {
 		return nil
 	}
-	d := g.Delay(c.ctx, c.remoteIP(), user)
+	d := g.Reserve(c.ctx, c.remoteIP(), user)
 	if d <= 0 {
 		return nil
 	}
 	c.log.Debug("delaying login", "user", user, "delay", d)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+}
+
+// refusalFloor waits until MinRefusalTime has passed since the check of
+// the credentials began, so that a refusal takes as long whether a local
+// hash or the upstream refused it: the time does not tell a mapped user
+// from a forwarded name or an unknown one.
+func (c *conn) refusalFloor(checked time.Time) error {
+	d := time.Until(checked.Add(c.srv.MinRefusalTime))
+	if d <= 0 {
+		return nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -17,19 +17,25 @@ type Backend interface {
 
 // LoginGuard slows down repeated failed logins (per remote IP and per user name).
 type LoginGuard interface {
-	// Delay is how long to wait before checking a login from ip for user;
-	// user is empty when no name was given. It depends only on the
-	// failures recorded, never on whether the user exists.
-	Delay(ctx context.Context, ip, user string) time.Duration
+	// Reserve books the next check of a login from ip for user and
+	// returns how long to wait before it; user is empty when no name was
+	// given. Booking moves the next allowed time on, atomically, so
+	// attempts made in parallel are checked one delay apart. It depends
+	// only on the failures recorded, never on whether the user exists.
+	Reserve(ctx context.Context, ip, user string) time.Duration
 	// Failed records refused credentials.
 	Failed(ctx context.Context, ip, user string)
-	// Succeeded clears the failures of ip and user after a login.
+	// Succeeded clears the failures of user after a login; those of ip
+	// stay, so a success on one account does not reset guesses at others.
 	Succeeded(ctx context.Context, ip, user string)
 }
 
 // LoginInfo describes one login attempt.
 type LoginInfo struct {
-	Username string
+	Username string // as the client typed it
+	// Key is Username folded by username.Canonical: the one name of this
+	// login in every lock, limit, counter and cache key.
+	Key      string
 	Password string
 	Remote   net.Addr
 	TLS      bool   // the connection is encrypted

@@ -81,6 +81,7 @@ type conn struct {
 	out *deadlineWriter
 
 	tls     bool
+	proxied bool // the remote address came from a PROXY header
 	ctx     context.Context
 	cancel  context.CancelFunc
 	pending string // name given by USER, waiting for PASS
@@ -120,6 +121,7 @@ func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
 		cancel: cancel,
 		result: "disconnected",
 	}
+	c.proxied = isProxied(nc)
 	// The remote address is added when the session starts: behind the
 	// PROXY protocol, reading it waits for the header, which must not hold
 	// up the accept loop.

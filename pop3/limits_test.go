@@ -5,27 +5,33 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/redisstate"
+	"github.com/pop3gw/gateway/internal/redistest"
+	"github.com/pop3gw/gateway/internal/testenv"
 )
 
-// fakeGuard records the calls it gets and answers Delay with a fixed value.
+// fakeGuard records the calls it gets and answers Reserve with a fixed value.
 type fakeGuard struct {
 	delay time.Duration
 	mu    sync.Mutex
 	calls []string
 }
 
-func (g *fakeGuard) Delay(ctx context.Context, ip, user string) time.Duration {
-	g.record("Delay", ip, user)
+func (g *fakeGuard) Reserve(ctx context.Context, ip, user string) time.Duration {
+	g.record("Reserve", ip, user)
 	return g.delay
 }
 
@@ -69,17 +75,17 @@ func TestLoginGuardCalls(t *testing.T) {
 		calls []string
 	}{
 		{"wrong password", []string{"USER alice", "PASS wrong"}, "-ERR [AUTH] Authentication failed.",
-			[]string{"Delay 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
+			[]string{"Reserve 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
 		{"bad SASL response", []string{"AUTH PLAIN " + b64("bob\x00alice\x00secret pass")}, "-ERR [AUTH] Authentication failed.",
 			[]string{"Failed 127.0.0.1 "}},
 		{"control character in name", []string{"AUTH PLAIN " + b64("\x00al\nice\x00x")}, "-ERR [AUTH] Authentication failed.",
-			[]string{"Delay 127.0.0.1 ", "Failed 127.0.0.1 "}},
+			[]string{"Reserve 127.0.0.1 ", "Failed 127.0.0.1 "}},
 		{"control character in password", []string{"AUTH PLAIN " + b64("\x00alice\x00x\ny")}, "-ERR [AUTH] Authentication failed.",
-			[]string{"Delay 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
+			[]string{"Reserve 127.0.0.1 alice", "Failed 127.0.0.1 alice"}},
 		{"in use is no failure", []string{"USER busy", "PASS x"}, "-ERR [IN-USE] Mailbox is locked by another POP3 session.",
-			[]string{"Delay 127.0.0.1 busy"}},
+			[]string{"Reserve 127.0.0.1 busy"}},
 		{"success", []string{"USER alice", "PASS secret pass"}, "+OK Logged in.",
-			[]string{"Delay 127.0.0.1 alice", "Succeeded 127.0.0.1 alice"}},
+			[]string{"Reserve 127.0.0.1 alice", "Succeeded 127.0.0.1 alice"}},
 	} {
 		for _, l := range tc.lines[:len(tc.lines)-1] {
 			c.cmd(l, "+OK")
@@ -116,7 +122,7 @@ func TestUnknownUserLooksLikeWrongPassword(t *testing.T) {
 	if !slices.Equal(wrongCalls, unknownCalls) {
 		t.Fatalf("guard calls differ: wrong password %q, unknown user %q", wrongCalls, unknownCalls)
 	}
-	if want := []string{"Delay 127.0.0.1 ", "Failed 127.0.0.1 "}; !slices.Equal(wrongCalls, want) {
+	if want := []string{"Reserve 127.0.0.1 ", "Failed 127.0.0.1 "}; !slices.Equal(wrongCalls, want) {
 		t.Fatalf("guard calls = %q, want %q", wrongCalls, want)
 	}
 }
@@ -125,14 +131,18 @@ func TestLoginDelayGrowsAndResets(t *testing.T) {
 	const base = 20 * time.Millisecond
 	g := guard.NewMemory(guard.Options{Base: base, Max: time.Second})
 	h := newHarness(t, func(s *Server) { s.Guard = g })
-	// Each attempt on a new connection from the same address waits at
-	// least base << (failures-1).
+	// Each attempt on a new connection from the same address is checked
+	// at least base << (failures-1) after the last failure, so at least
+	// that long after the last attempt was sent.
+	var last time.Time
 	attempt := func(pass, want string) time.Duration {
 		c := h.dial()
 		c.cmd("USER alice", "+OK")
 		start := time.Now()
 		c.cmd("PASS "+pass, want)
-		return time.Since(start)
+		took := time.Since(last)
+		last = start
+		return took
 	}
 	for failures := range 4 {
 		took := attempt("wrong", "-ERR [AUTH] Authentication failed.")
@@ -145,8 +155,12 @@ func TestLoginDelayGrowsAndResets(t *testing.T) {
 	if took := attempt("secret pass", "+OK Logged in."); took < 8*base {
 		t.Fatalf("login after 4 failures took %v, want at least %v", took, 8*base)
 	}
-	if d := g.Delay(context.Background(), "127.0.0.1", "alice"); d != 0 {
-		t.Fatalf("delay after a successful login = %v", d)
+	// The success clears the user's failures, not the address's.
+	if d := g.Delay(context.Background(), "", "alice"); d != 0 {
+		t.Fatalf("user's delay after a successful login = %v", d)
+	}
+	if d := g.Delay(context.Background(), "127.0.0.1", ""); d != 8*base {
+		t.Fatalf("address's delay after a successful login = %v, want %v", d, 8*base)
 	}
 }
 
@@ -413,13 +427,17 @@ func TestMaxSessionsPerUser(t *testing.T) {
 	second := h.dial()
 	second.cmd("USER alice", "+OK")
 	second.cmd("PASS secret pass", errTooManySessions)
-	g.expect(t, "Delay 127.0.0.1 alice") // neither a failure nor a success
+	g.expect(t, "Reserve 127.0.0.1 alice") // neither a failure nor a success
 	// Not an authentication failure: with MaxAuthFailures 1 the session
 	// would otherwise be closed.
 	second.cmd("USER alice", "+OK")
 	second.cmd("PASS wrong", errTooManySessions)
-	// The name is taken exactly as given.
-	second.cmd("USER Alice", "+OK")
+	// A name in another case is the same user (item 6: "u2" and "U2"
+	// must not hold one allowance each).
+	second.cmd("USER ALICE", "+OK")
+	second.cmd("PASS secret pass", errTooManySessions)
+	g.take()
+	second.cmd("USER nobody", "+OK")
 	second.cmd("PASS secret pass", "-ERR [AUTH] Authentication failed.")
 	if !second.closed() {
 		t.Fatal("session open after a failed login with MaxAuthFailures 1")
@@ -443,4 +461,162 @@ func TestMaxSessionsPerUser(t *testing.T) {
 	first.cmd("QUIT", "+OK Logging out.")
 	waitFor(t, func() bool { return h.srv.Sessions() == 0 })
 	h.dial().login()
+}
+
+// TestLoginKeyIsCanonical: the backend and the guard get one key for
+// every spelling of a name, and the name as typed besides.
+func TestLoginKeyIsCanonical(t *testing.T) {
+	g := &fakeGuard{}
+	h := newHarness(t, func(s *Server) { s.Guard = g; s.MaxAuthFailures = 10 })
+	c := h.dial()
+	c.cmd("USER ALIce", "+OK")
+	c.cmd("PASS wrong", "-ERR [AUTH] Authentication failed.")
+	g.expect(t, "Reserve 127.0.0.1 alice", "Failed 127.0.0.1 alice")
+	h.be.mu.Lock()
+	li := h.be.logins[0]
+	h.be.mu.Unlock()
+	if li.Username != "ALIce" || li.Key != "alice" {
+		t.Fatalf("backend got name %q key %q, want ALIce and alice", li.Username, li.Key)
+	}
+}
+
+// countingBackend counts the logins that reach it and refuses them all.
+type countingBackend struct{ checks atomic.Int32 }
+
+func (b *countingBackend) Login(context.Context, *LoginInfo) (Maildrop, error) {
+	b.checks.Add(1)
+	return nil, ErrAuthFailed
+}
+
+// TestParallelAttemptsAreSerialised: attempts sent at once over many
+// connections from one address reach the backend one delay apart, not all
+// together when the first delay ends (item 10: 15 connections got 11
+// checks through in 19 s with the delay at its 15 s cap).
+func TestParallelAttemptsAreSerialised(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	opts := guard.Options{Base: delay, Max: delay, Window: time.Minute}
+	t.Run("memory", func(t *testing.T) { testParallelAttempts(t, guard.NewMemory(opts)) })
+	t.Run("redis", func(t *testing.T) {
+		store, err := redisstate.New(context.Background(), redisstate.Options{Addr: redistest.Start(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		testParallelAttempts(t, store.Guard(opts))
+	})
+}
+
+func testParallelAttempts(t *testing.T, g LoginGuard) {
+	const delay = 200 * time.Millisecond
+	be := &countingBackend{}
+	h := newHarness(t, func(s *Server) { s.Guard = g; s.Backend = be })
+	g.Failed(context.Background(), "127.0.0.1", "") // an earlier miss from the address
+
+	const n = 5
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = h.dial()
+	}
+	start := time.Now()
+	for i, c := range clients {
+		c.send(fmt.Sprintf("USER user%d\r\nPASS guess", i))
+	}
+	// Without a queue all five are checked at about 200 ms; with one, a
+	// check every 200 ms: two by 500 ms.
+	time.Sleep(time.Until(start.Add(5 * delay / 2)))
+	if got := be.checks.Load(); got > 3 {
+		t.Fatalf("%d of %d parallel attempts reached the backend within %v with a %v delay", got, n, 5*delay/2, delay)
+	}
+	for _, c := range clients {
+		c.expect("+OK")
+		c.expect("-ERR [AUTH] Authentication failed.")
+	}
+	if got := be.checks.Load(); got != n {
+		t.Fatalf("%d checks in the end, want %d", got, n)
+	}
+}
+
+// TestSuccessKeepsTheAddressFailures: logging in to one's own account
+// between guesses does not reset the address's delay.
+func TestSuccessKeepsTheAddressFailures(t *testing.T) {
+	g := guard.NewMemory(guard.Options{Base: time.Millisecond, Max: time.Second})
+	h := newHarness(t, func(s *Server) { s.Guard = g })
+	c := h.dial()
+	c.cmd("USER bob", "+OK")
+	c.cmd("PASS guess", "-ERR [AUTH] Authentication failed.")
+	c.cmd("USER bob", "+OK")
+	c.cmd("PASS guess", "-ERR [AUTH] Authentication failed.")
+	h.dial().login() // alice, the guesser's own account
+	if d := g.Delay(context.Background(), "127.0.0.1", ""); d != 2*time.Millisecond {
+		t.Fatalf("address delay after a success on another account = %v, want 2ms", d)
+	}
+	if d := g.Delay(context.Background(), "", "bob"); d != 2*time.Millisecond {
+		t.Fatalf("bob's delay after alice's success = %v, want 2ms", d)
+	}
+}
+
+// TestRefusedNamesNotLoggedAboveDebug: a name that did not log in may be
+// a password typed in the wrong field; it appears only at Debug.
+func TestRefusedNamesNotLoggedAboveDebug(t *testing.T) {
+	var logs testenv.Buffer
+	h := newHarness(t, func(s *Server) {
+		s.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		s.MaxSessionsPerUser = 1
+		s.MaxAuthFailures = 10
+	})
+	h.dial().login()
+	c := h.dial()
+	for _, tc := range []struct{ user, want string }{
+		{"nobody", "-ERR [AUTH] Authentication failed."},
+		{"ALICE", errTooManySessions},
+	} {
+		c.cmd("USER "+tc.user, "+OK")
+		c.cmd("PASS x", tc.want)
+	}
+	c.cmd("USER down", "+OK") // an error the backend did not expect
+	c.send("PASS x")
+	c.line()
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "session end") })
+	out := logs.String()
+	if !strings.Contains(out, "login refused") || !strings.Contains(out, "login failed") {
+		t.Fatalf("the refusals are not logged:\n%s", out)
+	}
+	for _, name := range []string{"nobody", "user=down", "ALICE"} {
+		if strings.Contains(out, name) {
+			t.Errorf("refused name %q logged at Info or above:\n%s", name, out)
+		}
+	}
+}
+
+// slowRefusals refuses "fast" at once, as a local hash does, and "slow"
+// after a while, as an upstream does.
+type slowRefusals struct{ memBackend }
+
+func (b *slowRefusals) Login(ctx context.Context, li *LoginInfo) (Maildrop, error) {
+	if li.Username == "slow" {
+		time.Sleep(150 * time.Millisecond)
+		return nil, ErrAuthFailed
+	}
+	return b.memBackend.Login(ctx, li)
+}
+
+// TestRefusalsTakeTheSameMinimumTime: a refusal by a local check and one
+// by a slower upstream both take at least MinRefusalTime, so the time
+// does not tell a mapped user from a forwarded one.
+func TestRefusalsTakeTheSameMinimumTime(t *testing.T) {
+	const floor = 400 * time.Millisecond
+	be := &slowRefusals{memBackend{md: &memMaildrop{msgs: sample}}}
+	h := newHarness(t, func(s *Server) { s.Backend = be; s.MinRefusalTime = floor; s.MaxAuthFailures = 10 })
+	c := h.dial()
+	for _, cmd := range []string{
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00alice\x00wrong")), // refused at once
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00slow\x00x")),      // refused after 150ms
+		"AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00al\nice\x00x")),   // never reaches the backend
+	} {
+		start := time.Now()
+		c.cmd(cmd, "-ERR [AUTH] Authentication failed.")
+		if took := time.Since(start); took < floor {
+			t.Errorf("%s: refused in %v, want at least %v", cmd, took, floor)
+		}
+	}
 }

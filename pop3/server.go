@@ -38,8 +38,11 @@ type Server struct {
 	TLSConfig *tls.Config
 
 	// AllowInsecureAuth permits USER, PASS and AUTH without TLS from
-	// addresses other than loopback. Loopback is always permitted.
-	AllowInsecureAuth bool
+	// addresses other than loopback. Loopback is permitted too unless
+	// RequireTLSOnLoopback is set; an address learnt from a PROXY header
+	// is never loopback.
+	AllowInsecureAuth    bool
+	RequireTLSOnLoopback bool
 
 	// Implementation is advertised in CAPA after login (RFC 2449 §6.9).
 	Implementation string
@@ -63,10 +66,11 @@ type Server struct {
 	MaxBadCommands  int
 	MaxAuthFailures int
 
-	// Guard, when set, delays each login by what it reports for the remote
-	// address and the user name, and learns of every refused and accepted
-	// login. The delay comes before the backend sees the credentials, and
-	// an unknown user is treated exactly like a wrong password.
+	// Guard, when set, books each login's turn for the remote address and
+	// the user name and delays it until then, and learns of every refused
+	// and accepted login. The turn is booked and waited for before the
+	// backend sees the credentials, so parallel connections queue, and an
+	// unknown user is treated exactly like a wrong password.
 	Guard LoginGuard
 
 	// MaxConnsPerIP bounds the open connections from one remote address;
@@ -81,9 +85,15 @@ type Server struct {
 	// MaxSessionsPerUser bounds the sessions per user name, counting those
 	// logging in and those logged in; a further login is refused with
 	// [SYS/TEMP] before the backend is asked, and does not count as a
-	// failed login. The name is taken exactly as the client gave it. Zero
+	// failed login. Names count by their canonical key
+	// (username.Canonical), so "u2" and "U2" share one allowance. Zero
 	// means no limit.
 	MaxSessionsPerUser int
+
+	// MinRefusalTime is the least time from the start of a credentials
+	// check to its [AUTH] refusal, so that refusals by a local hash, by an
+	// upstream and of unknown names take alike. Zero: no floor.
+	MinRefusalTime time.Duration
 
 	mu           sync.Mutex
 	listeners    map[net.Listener]struct{}

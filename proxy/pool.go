@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -47,10 +48,11 @@ func newPool(idle time.Duration, size int) *pool {
 	return &pool{idle: idle, size: size, key: key, entries: make(map[string]*pooled)}
 }
 
-// digest binds a pooled session to the credentials that opened it.
+// digest binds a pooled session to the credentials that opened it; the
+// name counts by its canonical key, as the maildrop does.
 func (p *pool) digest(acct *account) []byte {
 	mac := hmac.New(sha256.New, p.key)
-	mac.Write([]byte(acct.username))
+	mac.Write([]byte(username.Canonical(acct.username)))
 	mac.Write([]byte{0})
 	if acct.token != nil {
 		// A mapped user's OAuth2 login: the local password was checked,
@@ -68,18 +70,21 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	if p == nil || p.idle <= 0 {
 		return nil
 	}
+	digest := p.digest(acct)
 	p.mu.Lock()
 	e := p.entries[maildrop]
-	if e == nil {
+	// Other credentials leave the connection where it is: a wrong
+	// password must not cost the owner the connection kept for it. A
+	// reload replaces every *Upstream, so a connection opened under an
+	// older configuration is never handed out.
+	if e == nil || e.upstream != acct.upstream || !hmac.Equal(e.digest, digest) {
 		p.mu.Unlock()
 		return nil
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
 	e.timer.Stop()
-	// A reload replaces every *Upstream, so a connection opened under an
-	// older configuration is never handed out.
-	if e.upstream != acct.upstream || !hmac.Equal(e.digest, p.digest(acct)) || !e.sess.Alive() {
+	if !e.sess.Alive() {
 		go e.sess.Close()
 		return nil
 	}

@@ -7,16 +7,21 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -38,6 +43,11 @@ type Upstream struct {
 	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
 	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
 	OAuth2 string
+	// PassthroughFailures is how many refused passthrough logins a minute
+	// are forwarded to this upstream; over it, passthrough logins get
+	// [SYS/TEMP] until the budget refills. 0 means
+	// DefaultPassthroughFailures, negative no limit.
+	PassthroughFailures int
 }
 
 // User is a mapped user: local credentials for one upstream account.
@@ -69,9 +79,27 @@ type Passthrough struct {
 
 // Config is what the gateway serves. It is replaced whole on reload.
 type Config struct {
-	Upstreams   map[string]*Upstream
+	Upstreams map[string]*Upstream
+	// Users are matched case-insensitively: New and Reload key them by
+	// username.Canonical, the key the POP3 door gives each login.
 	Users       map[string]*User
 	Passthrough *Passthrough // nil: only mapped users may log in
+}
+
+// canonical returns cfg with Users keyed by canonical name; config
+// validation refuses two users that fold to one.
+func (cfg *Config) canonical() *Config {
+	for name := range cfg.Users {
+		if username.Canonical(name) != name {
+			c := *cfg
+			c.Users = make(map[string]*User, len(cfg.Users))
+			for name, u := range cfg.Users {
+				c.Users[username.Canonical(name)] = u
+			}
+			return &c
+		}
+	}
+	return cfg
 }
 
 // Gateway is the pop3.Backend that serves every login.
@@ -90,6 +118,9 @@ type Gateway struct {
 	locker   Locker
 	state    StateStore
 	assigned *assignments
+
+	budgetsMu sync.Mutex
+	budgets   map[string]*failureBudget // by upstream name
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -107,7 +138,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		snaps:    newSnapshots(nil),
 		prefetch: true,
 	}
-	g.config.Store(cfg)
+	g.config.Store(cfg.canonical())
 	return g
 }
 
@@ -143,7 +174,7 @@ func (g *Gateway) SetPool(idle time.Duration, size int) {
 // upstream they logged in to; idle connections are dropped, since their
 // upstream may have changed.
 func (g *Gateway) Reload(cfg *Config) {
-	g.config.Store(cfg)
+	g.config.Store(cfg.canonical())
 	g.pool.closeAll()
 }
 
@@ -156,6 +187,10 @@ type account struct {
 	username string
 	password string
 	token    func(ctx context.Context, refresh bool) (string, error) // OAuth2, instead of password
+	// forwarded is a passthrough login: its credentials are checked only
+	// by the upstream.
+	forwarded bool
+	user      string // the mapped user's configured name, for logs
 }
 
 // userAccount is the upstream account of a mapped user.
@@ -163,7 +198,7 @@ func userAccount(u *User, up *Upstream) (*account, error) {
 	if up == nil {
 		return nil, fmt.Errorf("unknown upstream %q", u.Upstream)
 	}
-	acct := &account{upstream: up, username: u.UpstreamUser}
+	acct := &account{upstream: up, username: u.UpstreamUser, user: u.Name}
 	if up.OAuth2 != "" {
 		if u.UpstreamToken == nil {
 			return nil, fmt.Errorf("upstream %s logs in with OAuth2, but the user has no token", up.Name)
@@ -179,8 +214,10 @@ func userAccount(u *User, up *Upstream) (*account, error) {
 	return acct, nil
 }
 
-// key names the account in the cache.
-func (a *account) key() string { return a.upstream.Name + "/" + a.username }
+// key names the account in the cache, the locks and the pool. A
+// passthrough name is forwarded as typed but keyed folded, so case
+// variants of one upstream account are one maildrop.
+func (a *account) key() string { return a.upstream.Name + "/" + username.Canonical(a.username) }
 
 // maildrop names the mailbox POP3 sees, for the locks, the pool and the
 // remembered listings.
@@ -191,9 +228,15 @@ var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure,
 // resolve maps a POP3 login to an upstream account, checking a mapped
 // user's local password. Every refusal is pop3.ErrAuthFailed, whatever the
 // reason, so a client cannot tell an unknown user from a wrong password.
+// A case variant of a mapped name is that user: it is checked against the
+// local hash and never forwarded.
 func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 	cfg := g.config.Load()
-	if u, ok := cfg.Users[login.Username]; ok {
+	key := login.Key
+	if key == "" {
+		key = username.Canonical(login.Username)
+	}
+	if u, ok := cfg.Users[key]; ok {
 		ok, err := passwd.Verify(u.PasswordHash, login.Password)
 		if err != nil {
 			g.log.Error("checking password hash", "user", u.Name, "err", err)
@@ -224,7 +267,7 @@ func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 		passwd.DummyVerify(login.Password)
 		return nil, pop3.ErrAuthFailed
 	}
-	return &account{upstream: up, username: login.Username, password: login.Password}, nil
+	return &account{upstream: up, username: login.Username, password: login.Password, forwarded: true}, nil
 }
 
 // Login implements pop3.Backend.
@@ -233,22 +276,58 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	if err != nil {
 		return nil, err
 	}
-	log := g.log.With("user", login.Username, "upstream", acct.upstream.Name)
-	lockKey := acct.maildrop()
-	release, err := g.lock(ctx, lockKey, log)
-	if err != nil {
-		return nil, err
+	if addr, ok := addrPort(login.Remote); ok {
+		ctx = upstream.WithClient(ctx, addr)
 	}
-	sess := g.reuse(ctx, acct)
-	if sess == nil {
-		// The lock is not held while logging in upstream, so a login with
-		// wrong credentials cannot keep the owner out.
-		release()
-		sess, err = g.open(ctx, acct)
+	log := g.log.With("upstream", acct.upstream.Name)
+	if acct.forwarded {
+		// Until the upstream accepts it, a forwarded name may be a password
+		// typed into the wrong field: Debug only.
+		log.Debug("forwarding login", "user", login.Username)
+	} else {
+		log = log.With("user", acct.user)
+	}
+	lockKey := acct.maildrop()
+	var sess *upstream.Session
+	var release func()
+	if acct.forwarded {
+		// A forwarded login has no local hash: the upstream login is the
+		// password check, and [IN-USE] (RFC 3206) is for credentials that
+		// passed it. Locking first would answer a guess at once, uncounted,
+		// and tell that the account is in use.
+		if sess = g.reuse(ctx, acct); sess == nil {
+			budget := g.passthroughBudget(acct.upstream)
+			if !budget.allow() {
+				log.Debug("passthrough failure budget spent: login not forwarded")
+				return nil, errTemporary
+			}
+			sess, err = g.open(ctx, acct)
+			if errors.Is(err, upstream.ErrAuthFailed) && budget.spend() {
+				log.Warn("too many refused passthrough logins: not forwarding any for now", "per_minute", budget.perMinute)
+			}
+		}
 		if err == nil {
 			if release, err = g.lock(ctx, lockKey, log); err != nil {
 				g.pool.put(lockKey, acct, sess)
 				return nil, err
+			}
+		}
+	} else {
+		// The local password was checked: a busy maildrop is told at once,
+		// without an upstream connection.
+		if release, err = g.lock(ctx, lockKey, log); err != nil {
+			return nil, err
+		}
+		if sess = g.reuse(ctx, acct); sess == nil {
+			// The lock is not held while logging in upstream, so a slow
+			// upstream login cannot keep the owner out.
+			release()
+			sess, err = g.open(ctx, acct)
+			if err == nil {
+				if release, err = g.lock(ctx, lockKey, log); err != nil {
+					g.pool.put(lockKey, acct, sess)
+					return nil, err
+				}
 			}
 		}
 	}
@@ -264,6 +343,9 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		log.Warn("upstream unavailable", "err", err)
 		return nil, errTemporary
 	}
+	if acct.forwarded {
+		log = log.With("user", login.Username)
+	}
 	md, err := g.newMaildrop(ctx, sess, acct, log)
 	if err != nil {
 		sess.Close()
@@ -273,6 +355,19 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 	}
 	md.unlock = release
 	return md, nil
+}
+
+// addrPort is the client's address, for upstreams that are told it.
+func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	if tcp, ok := a.(*net.TCPAddr); ok {
+		ap := tcp.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), ap.IsValid()
+	}
+	if a == nil {
+		return netip.AddrPort{}, false
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
 }
 
 // lock takes the maildrop's [IN-USE] lock (RFC 1939 §4: the maildrop is
@@ -400,12 +495,12 @@ func (g *Gateway) Check(ctx context.Context, names ...string) []CheckResult {
 	}
 	var results []CheckResult
 	for _, name := range names {
-		u := cfg.Users[name]
+		u := cfg.Users[username.Canonical(name)]
 		if u == nil {
 			results = append(results, CheckResult{User: name, Err: errors.New("no such user")})
 			continue
 		}
-		r := CheckResult{User: name, Upstream: u.Upstream}
+		r := CheckResult{User: cmp.Or(u.Name, name), Upstream: u.Upstream}
 		acct, err := userAccount(u, cfg.Upstreams[u.Upstream])
 		if err != nil {
 			r.Err = err

@@ -39,6 +39,12 @@ type Server struct {
 	// Timeout bounds the connection set-up and, later, any wait for data
 	// while a command is under way.
 	Timeout time.Duration
+	// SendClientIP tells the server, before logging in, the address of the
+	// POP3 client a connection is for (Dial's context, see WithClient), by
+	// IMAP ID x-originating-ip (RFC 2971), so that a server which trusts
+	// the gateway (Dovecot's login_trusted_networks) penalises and logs
+	// the client rather than the gateway.
+	SendClientIP bool
 	// Observe, when set, is told how long each operation took: connect,
 	// login, select, list, fetch (until the message starts to arrive),
 	// fetch-batch and delete; err is nil on success.
@@ -156,7 +162,18 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Fetch: s.strayFetch},
 	}
 	var client *imapclient.Client
-	if srv.Security == SecurityStartTLS {
+	if addr, ok := clientFrom(ctx); ok && srv.SendClientIP {
+		ic, err := introduce(wd, srv.Security == SecurityStartTLS, tlsConfig, addr)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("upstream: introducing the client to %s: %w", srv.Address, err)
+		}
+		client = imapclient.New(ic, opts)
+		if err := client.WaitGreeting(); err != nil {
+			client.Close()
+			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
+		}
+	} else if srv.Security == SecurityStartTLS {
 		client, err = imapclient.NewStartTLS(wd, opts)
 		if err != nil {
 			raw.Close()

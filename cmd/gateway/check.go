@@ -43,7 +43,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	failed := 0
 	if cfg.Redis != nil {
-		if shared, err := sharedState(ctx, cfg.Redis, slog.New(slog.DiscardHandler)); err != nil {
+		if shared, err := sharedState(ctx, cfg, slog.New(slog.DiscardHandler)); err != nil {
 			failed++
 			fmt.Fprintf(stdout, "redis %s: FAILED: %v\n", cfg.Redis.Address, err)
 		} else {

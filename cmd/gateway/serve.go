@@ -132,7 +132,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 	if cfg.Redis == nil {
 		loginGuard = guard.NewMemory(delays)
 	} else {
-		shared, err := sharedState(ctx, cfg.Redis, log)
+		shared, err := sharedState(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
@@ -161,6 +161,10 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 		MaxConnections:     max(cfg.Limits.MaxConnections, 0),
 		LoginTimeout:       time.Duration(cfg.Limits.LoginTimeout),
+	}
+	s.pop3.RequireTLSOnLoopback = cfg.Auth.RequireTLSOnLoopback
+	if d := cfg.Auth.MinRefusalTime; d != nil {
+		s.pop3.MinRefusalTime = time.Duration(*d)
 	}
 
 	var trusted []netip.Prefix

@@ -76,6 +76,8 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			Trash:        u.TrashMailbox,
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
 		}
+		pc.Upstreams[name].Server.SendClientIP = u.SendClientIP
+		pc.Upstreams[name].PassthroughFailures = u.PassthroughFailures
 		if st.observe != nil {
 			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}
@@ -196,10 +198,21 @@ func clientTLS(caFile, serverName string, skipVerify bool) (*tls.Config, error) 
 }
 
 // sharedState connects to the Redis that replicas share, if configured.
-func sharedState(ctx context.Context, r *config.Redis, log *slog.Logger) (*redisstate.Store, error) {
+// Names in its keys are hidden by an HMAC keyed from the sealing key when
+// there is one, else by the deployment's key kept in Redis.
+func sharedState(ctx context.Context, cfg *config.Config, log *slog.Logger) (*redisstate.Store, error) {
+	r := cfg.Redis
 	password, err := r.Password()
 	if err != nil {
 		return nil, err
+	}
+	var nameKey []byte
+	if cfg.Secrets.KeyFile != "" || cfg.Secrets.KeyEnv != "" {
+		key, err := cfg.SealingKey()
+		if err != nil {
+			return nil, err
+		}
+		nameKey = key.Derive("redis key names")
 	}
 	opts := redisstate.Options{
 		Addr:      r.Address,
@@ -209,6 +222,7 @@ func sharedState(ctx context.Context, r *config.Redis, log *slog.Logger) (*redis
 		KeyPrefix: r.KeyPrefix,
 		LockTTL:   time.Duration(r.LockTTL),
 		Logger:    log,
+		NameKey:   nameKey,
 	}
 	if r.TLS {
 		host, _, _ := net.SplitHostPort(r.Address)

@@ -114,7 +114,9 @@ type Limits struct {
 	SessionsPerUser int `yaml:"sessions_per_user"`
 	// LoginDelay is the delay after the first failed login from an address
 	// or for a user name; it doubles with each further failure up to
-	// LoginDelayMax, and a successful login resets it.
+	// LoginDelayMax. Attempts queue: parallel ones are checked one delay
+	// apart. A successful login resets the user's count, not the
+	// address's, which expires 15 minutes after its last failure.
 	LoginDelay    Duration `yaml:"login_delay"`
 	LoginDelayMax Duration `yaml:"login_delay_max"`
 	// MaxConnections bounds the open POP3 connections on all listeners;
@@ -142,8 +144,18 @@ type TLS struct {
 // Auth holds client authentication settings.
 type Auth struct {
 	// AllowInsecure allows USER/PASS/AUTH without TLS from non-loopback
-	// addresses. Loopback clients are always allowed.
+	// addresses. Loopback clients are allowed too, unless
+	// RequireTLSOnLoopback; a client whose address comes from a PROXY
+	// header is never a loopback client.
 	AllowInsecure bool `yaml:"allow_insecure"`
+	// RequireTLSOnLoopback removes the loopback exemption: passwords need
+	// TLS from every address (unless AllowInsecure).
+	RequireTLSOnLoopback bool `yaml:"require_tls_on_loopback"`
+	// MinRefusalTime is the least time a refused login takes from the
+	// start of its check, so that a mapped user refused by its local hash
+	// and a name refused by the upstream look alike in time; default
+	// DefaultMinRefusalTime (Dovecot's auth_failure_delay), 0s for none.
+	MinRefusalTime *Duration `yaml:"min_refusal_time"`
 }
 
 // Upstream TLS modes.
@@ -198,6 +210,16 @@ type Upstream struct {
 	// OAuth2 is the authorization server and client for auth xoauth2 and
 	// oauthbearer; a provider preset fills its endpoints and scopes.
 	OAuth2 *OAuth2 `yaml:"oauth2"`
+	// SendClientIP tells the upstream each POP3 client's address before
+	// logging in (IMAP ID x-originating-ip, RFC 2971), for a server that
+	// trusts the gateway with it (Dovecot: login_trusted_networks), so its
+	// per-address login penalties and logs see the client.
+	SendClientIP bool `yaml:"send_client_ip"`
+	// PassthroughFailures is how many refused passthrough logins a minute
+	// the gateway forwards to this upstream; past it, passthrough logins
+	// are refused with [SYS/TEMP] without asking the upstream until the
+	// budget refills. 0 means the default (30), -1 no limit.
+	PassthroughFailures int `yaml:"passthrough_failures"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the
@@ -290,6 +312,7 @@ const (
 	DefaultHeaderTimeout    = Duration(5 * time.Second)
 	DefaultRedisKeyPrefix   = "pop3gw:"
 	DefaultRedisLockTTL     = Duration(30 * time.Second)
+	DefaultMinRefusalTime   = Duration(2 * time.Second)
 )
 
 // Error lists the problems found in a configuration, one per line, each
@@ -364,6 +387,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.Cache.MaxMessage == 0 {
 		c.Cache.MaxMessage = DefaultMaxMessage
+	}
+	if c.Auth.MinRefusalTime == nil {
+		d := DefaultMinRefusalTime
+		c.Auth.MinRefusalTime = &d
 	}
 	if c.Limits.ConnectionsPerIP == 0 {
 		c.Limits.ConnectionsPerIP = DefaultConnectionsPerIP
@@ -482,6 +509,8 @@ func (c *Config) Warnings() []string {
 	}
 	if c.Auth.AllowInsecure {
 		w = append(w, "auth.allow_insecure is true: clients may send passwords over the network without TLS")
+	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && c.Auth.RequireTLSOnLoopback {
+		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.require_tls_on_loopback is true: no client can log in")
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}

@@ -183,6 +183,7 @@ func TestValidation(t *testing.T) {
 		{"upstream timeout", func(c *Config) { c.Upstreams["corp"].Timeout = Duration(-time.Second) }, "upstreams.corp.timeout: must be positive, not -1s"},
 		{"upstream provider", func(c *Config) { c.Upstreams["corp"].Provider = "hotmail" }, `upstreams.corp.provider: "hotmail" is not one of gmail, outlook, yahoo, icloud, fastmail, aol`},
 		{"upstream nil", func(c *Config) { c.Upstreams["x"] = nil }, "upstreams.x: is empty"},
+		{"upstream passthrough_failures", func(c *Config) { c.Upstreams["corp"].PassthroughFailures = -2 }, "upstreams.corp.passthrough_failures: must be positive, or -1 for no limit"},
 		{"user name space", func(c *Config) { c.Users["a b"] = c.Users["alice"] }, `users: user name "a b" is empty or contains spaces`},
 		{"user no hash", func(c *Config) { c.Users["alice"].PasswordHash = "" }, "users.alice.password_hash: required"},
 		{"user bad hash", func(c *Config) { c.Users["alice"].PasswordHash = "secret" }, "users.alice.password_hash: unknown hash format"},
@@ -194,6 +195,7 @@ func TestValidation(t *testing.T) {
 		{"user two secrets", func(c *Config) { c.Users["alice"].UpstreamPasswordFile = "/run/secrets/a" }, "users.alice: set only one of upstream_password_file and upstream_password_env"},
 		{"user env name", func(c *Config) { c.Users["alice"].UpstreamPasswordEnv = "1BAD-NAME" }, `users.alice.upstream_password_env: "1BAD-NAME" is not a valid environment variable name`},
 		{"user nil", func(c *Config) { c.Users["bob"] = nil }, "users.bob: is empty"},
+		{"user names equal but for case", func(c *Config) { c.Users["Alice"] = c.Users["alice"] }, "users.alice: same user as users.Alice: user names are matched without regard to case"},
 		{"upstream auth", func(c *Config) { c.Upstreams["corp"].Auth = "cram-md5" }, `upstreams.corp.auth: "cram-md5" is not one of password, xoauth2, oauthbearer`},
 		{"oauth2 without block", func(c *Config) { c.Upstreams["corp"].Auth = AuthXOAuth2 }, "upstreams.corp.oauth2: required for auth xoauth2 and oauthbearer"},
 		{"oauth2 block with password auth", func(c *Config) { c.Upstreams["corp"].OAuth2 = &OAuth2{} }, "upstreams.corp.oauth2: set, but auth is password"},
@@ -328,7 +330,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, data_dir, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
@@ -626,6 +628,10 @@ func TestWarnings(t *testing.T) {
 	if w := mustParse(t, minimal).Warnings(); len(w) != 0 {
 		t.Errorf("loopback-only config: warnings = %q", w)
 	}
+	c = mustParse(t, minimal+"auth:\n  require_tls_on_loopback: true\n")
+	if w := c.Warnings(); !c.Auth.RequireTLSOnLoopback || len(w) != 1 || !strings.Contains(w[0], "no client can log in") {
+		t.Errorf("require_tls_on_loopback without TLS: warnings = %q", w)
+	}
 }
 
 func TestFetchAheadAndKeepConnection(t *testing.T) {
@@ -742,5 +748,28 @@ func TestCacheMemoryZero(t *testing.T) {
 		if c.Cache.Memory != tt.want {
 			t.Errorf("%q: cache.memory %v, want %v", tt.text, c.Cache.Memory, tt.want)
 		}
+	}
+}
+
+func TestSendClientIP(t *testing.T) {
+	c := mustParse(t, strings.Replace(minimal, `address: "imap.example.com:993"`, "address: \"imap.example.com:993\"\n    send_client_ip: true", 1))
+	if !c.Upstreams["corp"].SendClientIP {
+		t.Fatal("send_client_ip not read")
+	}
+	if mustParse(t, minimal).Upstreams["corp"].SendClientIP {
+		t.Fatal("send_client_ip on by default")
+	}
+}
+
+func TestMinRefusalTime(t *testing.T) {
+	if d := mustParse(t, minimal).Auth.MinRefusalTime; d == nil || *d != DefaultMinRefusalTime {
+		t.Errorf("default min_refusal_time = %v, want %v", d, DefaultMinRefusalTime)
+	}
+	if d := mustParse(t, minimal+"auth:\n  min_refusal_time: 0s\n").Auth.MinRefusalTime; d == nil || *d != 0 {
+		t.Errorf("min_refusal_time 0s read as %v", d)
+	}
+	_, err := Parse([]byte(minimal + "auth:\n  min_refusal_time: 1m\n"))
+	if err == nil || !strings.Contains(err.Error(), "auth.min_refusal_time: must be between 0s and 30s, not 1m0s") {
+		t.Errorf("min_refusal_time 1m: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"unicode"
 
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/username"
 )
 
 var (
@@ -118,6 +119,9 @@ func (c *Config) Validate() error {
 		if u.Provider != "" {
 			p.oneOf(path+".provider", u.Provider, Providers)
 		}
+		if u.PassthroughFailures < -1 {
+			p.add(path+".passthrough_failures", "must be positive, or -1 for no limit")
+		}
 		if u.Mailbox == "" {
 			p.add(path+".mailbox", "required")
 		}
@@ -139,12 +143,18 @@ func (c *Config) Validate() error {
 
 	// users
 	tokenFiles := map[string]string{}
+	folded := map[string]string{}
 	for _, name := range sortedKeys(c.Users) {
 		path := "users." + name
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 			p.add("users", "user name %q is empty or contains spaces or control characters", name)
 			path = fmt.Sprintf("users.%q", name)
 		}
+		// Logins are matched case-insensitively, so these would be one user.
+		if other, dup := folded[username.Canonical(name)]; dup {
+			p.add(path, "same user as users.%s: user names are matched without regard to case", other)
+		}
+		folded[username.Canonical(name)] = name
 		u := c.Users[name]
 		if u == nil {
 			p.add(path, "is empty")
@@ -304,6 +314,10 @@ func (c *Config) Validate() error {
 		p.add("secrets", "set only one of key_file and key_env")
 	case s.KeyEnv != "" && !validEnvName(s.KeyEnv):
 		p.add("secrets.key_env", "%q is not a valid environment variable name", s.KeyEnv)
+	}
+
+	if d := c.Auth.MinRefusalTime; d != nil && (*d < 0 || *d > Duration(30*time.Second)) {
+		p.add("auth.min_refusal_time", "must be between 0s and 30s, not %v", *d)
 	}
 
 	// limits

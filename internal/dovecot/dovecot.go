@@ -64,6 +64,10 @@ type Options struct {
 	// NoTrash leaves out the Trash mailbox marked \Trash that every
 	// user otherwise has.
 	NoTrash bool
+	// TrustedNetworks, if set, is login_trusted_networks: clients from
+	// there may report the address of the client they act for (IMAP ID
+	// x-originating-ip), which Dovecot then logs and penalises.
+	TrustedNetworks string
 
 	// ReuseProcesses selects Dovecot's high-performance process model:
 	// login processes serve many connections (service_count = 0) and mail
@@ -334,6 +338,9 @@ namespace inbox {
   inbox = yes
 }
 `, host, port)
+	}
+	if s.opts.TrustedNetworks != "" {
+		fmt.Fprintf(&b, "login_trusted_networks = %s\n", s.opts.TrustedNetworks)
 	}
 	chroot := ""
 	if self != nil {

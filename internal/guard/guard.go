@@ -2,6 +2,14 @@
 // per remote address and per user name and turns the counts into a delay
 // before the next attempt, so guessing passwords gets slower with each miss
 // while a client that logs in at the first try is never held up.
+//
+// The delay is a queue, not a wait: each key with failures has a next
+// allowed time, and every attempt books the first free slot and moves that
+// time on by the delay before its credentials are checked. Attempts sent
+// in parallel over many connections therefore get their checks one delay
+// apart, as if they had come one after the other. A success clears the
+// user's counter only; the address keeps its failures until they expire,
+// so logging in to one's own account between guesses resets nothing.
 package guard
 
 import (
@@ -47,6 +55,7 @@ type Memory struct {
 type entry struct {
 	failures int
 	last     time.Time // time of the last failure
+	next     time.Time // no attempt is checked before this
 }
 
 // maxFailures caps a counter; the delay reaches Max long before.
@@ -71,10 +80,10 @@ func NewMemory(opts Options) *Memory {
 	return &Memory{opts: opts, now: time.Now, ips: ips, users: users}
 }
 
-// Delay returns how long to wait before checking the next login from ip
-// for user: nothing before any failure, else Base doubled for each failure
-// after the first, at most Max. The larger of the two counters decides.
-// user may be empty.
+// Delay returns the spacing that the failures of ip and user call for:
+// nothing before any failure, else Base doubled for each failure after the
+// first, at most Max; the larger of the two counters decides. It books
+// nothing: logins go through Reserve.
 func (m *Memory) Delay(ctx context.Context, ip, user string) time.Duration {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -83,8 +92,52 @@ func (m *Memory) Delay(ctx context.Context, ip, user string) time.Duration {
 	return DelayFor(n, m.opts.Base, m.opts.Max)
 }
 
+// Reserve books the next attempt from ip for user and returns how long it
+// must wait before its credentials are checked: until the later of the
+// two keys' next allowed times. Each key with failures then moves its
+// next allowed time to that slot plus its own delay, so the next attempt,
+// on this connection or another, queues behind this one. user may be
+// empty.
+//
+// An address's queue has no end: it holds only its own guesses. A user's
+// holds the owner back by at most Max, so guesses at one name from many
+// addresses cannot lock its owner out for longer than that.
+func (m *Memory) Reserve(ctx context.Context, ip, user string) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	slot := now
+	type live struct {
+		t   *simplelru.LRU[string, entry]
+		key string
+		cap bool // the user's key: its queue counts for at most Max
+		e   entry
+	}
+	var keys []live
+	for _, k := range []live{{t: m.ips, key: ip}, {t: m.users, key: user, cap: true}} {
+		if m.count(k.t, k.key, now) == 0 {
+			continue
+		}
+		k.e, _ = k.t.Peek(k.key)
+		next := k.e.next
+		if limit := now.Add(m.opts.Max); k.cap && next.After(limit) {
+			next = limit
+		}
+		if next.After(slot) {
+			slot = next
+		}
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		k.e.next = slot.Add(DelayFor(k.e.failures, m.opts.Base, m.opts.Max))
+		k.t.Add(k.key, k.e)
+	}
+	return slot.Sub(now)
+}
+
 // Failed records a refused login from ip for user; an empty user counts
-// for the address alone.
+// for the address alone. The next attempt waits at least the new delay
+// from now, or longer if attempts are already booked.
 func (m *Memory) Failed(ctx context.Context, ip, user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -93,13 +146,12 @@ func (m *Memory) Failed(ctx context.Context, ip, user string) {
 	m.add(m.users, user, now)
 }
 
-// Succeeded forgets the failures of ip and user.
+// Succeeded forgets the failures of user. Those of ip stay: a success on
+// another account, perhaps the guesser's own, says nothing about the
+// guesses.
 func (m *Memory) Succeeded(ctx context.Context, ip, user string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if ip != "" {
-		m.ips.Remove(ip)
-	}
 	if user != "" {
 		m.users.Remove(user)
 	}
@@ -131,6 +183,9 @@ func (m *Memory) add(t *simplelru.LRU[string, entry], key string, now time.Time)
 	}
 	e.failures = min(e.failures+1, maxFailures)
 	e.last = now
+	if next := now.Add(DelayFor(e.failures, m.opts.Base, m.opts.Max)); next.After(e.next) {
+		e.next = next
+	}
 	t.Add(key, e)
 }
 

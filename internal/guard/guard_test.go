@@ -102,17 +102,74 @@ func TestNoOverflow(t *testing.T) {
 	}
 }
 
-func TestSucceededResets(t *testing.T) {
+func TestSucceededResetsTheUserOnly(t *testing.T) {
 	m, _ := newTestMemory(Options{})
 	m.Failed(ctx, "192.0.2.1", "alice")
 	m.Failed(ctx, "192.0.2.1", "alice")
+	// A success on another account, the guesser's own, from the same
+	// address.
+	m.Succeeded(ctx, "192.0.2.1", "mallory")
+	if got := m.Delay(ctx, "192.0.2.1", ""); got != 2*time.Second {
+		t.Fatalf("address delay after another account's success = %v, want 2s", got)
+	}
 	m.Succeeded(ctx, "192.0.2.1", "alice")
-	if got := m.Delay(ctx, "192.0.2.1", "alice"); got != 0 {
-		t.Fatalf("delay after success = %v", got)
+	if got := m.Delay(ctx, "", "alice"); got != 0 {
+		t.Fatalf("user delay after success = %v", got)
+	}
+	if got := m.Delay(ctx, "192.0.2.1", ""); got != 2*time.Second {
+		t.Fatalf("address delay after the user's success = %v, want 2s", got)
+	}
+	m.Failed(ctx, "192.0.2.9", "alice")
+	if got := m.Delay(ctx, "", "alice"); got != time.Second {
+		t.Fatalf("delay after a new failure = %v, want the base again", got)
+	}
+}
+
+// TestReserveQueues: attempts booked together are spaced by the delay,
+// not all let through when the first delay ends.
+func TestReserveQueues(t *testing.T) {
+	m, clk := newTestMemory(Options{Base: time.Second, Max: time.Second})
+	if got := m.Reserve(ctx, "192.0.2.1", "alice"); got != 0 {
+		t.Fatalf("first attempt waits %v", got)
 	}
 	m.Failed(ctx, "192.0.2.1", "alice")
-	if got := m.Delay(ctx, "192.0.2.1", "alice"); got != time.Second {
-		t.Fatalf("delay after a new failure = %v, want the base again", got)
+	// Five connections from the address, for five names, at once.
+	for i, want := range []time.Duration{1, 2, 3, 4, 5} {
+		if got := m.Reserve(ctx, "192.0.2.1", fmt.Sprintf("user%d", i)); got != want*time.Second {
+			t.Fatalf("attempt %d waits %v, want %v", i, got, want*time.Second)
+		}
+	}
+	// Another address is not in that queue.
+	if got := m.Reserve(ctx, "192.0.2.2", "bob"); got != 0 {
+		t.Fatalf("other address waits %v", got)
+	}
+	// The queue drains with time.
+	clk.advance(10 * time.Second)
+	if got := m.Reserve(ctx, "192.0.2.1", "carol"); got != 0 {
+		t.Fatalf("after the queue drained: wait %v", got)
+	}
+	// A user's queue holds its owner back by at most Max, whatever the
+	// guesses from other addresses booked.
+	m.Failed(ctx, "198.51.100.1", "dave")
+	for i := range 10 {
+		m.Reserve(ctx, fmt.Sprintf("198.51.100.%d", i+2), "dave")
+	}
+	if got := m.Reserve(ctx, "203.0.113.1", "dave"); got > time.Second {
+		t.Fatalf("the owner waits %v behind guesses from elsewhere, want at most Max", got)
+	}
+}
+
+// TestFailureAfterBookingsKeepsTheQueue: a failure does not pull the next
+// allowed time back before slots already booked.
+func TestFailureAfterBookingsKeepsTheQueue(t *testing.T) {
+	m, _ := newTestMemory(Options{Base: time.Second, Max: time.Second})
+	m.Failed(ctx, "192.0.2.1", "")
+	for range 3 {
+		m.Reserve(ctx, "192.0.2.1", "")
+	}
+	m.Failed(ctx, "192.0.2.1", "")
+	if got := m.Reserve(ctx, "192.0.2.1", ""); got != 4*time.Second {
+		t.Fatalf("wait %v, want 4s", got)
 	}
 }
 
@@ -170,7 +227,7 @@ func TestConcurrentUse(t *testing.T) {
 		wg.Go(func() {
 			user := fmt.Sprintf("user%d", g)
 			for range 100 {
-				m.Delay(ctx, "192.0.2.1", user)
+				m.Reserve(ctx, "192.0.2.1", user)
 				m.Failed(ctx, "192.0.2.1", user)
 			}
 			m.Succeeded(ctx, "192.0.2.9", user)

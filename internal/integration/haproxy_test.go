@@ -47,7 +47,13 @@ type proxiedGateway struct {
 	log  *testenv.Buffer
 }
 
+// startProxiedGateway starts a gateway that takes passwords without TLS:
+// its clients, behind the balancer, are never loopback clients.
 func startProxiedGateway(t *testing.T) *proxiedGateway {
+	return startProxiedGatewayAuth(t, true)
+}
+
+func startProxiedGatewayAuth(t *testing.T, allowInsecure bool) *proxiedGateway {
 	t.Helper()
 	mem, err := imapmem.Start("127.0.0.1:0", nil)
 	if err != nil {
@@ -72,7 +78,7 @@ func startProxiedGateway(t *testing.T) *proxiedGateway {
 		}},
 		Passthrough: &proxy.Passthrough{Upstream: "mem"},
 	}, cache.New(16<<20, 1<<20), log)
-	srv := &pop3.Server{Backend: px, Logger: log}
+	srv := &pop3.Server{Backend: px, Logger: log, AllowInsecureAuth: allowInsecure}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -294,4 +300,30 @@ func TestHAProxyHeaderFromUntrustedClient(t *testing.T) {
 			t.Errorf("connection without a header was served: %q", got)
 		}
 	})
+}
+
+// TestHAProxyClientIsNotLoopback: the header names the client 127.0.0.2,
+// a loopback address, but the client came through the balancer: it is not
+// local and may not send a password without TLS.
+func TestHAProxyClientIsNotLoopback(t *testing.T) {
+	gw := startProxiedGatewayAuth(t, false)
+	front := startHAProxy(t, gw.addr, "send-proxy-v2")
+	nc := haDialFrom(t, haClientIP, front)
+	c, err := pop3client.New(nc)
+	if err != nil {
+		t.Fatalf("greeting through haproxy: %v", err)
+	}
+	reply, err := c.Cmd("USER " + haUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(reply, "-ERR [AUTH] Plaintext authentication disallowed") {
+		t.Fatalf("USER through the balancer from %s = %q, want the plaintext refusal", haClientIP, reply)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatalf("QUIT: %v", err)
+	}
+	if line := gw.sessionEnd(t, nc.LocalAddr()); !strings.Contains(line, " remote=127.0.0.2:") {
+		t.Errorf("session end line %q, want remote=127.0.0.2:...", line)
+	}
 }

@@ -159,6 +159,14 @@ redis:
 	if _, err := login(one.addr, "local-pass"); err == nil || !strings.Contains(err.Error(), "[IN-USE]") {
 		t.Fatalf("second session on the other replica: %v, want -ERR [IN-USE]", err)
 	}
+	// The name in another case is the same user and maildrop.
+	if c, err := pop3client.Dial(one.addr); err != nil {
+		t.Fatal(err)
+	} else if err := c.Login("ALICE", "local-pass"); err == nil || !strings.Contains(err.Error(), "[IN-USE]") {
+		t.Fatalf("ALICE on the other replica: %v, want -ERR [IN-USE]", err)
+	} else {
+		c.Close()
+	}
 
 	// Replica two dies with the session open. Its lock outlives it for at
 	// most the lock's TTL, then the maildrop is usable again.

@@ -201,6 +201,11 @@ func (c *trustedConn) Write(b []byte) (int, error) {
 
 func (c *trustedConn) Close() error { return c.pc.Close() }
 
+// Proxied tells that RemoteAddr is what a balancer claims, not the peer:
+// an address such as 127.0.0.1 in a header does not make a client local.
+// The pop3 server looks for this method.
+func (c *trustedConn) Proxied() bool { return true }
+
 // RemoteAddr is the client's address from the header, or the balancer's
 // own for a LOCAL or UNKNOWN header. Without a valid header it is the
 // peer's address too, but the connection is closed by then.

@@ -2,6 +2,9 @@ package redisstate
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,11 +65,64 @@ func TestGuardShared(t *testing.T) {
 	}
 
 	gb.Succeeded(ctx, "192.0.2.1", "alice")
-	if got := ga.Delay(ctx, "192.0.2.1", "alice"); got != 0 {
-		t.Errorf("after Succeeded via B: Delay via A = %v, want 0", got)
+	if got := ga.Delay(ctx, "", "alice"); got != 0 {
+		t.Errorf("after Succeeded via B: user Delay via A = %v, want 0", got)
+	}
+	// The address keeps its failures: a success says nothing of them.
+	if got := ga.Delay(ctx, "192.0.2.1", ""); got != testGuardOptions.Max {
+		t.Errorf("Succeeded cleared the address: Delay = %v", got)
 	}
 	if got := ga.Delay(ctx, "192.0.2.99", "bob"); got != testGuardOptions.Base {
 		t.Errorf("Succeeded cleared others' counters: Delay = %v", got)
+	}
+}
+
+// TestGuardQueuesAcrossReplicas: attempts booked at once through two
+// replicas get slots one delay apart, and a success on another account
+// leaves the address's queue as it was.
+func TestGuardQueuesAcrossReplicas(t *testing.T) {
+	addr := redistest.Start(t)
+	opts := guard.Options{Base: time.Second, Max: time.Second, Window: time.Minute}
+	ga := replica(t, addr, time.Second, nil).Guard(opts)
+	gb := replica(t, addr, time.Second, nil).Guard(opts)
+	ctx := context.Background()
+	if got := ga.Reserve(ctx, "192.0.2.1", "alice"); got != 0 {
+		t.Fatalf("first attempt waits %v", got)
+	}
+	ga.Failed(ctx, "192.0.2.1", "alice")
+	gb.Succeeded(ctx, "192.0.2.1", "mallory") // the guesser's own account
+
+	const n = 6
+	waits := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		g := ga
+		if i%2 == 1 {
+			g = gb
+		}
+		wg.Go(func() { waits[i] = g.Reserve(ctx, "192.0.2.1", fmt.Sprintf("user%d", i)) })
+	}
+	wg.Wait()
+	slices.Sort(waits)
+	// Slots are exactly a second apart; each wait is measured from its own
+	// call, a few milliseconds apart at most.
+	const slack = 500 * time.Millisecond
+	for i, w := range waits {
+		if want := time.Duration(i+1) * time.Second; w < want-slack || w > want {
+			t.Errorf("waits %v: slot %d is %v, want about %v", waits, i, w, want)
+		}
+	}
+	if got := gb.Reserve(ctx, "192.0.2.2", "bob"); got != 0 {
+		t.Errorf("another address waits %v", got)
+	}
+	// A user's queue holds its owner back by at most Max, whatever the
+	// guesses from other addresses booked.
+	ga.Failed(ctx, "198.51.100.1", "dave")
+	for i := range 10 {
+		gb.Reserve(ctx, fmt.Sprintf("198.51.100.%d", i+2), "dave")
+	}
+	if got := ga.Reserve(ctx, "203.0.113.1", "dave"); got > opts.Max {
+		t.Errorf("the owner waits %v behind guesses from elsewhere, want at most %v", got, opts.Max)
 	}
 }
 
@@ -85,7 +141,7 @@ func TestGuardWindow(t *testing.T) {
 	if got := g.Delay(ctx, "192.0.2.1", "alice"); got != 2*opts.Base {
 		t.Fatalf("Delay = %v, want %v", got, 2*opts.Base)
 	}
-	ttl, err := raw(t, addr).PTTL(ctx, "pop3gw:fail:ip:192.0.2.1").Result()
+	ttl, err := raw(t, addr).PTTL(ctx, "pop3gw:guard:ip:192.0.2.1").Result()
 	if err != nil || ttl <= 0 || ttl > window {
 		t.Errorf("counter TTL = %v, %v; want in (0, %v]", ttl, err, window)
 	}
@@ -113,11 +169,11 @@ func TestGuardEmptyUser(t *testing.T) {
 
 	g.Failed(ctx, "192.0.2.1", "")
 	g.Failed(ctx, "192.0.2.1", "")
-	keys, err := raw(t, addr).Keys(ctx, "*").Result()
+	keys, err := raw(t, addr).Keys(ctx, "pop3gw:guard:*").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(keys) != 1 || keys[0] != "pop3gw:fail:ip:192.0.2.1" {
+	if len(keys) != 1 || keys[0] != "pop3gw:guard:ip:192.0.2.1" {
 		t.Errorf("keys = %q, want only the address counter", keys)
 	}
 	if got := g.Delay(ctx, "192.0.2.1", ""); got != 2*testGuardOptions.Base {
@@ -135,8 +191,8 @@ func TestGuardEmptyUser(t *testing.T) {
 		t.Errorf("no address or user: Delay = %v", got)
 	}
 	g.Succeeded(ctx, "192.0.2.1", "")
-	if got := g.Delay(ctx, "192.0.2.1", ""); got != 0 {
-		t.Errorf("after Succeeded: Delay = %v", got)
+	if got := g.Delay(ctx, "192.0.2.1", ""); got != 2*testGuardOptions.Base {
+		t.Errorf("after Succeeded without a user: Delay = %v, want the address's", got)
 	}
 }
 

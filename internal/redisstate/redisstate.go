@@ -24,19 +24,31 @@
 //
 // Failed logins are counted in keys that expire Window after the last
 // failure, one per remote address and one per user name, and every
-// replica computes the same delay from them with guard.DelayFor. The guard
+// replica computes the same delay from them with guard.DelayFor. Each key
+// also holds the next allowed time, which every attempt advances in one
+// Lua script on the Redis server's clock, so attempts through any number
+// of replicas and connections queue one delay apart. The guard
 // fails open: when Redis cannot be asked, Delay returns 0 and the failure
 // is not counted, so a Redis outage only removes the slowdown of password
 // guessing and never locks every user out. Such errors are logged at most
 // once every 30 seconds.
 //
-// User names and maildrop keys appear in Redis keys only as SHA-256
-// hashes; they are never logged.
+// User names and maildrop keys appear in Redis keys only as HMAC-SHA256
+// digests, never in the clear and never logged. The HMAC key is
+// Options.NameKey, which the gateway derives from the sealing key
+// (secrets.key_file or key_env) when one is configured. Without one, the
+// first replica to connect stores a random key in Redis itself
+// (<prefix>namekey, no expiry) and every replica reads it from there: a
+// copy of the data then needs that key too, and a dictionary of names
+// made for one deployment is of no use against another. Changing the key
+// (setting a sealing key, rotating it, or deleting namekey) renames every
+// lock and counter: do it with all replicas stopped.
 package redisstate
 
 import (
 	"cmp"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -95,6 +107,11 @@ type Options struct {
 	LockTTL time.Duration
 	// Logger receives warnings; slog.Default() when nil.
 	Logger *slog.Logger
+	// NameKey keys the HMAC that stands for user names and maildrops in
+	// Redis keys. Replicas share state only with the same NameKey. When
+	// nil, New uses the deployment's random key kept in Redis, creating
+	// it if no replica has.
+	NameKey []byte
 }
 
 // Store is a connection to Redis holding the shared state. It is safe for
@@ -104,6 +121,8 @@ type Store struct {
 	prefix string
 	ttl    time.Duration
 	log    *slog.Logger
+
+	nameKey []byte // see Options.NameKey
 
 	mu     sync.Mutex
 	closed bool
@@ -160,7 +179,30 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 		s.rdb.Close()
 		return nil, fmt.Errorf("redisstate: connecting to Redis at %s: %w", opts.Addr, err)
 	}
+	s.nameKey = opts.NameKey
+	if s.nameKey == nil {
+		var err error
+		if s.nameKey, err = s.sharedNameKey(ctx); err != nil {
+			s.rdb.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// sharedNameKey returns the deployment's random name key kept in Redis,
+// storing a new one if there is none yet (SET NX, so replicas starting
+// together agree on the first).
+func (s *Store) sharedNameKey(ctx context.Context) ([]byte, error) {
+	key := s.prefix + "namekey"
+	if err := s.rdb.SetNX(ctx, key, rand.Text(), 0).Err(); err != nil {
+		return nil, fmt.Errorf("redisstate: storing the name key: %w", err)
+	}
+	v, err := s.rdb.Get(ctx, key).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstate: reading the name key: %w", err)
+	}
+	return []byte(v), nil
 }
 
 // Ping checks that Redis answers, for readiness checks.
@@ -197,11 +239,13 @@ func (clientLogger) Printf(ctx context.Context, format string, v ...any) {
 	slog.Default().DebugContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }
 
-// hash returns the hex SHA-256 of s, which stands for a user name or
-// maildrop key in Redis keys.
-func hash(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
+// hash returns the hex HMAC-SHA256 of name under the name key, which
+// stands for a user name or maildrop key in Redis keys. Unkeyed, a list
+// of likely names would turn the keys back into names.
+func (s *Store) hash(name string) string {
+	mac := hmac.New(sha256.New, s.nameKey)
+	mac.Write([]byte(name))
+	return hex.EncodeToString(mac.Sum(nil))
 }
 
 // renewScript extends the lock KEYS[1] to ARGV[2] milliseconds if it
@@ -223,7 +267,7 @@ return 0
 
 // lockKey is the Redis key of the maildrop lock named key.
 func (s *Store) lockKey(key string) string {
-	return s.prefix + "lock:" + hash(key)
+	return s.prefix + "lock:" + s.hash(key)
 }
 
 // Lock implements proxy.Locker. ok is false when another session, on

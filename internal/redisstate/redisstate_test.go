@@ -19,7 +19,9 @@ import (
 var (
 	_ proxy.Locker      = (*Store)(nil)
 	_ proxy.HeldChecker = (*Store)(nil)
-	_ pop3.LoginGuard   = (*Guard)(nil)
+	// The package stays free of proxy, whose tests use it.
+	_ proxy.SharedStateStore = (*Store)(nil)
+	_ pop3.LoginGuard        = (*Guard)(nil)
 )
 
 // replica connects a Store to addr, as one gateway replica would, with
@@ -273,9 +275,10 @@ func TestKeysHoldNoPlaintext(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]bool{
-		"pop3gw:lock:" + hash("alice@example.org"):    true,
-		"pop3gw:fail:ip:192.0.2.7":                    true,
-		"pop3gw:fail:user:" + hash("bob@example.org"): true,
+		"pop3gw:lock:" + s.hash("alice@example.org"):     true,
+		"pop3gw:guard:ip:192.0.2.7":                      true,
+		"pop3gw:guard:user:" + s.hash("bob@example.org"): true,
+		"pop3gw:namekey":                                 true,
 	}
 	if len(keys) != len(want) {
 		t.Errorf("keys %q, want %d", keys, len(want))

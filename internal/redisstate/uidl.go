@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/pop3gw/gateway/proxy"
 )
 
 // The UIDL store (a proxy.StateStore) that replicas share. Per maildrop,
@@ -18,8 +16,6 @@ import (
 // A write is acknowledged by Redis before the proxy shows a UIDL; that it
 // survives a restart of Redis depends on Redis's own persistence
 // (appendonly yes): Store.CheckPersistence warns when it is off.
-
-var _ proxy.SharedStateStore = (*Store)(nil)
 
 // SharedWithOtherProcesses implements proxy.SharedStateStore: replicas
 // write the same keys.
@@ -56,7 +52,7 @@ return out
 `)
 
 func (s *Store) stateKeys(maildrop string) (uidls, holders, hidden, journal string) {
-	h := hash(maildrop)
+	h := s.hash(maildrop)
 	return s.prefix + "uidl:" + h, s.prefix + "uidl-holder:" + h, s.prefix + "hidden:" + h, s.prefix + "journal:" + h
 }
 

@@ -83,8 +83,9 @@ var ErrOpen = errors.New("secrets: cannot open sealed secret")
 // Key seals and opens secrets with AES-256-GCM. The zero Key is not usable;
 // get one from NewKey, ParseKey or LoadKey.
 type Key struct {
-	aead cipher.AEAD // prepends a random nonce on Seal (NewGCMWithRandomNonce)
-	id   string
+	aead   cipher.AEAD // prepends a random nonce on Seal (NewGCMWithRandomNonce)
+	id     string
+	derive []byte // root of Derive, itself derived from the key
 }
 
 func newKey(raw []byte) (*Key, error) {
@@ -98,11 +99,23 @@ func newKey(raw []byte) (*Key, error) {
 	}
 	mac := hmac.New(sha256.New, raw)
 	mac.Write([]byte("pop3gw key id"))
-	return &Key{aead: aead, id: hex.EncodeToString(mac.Sum(nil)[:8])}, nil
+	id := hex.EncodeToString(mac.Sum(nil)[:8])
+	mac = hmac.New(sha256.New, raw)
+	mac.Write([]byte("pop3gw derive"))
+	return &Key{aead: aead, id: id, derive: mac.Sum(nil)}, nil
 }
 
 // ID names the key without revealing it: equal keys have equal IDs.
 func (k *Key) ID() string { return k.id }
+
+// Derive returns a 32-byte key for another purpose, such as keying the
+// HMAC that hides names in Redis keys. Different purposes give unrelated
+// keys, and none reveals the sealing key.
+func (k *Key) Derive(purpose string) []byte {
+	mac := hmac.New(sha256.New, k.derive)
+	mac.Write([]byte(purpose))
+	return mac.Sum(nil)
+}
 
 // NewKey returns a random key and its text form (standard base64 of 32
 // bytes) for a key file.

@@ -526,3 +526,21 @@ func TestKeyID(t *testing.T) {
 		t.Error("the ID appears in the key's text")
 	}
 }
+
+func TestDerive(t *testing.T) {
+	k1, _, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, _, err := NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := k1.Derive("redis key names"), k1.Derive("something else")
+	if len(a) != 32 || string(a) == string(b) || string(a) == string(k2.Derive("redis key names")) {
+		t.Fatal("derived keys do not depend on both the key and the purpose")
+	}
+	if string(a) != string(k1.Derive("redis key names")) {
+		t.Fatal("Derive is not deterministic")
+	}
+}
