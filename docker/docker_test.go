@@ -30,9 +30,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pop3gw/gateway/internal/config"
-	"github.com/pop3gw/gateway/internal/dovecottest"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // The try-out's POP3 login, as compose.yaml and the README give it.

@@ -19,8 +19,8 @@ import (
 
 	"github.com/pop3gw/gateway/internal/guard"
 	"github.com/pop3gw/gateway/internal/redisstate"
-	"github.com/pop3gw/gateway/internal/redistest"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // fakeGuard records the calls it gets and answers Reserve with a fixed value.

@@ -7,7 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"io"
 	"log/slog"
 	"net"

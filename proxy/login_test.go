@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"
 )
 

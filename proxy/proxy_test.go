@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"io"
 	"log/slog"
 	"net"
@@ -18,7 +18,7 @@ import (
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )

@@ -10,8 +10,8 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/imapscript"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )

@@ -3,7 +3,7 @@ package proxy_test
 import (
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/statetest"
+	"github.com/pop3gw/gateway/internal/testkit/statetest"
 	"github.com/pop3gw/gateway/proxy"
 )
 

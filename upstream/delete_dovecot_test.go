@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/dovecot"
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/upstream"
 )
 

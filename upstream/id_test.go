@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/imapmem"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/upstream"
 )
 

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/dovecottest"
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 )
 
 // checkDovecot runs `gateway check` against a Dovecot account whose Trash

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/pop3gw/gateway/internal/config"
-	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 )
 
 // fakeCgroups writes files (slash-separated paths under root) and returns

@@ -19,11 +19,11 @@ import (
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/oauth"
-	"github.com/pop3gw/gateway/internal/oauthtest"
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
 	"github.com/pop3gw/gateway/internal/secrets"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/oauthtest"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // oauthFixture is an OAuth2-only upstream, the provider that issues its

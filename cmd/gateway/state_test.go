@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 )
 
 // serve keeps the UIDL store in data_dir; with on_delete keep, a message

@@ -16,8 +16,8 @@ import (
 
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // writeLeaf writes a certificate for 127.0.0.1 issued by ca, and its key,

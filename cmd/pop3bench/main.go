@@ -32,7 +32,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
 )
 
 // password is the password of every bench user; the imapc instance passes

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 )
 
 func coldUser(target string, round int) string { return fmt.Sprintf("cold-%s-%d", target, round+1) }

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/statetest"
+	"github.com/pop3gw/gateway/internal/testkit/statetest"
 	"github.com/pop3gw/gateway/proxy"
 )
 

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/dovecot"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/clienttest"
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/clienttest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/upstream"
 )
 

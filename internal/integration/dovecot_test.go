@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/dovecottest"
-	"github.com/pop3gw/gateway/internal/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/upstream"
 )
 

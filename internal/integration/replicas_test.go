@@ -14,8 +14,8 @@ import (
 
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
 )
 
 // buildGateway compiles the gateway binary into the test's directory.

@@ -9,8 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/clienttest"
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/clienttest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/upstream"
 )
 

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/clienttest"
-	"github.com/pop3gw/gateway/internal/dovecot"
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/clienttest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"

@@ -20,8 +20,8 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"github.com/pop3gw/gateway/internal/oauthtest"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/oauthtest"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // waitFor polls cond until it holds, failing the test after 10s.

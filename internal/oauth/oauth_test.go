@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/oauth2"
 
-	"github.com/pop3gw/gateway/internal/oauthtest"
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/internal/testkit/oauthtest"
 )
 
 const (

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/guard"
-	"github.com/pop3gw/gateway/internal/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
 )
 
 var testGuardOptions = guard.Options{Base: 10 * time.Millisecond, Max: 80 * time.Millisecond, Window: time.Minute}

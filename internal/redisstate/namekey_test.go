@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
 )
 
 // TestNamesAreKeyedHashes: a name in a Redis key is an HMAC under the

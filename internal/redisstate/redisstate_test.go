@@ -10,8 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/pop3gw/gateway/internal/redistest"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 )

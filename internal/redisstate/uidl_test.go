@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/redistest"
-	"github.com/pop3gw/gateway/internal/statetest"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
+	"github.com/pop3gw/gateway/internal/testkit/statetest"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/proxy"
 )
 

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/clienttest"
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/clienttest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 )
 
 var messages = [][]byte{

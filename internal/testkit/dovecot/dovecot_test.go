@@ -11,9 +11,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/dovecot"
-	"github.com/pop3gw/gateway/internal/pop3client"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 func start(t *testing.T, opts dovecot.Options) *dovecot.Instance {

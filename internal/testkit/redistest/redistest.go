@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // missingMsg is the skip (or, in CI, failure) message when redis-server

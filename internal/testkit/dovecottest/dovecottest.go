@@ -7,8 +7,8 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/pop3gw/gateway/internal/dovecot"
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // Server is a running Dovecot instance.

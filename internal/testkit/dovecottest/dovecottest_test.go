@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 )
 
 var logTail = func() string { return "" }

@@ -33,7 +33,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/testenv"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // Timeout bounds every client command.
