@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pop3gw/gateway/internal/demo"
 	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/secrets"
@@ -46,7 +47,7 @@ func TestDemoServesSampleMail(t *testing.T) {
 	if err := c.Login("demo", "demo"); err != nil {
 		t.Fatal(err)
 	}
-	want := demoMessages()
+	want := demo.Messages()
 	sizes, err := c.List()
 	if err != nil {
 		t.Fatal(err)
