@@ -16,8 +16,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/imapmem"
+	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/upstream"
 )

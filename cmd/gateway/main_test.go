@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/demo"
-	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"

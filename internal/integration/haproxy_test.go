@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/listener"
+	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"

@@ -16,10 +16,10 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/boltstate"
-	"github.com/pop3gw/gateway/internal/imapmem"
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/redistest"
 	"github.com/pop3gw/gateway/pop3"

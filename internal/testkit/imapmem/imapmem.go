@@ -1,5 +1,5 @@
 // Package imapmem runs an in-process IMAP server holding mail in memory, on
-// a loopback port: the upstream of `gateway demo` and of fast tests.
+// a loopback port: the upstream of fast tests.
 package imapmem
 
 import (
