@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/guard"
-	"github.com/pop3gw/gateway/internal/redisstate"
+	"github.com/pop3gw/gateway/internal/state/guard"
+	"github.com/pop3gw/gateway/internal/state/redisstate"
 	"github.com/pop3gw/gateway/internal/testkit/redistest"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )

@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/boltstate"
 	"github.com/pop3gw/gateway/internal/config"
-	"github.com/pop3gw/gateway/internal/guard"
 	"github.com/pop3gw/gateway/internal/listener"
 	"github.com/pop3gw/gateway/internal/metrics"
+	"github.com/pop3gw/gateway/internal/state/boltstate"
+	"github.com/pop3gw/gateway/internal/state/guard"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"

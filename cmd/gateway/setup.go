@@ -18,8 +18,8 @@ import (
 
 	"github.com/pop3gw/gateway/internal/config"
 	"github.com/pop3gw/gateway/internal/oauth"
-	"github.com/pop3gw/gateway/internal/redisstate"
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/internal/state/redisstate"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )

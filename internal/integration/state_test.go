@@ -15,8 +15,8 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/boltstate"
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/internal/state/boltstate"
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/internal/testkit/imapmem"

@@ -8,7 +8,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/state/guard"
 )
 
 // warnEvery is the shortest interval between two warnings of a Guard.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/state/guard"
 	"github.com/pop3gw/gateway/internal/testkit/redistest"
 )
 
