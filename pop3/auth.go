@@ -37,7 +37,7 @@ func (c *conn) authAllowed() bool {
 }
 
 // proxiedConn is a connection whose remote address a load balancer gave
-// (internal/listener's PROXY protocol connections).
+// (internal/proxyproto's PROXY protocol connections).
 type proxiedConn interface{ Proxied() bool }
 
 func isProxied(nc net.Conn) bool {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/internal/listener"
+	"github.com/pop3gw/gateway/internal/proxyproto"
 )
 
 // TestProxyHeaderLoopbackIsNotLocal: a PROXY header claiming 127.0.0.1
@@ -21,7 +21,7 @@ func TestProxyHeaderLoopbackIsNotLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-	go h.srv.Serve(listener.ProxyProtocol(ln, trusted, 2*time.Second))
+	go h.srv.Serve(proxyproto.Wrap(ln, trusted, 2*time.Second))
 
 	nc, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

@@ -18,8 +18,8 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/config"
-	"github.com/pop3gw/gateway/internal/listener"
 	"github.com/pop3gw/gateway/internal/metrics"
+	"github.com/pop3gw/gateway/internal/proxyproto"
 	"github.com/pop3gw/gateway/internal/state/boltstate"
 	"github.com/pop3gw/gateway/internal/state/guard"
 	"github.com/pop3gw/gateway/pop3"
@@ -169,7 +169,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 
 	var trusted []netip.Prefix
 	if pp := cfg.ProxyProtocol; pp != nil {
-		if trusted, err = listener.ParsePrefixes(pp.Trusted); err != nil {
+		if trusted, err = proxyproto.ParsePrefixes(pp.Trusted); err != nil {
 			return fmt.Errorf("proxy_protocol.trusted: %w", err)
 		}
 	}
@@ -184,7 +184,7 @@ func serve(ctx context.Context, path string, log *slog.Logger, hup <-chan os.Sig
 		}
 		s.addrs[name] = ln.Addr().String()
 		if cfg.ProxyProtocol.Enabled(name) {
-			ln = listener.ProxyProtocol(ln, trusted, time.Duration(cfg.ProxyProtocol.HeaderTimeout))
+			ln = proxyproto.Wrap(ln, trusted, time.Duration(cfg.ProxyProtocol.HeaderTimeout))
 			log.Info("listening", "listener", name, "addr", ln.Addr().String(), "proxy_protocol", true, "trusted", cfg.ProxyProtocol.Trusted)
 		} else {
 			log.Info("listening", "listener", name, "addr", ln.Addr().String())

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/listener"
+	"github.com/pop3gw/gateway/internal/proxyproto"
 	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
@@ -85,7 +85,7 @@ func startProxiedGatewayAuth(t *testing.T, allowInsecure bool) *proxiedGateway {
 	}
 	gw.addr = ln.Addr().String()
 	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
-	go srv.Serve(listener.ProxyProtocol(ln, trusted, 2*time.Second))
+	go srv.Serve(proxyproto.Wrap(ln, trusted, 2*time.Second))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -1,6 +1,6 @@
-// Package listener prepares the gateway's listening sockets, such as
-// accepting the PROXY protocol from trusted load balancers.
-package listener
+// Package proxyproto accepts the PROXY protocol (v1 and v2) on the
+// gateway's listeners, from trusted load balancers only.
+package proxyproto
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"sync"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
+	pires "github.com/pires/go-proxyproto"
 )
 
 // DefaultHeaderTimeout bounds how long a connection from a trusted
@@ -85,18 +85,18 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 //   - A version 2 LOCAL command (the balancer's own health check) and a
 //     version 1 "PROXY UNKNOWN" carry no client address: the connection
 //     keeps the balancer's address and is served.
-func ProxyProtocol(ln net.Listener, trusted []netip.Prefix, headerTimeout time.Duration) net.Listener {
+func Wrap(ln net.Listener, trusted []netip.Prefix, headerTimeout time.Duration) net.Listener {
 	if headerTimeout <= 0 {
 		headerTimeout = DefaultHeaderTimeout
 	}
 	trusted = append([]netip.Prefix(nil), trusted...)
-	pl := &proxyproto.Listener{
+	pl := &pires.Listener{
 		Listener: ln,
-		ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+		ConnPolicy: func(o pires.ConnPolicyOptions) (pires.Policy, error) {
 			if isTrusted(trusted, o.Upstream) {
-				return proxyproto.REQUIRE, nil
+				return pires.REQUIRE, nil
 			}
-			return proxyproto.SKIP, nil
+			return pires.SKIP, nil
 		},
 		ReadHeaderTimeout: headerTimeout,
 	}
@@ -135,7 +135,7 @@ func isTrusted(trusted []netip.Prefix, addr net.Addr) bool {
 // proxyListener hands out connections from trusted peers wrapped so that
 // a missing header closes them.
 type proxyListener struct {
-	*proxyproto.Listener
+	*pires.Listener
 }
 
 func (l *proxyListener) Accept() (net.Conn, error) {
@@ -143,7 +143,7 @@ func (l *proxyListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if pc, ok := nc.(*proxyproto.Conn); ok {
+	if pc, ok := nc.(*pires.Conn); ok {
 		return &trustedConn{pc: pc}, nil
 	}
 	return nc, nil
@@ -153,7 +153,7 @@ func (l *proxyListener) Accept() (net.Conn, error) {
 // the header at most once, on the first use of the connection; check then
 // looks at the outcome and closes the connection if there is no header.
 type trustedConn struct {
-	pc    *proxyproto.Conn
+	pc    *pires.Conn
 	once  sync.Once
 	valid bool
 	err   error
@@ -174,7 +174,7 @@ func (c *trustedConn) check() error {
 		// fetches it.
 		_, err := c.pc.Read(nil)
 		if err == nil {
-			err = proxyproto.ErrNoProxyProtocol
+			err = pires.ErrNoProxyProtocol
 		}
 		c.err = fmt.Errorf("listener: no valid PROXY header from trusted peer %s: %w", c.pc.Raw().RemoteAddr(), err)
 		c.pc.Close()

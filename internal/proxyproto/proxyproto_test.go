@@ -1,4 +1,4 @@
-package listener
+package proxyproto
 
 import (
 	"bufio"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	proxyproto "github.com/pires/go-proxyproto"
+	pires "github.com/pires/go-proxyproto"
 )
 
 // Linux routes all of 127.0.0.0/8 to the loopback interface, so a test can
@@ -29,7 +29,7 @@ func listen(t *testing.T, network, addr string, trusted []string, timeout time.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	pl := ProxyProtocol(ln, prefixes, timeout)
+	pl := Wrap(ln, prefixes, timeout)
 	t.Cleanup(func() { pl.Close() })
 	return pl
 }
@@ -76,13 +76,13 @@ func acceptOne(t *testing.T, ln net.Listener) net.Conn {
 	}
 }
 
-func writeHeader(t *testing.T, w io.Writer, version byte, cmd proxyproto.ProtocolVersionAndCommand, src, dst *net.TCPAddr) {
+func writeHeader(t *testing.T, w io.Writer, version byte, cmd pires.ProtocolVersionAndCommand, src, dst *net.TCPAddr) {
 	t.Helper()
-	h := &proxyproto.Header{Version: version, Command: cmd, TransportProtocol: proxyproto.UNSPEC}
-	if cmd == proxyproto.PROXY {
-		h.TransportProtocol = proxyproto.TCPv4
+	h := &pires.Header{Version: version, Command: cmd, TransportProtocol: pires.UNSPEC}
+	if cmd == pires.PROXY {
+		h.TransportProtocol = pires.TCPv4
 		if src.IP.To4() == nil {
-			h.TransportProtocol = proxyproto.TCPv6
+			h.TransportProtocol = pires.TCPv6
 		}
 		h.SourceAddr, h.DestinationAddr = src, dst
 	}
@@ -106,7 +106,7 @@ func TestTrustedHeader(t *testing.T) {
 		t.Run(map[byte]string{1: "v1", 2: "v2"}[version], func(t *testing.T) {
 			ln := listen(t, "tcp", "127.0.0.1:0", []string{"127.0.0.1/32"}, 2*time.Second)
 			c := dialFrom(t, trustedSrc, ln.Addr().String())
-			writeHeader(t, c, version, proxyproto.PROXY, client, ln.Addr().(*net.TCPAddr))
+			writeHeader(t, c, version, pires.PROXY, client, ln.Addr().(*net.TCPAddr))
 			io.WriteString(c, "CAPA\r\n")
 
 			sc := acceptOne(t, ln)
@@ -132,8 +132,8 @@ func TestTrustedLocal(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		version byte
-		cmd     proxyproto.ProtocolVersionAndCommand
-	}{{"v2-local", 2, proxyproto.LOCAL}, {"v1-unknown", 1, proxyproto.PROXY}} {
+		cmd     pires.ProtocolVersionAndCommand
+	}{{"v2-local", 2, pires.LOCAL}, {"v1-unknown", 1, pires.PROXY}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ln := listen(t, "tcp", "127.0.0.1:0", []string{"127.0.0.1"}, 2*time.Second)
 			c := dialFrom(t, trustedSrc, ln.Addr().String())
@@ -192,7 +192,7 @@ func TestTrustedWithoutHeader(t *testing.T) {
 			if err == nil || n != 0 {
 				t.Fatalf("Read = %d, %v; want an error", n, err)
 			}
-			if name == "plain" && !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+			if name == "plain" && !errors.Is(err, pires.ErrNoProxyProtocol) {
 				t.Errorf("Read error %v, want ErrNoProxyProtocol", err)
 			}
 			if !strings.Contains(err.Error(), c.LocalAddr().String()) {
@@ -232,7 +232,7 @@ func TestSilentTrustedPeer(t *testing.T) {
 	// ones (trusted with a header, and untrusted) goes on meanwhile.
 	client := &net.TCPAddr{IP: net.ParseIP("198.51.100.9"), Port: 5555}
 	good := dialFrom(t, trustedSrc, ln.Addr().String())
-	writeHeader(t, good, 2, proxyproto.PROXY, client, ln.Addr().(*net.TCPAddr))
+	writeHeader(t, good, 2, pires.PROXY, client, ln.Addr().(*net.TCPAddr))
 	second := acceptOne(t, ln)
 	other := dialFrom(t, untrustedSrc, ln.Addr().String())
 	third := acceptOne(t, ln)
@@ -254,7 +254,7 @@ func TestSilentTrustedPeer(t *testing.T) {
 	}()
 	select {
 	case err := <-done:
-		if !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+		if !errors.Is(err, pires.ErrNoProxyProtocol) {
 			t.Errorf("Read error %v, want ErrNoProxyProtocol", err)
 		}
 	case <-time.After(5 * time.Second):
@@ -271,7 +271,7 @@ func TestIPv6(t *testing.T) {
 	t.Run("trusted", func(t *testing.T) {
 		ln := listen(t, "tcp6", "[::1]:0", []string{"::1"}, 2*time.Second)
 		c := dialFrom(t, net.IPv6loopback, ln.Addr().String())
-		writeHeader(t, c, 2, proxyproto.PROXY, client, ln.Addr().(*net.TCPAddr))
+		writeHeader(t, c, 2, pires.PROXY, client, ln.Addr().(*net.TCPAddr))
 		sc := acceptOne(t, ln)
 		if got := sc.RemoteAddr().String(); got != client.String() {
 			t.Errorf("RemoteAddr = %s, want %s", got, client)
