@@ -85,7 +85,7 @@ func TestAccountKeysFoldCase(t *testing.T) {
 func equalBytes(a, b []byte) bool { return string(a) == string(b) }
 
 // listen serves the gateway of e on another POP3 server with a login
-// guard, as cmd/gateway wires it.
+// guard, as internal/server wires it.
 func (e *env) listen(g pop3.LoginGuard, configure ...func(*pop3.Server)) string {
 	e.t.Helper()
 	srv := &pop3.Server{Backend: e.gw, Logger: testLogger(), Guard: g, MaxAuthFailures: 100}

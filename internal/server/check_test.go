@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -36,7 +36,7 @@ upstreams:
 `, dc.IMAPAddr(), upstreamKeys, hash, secret)
 	path := writeFile(t, "gateway.yaml", cfg, 0o600)
 	var out bytes.Buffer
-	code := run([]string{"check", "-config", path}, nil, &out, io.Discard)
+	code := checkExit(path, &out, io.Discard)
 	return code, out.String()
 }
 
@@ -77,7 +77,7 @@ func TestCheckTrashCreated(t *testing.T) {
 	text := strings.Replace(readFile(t, f.config), "    tls: none\n", "    tls: none\n    on_delete: trash\n    trash_mailbox: Bin\n", 1)
 	writeFileAt(t, f.config, text)
 	var out bytes.Buffer
-	if code := run([]string{"check", "-config", f.config}, nil, &out, io.Discard); code != 0 {
+	if code := checkExit(f.config, &out, io.Discard); code != 0 {
 		t.Fatalf("check: exit %d\n%s", code, out.String())
 	}
 	if want := `ok, 1 messages; deleted messages are moved to "Bin" (trash_mailbox; created at the first delete)`; !strings.Contains(out.String(), want) {

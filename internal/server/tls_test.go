@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -60,7 +60,9 @@ func TestServeTLS(t *testing.T) {
 	hup := make(chan os.Signal, 1)
 	ready := make(chan map[string]string, 1)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, f.config, slog.New(slog.DiscardHandler), hup, ready) }()
+	go func() {
+		done <- Run(ctx, Options{Config: f.config, Logger: slog.New(slog.DiscardHandler), Ready: func(a map[string]string) { ready <- a }}, hup)
+	}()
 	var addrs map[string]string
 	select {
 	case addrs = <-ready:

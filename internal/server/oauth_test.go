@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bufio"
@@ -135,7 +135,9 @@ func startServe(t *testing.T, config string) (addrs map[string]string, logs *tes
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ready := make(chan map[string]string, 1)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, config, log, nil, ready) }()
+	go func() {
+		done <- Run(ctx, Options{Config: config, Logger: log, Ready: func(a map[string]string) { ready <- a }}, nil)
+	}()
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -275,7 +277,7 @@ func TestOAuth2TokenFileMode(t *testing.T) {
 	f.seed(t)
 	os.Chmod(f.tokenFile, 0o644)
 	var stderr strings.Builder
-	if code := run([]string{"serve", "-config", f.config}, nil, io.Discard, &stderr); code == 0 {
+	if code := serveExit(f.config, &stderr); code == 0 {
 		t.Fatal("serve started with a token file others can read")
 	}
 	if want := "chmod 600 " + f.tokenFile; !strings.Contains(stderr.String(), want) {
@@ -303,7 +305,7 @@ func startCLI(args ...string) *cliRun {
 		close(r.lines)
 	}()
 	go func() {
-		code := oauth2Cmd(args[1:], inR, outW, outW)
+		code := oauth2LoginExit(oauth2LoginArgs(args), inR, outW, outW)
 		outW.Close()
 		r.code <- code
 	}()
@@ -399,7 +401,7 @@ func TestOAuth2LoginCodeFlow(t *testing.T) {
 func TestOAuth2LoginRefusesPasswordUpstream(t *testing.T) {
 	f := newFixture(t)
 	var stderr strings.Builder
-	if code := run([]string{"oauth2", "login", "-config", f.config, "-user", "alice"}, nil, io.Discard, &stderr); code != 1 ||
+	if code := oauth2LoginExit(OAuth2Login{Config: f.config, User: "alice", Flow: "auto"}, nil, io.Discard, &stderr); code != 1 ||
 		!strings.Contains(stderr.String(), "OAuth2 needs auth xoauth2 or oauthbearer") {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}

@@ -1,8 +1,8 @@
-package main
+package server
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,33 +13,29 @@ import (
 	"github.com/pop3gw/gateway/proxy"
 )
 
-func checkCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "config file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if *configPath == "" {
-		fmt.Fprintln(stderr, "gateway check: -config FILE is required")
-		return 2
-	}
-	cfg, err := config.Load(*configPath)
+// ErrCheckFailed is returned by Check when an account or the shared
+// Redis failed; the report says which.
+var ErrCheckFailed = errors.New("check failed")
+
+// Check validates the config file at path, then asks the shared Redis if
+// one is configured and logs in to each mapped user's upstream account,
+// reporting each on stdout. A config that does not load is an error; a
+// failed account is reported and gives ErrCheckFailed.
+func Check(ctx context.Context, path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return 1
+		return err
 	}
 	for _, w := range cfg.Warnings() {
 		fmt.Fprintln(stdout, "warning:", w)
 	}
-	pc, err := newSetup(*configPath, slog.New(slog.DiscardHandler)).gatewayConfig(cfg)
+	pc, err := newSetup(path, slog.New(slog.DiscardHandler)).gatewayConfig(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "config:", err)
-		return 1
+		return fmt.Errorf("config: %w", err)
 	}
-	fmt.Fprintf(stdout, "config %s: ok (%d upstreams, %d users)\n", *configPath, len(pc.Upstreams), len(pc.Users))
+	fmt.Fprintf(stdout, "config %s: ok (%d upstreams, %d users)\n", path, len(pc.Upstreams), len(pc.Users))
 	gw := proxy.New(pc, cache.New(0, 0), slog.New(slog.DiscardHandler))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	failed := 0
 	if cfg.Redis != nil {
@@ -60,7 +56,7 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "user %s (upstream %s): ok, %d messages; deleted messages are %s\n", r.User, r.Upstream, r.Messages, r.Deletes)
 	}
 	if failed > 0 {
-		return 1
+		return ErrCheckFailed
 	}
-	return 0
+	return nil
 }

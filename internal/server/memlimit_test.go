@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -145,7 +145,7 @@ func TestMemoryBoundsLogged(t *testing.T) {
 	debug.SetMemoryLimit(200 << 20)
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
-	got := memoryBounds(config.Cache{Memory: 256 << 20}, log)
+	got := memoryBounds(config.Cache{Memory: 256 << 20}, "none", log)
 	if got != 4<<20 {
 		t.Errorf("in_flight %d; want the 4 MiB floor", got)
 	}

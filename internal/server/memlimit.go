@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bufio"
@@ -90,6 +90,13 @@ func readLimit(file string) (int64, bool) {
 	return v, true
 }
 
+// LimitMemory sets GOMEMLIMIT from the cgroup of the process, as
+// limitMemory does, and says where the limit came from.
+func LimitMemory() string {
+	procCgroup, _ := os.ReadFile("/proc/self/cgroup")
+	return limitMemory(os.Getenv, procCgroup, "/sys/fs/cgroup")
+}
+
 // limitMemory sets GOMEMLIMIT to memLimitShare of the cgroup's memory
 // limit, unless the environment sets it, and says where the limit in
 // effect comes from.
@@ -123,19 +130,16 @@ func inFlightBudget(c config.Cache, goMemLimit int64) (n int64, derived bool) {
 	return min(max((goMemLimit-int64(c.Memory))/2, 4<<20), defaultInFlight), true
 }
 
-// memLimitSource says where GOMEMLIMIT came from; set by the serve command.
-var memLimitSource = "none"
-
 // memoryBounds logs the memory limits in effect and returns the budget for
 // bodies in flight and listings.
-func memoryBounds(c config.Cache, log *slog.Logger) int64 {
+func memoryBounds(c config.Cache, limitSource string, log *slog.Logger) int64 {
 	limit := debug.SetMemoryLimit(-1)
 	inFlight, derived := inFlightBudget(c, limit)
 	attrs := []any{"cache", config.ByteSize(c.Memory), "in_flight", config.ByteSize(inFlight), "in_flight_derived", derived}
 	if limit == math.MaxInt64 {
 		attrs = append(attrs, "gomemlimit", "none")
 	} else {
-		attrs = append(attrs, "gomemlimit", config.ByteSize(limit), "gomemlimit_from", memLimitSource)
+		attrs = append(attrs, "gomemlimit", config.ByteSize(limit), "gomemlimit_from", limitSource)
 	}
 	log.Info("memory bounds", attrs...)
 	if limit != math.MaxInt64 && int64(c.Memory)+inFlight > limit {
