@@ -545,3 +545,40 @@ func TestServeProxyProtocol(t *testing.T) {
 		t.Fatalf("forged header: %q", reply)
 	}
 }
+
+// A test starts the whole gateway with Start and stops it with Shutdown,
+// which waits for the session in progress and then closes the listeners.
+func TestStartAndShutdown(t *testing.T) {
+	f := newFixture(t)
+	s, err := Start(context.Background(), Options{Config: f.config, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := s.Addrs()
+	c, err := pop3client.Dial(addrs["pop3"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("alice", "local-pass"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := httpGet(t, "http://"+addrs["http"]+"/healthz"); code != 200 {
+		t.Fatalf("/healthz: %d", code)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Shutdown(context.Background()) }()
+	if _, err := c.Retr(1); err != nil {
+		t.Fatalf("RETR during shutdown: %v", err)
+	}
+	c.Quit()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for _, name := range []string{"pop3", "http"} {
+		if nc, err := net.DialTimeout("tcp", addrs[name], time.Second); err == nil {
+			nc.Close()
+			t.Errorf("%s still accepts connections after Shutdown", name)
+		}
+	}
+}
