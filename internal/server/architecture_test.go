@@ -1,0 +1,104 @@
+package server
+
+import (
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pop3gw/gateway/"
+
+// TestArchitecture checks the package diagram of the README's Architecture
+// section on the dependencies `go list -deps` reports: arrows point only
+// down. The doors know nothing of the stores and the stores nothing of the
+// doors, cache uses nothing, shared state never reaches up into the wiring,
+// and no production package depends on a test kit.
+func TestArchitecture(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to list the packages with")
+	}
+	cmd := exec.Command(goBin, "list", "-f", "{{.ImportPath}} {{join .Deps \" \"}}", "./...")
+	cmd.Dir = "../.."
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	// deps: package -> the module's packages it depends on, directly or
+	// not, without tests (module prefix removed).
+	deps := make(map[string][]string)
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg, ok := strings.CutPrefix(fields[0], module)
+		if !ok {
+			continue
+		}
+		deps[pkg] = nil
+		for _, d := range fields[1:] {
+			if d, ok := strings.CutPrefix(d, module); ok {
+				deps[pkg] = append(deps[pkg], d)
+			}
+		}
+	}
+	for _, pkg := range []string{"pop3", "upstream", "proxy", "cache", "internal/server", "cmd/gateway"} {
+		if _, ok := deps[pkg]; !ok {
+			t.Fatalf("go list does not report %s", pkg)
+		}
+	}
+	under := func(pkg, tree string) bool { return pkg == tree || strings.HasPrefix(pkg, tree+"/") }
+
+	// allowed: the only packages of the module that pkg may depend on.
+	allowed := map[string][]string{
+		"cache":    {},
+		"pop3":     {"internal/username"}, // login-name folding, a leaf
+		"upstream": {},
+	}
+	for pkg, ok := range allowed {
+		for _, d := range deps[pkg] {
+			if !slices.Contains(ok, d) {
+				t.Errorf("%s depends on %s; it may use only %q of the gateway", pkg, d, ok)
+			}
+		}
+	}
+
+	// forbidden: trees that pkg (or every package under it) must not
+	// depend on.
+	forbidden := []struct{ pkg, tree string }{
+		{"upstream", "pop3"},
+		{"upstream", "proxy"},
+		{"pop3", "proxy"},
+		{"pop3", "upstream"},
+		{"proxy", "internal/server"},
+		{"proxy", "internal/state"},
+		{"proxy", "internal/config"},
+		{"internal/state", "internal/server"},
+		{"internal/state", "internal/config"},
+		{"internal/config", "proxy"},
+		{"internal/config", "internal/server"},
+	}
+	for _, f := range forbidden {
+		for pkg, ds := range deps {
+			if !under(pkg, f.pkg) {
+				continue
+			}
+			for _, d := range ds {
+				if under(d, f.tree) {
+					t.Errorf("%s depends on %s: arrows from %s must not reach %s", pkg, d, f.pkg, f.tree)
+				}
+			}
+		}
+	}
+
+	// Test kits are for tests (and the benchmark command) only.
+	for pkg, ds := range deps {
+		if under(pkg, "internal/testkit") || under(pkg, "cmd/pop3bench") {
+			continue
+		}
+		for _, d := range ds {
+			if under(d, "internal/testkit") {
+				t.Errorf("%s depends on the test kit %s", pkg, d)
+			}
+		}
+	}
+}
