@@ -12,10 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -514,7 +514,7 @@ func (c *Config) Warnings() []string {
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		if u != nil && u.TLS == TLSNone && u.Address != "" && !isLoopback(u.Address) {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls is none: upstream passwords cross the network without TLS", name))
@@ -662,14 +662,14 @@ func (c *Config) CheckSecrets() error {
 			problem(err)
 		}
 	}
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		if u := c.Upstreams[name]; u != nil && u.OAuthEnabled() && u.OAuth2 != nil {
 			if _, err := u.OAuth2.ClientSecret(); err != nil {
 				problem(fmt.Errorf("upstreams.%s: %w", name, err))
 			}
 		}
 	}
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		u := c.Users[name]
 		if u == nil {
 			continue
@@ -700,7 +700,7 @@ func (c *Config) CheckSecrets() error {
 // MissingTokens lists the users whose OAuth2 token file does not exist yet.
 func (c *Config) MissingTokens() []string {
 	var names []string
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		u := c.Users[name]
 		if u == nil || u.OAuth2TokenFile == "" {
 			continue
@@ -710,13 +710,4 @@ func (c *Config) MissingTokens() []string {
 		}
 	}
 	return names
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -91,7 +92,7 @@ func (c *Config) Validate() error {
 	p.oneOf("tls.min_version", c.TLS.MinVersion, tlsVersions)
 
 	// upstreams
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		path := "upstreams." + name
 		if strings.TrimSpace(name) == "" {
 			p.add("upstreams", "an upstream has an empty name")
@@ -144,7 +145,7 @@ func (c *Config) Validate() error {
 	// users
 	tokenFiles := map[string]string{}
 	folded := map[string]string{}
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		path := "users." + name
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 			p.add("users", "user name %q is empty or contains spaces or control characters", name)
@@ -213,7 +214,7 @@ func (c *Config) Validate() error {
 			p.add("passthrough.upstream", "%q logs in with OAuth2, which needs a mapped user with a token; passthrough forwards passwords", pt.Upstream)
 		}
 		lower := map[string]string{}
-		for _, d := range sortedKeys(pt.Domains) {
+		for _, d := range slices.Sorted(maps.Keys(pt.Domains)) {
 			path := "passthrough.domains." + d
 			if d == "" || strings.ContainsAny(d, "@ \t\r\n") {
 				p.add("passthrough.domains", "%q is not a domain name", d)
