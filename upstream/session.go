@@ -29,6 +29,10 @@ const (
 	SecurityNone     Security = "none"     // cleartext; for loopback and tests
 )
 
+// Securities lists every Security, in the order the documentation gives
+// them; the configuration's tls key takes these spellings.
+var Securities = []Security{SecurityImplicit, SecurityStartTLS, SecurityNone}
+
 // Server says where and how to reach an IMAP server.
 type Server struct {
 	Address  string

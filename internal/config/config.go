@@ -22,6 +22,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 // Config is the configuration file.
@@ -158,13 +159,6 @@ type Auth struct {
 	MinRefusalTime *Duration `yaml:"min_refusal_time"`
 }
 
-// Upstream TLS modes.
-const (
-	TLSImplicit = "implicit"
-	TLSStartTLS = "starttls"
-	TLSNone     = "none"
-)
-
 // Upstream login mechanisms.
 const (
 	AuthPassword    = "password"    // AUTHENTICATE PLAIN, else LOGIN
@@ -172,25 +166,17 @@ const (
 	AuthOAuthBearer = "oauthbearer" // OAuth2 access token, RFC 7628
 )
 
-// Upstream on_delete actions, applied at QUIT.
-const (
-	OnDeleteExpunge = "expunge"
-	OnDeleteTrash   = "trash"
-	OnDeleteSeen    = "seen"
-	OnDeleteKeep    = "keep"
-)
-
 // Upstream is an IMAP server.
 type Upstream struct {
-	Name       string   `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
-	Address    string   `yaml:"address"`     // host:port; may be empty when Provider is set
-	TLS        string   `yaml:"tls"`         // TLSImplicit (default), TLSStartTLS or TLSNone
-	CAFile     string   `yaml:"ca_file"`     // extra trusted CA (PEM); system roots otherwise
-	ServerName string   `yaml:"server_name"` // TLS name to verify; default the host of Address
-	Mailbox    string   `yaml:"mailbox"`     // default INBOX
-	OnDelete   string   `yaml:"on_delete"`   // OnDeleteExpunge (default), OnDeleteTrash, OnDeleteSeen or OnDeleteKeep
-	Timeout    Duration `yaml:"timeout"`     // default 60s
-	Provider   string   `yaml:"provider"`    // optional preset, one of Providers
+	Name       string              `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
+	Address    string              `yaml:"address"`     // host:port; may be empty when Provider is set
+	TLS        upstream.Security   `yaml:"tls"`         // one of upstream.Securities; default upstream.SecurityImplicit
+	CAFile     string              `yaml:"ca_file"`     // extra trusted CA (PEM); system roots otherwise
+	ServerName string              `yaml:"server_name"` // TLS name to verify; default the host of Address
+	Mailbox    string              `yaml:"mailbox"`     // default INBOX
+	OnDelete   upstream.DeleteMode `yaml:"on_delete"`   // one of upstream.DeleteModes, applied at QUIT; default upstream.DeleteExpunge
+	Timeout    Duration            `yaml:"timeout"`     // default 60s
+	Provider   string              `yaml:"provider"`    // optional preset, one of Providers
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
 	TrashMailbox string `yaml:"trash_mailbox"`
@@ -432,13 +418,13 @@ func (c *Config) SetDefaults() {
 			u.Auth = AuthPassword
 		}
 		if u.TLS == "" {
-			u.TLS = TLSImplicit
+			u.TLS = upstream.SecurityImplicit
 		}
 		if u.Mailbox == "" {
 			u.Mailbox = DefaultMailbox
 		}
 		if u.OnDelete == "" {
-			u.OnDelete = OnDeleteExpunge
+			u.OnDelete = upstream.DeleteExpunge
 		}
 		if u.Timeout == 0 {
 			u.Timeout = DefaultTimeout
@@ -516,10 +502,10 @@ func (c *Config) Warnings() []string {
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
-		if u != nil && u.TLS == TLSNone && u.Address != "" && !isLoopback(u.Address) {
+		if u != nil && u.TLS == upstream.SecurityNone && u.Address != "" && !isLoopback(u.Address) {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls is none: upstream passwords cross the network without TLS", name))
 		}
-		if u != nil && u.TLSSkipVerify && u.TLS != TLSNone {
+		if u != nil && u.TLSSkipVerify && u.TLS != upstream.SecurityNone {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls_skip_verify is true: the upstream's certificate is NOT verified, so anyone on the network path can impersonate it and read the mail and the upstream credentials; use ca_file instead", name))
 		}
 	}
