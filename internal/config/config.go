@@ -81,21 +81,11 @@ type Redis struct {
 
 // Password returns the Redis password, "" when none is configured.
 func (r *Redis) Password() (string, error) {
-	switch {
-	case r.PasswordFile != "":
-		data, err := secrets.ReadFile(r.PasswordFile, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: redis password: %w", err)
-		}
-		return strings.TrimRight(string(data), "\r\n"), nil
-	case r.PasswordEnv != "":
-		v, ok := os.LookupEnv(r.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("config: redis password: environment variable %s is not set", r.PasswordEnv)
-		}
-		return v, nil
+	pw, err := secrets.Source{File: r.PasswordFile, Env: r.PasswordEnv}.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: redis password: %w", err)
 	}
-	return "", nil
+	return pw, nil
 }
 
 // Secrets says where the key that seals secrets at rest comes from: the
@@ -524,9 +514,6 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// maxSecret bounds the size of an upstream password file.
-const maxSecret = 64 << 10
-
 // Sealing contexts bind a sealed file to its user and purpose, so a file
 // copied to another user's path does not open.
 func TokenContext(user string) string    { return "oauth2-token:" + user }
@@ -545,90 +532,46 @@ func (c *Config) SealingKey() (*secrets.Key, error) {
 }
 
 // UpstreamPassword returns the user's upstream password, read from
-// UpstreamPasswordFile or the environment variable UpstreamPasswordEnv. One
-// trailing "\n" or "\r\n" is removed from the file's contents; a sealed
-// file (written by `gateway secrets set-password`) is opened with the key
-// of the secrets section. The file must not be accessible by group or
-// others. Errors never contain the password.
+// UpstreamPasswordFile or the environment variable UpstreamPasswordEnv by
+// secrets.Source: one trailing "\n" or "\r\n" is removed; a sealed file
+// (written by `gateway secrets set-password`) is opened with the key of the
+// secrets section. The file must not be accessible by group or others.
+// Errors never contain the password.
 func (u *User) UpstreamPassword() (string, error) {
 	who := "upstream password"
 	if u.Name != "" {
 		who = "users." + u.Name + ": upstream password"
 	}
-	var pw string
 	switch {
 	case u.UpstreamPasswordFile != "" && u.UpstreamPasswordEnv != "":
 		return "", fmt.Errorf("config: %s: both upstream_password_file and upstream_password_env are set", who)
-	case u.UpstreamPasswordFile != "":
-		name := u.UpstreamPasswordFile
-		data, err := secrets.ReadFile(name, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: %s: %w", who, err)
-		}
-		if secrets.IsSealed(data) {
-			if u.config == nil {
-				return "", fmt.Errorf("config: %s: %s is sealed, but no key is configured", who, name)
-			}
-			key, err := u.config.SealingKey()
-			if err != nil {
-				return "", fmt.Errorf("config: %s: %s is sealed, but %s", who, name, strings.TrimPrefix(err.Error(), "config: "))
-			}
-			if data, err = key.Open(data, PasswordContext(u.Name)); err != nil {
-				return "", fmt.Errorf("config: %s: %s: %w", who, name, err)
-			}
-		}
-		pw = string(data)
-		if p, ok := strings.CutSuffix(pw, "\r\n"); ok {
-			pw = p
-		} else {
-			pw = strings.TrimSuffix(pw, "\n")
-		}
-		if pw == "" {
-			return "", fmt.Errorf("config: %s: %s is empty", who, name)
-		}
-		if strings.ContainsAny(pw, "\r\n\x00") {
-			return "", fmt.Errorf("config: %s: %s contains a line break or NUL byte besides one trailing newline", who, name)
-		}
-	case u.UpstreamPasswordEnv != "":
-		name := u.UpstreamPasswordEnv
-		v, ok := os.LookupEnv(name)
-		if !ok {
-			return "", fmt.Errorf("config: %s: environment variable %s is not set", who, name)
-		}
-		if v == "" {
-			return "", fmt.Errorf("config: %s: environment variable %s is empty", who, name)
-		}
-		if strings.ContainsAny(v, "\r\n\x00") {
-			return "", fmt.Errorf("config: %s: environment variable %s contains a line break or NUL byte", who, name)
-		}
-		pw = v
-	default:
+	case u.UpstreamPasswordFile == "" && u.UpstreamPasswordEnv == "":
 		return "", fmt.Errorf("config: %s: neither upstream_password_file nor upstream_password_env is set", who)
+	}
+	src := secrets.Source{File: u.UpstreamPasswordFile, Env: u.UpstreamPasswordEnv, Context: PasswordContext(u.Name)}
+	if c := u.config; c != nil {
+		src.Key = func() (*secrets.Key, error) {
+			key, err := c.SealingKey()
+			if err != nil {
+				return nil, errors.New(strings.TrimPrefix(err.Error(), "config: "))
+			}
+			return key, nil
+		}
+	}
+	pw, err := src.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: %s: %w", who, err)
 	}
 	return pw, nil
 }
 
 // ClientSecret returns the OAuth2 client secret, "" for a public client.
 func (o *OAuth2) ClientSecret() (string, error) {
-	switch {
-	case o.ClientSecretFile != "":
-		data, err := secrets.ReadFile(o.ClientSecretFile, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: oauth2 client secret: %w", err)
-		}
-		s := strings.TrimSpace(string(data))
-		if s == "" {
-			return "", fmt.Errorf("config: oauth2 client secret: %s is empty", o.ClientSecretFile)
-		}
-		return s, nil
-	case o.ClientSecretEnv != "":
-		s, ok := os.LookupEnv(o.ClientSecretEnv)
-		if !ok || s == "" {
-			return "", fmt.Errorf("config: oauth2 client secret: environment variable %s is not set", o.ClientSecretEnv)
-		}
-		return strings.TrimSpace(s), nil
+	s, err := secrets.Source{File: o.ClientSecretFile, Env: o.ClientSecretEnv}.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: oauth2 client secret: %w", err)
 	}
-	return "", nil
+	return s, nil
 }
 
 // CheckSecrets reads every secret the configuration names: each mapped
@@ -666,7 +609,7 @@ func (c *Config) CheckSecrets() error {
 			}
 			continue
 		}
-		data, err := secrets.ReadFile(u.OAuth2TokenFile, maxSecret)
+		data, err := secrets.ReadFile(u.OAuth2TokenFile, secrets.MaxFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 		case err != nil:
