@@ -21,7 +21,12 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pop3gw/gateway/internal/guard"
+	"github.com/pop3gw/gateway/internal/listener"
+	"github.com/pop3gw/gateway/internal/redisstate"
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -57,7 +62,7 @@ type ProxyProtocol struct {
 	// connection from them must start with a header, any other connection
 	// is taken as it is.
 	Trusted       []string `yaml:"trusted"`
-	HeaderTimeout Duration `yaml:"header_timeout"` // default 5s
+	HeaderTimeout Duration `yaml:"header_timeout"` // default DefaultHeaderTimeout
 }
 
 // Enabled reports whether the listener named (pop3 or pop3s) expects
@@ -75,8 +80,8 @@ type Redis struct {
 	DB           int      `yaml:"db"`
 	TLS          bool     `yaml:"tls"`
 	CAFile       string   `yaml:"ca_file"`
-	KeyPrefix    string   `yaml:"key_prefix"` // default "pop3gw:"
-	LockTTL      Duration `yaml:"lock_ttl"`   // default 30s: a dead replica's locks expire after this
+	KeyPrefix    string   `yaml:"key_prefix"` // default DefaultRedisKeyPrefix
+	LockTTL      Duration `yaml:"lock_ttl"`   // default DefaultRedisLockTTL: a dead replica's locks expire after this
 }
 
 // Password returns the Redis password, "" when none is configured.
@@ -165,7 +170,7 @@ type Upstream struct {
 	ServerName string              `yaml:"server_name"` // TLS name to verify; default the host of Address
 	Mailbox    string              `yaml:"mailbox"`     // default INBOX
 	OnDelete   upstream.DeleteMode `yaml:"on_delete"`   // one of upstream.DeleteModes, applied at QUIT; default upstream.DeleteExpunge
-	Timeout    Duration            `yaml:"timeout"`     // default 60s
+	Timeout    Duration            `yaml:"timeout"`     // default DefaultTimeout
 	Provider   string              `yaml:"provider"`    // optional preset, one of Providers
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
@@ -175,7 +180,7 @@ type Upstream struct {
 	FetchAhead *bool `yaml:"fetch_ahead"`
 	// KeepConnection keeps a logged-in connection after a session for the
 	// next login to the same mailbox with the same credentials; default
-	// 60s, 0s logs out at once.
+	// DefaultKeepConnection, 0s logs out at once.
 	KeepConnection *Duration `yaml:"keep_connection"`
 	// Auth is how the gateway logs in: AuthPassword (default), AuthXOAuth2
 	// or AuthOAuthBearer.
@@ -194,7 +199,8 @@ type Upstream struct {
 	// PassthroughFailures is how many refused passthrough logins a minute
 	// the gateway forwards to this upstream; past it, passthrough logins
 	// are refused with [SYS/TEMP] without asking the upstream until the
-	// budget refills. 0 means the default (30), -1 no limit.
+	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
+	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
 }
 
@@ -267,13 +273,15 @@ type Cache struct {
 	InFlight *ByteSize `yaml:"in_flight"`
 }
 
-// Defaults applied by SetDefaults to empty or zero values.
+// Defaults applied by SetDefaults to empty or zero values. A default whose
+// behaviour a package owns lives in that package, which applies it to its
+// own zero values too; these name it in the file's types.
 const (
 	DefaultMailbox = "INBOX"
-	DefaultTimeout = Duration(60 * time.Second)
+	DefaultTimeout = Duration(upstream.DefaultTimeout)
 	// DefaultKeepConnection is how long an upstream connection is kept
 	// after its session for the next login.
-	DefaultKeepConnection = Duration(60 * time.Second)
+	DefaultKeepConnection = Duration(proxy.DefaultPoolIdle)
 	DefaultMinVersion     = "1.2"
 	DefaultMemory         = 256 * MiB
 	DefaultMaxMessage     = 16 * MiB
@@ -282,12 +290,12 @@ const (
 	DefaultConnectionsPerIP = 20
 	DefaultSessionsPerUser  = 4
 	DefaultMaxConnections   = 1000
-	DefaultLoginTimeout     = Duration(3 * time.Minute)
-	DefaultLoginDelay       = Duration(time.Second)
-	DefaultLoginDelayMax    = Duration(15 * time.Second)
-	DefaultHeaderTimeout    = Duration(5 * time.Second)
-	DefaultRedisKeyPrefix   = "pop3gw:"
-	DefaultRedisLockTTL     = Duration(30 * time.Second)
+	DefaultLoginTimeout     = Duration(pop3.DefaultLoginTimeout)
+	DefaultLoginDelay       = Duration(guard.DefaultBase)
+	DefaultLoginDelayMax    = Duration(guard.DefaultMax)
+	DefaultHeaderTimeout    = Duration(listener.DefaultHeaderTimeout)
+	DefaultRedisKeyPrefix   = redisstate.DefaultKeyPrefix
+	DefaultRedisLockTTL     = Duration(redisstate.DefaultLockTTL)
 	DefaultMinRefusalTime   = Duration(2 * time.Second)
 )
 
