@@ -121,8 +121,14 @@ func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
 	if !ok {
 		return nil, nil, false
 	}
+	return e.body, c.releaser(e), true
+}
+
+// releaser returns the release function of one hold of e; calls after the
+// first do nothing.
+func (c *Cache) releaser(e *entry) func() {
 	var once sync.Once
-	return e.body, func() { once.Do(func() { c.release(e) }) }, true
+	return func() { once.Do(func() { c.release(e) }) }
 }
 
 func (c *Cache) hold(e *entry) {
@@ -180,8 +186,7 @@ func (c *Cache) AddHeld(k Key, body []byte) (release func()) {
 	if e == nil {
 		return nil
 	}
-	var once sync.Once
-	return func() { once.Do(func() { c.release(e) }) }
+	return c.releaser(e)
 }
 
 func (c *Cache) add(k Key, body []byte, hold bool) *entry {
