@@ -541,6 +541,55 @@ func TestCheckSecrets(t *testing.T) {
 	}
 }
 
+// The Redis password and an OAuth2 client secret are read like an upstream
+// password: the file's mode checked, one trailing newline removed, an
+// empty or multi-line value refused, the file or variable named in errors.
+func TestOtherSecretsReadAlike(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	read := map[string]func(file, env string) (string, error){
+		"redis password": func(file, env string) (string, error) {
+			return (&Redis{PasswordFile: file, PasswordEnv: env}).Password()
+		},
+		"oauth2 client secret": func(file, env string) (string, error) {
+			return (&OAuth2{ClientSecretFile: file, ClientSecretEnv: env}).ClientSecret()
+		},
+	}
+	t.Setenv("GATEWAY_CONFIG_TEST_SECRET", "s3cret\n")
+	t.Setenv("GATEWAY_CONFIG_TEST_EMPTY", "")
+	for what, read := range read {
+		if got, err := read("", ""); got != "" || err != nil {
+			t.Errorf("%s, none configured: %q, %v", what, got, err)
+		}
+		if got, err := read(write("crlf", "s3cret\r\n"), ""); got != "s3cret" || err != nil {
+			t.Errorf("%s from a file: %q, %v", what, got, err)
+		}
+		if got, err := read("", "GATEWAY_CONFIG_TEST_SECRET"); got != "s3cret" || err != nil {
+			t.Errorf("%s from a variable: %q, %v", what, got, err)
+		}
+		two := write("two", "s3cret\nmore\n")
+		if _, err := read(two, ""); err == nil || err.Error() != "config: "+what+": "+two+" contains a line break or NUL byte besides one trailing newline" {
+			t.Errorf("%s, two lines: %v", what, err)
+		}
+		if _, err := read("", "GATEWAY_CONFIG_TEST_EMPTY"); err == nil || err.Error() != "config: "+what+": environment variable GATEWAY_CONFIG_TEST_EMPTY is empty" {
+			t.Errorf("%s, empty variable: %v", what, err)
+		}
+		open := write("open", "s3cret")
+		if err := os.Chmod(open, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := read(open, ""); err == nil || !strings.HasSuffix(err.Error(), "chmod 600 "+open) {
+			t.Errorf("%s, file readable by others: %v", what, err)
+		}
+	}
+}
+
 // oauthUpstream turns upstream corp into an OAuth2 upstream with complete
 // settings, then lets change spoil them.
 func oauthUpstream(change func(o *OAuth2)) func(c *Config) {
