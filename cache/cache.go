@@ -5,6 +5,7 @@
 package cache
 
 import (
+	"container/list"
 	"sync"
 	"sync/atomic"
 
@@ -25,12 +26,18 @@ type Key struct {
 const maxSizes = 200_000
 
 // Cache is safe for concurrent use. The zero value is not usable; call New.
+//
+// Bodies are kept in a list from the most to the least recently used,
+// bounded by the sum of their lengths, not by their number: bytes is
+// exactly what the bodies in the list, and the replaced bodies readers
+// still hold, take, and never exceeds maxBytes.
 type Cache struct {
 	maxBytes   int64
 	maxMessage int64
 
 	mu     sync.Mutex
-	bodies *simplelru.LRU[Key, *entry]
+	recent *list.List // of *entry, most recently used at the front
+	bodies map[Key]*list.Element
 	bytes  int64 // cached bodies, and replaced ones still held
 	held   int64 // bodies held by readers
 	sizes  *simplelru.LRU[Key, int64]
@@ -42,24 +49,21 @@ type Cache struct {
 // held stays counted in the cache's bytes until its last reader lets go:
 // the memory is only free then.
 type entry struct {
+	key     Key
 	body    []byte
 	holds   int
-	evicted bool
+	evicted bool // no longer in the list
 }
 
 // New returns a cache holding at most maxBytes of bodies, none larger than
 // maxMessage. A maxBytes of 0 disables body caching.
 func New(maxBytes, maxMessage int64) *Cache {
-	c := &Cache{maxBytes: maxBytes, maxMessage: min(maxMessage, maxBytes)}
-	// Entries are bounded by bytes, not by count: the count limit is only a
-	// backstop, eviction is driven by Add.
-	c.bodies, _ = simplelru.NewLRU[Key, *entry](1<<30, func(_ Key, e *entry) {
-		if e.holds > 0 {
-			e.evicted = true
-			return
-		}
-		c.bytes -= int64(len(e.body))
-	})
+	c := &Cache{
+		maxBytes:   maxBytes,
+		maxMessage: min(maxMessage, maxBytes),
+		recent:     list.New(),
+		bodies:     make(map[Key]*list.Element),
+	}
 	c.sizes, _ = simplelru.NewLRU[Key, int64](maxSizes, nil)
 	return c
 }
@@ -67,10 +71,33 @@ func New(maxBytes, maxMessage int64) *Cache {
 // MaxMessage is the largest body Add keeps.
 func (c *Cache) MaxMessage() int64 { return c.maxMessage }
 
+// lookup returns the entry of k and makes it the most recently used.
+// c.mu must be held.
+func (c *Cache) lookup(k Key) (*entry, bool) {
+	el, ok := c.bodies[k]
+	if !ok {
+		return nil, false
+	}
+	c.recent.MoveToFront(el)
+	return el.Value.(*entry), true
+}
+
+// remove takes an entry out of the list. Its bytes stay counted while
+// readers hold it. c.mu must be held.
+func (c *Cache) remove(el *list.Element) {
+	e := el.Value.(*entry)
+	c.recent.Remove(el)
+	delete(c.bodies, e.key)
+	e.evicted = true
+	if e.holds == 0 {
+		c.bytes -= int64(len(e.body))
+	}
+}
+
 // Get returns the cached body. The slice must not be modified.
 func (c *Cache) Get(k Key) ([]byte, bool) {
 	c.mu.Lock()
-	e, ok := c.bodies.Get(k)
+	e, ok := c.lookup(k)
 	c.mu.Unlock()
 	c.count(ok)
 	if !ok {
@@ -85,7 +112,7 @@ func (c *Cache) Get(k Key) ([]byte, bool) {
 // covers the bodies it has handed out.
 func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
 	c.mu.Lock()
-	e, ok := c.bodies.Get(k)
+	e, ok := c.lookup(k)
 	if ok {
 		c.hold(e)
 	}
@@ -94,8 +121,14 @@ func (c *Cache) Hold(k Key) (body []byte, release func(), ok bool) {
 	if !ok {
 		return nil, nil, false
 	}
+	return e.body, c.releaser(e), true
+}
+
+// releaser returns the release function of one hold of e; calls after the
+// first do nothing.
+func (c *Cache) releaser(e *entry) func() {
 	var once sync.Once
-	return e.body, func() { once.Do(func() { c.release(e) }) }, true
+	return func() { once.Do(func() { c.release(e) }) }
 }
 
 func (c *Cache) hold(e *entry) {
@@ -131,11 +164,11 @@ func (c *Cache) count(hit bool) {
 func (c *Cache) Peek(k Key) ([]byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.bodies.Peek(k)
+	el, ok := c.bodies[k]
 	if !ok {
 		return nil, false
 	}
-	return e.body, true
+	return el.Value.(*entry).body, true
 }
 
 // Add stores a body, evicting the least recently used ones to make room,
@@ -153,8 +186,7 @@ func (c *Cache) AddHeld(k Key, body []byte) (release func()) {
 	if e == nil {
 		return nil
 	}
-	var once sync.Once
-	return func() { once.Do(func() { c.release(e) }) }
+	return c.releaser(e)
 }
 
 func (c *Cache) add(k Key, body []byte, hold bool) *entry {
@@ -165,27 +197,30 @@ func (c *Cache) add(k Key, body []byte, hold bool) *entry {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.bodies.Remove(k)
-	for c.bytes+size > c.maxBytes {
-		// Evicting a held body would free nothing until its readers let
-		// go: held bodies are skipped, and without room besides them the
-		// new body is not kept.
-		if c.held+size > c.maxBytes {
-			return nil
-		}
-		oldest, e, _ := c.bodies.GetOldest()
-		if e.holds > 0 {
-			c.bodies.Get(oldest)
-			continue
-		}
-		c.bodies.RemoveOldest()
-		c.evictions.Add(1)
+	if el, ok := c.bodies[k]; ok {
+		c.remove(el)
 	}
-	e := &entry{body: body}
+	// Evicting a held body would free nothing until its readers let go:
+	// without room besides the held bodies the new body is not kept, and
+	// nothing is evicted for it.
+	if c.held+size > c.maxBytes {
+		return nil
+	}
+	// Evict from the least recently used end, passing over held bodies
+	// (they keep their place), until the new body fits.
+	for el := c.recent.Back(); el != nil && c.bytes+size > c.maxBytes; {
+		prev := el.Prev()
+		if el.Value.(*entry).holds == 0 {
+			c.remove(el)
+			c.evictions.Add(1)
+		}
+		el = prev
+	}
+	e := &entry{key: k, body: body}
 	if hold {
 		c.hold(e)
 	}
-	c.bodies.Add(k, e)
+	c.bodies[k] = c.recent.PushFront(e)
 	c.bytes += size
 	return e
 }
@@ -220,6 +255,6 @@ func (c *Cache) Stats() Stats {
 		Misses:    c.misses.Load(),
 		Evictions: c.evictions.Load(),
 		Bytes:     c.bytes,
-		Entries:   c.bodies.Len(),
+		Entries:   len(c.bodies),
 	}
 }

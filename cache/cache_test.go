@@ -3,8 +3,11 @@ package cache
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 func key(uid uint32) Key {
@@ -178,4 +181,127 @@ func TestAddHeld(t *testing.T) {
 	if c.AddHeld(key(3), make([]byte, 101)) != nil {
 		t.Fatal("AddHeld kept a body over max_message")
 	}
+}
+
+// Eviction is by bytes: a body evicts exactly as many of the least
+// recently used bodies as it needs room for, whatever their number.
+func TestEvictsExactlyTheBytesNeeded(t *testing.T) {
+	c := New(100, 100)
+	for uid, n := range []int{10, 20, 30, 40} {
+		if !c.Add(key(uint32(uid+1)), make([]byte, n)) {
+			t.Fatalf("Add(%d) refused", uid+1)
+		}
+	}
+	if st := c.Stats(); st.Bytes != 100 || st.Entries != 4 || st.Evictions != 0 {
+		t.Fatalf("stats = %+v; want 4 entries filling 100 bytes, no eviction", st)
+	}
+	c.Add(key(5), make([]byte, 1))
+	if st := c.Stats(); st.Bytes != 91 || st.Entries != 4 || st.Evictions != 1 {
+		t.Fatalf("stats = %+v; want only the 10-byte body evicted", st)
+	}
+	c.Add(key(6), make([]byte, 50))
+	if st := c.Stats(); st.Bytes != 91 || st.Entries != 3 || st.Evictions != 3 {
+		t.Fatalf("stats = %+v; want the 20- and 30-byte bodies evicted, 40+1+50 kept", st)
+	}
+	for uid, want := range map[uint32]bool{1: false, 2: false, 3: false, 4: true, 5: true, 6: true} {
+		if _, ok := c.Peek(key(uid)); ok != want {
+			t.Errorf("body %d cached: %v, want %v", uid, ok, want)
+		}
+	}
+}
+
+// A held body passed over by an eviction keeps its place: once released it
+// is the first to go, not the body added after it.
+func TestHeldBodyKeepsItsPlace(t *testing.T) {
+	c := New(100, 100)
+	release := c.AddHeld(key(1), make([]byte, 30))
+	c.Add(key(2), make([]byte, 30))
+	c.Add(key(3), make([]byte, 30))
+	c.Add(key(4), make([]byte, 30)) // evicts 2, passing over the held 1
+	if _, ok := c.Peek(key(2)); ok {
+		t.Fatal("the oldest unheld body survived")
+	}
+	release()
+	c.Add(key(5), make([]byte, 30))
+	if _, ok := c.Peek(key(1)); ok {
+		t.Error("the released body, the least recently used, survived")
+	}
+	if _, ok := c.Peek(key(3)); !ok {
+		t.Error("a more recently used body was evicted before the released one")
+	}
+}
+
+// Whatever the order of adds, reads, holds, replacements and releases, the
+// cache counts exactly the bodies it keeps plus the replaced ones still
+// held, and never more than its bound.
+func TestBytesExactUnderAnyOrder(t *testing.T) {
+	const bound = 1000
+	c := New(bound, 400)
+	rng := rand.New(rand.NewPCG(1, 2))
+	type holding struct {
+		k       Key
+		body    []byte
+		release func()
+	}
+	var holds []holding
+	for i := 0; i < 20_000; i++ {
+		k := key(uint32(rng.IntN(40)))
+		switch op := rng.IntN(10); {
+		case op < 4:
+			c.Add(k, make([]byte, rng.IntN(401)))
+		case op < 5:
+			body := make([]byte, rng.IntN(401))
+			if r := c.AddHeld(k, body); r != nil {
+				holds = append(holds, holding{k, body, r})
+			}
+		case op < 7:
+			if body, r, ok := c.Hold(k); ok {
+				holds = append(holds, holding{k, body, r})
+			}
+		case op < 8:
+			c.Get(k)
+		default:
+			if len(holds) > 0 {
+				j := rng.IntN(len(holds))
+				holds[j].release()
+				holds = slices.Delete(holds, j, j+1)
+			}
+		}
+		// Replaced bodies still held count once each, however many
+		// readers hold them.
+		want := c.listedBytes()
+		replaced := map[*byte]bool{}
+		for _, h := range holds {
+			cached, ok := c.Peek(h.k)
+			if len(h.body) > 0 && (!ok || unsafe.SliceData(cached) != unsafe.SliceData(h.body)) && !replaced[unsafe.SliceData(h.body)] {
+				replaced[unsafe.SliceData(h.body)] = true
+				want += int64(len(h.body))
+			}
+		}
+		st := c.Stats()
+		if st.Bytes > bound {
+			t.Fatalf("op %d: %d bytes counted, over the bound of %d", i, st.Bytes, bound)
+		}
+		if st.Bytes != want {
+			t.Fatalf("op %d: %d bytes counted, %d kept or held", i, st.Bytes, want)
+		}
+	}
+	for _, h := range holds {
+		h.release()
+	}
+	if st := c.Stats(); st.Bytes != c.listedBytes() {
+		t.Fatalf("after every release: %d bytes counted, %d kept", st.Bytes, c.listedBytes())
+	}
+}
+
+// listedBytes adds up the bodies in the recency list.
+
+func (c *Cache) listedBytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int64
+	for el := c.recent.Front(); el != nil; el = el.Next() {
+		n += int64(len(el.Value.(*entry).body))
+	}
+	return n
 }

@@ -17,7 +17,7 @@ import (
 // maildrop has at most one session at a time, so one idle connection per
 // maildrop is all the pool keeps.
 const (
-	DefaultPoolIdle = 60 * time.Second
+	DefaultPoolIdle = upstream.DefaultKeepConnection
 	DefaultPoolSize = 1000
 )
 

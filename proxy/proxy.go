@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -491,7 +493,7 @@ type CheckResult struct {
 func (g *Gateway) Check(ctx context.Context, names ...string) []CheckResult {
 	cfg := g.config.Load()
 	if len(names) == 0 {
-		names = sortedKeys(cfg.Users)
+		names = slices.Sorted(maps.Keys(cfg.Users))
 	}
 	var results []CheckResult
 	for _, name := range names {

@@ -28,6 +28,10 @@ const (
 	DeleteKeep DeleteMode = "keep"
 )
 
+// DeleteModes lists every DeleteMode, in the order the documentation gives
+// them; the configuration's on_delete takes these spellings.
+var DeleteModes = []DeleteMode{DeleteExpunge, DeleteTrash, DeleteSeen, DeleteKeep}
+
 // ErrNoTrash means no trash mailbox could be found.
 var ErrNoTrash = errors.New("upstream: no trash mailbox: the server marks none with \\Trash and none is configured")
 
@@ -243,7 +247,7 @@ func (s *Session) findTrash(configured string) (Trash, error) {
 		if !slices.Contains(mbox.Attrs, imap.MailboxAttrTrash) {
 			continue
 		}
-		if sameMailbox(mbox.Mailbox, s.mailbox) {
+		if SameMailbox(mbox.Mailbox, s.mailbox) {
 			return Trash{Mailbox: mbox.Mailbox, Marked: true, Exists: true, Served: true}, nil
 		}
 		if t.Mailbox == "" {
@@ -256,9 +260,9 @@ func (s *Session) findTrash(configured string) (Trash, error) {
 	if configured == "" {
 		return Trash{}, ErrNoTrash
 	}
-	t = Trash{Mailbox: configured, Served: sameMailbox(configured, s.mailbox)}
+	t = Trash{Mailbox: configured, Served: SameMailbox(configured, s.mailbox)}
 	for _, mbox := range list {
-		t.Exists = t.Exists || sameMailbox(mbox.Mailbox, configured)
+		t.Exists = t.Exists || SameMailbox(mbox.Mailbox, configured)
 	}
 	return t, nil
 }
@@ -284,9 +288,9 @@ func (s *Session) createTrash(ctx context.Context, mailbox string) error {
 	return nil
 }
 
-// sameMailbox compares mailbox names; INBOX is case-insensitive (RFC 9051
+// SameMailbox compares mailbox names; INBOX is case-insensitive (RFC 9051
 // §5.1), other names are not.
-func sameMailbox(a, b string) bool {
+func SameMailbox(a, b string) bool {
 	if strings.EqualFold(a, "INBOX") {
 		return strings.EqualFold(b, "INBOX")
 	}

@@ -29,6 +29,20 @@ const (
 	SecurityNone     Security = "none"     // cleartext; for loopback and tests
 )
 
+// Securities lists every Security, in the order the documentation gives
+// them; the configuration's tls key takes these spellings.
+var Securities = []Security{SecurityImplicit, SecurityStartTLS, SecurityNone}
+
+// DefaultTimeout is Server.Timeout when it is zero, and the configuration's
+// default for an upstream's timeout.
+const DefaultTimeout = 60 * time.Second
+
+// DefaultKeepConnection is how long a logged-in connection is kept after
+// its session for the next login to the same mailbox, unless configured
+// otherwise: long enough for a poller's next round, short enough that a
+// revoked password stops working soon.
+const DefaultKeepConnection = 60 * time.Second
+
 // Server says where and how to reach an IMAP server.
 type Server struct {
 	Address  string
@@ -37,7 +51,7 @@ type Server struct {
 	// Address.
 	TLSConfig *tls.Config
 	// Timeout bounds the connection set-up and, later, any wait for data
-	// while a command is under way.
+	// while a command is under way; DefaultTimeout when zero.
 	Timeout time.Duration
 	// SendClientIP tells the server, before logging in, the address of the
 	// POP3 client a connection is for (Dial's context, see WithClient), by
@@ -119,7 +133,7 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 	}
 	timeout := srv.Timeout
 	if timeout <= 0 {
-		timeout = 60 * time.Second
+		timeout = DefaultTimeout
 	}
 	host, _, err := net.SplitHostPort(srv.Address)
 	if err != nil {

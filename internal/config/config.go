@@ -12,16 +12,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/pop3gw/gateway/internal/proxyproto"
 	"github.com/pop3gw/gateway/internal/secrets"
+	"github.com/pop3gw/gateway/internal/state/guard"
+	"github.com/pop3gw/gateway/internal/state/redisstate"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 // Config is the configuration file.
@@ -56,7 +61,7 @@ type ProxyProtocol struct {
 	// connection from them must start with a header, any other connection
 	// is taken as it is.
 	Trusted       []string `yaml:"trusted"`
-	HeaderTimeout Duration `yaml:"header_timeout"` // default 5s
+	HeaderTimeout Duration `yaml:"header_timeout"` // default DefaultHeaderTimeout
 }
 
 // Enabled reports whether the listener named (pop3 or pop3s) expects
@@ -74,27 +79,17 @@ type Redis struct {
 	DB           int      `yaml:"db"`
 	TLS          bool     `yaml:"tls"`
 	CAFile       string   `yaml:"ca_file"`
-	KeyPrefix    string   `yaml:"key_prefix"` // default "pop3gw:"
-	LockTTL      Duration `yaml:"lock_ttl"`   // default 30s: a dead replica's locks expire after this
+	KeyPrefix    string   `yaml:"key_prefix"` // default DefaultRedisKeyPrefix
+	LockTTL      Duration `yaml:"lock_ttl"`   // default DefaultRedisLockTTL: a dead replica's locks expire after this
 }
 
 // Password returns the Redis password, "" when none is configured.
 func (r *Redis) Password() (string, error) {
-	switch {
-	case r.PasswordFile != "":
-		data, err := secrets.ReadFile(r.PasswordFile, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: redis password: %w", err)
-		}
-		return strings.TrimRight(string(data), "\r\n"), nil
-	case r.PasswordEnv != "":
-		v, ok := os.LookupEnv(r.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("config: redis password: environment variable %s is not set", r.PasswordEnv)
-		}
-		return v, nil
+	pw, err := secrets.Source{File: r.PasswordFile, Env: r.PasswordEnv}.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: redis password: %w", err)
 	}
-	return "", nil
+	return pw, nil
 }
 
 // Secrets says where the key that seals secrets at rest comes from: the
@@ -158,13 +153,6 @@ type Auth struct {
 	MinRefusalTime *Duration `yaml:"min_refusal_time"`
 }
 
-// Upstream TLS modes.
-const (
-	TLSImplicit = "implicit"
-	TLSStartTLS = "starttls"
-	TLSNone     = "none"
-)
-
 // Upstream login mechanisms.
 const (
 	AuthPassword    = "password"    // AUTHENTICATE PLAIN, else LOGIN
@@ -172,25 +160,17 @@ const (
 	AuthOAuthBearer = "oauthbearer" // OAuth2 access token, RFC 7628
 )
 
-// Upstream on_delete actions, applied at QUIT.
-const (
-	OnDeleteExpunge = "expunge"
-	OnDeleteTrash   = "trash"
-	OnDeleteSeen    = "seen"
-	OnDeleteKeep    = "keep"
-)
-
 // Upstream is an IMAP server.
 type Upstream struct {
-	Name       string   `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
-	Address    string   `yaml:"address"`     // host:port; may be empty when Provider is set
-	TLS        string   `yaml:"tls"`         // TLSImplicit (default), TLSStartTLS or TLSNone
-	CAFile     string   `yaml:"ca_file"`     // extra trusted CA (PEM); system roots otherwise
-	ServerName string   `yaml:"server_name"` // TLS name to verify; default the host of Address
-	Mailbox    string   `yaml:"mailbox"`     // default INBOX
-	OnDelete   string   `yaml:"on_delete"`   // OnDeleteExpunge (default), OnDeleteTrash, OnDeleteSeen or OnDeleteKeep
-	Timeout    Duration `yaml:"timeout"`     // default 60s
-	Provider   string   `yaml:"provider"`    // optional preset, one of Providers
+	Name       string              `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
+	Address    string              `yaml:"address"`     // host:port; may be empty when Provider is set
+	TLS        upstream.Security   `yaml:"tls"`         // one of upstream.Securities; default upstream.SecurityImplicit
+	CAFile     string              `yaml:"ca_file"`     // extra trusted CA (PEM); system roots otherwise
+	ServerName string              `yaml:"server_name"` // TLS name to verify; default the host of Address
+	Mailbox    string              `yaml:"mailbox"`     // default INBOX
+	OnDelete   upstream.DeleteMode `yaml:"on_delete"`   // one of upstream.DeleteModes, applied at QUIT; default upstream.DeleteExpunge
+	Timeout    Duration            `yaml:"timeout"`     // default DefaultTimeout
+	Provider   string              `yaml:"provider"`    // optional preset, one of Providers
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
 	TrashMailbox string `yaml:"trash_mailbox"`
@@ -199,7 +179,7 @@ type Upstream struct {
 	FetchAhead *bool `yaml:"fetch_ahead"`
 	// KeepConnection keeps a logged-in connection after a session for the
 	// next login to the same mailbox with the same credentials; default
-	// 60s, 0s logs out at once.
+	// DefaultKeepConnection, 0s logs out at once.
 	KeepConnection *Duration `yaml:"keep_connection"`
 	// Auth is how the gateway logs in: AuthPassword (default), AuthXOAuth2
 	// or AuthOAuthBearer.
@@ -218,7 +198,8 @@ type Upstream struct {
 	// PassthroughFailures is how many refused passthrough logins a minute
 	// the gateway forwards to this upstream; past it, passthrough logins
 	// are refused with [SYS/TEMP] without asking the upstream until the
-	// budget refills. 0 means the default (30), -1 no limit.
+	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
+	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
 }
 
@@ -291,13 +272,15 @@ type Cache struct {
 	InFlight *ByteSize `yaml:"in_flight"`
 }
 
-// Defaults applied by SetDefaults to empty or zero values.
+// Defaults applied by SetDefaults to empty or zero values. A default whose
+// behaviour a package owns lives in that package, which applies it to its
+// own zero values too; these name it in the file's types.
 const (
 	DefaultMailbox = "INBOX"
-	DefaultTimeout = Duration(60 * time.Second)
+	DefaultTimeout = Duration(upstream.DefaultTimeout)
 	// DefaultKeepConnection is how long an upstream connection is kept
 	// after its session for the next login.
-	DefaultKeepConnection = Duration(60 * time.Second)
+	DefaultKeepConnection = Duration(upstream.DefaultKeepConnection)
 	DefaultMinVersion     = "1.2"
 	DefaultMemory         = 256 * MiB
 	DefaultMaxMessage     = 16 * MiB
@@ -306,12 +289,12 @@ const (
 	DefaultConnectionsPerIP = 20
 	DefaultSessionsPerUser  = 4
 	DefaultMaxConnections   = 1000
-	DefaultLoginTimeout     = Duration(3 * time.Minute)
-	DefaultLoginDelay       = Duration(time.Second)
-	DefaultLoginDelayMax    = Duration(15 * time.Second)
-	DefaultHeaderTimeout    = Duration(5 * time.Second)
-	DefaultRedisKeyPrefix   = "pop3gw:"
-	DefaultRedisLockTTL     = Duration(30 * time.Second)
+	DefaultLoginTimeout     = Duration(pop3.DefaultLoginTimeout)
+	DefaultLoginDelay       = Duration(guard.DefaultBase)
+	DefaultLoginDelayMax    = Duration(guard.DefaultMax)
+	DefaultHeaderTimeout    = Duration(proxyproto.DefaultHeaderTimeout)
+	DefaultRedisKeyPrefix   = redisstate.DefaultKeyPrefix
+	DefaultRedisLockTTL     = Duration(redisstate.DefaultLockTTL)
 	DefaultMinRefusalTime   = Duration(2 * time.Second)
 )
 
@@ -432,13 +415,13 @@ func (c *Config) SetDefaults() {
 			u.Auth = AuthPassword
 		}
 		if u.TLS == "" {
-			u.TLS = TLSImplicit
+			u.TLS = upstream.SecurityImplicit
 		}
 		if u.Mailbox == "" {
 			u.Mailbox = DefaultMailbox
 		}
 		if u.OnDelete == "" {
-			u.OnDelete = OnDeleteExpunge
+			u.OnDelete = upstream.DeleteExpunge
 		}
 		if u.Timeout == 0 {
 			u.Timeout = DefaultTimeout
@@ -514,12 +497,12 @@ func (c *Config) Warnings() []string {
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
-		if u != nil && u.TLS == TLSNone && u.Address != "" && !isLoopback(u.Address) {
+		if u != nil && u.TLS == upstream.SecurityNone && u.Address != "" && !isLoopback(u.Address) {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls is none: upstream passwords cross the network without TLS", name))
 		}
-		if u != nil && u.TLSSkipVerify && u.TLS != TLSNone {
+		if u != nil && u.TLSSkipVerify && u.TLS != upstream.SecurityNone {
 			w = append(w, fmt.Sprintf("upstreams.%s.tls_skip_verify is true: the upstream's certificate is NOT verified, so anyone on the network path can impersonate it and read the mail and the upstream credentials; use ca_file instead", name))
 		}
 	}
@@ -537,9 +520,6 @@ func isLoopback(addr string) bool {
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
-
-// maxSecret bounds the size of an upstream password file.
-const maxSecret = 64 << 10
 
 // Sealing contexts bind a sealed file to its user and purpose, so a file
 // copied to another user's path does not open.
@@ -559,90 +539,46 @@ func (c *Config) SealingKey() (*secrets.Key, error) {
 }
 
 // UpstreamPassword returns the user's upstream password, read from
-// UpstreamPasswordFile or the environment variable UpstreamPasswordEnv. One
-// trailing "\n" or "\r\n" is removed from the file's contents; a sealed
-// file (written by `gateway secrets set-password`) is opened with the key
-// of the secrets section. The file must not be accessible by group or
-// others. Errors never contain the password.
+// UpstreamPasswordFile or the environment variable UpstreamPasswordEnv by
+// secrets.Source: one trailing "\n" or "\r\n" is removed; a sealed file
+// (written by `gateway secrets set-password`) is opened with the key of the
+// secrets section. The file must not be accessible by group or others.
+// Errors never contain the password.
 func (u *User) UpstreamPassword() (string, error) {
 	who := "upstream password"
 	if u.Name != "" {
 		who = "users." + u.Name + ": upstream password"
 	}
-	var pw string
 	switch {
 	case u.UpstreamPasswordFile != "" && u.UpstreamPasswordEnv != "":
 		return "", fmt.Errorf("config: %s: both upstream_password_file and upstream_password_env are set", who)
-	case u.UpstreamPasswordFile != "":
-		name := u.UpstreamPasswordFile
-		data, err := secrets.ReadFile(name, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: %s: %w", who, err)
-		}
-		if secrets.IsSealed(data) {
-			if u.config == nil {
-				return "", fmt.Errorf("config: %s: %s is sealed, but no key is configured", who, name)
-			}
-			key, err := u.config.SealingKey()
-			if err != nil {
-				return "", fmt.Errorf("config: %s: %s is sealed, but %s", who, name, strings.TrimPrefix(err.Error(), "config: "))
-			}
-			if data, err = key.Open(data, PasswordContext(u.Name)); err != nil {
-				return "", fmt.Errorf("config: %s: %s: %w", who, name, err)
-			}
-		}
-		pw = string(data)
-		if p, ok := strings.CutSuffix(pw, "\r\n"); ok {
-			pw = p
-		} else {
-			pw = strings.TrimSuffix(pw, "\n")
-		}
-		if pw == "" {
-			return "", fmt.Errorf("config: %s: %s is empty", who, name)
-		}
-		if strings.ContainsAny(pw, "\r\n\x00") {
-			return "", fmt.Errorf("config: %s: %s contains a line break or NUL byte besides one trailing newline", who, name)
-		}
-	case u.UpstreamPasswordEnv != "":
-		name := u.UpstreamPasswordEnv
-		v, ok := os.LookupEnv(name)
-		if !ok {
-			return "", fmt.Errorf("config: %s: environment variable %s is not set", who, name)
-		}
-		if v == "" {
-			return "", fmt.Errorf("config: %s: environment variable %s is empty", who, name)
-		}
-		if strings.ContainsAny(v, "\r\n\x00") {
-			return "", fmt.Errorf("config: %s: environment variable %s contains a line break or NUL byte", who, name)
-		}
-		pw = v
-	default:
+	case u.UpstreamPasswordFile == "" && u.UpstreamPasswordEnv == "":
 		return "", fmt.Errorf("config: %s: neither upstream_password_file nor upstream_password_env is set", who)
+	}
+	src := secrets.Source{File: u.UpstreamPasswordFile, Env: u.UpstreamPasswordEnv, Context: PasswordContext(u.Name)}
+	if c := u.config; c != nil {
+		src.Key = func() (*secrets.Key, error) {
+			key, err := c.SealingKey()
+			if err != nil {
+				return nil, errors.New(strings.TrimPrefix(err.Error(), "config: "))
+			}
+			return key, nil
+		}
+	}
+	pw, err := src.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: %s: %w", who, err)
 	}
 	return pw, nil
 }
 
 // ClientSecret returns the OAuth2 client secret, "" for a public client.
 func (o *OAuth2) ClientSecret() (string, error) {
-	switch {
-	case o.ClientSecretFile != "":
-		data, err := secrets.ReadFile(o.ClientSecretFile, maxSecret)
-		if err != nil {
-			return "", fmt.Errorf("config: oauth2 client secret: %w", err)
-		}
-		s := strings.TrimSpace(string(data))
-		if s == "" {
-			return "", fmt.Errorf("config: oauth2 client secret: %s is empty", o.ClientSecretFile)
-		}
-		return s, nil
-	case o.ClientSecretEnv != "":
-		s, ok := os.LookupEnv(o.ClientSecretEnv)
-		if !ok || s == "" {
-			return "", fmt.Errorf("config: oauth2 client secret: environment variable %s is not set", o.ClientSecretEnv)
-		}
-		return strings.TrimSpace(s), nil
+	s, err := secrets.Source{File: o.ClientSecretFile, Env: o.ClientSecretEnv}.Read()
+	if err != nil {
+		return "", fmt.Errorf("config: oauth2 client secret: %w", err)
 	}
-	return "", nil
+	return s, nil
 }
 
 // CheckSecrets reads every secret the configuration names: each mapped
@@ -662,14 +598,14 @@ func (c *Config) CheckSecrets() error {
 			problem(err)
 		}
 	}
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		if u := c.Upstreams[name]; u != nil && u.OAuthEnabled() && u.OAuth2 != nil {
 			if _, err := u.OAuth2.ClientSecret(); err != nil {
 				problem(fmt.Errorf("upstreams.%s: %w", name, err))
 			}
 		}
 	}
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		u := c.Users[name]
 		if u == nil {
 			continue
@@ -680,7 +616,7 @@ func (c *Config) CheckSecrets() error {
 			}
 			continue
 		}
-		data, err := secrets.ReadFile(u.OAuth2TokenFile, maxSecret)
+		data, err := secrets.ReadFile(u.OAuth2TokenFile, secrets.MaxFile)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
 		case err != nil:
@@ -700,7 +636,7 @@ func (c *Config) CheckSecrets() error {
 // MissingTokens lists the users whose OAuth2 token file does not exist yet.
 func (c *Config) MissingTokens() []string {
 	var names []string
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		u := c.Users[name]
 		if u == nil || u.OAuth2TokenFile == "" {
 			continue
@@ -710,13 +646,4 @@ func (c *Config) MissingTokens() []string {
 		}
 	}
 	return names
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

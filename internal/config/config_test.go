@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/passwd"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 // A bcrypt hash (cost 4) of "pw"; cheap to check.
@@ -56,16 +57,16 @@ func TestExample(t *testing.T) {
 		t.Errorf("tls = %+v", c.TLS)
 	}
 	corp := c.Upstreams["corp"]
-	if corp == nil || corp.Name != "corp" || corp.OnDelete != OnDeleteTrash || corp.TrashMailbox != "Deleted Items" ||
+	if corp == nil || corp.Name != "corp" || corp.OnDelete != upstream.DeleteTrash || corp.TrashMailbox != "Deleted Items" ||
 		corp.Timeout.Duration() != time.Minute || corp.TLSServerName() != "imap.example.com" || corp.CAFile == "" {
 		t.Errorf("upstreams.corp = %+v", corp)
 	}
 	partner := c.Upstreams["partner"]
-	if partner == nil || partner.TLS != TLSStartTLS || partner.Timeout.Duration() != 2*time.Minute || partner.Mailbox != "INBOX" {
+	if partner == nil || partner.TLS != upstream.SecurityStartTLS || partner.Timeout.Duration() != 2*time.Minute || partner.Mailbox != "INBOX" {
 		t.Errorf("upstreams.partner = %+v", partner)
 	}
 	if g := c.Upstreams["gmail"]; g == nil || g.Provider != "gmail" || g.Address != "imap.gmail.com:993" ||
-		g.Auth != AuthXOAuth2 || g.OnDelete != OnDeleteTrash || g.OAuth2 == nil ||
+		g.Auth != AuthXOAuth2 || g.OnDelete != upstream.DeleteTrash || g.OAuth2 == nil ||
 		g.OAuth2.TokenURL != "https://oauth2.googleapis.com/token" || len(g.OAuth2.Scopes) != 1 {
 		t.Errorf("upstreams.gmail = %+v", g)
 	}
@@ -118,8 +119,8 @@ func TestDefaults(t *testing.T) {
 	}
 	got := *u
 	got.FetchAhead, got.KeepConnection = nil, nil
-	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: TLSImplicit, Mailbox: "INBOX",
-		OnDelete: OnDeleteExpunge, Timeout: Duration(60 * time.Second), Auth: AuthPassword}
+	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: upstream.SecurityImplicit, Mailbox: "INBOX",
+		OnDelete: upstream.DeleteExpunge, Timeout: Duration(60 * time.Second), Auth: AuthPassword}
 	if got != want {
 		t.Errorf("upstream = %+v, want %+v", got, want)
 	}
@@ -540,6 +541,55 @@ func TestCheckSecrets(t *testing.T) {
 	}
 }
 
+// The Redis password and an OAuth2 client secret are read like an upstream
+// password: the file's mode checked, one trailing newline removed, an
+// empty or multi-line value refused, the file or variable named in errors.
+func TestOtherSecretsReadAlike(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	read := map[string]func(file, env string) (string, error){
+		"redis password": func(file, env string) (string, error) {
+			return (&Redis{PasswordFile: file, PasswordEnv: env}).Password()
+		},
+		"oauth2 client secret": func(file, env string) (string, error) {
+			return (&OAuth2{ClientSecretFile: file, ClientSecretEnv: env}).ClientSecret()
+		},
+	}
+	t.Setenv("GATEWAY_CONFIG_TEST_SECRET", "s3cret\n")
+	t.Setenv("GATEWAY_CONFIG_TEST_EMPTY", "")
+	for what, read := range read {
+		if got, err := read("", ""); got != "" || err != nil {
+			t.Errorf("%s, none configured: %q, %v", what, got, err)
+		}
+		if got, err := read(write("crlf", "s3cret\r\n"), ""); got != "s3cret" || err != nil {
+			t.Errorf("%s from a file: %q, %v", what, got, err)
+		}
+		if got, err := read("", "GATEWAY_CONFIG_TEST_SECRET"); got != "s3cret" || err != nil {
+			t.Errorf("%s from a variable: %q, %v", what, got, err)
+		}
+		two := write("two", "s3cret\nmore\n")
+		if _, err := read(two, ""); err == nil || err.Error() != "config: "+what+": "+two+" contains a line break or NUL byte besides one trailing newline" {
+			t.Errorf("%s, two lines: %v", what, err)
+		}
+		if _, err := read("", "GATEWAY_CONFIG_TEST_EMPTY"); err == nil || err.Error() != "config: "+what+": environment variable GATEWAY_CONFIG_TEST_EMPTY is empty" {
+			t.Errorf("%s, empty variable: %v", what, err)
+		}
+		open := write("open", "s3cret")
+		if err := os.Chmod(open, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := read(open, ""); err == nil || !strings.HasSuffix(err.Error(), "chmod 600 "+open) {
+			t.Errorf("%s, file readable by others: %v", what, err)
+		}
+	}
+}
+
 // oauthUpstream turns upstream corp into an OAuth2 upstream with complete
 // settings, then lets change spoil them.
 func oauthUpstream(change func(o *OAuth2)) func(c *Config) {
@@ -584,7 +634,7 @@ func TestPresets(t *testing.T) {
 			continue
 		}
 		u := c.Upstreams["corp"]
-		if u.Address != p.Address || u.TLS != TLSImplicit || u.Auth != p.Auth || u.OnDelete != OnDeleteTrash || u.TrashMailbox == "" {
+		if u.Address != p.Address || u.TLS != upstream.SecurityImplicit || u.Auth != p.Auth || u.OnDelete != upstream.DeleteTrash || u.TrashMailbox == "" {
 			t.Errorf("%s: upstream = %+v", name, u)
 		}
 		if u.OAuthEnabled() && (u.OAuth2.TokenURL == "" || u.OAuth2.AuthURL == "" || len(u.OAuth2.Scopes) == 0) {
@@ -592,7 +642,7 @@ func TestPresets(t *testing.T) {
 		}
 	}
 	// Gmail: EXPUNGE only archives, so a delete must move to the trash.
-	if g := Presets["gmail"]; g.OnDelete != OnDeleteTrash || g.Trash != "[Gmail]/Trash" || g.DeviceAuthURL != "" {
+	if g := Presets["gmail"]; g.OnDelete != upstream.DeleteTrash || g.Trash != "[Gmail]/Trash" || g.DeviceAuthURL != "" {
 		t.Errorf("gmail preset = %+v", g)
 	}
 	if o := Presets["outlook"]; o.DeviceAuthURL == "" || !strings.Contains(strings.Join(o.Scopes, " "), "offline_access") {
@@ -601,7 +651,7 @@ func TestPresets(t *testing.T) {
 	// The file's values win over the preset's.
 	c := mustParse(t, strings.Replace(minimal, `address: "imap.example.com:993"`,
 		"provider: gmail\n    auth: password\n    on_delete: keep\n    address: \"127.0.0.1:1993\"", 1))
-	if u := c.Upstreams["corp"]; u.Address != "127.0.0.1:1993" || u.Auth != AuthPassword || u.OnDelete != OnDeleteKeep || u.OAuth2 != nil {
+	if u := c.Upstreams["corp"]; u.Address != "127.0.0.1:1993" || u.Auth != AuthPassword || u.OnDelete != upstream.DeleteKeep || u.OAuth2 != nil {
 		t.Errorf("overridden preset = %+v", u)
 	}
 }
@@ -614,12 +664,12 @@ func TestWarnings(t *testing.T) {
 	}
 	c.Auth.AllowInsecure = true
 	c.TLS.MinVersion = "1.0"
-	c.Upstreams["corp"].TLS = TLSNone
+	c.Upstreams["corp"].TLS = upstream.SecurityNone
 	w = c.Warnings()
 	if len(w) != 3 {
 		t.Errorf("warnings = %q", w)
 	}
-	c.Upstreams["corp"].TLS = TLSImplicit
+	c.Upstreams["corp"].TLS = upstream.SecurityImplicit
 	c.Upstreams["corp"].TLSSkipVerify = true
 	w = c.Warnings()
 	if len(w) != 3 || !strings.Contains(w[2], "upstreams.corp.tls_skip_verify is true") {

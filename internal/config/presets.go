@@ -1,14 +1,18 @@
 package config
 
-import "slices"
+import (
+	"slices"
+
+	"github.com/pop3gw/gateway/upstream"
+)
 
 // Preset is what a provider key fills in on an upstream: values the file
 // leaves empty take these.
 type Preset struct {
 	Address  string
-	TLS      string
-	Auth     string // the mechanism the provider expects by default
-	OnDelete string // the on_delete value that really removes a message from the inbox
+	TLS      upstream.Security
+	Auth     string              // the mechanism the provider expects by default
+	OnDelete upstream.DeleteMode // the on_delete value that really removes a message from the inbox
 	// Trash is the provider's trash mailbox, used when the server marks no
 	// mailbox \Trash (RFC 6154).
 	Trash string
@@ -25,8 +29,8 @@ type Preset struct {
 // INBOX only archives the message ("All Mail" keeps it).
 var Presets = map[string]Preset{
 	"gmail": {
-		Address: "imap.gmail.com:993", TLS: TLSImplicit, Auth: AuthXOAuth2,
-		OnDelete: OnDeleteTrash, Trash: "[Gmail]/Trash",
+		Address: "imap.gmail.com:993", TLS: upstream.SecurityImplicit, Auth: AuthXOAuth2,
+		OnDelete: upstream.DeleteTrash, Trash: "[Gmail]/Trash",
 		AuthURL:  "https://accounts.google.com/o/oauth2/auth",
 		TokenURL: "https://oauth2.googleapis.com/token",
 		// Google's device grant does not allow the mail scope, so the
@@ -34,39 +38,46 @@ var Presets = map[string]Preset{
 		Scopes: []string{"https://mail.google.com/"},
 	},
 	"outlook": {
-		Address: "outlook.office365.com:993", TLS: TLSImplicit, Auth: AuthXOAuth2,
-		OnDelete: OnDeleteTrash, Trash: "Deleted Items",
+		Address: "outlook.office365.com:993", TLS: upstream.SecurityImplicit, Auth: AuthXOAuth2,
+		OnDelete: upstream.DeleteTrash, Trash: "Deleted Items",
 		AuthURL:       "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
 		TokenURL:      "https://login.microsoftonline.com/common/oauth2/v2.0/token",
 		DeviceAuthURL: "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
 		Scopes:        []string{"https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"},
 	},
 	"yahoo": {
-		Address: "imap.mail.yahoo.com:993", TLS: TLSImplicit, Auth: AuthPassword,
-		OnDelete: OnDeleteTrash, Trash: "Trash",
+		Address: "imap.mail.yahoo.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
+		OnDelete: upstream.DeleteTrash, Trash: "Trash",
 		AuthURL:  "https://api.login.yahoo.com/oauth2/request_auth",
 		TokenURL: "https://api.login.yahoo.com/oauth2/get_token",
 		Scopes:   []string{"mail-w"},
 	},
 	"aol": {
-		Address: "imap.aol.com:993", TLS: TLSImplicit, Auth: AuthPassword,
-		OnDelete: OnDeleteTrash, Trash: "Trash",
+		Address: "imap.aol.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
+		OnDelete: upstream.DeleteTrash, Trash: "Trash",
 		AuthURL:  "https://api.login.aol.com/oauth2/request_auth",
 		TokenURL: "https://api.login.aol.com/oauth2/get_token",
 		Scopes:   []string{"mail-w"},
 	},
 	"icloud": {
-		Address: "imap.mail.me.com:993", TLS: TLSImplicit, Auth: AuthPassword,
-		OnDelete: OnDeleteTrash, Trash: "Deleted Messages",
+		Address: "imap.mail.me.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
+		OnDelete: upstream.DeleteTrash, Trash: "Deleted Messages",
 	},
 	"fastmail": {
-		Address: "imap.fastmail.com:993", TLS: TLSImplicit, Auth: AuthPassword,
-		OnDelete: OnDeleteTrash, Trash: "Trash",
+		Address: "imap.fastmail.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
+		OnDelete: upstream.DeleteTrash, Trash: "Trash",
 	},
 }
 
 // Providers lists the accepted values of an upstream's provider key.
 var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol"}
+
+// fill sets *dst to v when it is empty.
+func fill[T ~string](dst *T, v T) {
+	if *dst == "" {
+		*dst = v
+	}
+}
 
 // applyPreset fills the upstream's empty values from its provider's preset.
 // An unknown provider is left for Validate to report.
@@ -74,11 +85,6 @@ func applyPreset(u *Upstream) {
 	p, ok := Presets[u.Provider]
 	if !ok {
 		return
-	}
-	fill := func(dst *string, v string) {
-		if *dst == "" {
-			*dst = v
-		}
 	}
 	fill(&u.Address, p.Address)
 	fill(&u.TLS, p.TLS)

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -14,11 +15,10 @@ import (
 
 	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/username"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 var (
-	tlsModes    = []string{TLSImplicit, TLSStartTLS, TLSNone}
-	onDeletes   = []string{OnDeleteExpunge, OnDeleteTrash, OnDeleteSeen, OnDeleteKeep}
 	authMechs   = []string{AuthPassword, AuthXOAuth2, AuthOAuthBearer}
 	tlsVersions = []string{"1.0", "1.1", "1.2", "1.3"}
 )
@@ -31,8 +31,18 @@ func (p *problems) add(path, format string, args ...any) {
 
 // oneOf checks that v is in set.
 func (p *problems) oneOf(path, v string, set []string) {
+	checkOneOf(p, path, v, set)
+}
+
+// checkOneOf is oneOf for the string types of other packages, such as
+// upstream.Security.
+func checkOneOf[T ~string](p *problems, path string, v T, set []T) {
 	if !slices.Contains(set, v) {
-		p.add(path, "%q is not one of %s", v, strings.Join(set, ", "))
+		names := make([]string, len(set))
+		for i, s := range set {
+			names[i] = string(s)
+		}
+		p.add(path, "%q is not one of %s", v, strings.Join(names, ", "))
 	}
 }
 
@@ -91,7 +101,7 @@ func (c *Config) Validate() error {
 	p.oneOf("tls.min_version", c.TLS.MinVersion, tlsVersions)
 
 	// upstreams
-	for _, name := range sortedKeys(c.Upstreams) {
+	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		path := "upstreams." + name
 		if strings.TrimSpace(name) == "" {
 			p.add("upstreams", "an upstream has an empty name")
@@ -108,8 +118,8 @@ func (c *Config) Validate() error {
 		case u.Provider == "":
 			p.add(path+".address", "required (or set provider)")
 		}
-		p.oneOf(path+".tls", u.TLS, tlsModes)
-		p.oneOf(path+".on_delete", u.OnDelete, onDeletes)
+		checkOneOf(&p, path+".tls", u.TLS, upstream.Securities)
+		checkOneOf(&p, path+".on_delete", u.OnDelete, upstream.DeleteModes)
 		if u.Timeout <= 0 {
 			p.add(path+".timeout", "must be positive, not %v", u.Timeout)
 		}
@@ -125,7 +135,7 @@ func (c *Config) Validate() error {
 		if u.Mailbox == "" {
 			p.add(path+".mailbox", "required")
 		}
-		if u.OnDelete == OnDeleteTrash && u.TrashMailbox != "" && sameMailbox(u.TrashMailbox, u.Mailbox) {
+		if u.OnDelete == upstream.DeleteTrash && u.TrashMailbox != "" && upstream.SameMailbox(u.TrashMailbox, u.Mailbox) {
 			// Moving a message into the mailbox it is in gives it a new
 			// UID: every poll would download it again. `gateway check`
 			// also catches a served mailbox the server marks \Trash.
@@ -144,7 +154,7 @@ func (c *Config) Validate() error {
 	// users
 	tokenFiles := map[string]string{}
 	folded := map[string]string{}
-	for _, name := range sortedKeys(c.Users) {
+	for _, name := range slices.Sorted(maps.Keys(c.Users)) {
 		path := "users." + name
 		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
 			p.add("users", "user name %q is empty or contains spaces or control characters", name)
@@ -213,7 +223,7 @@ func (c *Config) Validate() error {
 			p.add("passthrough.upstream", "%q logs in with OAuth2, which needs a mapped user with a token; passthrough forwards passwords", pt.Upstream)
 		}
 		lower := map[string]string{}
-		for _, d := range sortedKeys(pt.Domains) {
+		for _, d := range slices.Sorted(maps.Keys(pt.Domains)) {
 			path := "passthrough.domains." + d
 			if d == "" || strings.ContainsAny(d, "@ \t\r\n") {
 				p.add("passthrough.domains", "%q is not a domain name", d)
@@ -387,15 +397,6 @@ func (p *problems) oauth2(path string, o *OAuth2) {
 	case o.ClientSecretEnv != "" && !validEnvName(o.ClientSecretEnv):
 		p.add(path+".client_secret_env", "%q is not a valid environment variable name", o.ClientSecretEnv)
 	}
-}
-
-// sameMailbox compares mailbox names; INBOX is case-insensitive (RFC 9051
-// §5.1), other names are not.
-func sameMailbox(a, b string) bool {
-	if strings.EqualFold(a, "INBOX") {
-		return strings.EqualFold(b, "INBOX")
-	}
-	return a == b
 }
 
 func validEnvName(s string) bool {

@@ -36,9 +36,6 @@ var (
 // so a token never expires in the middle of a login.
 const refreshEarly = 5 * time.Minute
 
-// maxTokenFile bounds a token file.
-const maxTokenFile = 64 << 10
-
 // Client is the OAuth2 application registered with a provider.
 type Client struct {
 	Config *oauth2.Config // endpoints, client ID and secret, scopes
@@ -79,7 +76,7 @@ type stored struct {
 
 // Load reads and opens the token file. A missing file is ErrNoToken.
 func (s *Store) Load() (*oauth2.Token, error) {
-	data, err := secrets.ReadFile(s.Path, maxTokenFile)
+	data, err := secrets.ReadFile(s.Path, secrets.MaxFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w in %s", ErrNoToken, s.Path)
 	}

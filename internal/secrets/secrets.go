@@ -46,6 +46,7 @@ package secrets
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -154,29 +155,99 @@ func ParseKey(text string) (*Key, error) {
 // checked) or, when file is "", from the environment variable env. Errors
 // name the file or the variable, never their contents.
 func LoadKey(file, env string) (*Key, error) {
-	if file != "" {
-		data, err := ReadFile(file, maxKeyFile)
-		if err != nil {
-			return nil, err
-		}
-		k, err := ParseKey(string(data))
-		if err != nil {
-			return nil, fmt.Errorf("secrets: key file %s: %w", file, err)
-		}
-		return k, nil
-	}
-	if env == "" {
+	src := Source{File: file, Env: env, Max: maxKeyFile}
+	if !src.Set() {
 		return nil, errors.New("secrets: no key file or key environment variable given")
 	}
-	text, ok := os.LookupEnv(env)
-	if !ok {
-		return nil, fmt.Errorf("secrets: environment variable %s is not set", env)
+	text, err := src.Read()
+	if err != nil {
+		return nil, err
 	}
 	k, err := ParseKey(text)
-	if err != nil {
+	if err != nil && file != "" {
+		return nil, fmt.Errorf("secrets: key file %s: %w", file, err)
+	} else if err != nil {
 		return nil, fmt.Errorf("secrets: environment variable %s: %w", env, err)
 	}
 	return k, nil
+}
+
+// MaxFile bounds a secret file unless a Source says otherwise.
+const MaxFile = 64 << 10
+
+// Source is where one secret is kept: a file, or an environment variable.
+// Every secret the configuration names (an upstream password, an OAuth2
+// client secret, the Redis password, the sealing key) is read through
+// one.
+type Source struct {
+	File string // read with ReadFile: no access for group or others
+	Env  string // the variable's name; used when File is ""
+	Max  int64  // bound on the file's size; 0 means MaxFile
+	// Context, when set, lets the file be sealed (by Seal with this
+	// context, as `gateway secrets set-password` writes it); Key gives
+	// the key that opens it, and is asked only for a sealed file.
+	Context string
+	Key     func() (*Key, error)
+}
+
+// Set reports whether the source names a file or a variable.
+func (s Source) Set() bool { return s.File != "" || s.Env != "" }
+
+// name is the file or the variable, as errors name it.
+func (s Source) name() string {
+	if s.File != "" {
+		return s.File
+	}
+	return "environment variable " + s.Env
+}
+
+// Read returns the secret: the file's contents (opened, when sealed and
+// the source has a Context) or the variable's value, without one trailing
+// "\n" or "\r\n". A secret that is empty, or has a line break or NUL byte
+// besides that one, is an error. An unset source gives "" and no error.
+// Errors name the file or the variable, never the secret.
+func (s Source) Read() (string, error) {
+	var data []byte
+	switch {
+	case s.File != "":
+		var err error
+		if data, err = ReadFile(s.File, cmp.Or(s.Max, MaxFile)); err != nil {
+			return "", err
+		}
+		if s.Context != "" && IsSealed(data) {
+			if s.Key == nil {
+				return "", fmt.Errorf("%s is sealed, but no key is configured", s.File)
+			}
+			key, err := s.Key()
+			if err != nil {
+				return "", fmt.Errorf("%s is sealed, but %v", s.File, err)
+			}
+			if data, err = key.Open(data, s.Context); err != nil {
+				return "", fmt.Errorf("%s: %w", s.File, err)
+			}
+		}
+	case s.Env != "":
+		v, ok := os.LookupEnv(s.Env)
+		if !ok {
+			return "", fmt.Errorf("environment variable %s is not set", s.Env)
+		}
+		data = []byte(v)
+	default:
+		return "", nil
+	}
+	text := string(data)
+	if t, ok := strings.CutSuffix(text, "\r\n"); ok {
+		text = t
+	} else {
+		text = strings.TrimSuffix(text, "\n")
+	}
+	if text == "" {
+		return "", fmt.Errorf("%s is empty", s.name())
+	}
+	if strings.ContainsAny(text, "\r\n\x00") {
+		return "", fmt.Errorf("%s contains a line break or NUL byte besides one trailing newline", s.name())
+	}
+	return text, nil
 }
 
 // Seal encrypts plaintext bound to context, which is used as the GCM

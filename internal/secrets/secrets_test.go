@@ -544,3 +544,71 @@ func TestDerive(t *testing.T) {
 		t.Fatal("Derive is not deterministic")
 	}
 }
+
+// Every secret the configuration names is read by Source.Read, from a file
+// or a variable, with one rule for line endings and one for what a secret
+// may contain.
+func TestSourceRead(t *testing.T) {
+	const secret = "s3cret"
+	dir := t.TempDir()
+	k, _ := newTestKey(t)
+	keyFunc := func() (*Key, error) { return k, nil }
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		writeSecret(t, p, content, 0o600)
+		return p
+	}
+	t.Setenv("POP3GW_TEST_SECRET", secret+"\n")
+	t.Setenv("POP3GW_TEST_SECRET_TWO_LINES", secret+"\nmore")
+	t.Setenv("POP3GW_TEST_SECRET_EMPTY", "")
+	sealed := file("sealed", string(k.Seal([]byte(secret+"\n"), "ctx")))
+	tests := []struct {
+		name      string
+		src       Source
+		want, err string
+	}{
+		{"unset", Source{}, "", ""},
+		{"file newline", Source{File: file("nl", secret+"\n")}, secret, ""},
+		{"file crlf", Source{File: file("crlf", secret+"\r\n")}, secret, ""},
+		{"file keeps spaces", Source{File: file("spaces", " "+secret+" \n")}, " " + secret + " ", ""},
+		{"file wins over env", Source{File: file("wins", "from-file"), Env: "POP3GW_TEST_SECRET"}, "from-file", ""},
+		{"file empty", Source{File: file("empty", "\n")}, "", "is empty"},
+		{"file two lines", Source{File: file("two", secret+"\n\n")}, "", "line break or NUL byte"},
+		{"file NUL", Source{File: file("nul", secret+"\x00")}, "", "line break or NUL byte"},
+		{"file too large", Source{File: file("large", secret), Max: 3}, "", "larger than 3 bytes"},
+		{"file readable by others", Source{File: func() string {
+			p := filepath.Join(dir, "open")
+			writeSecret(t, p, secret, 0o644)
+			return p
+		}()}, "", "chmod 600"},
+		{"env", Source{Env: "POP3GW_TEST_SECRET"}, secret, ""},
+		{"env two lines", Source{Env: "POP3GW_TEST_SECRET_TWO_LINES"}, "", "environment variable POP3GW_TEST_SECRET_TWO_LINES contains a line break"},
+		{"env empty", Source{Env: "POP3GW_TEST_SECRET_EMPTY"}, "", "environment variable POP3GW_TEST_SECRET_EMPTY is empty"},
+		{"env unset", Source{Env: "POP3GW_TEST_SECRET_UNSET"}, "", "environment variable POP3GW_TEST_SECRET_UNSET is not set"},
+		{"sealed", Source{File: sealed, Context: "ctx", Key: keyFunc}, secret, ""},
+		{"sealed, other context", Source{File: sealed, Context: "other", Key: keyFunc}, "", sealed + ": secrets: cannot open"},
+		{"sealed, no key", Source{File: sealed, Context: "ctx"}, "", sealed + " is sealed, but no key is configured"},
+		{"sealed, key refused", Source{File: sealed, Context: "ctx", Key: func() (*Key, error) { return nil, errors.New("the key file is missing") }},
+			"", sealed + " is sealed, but the key file is missing"},
+	}
+	for _, tt := range tests {
+		if runtime.GOOS == "windows" && tt.err == "chmod 600" {
+			continue
+		}
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.src.Read()
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("Read = %q, %v; want an error containing %q", got, err, tt.err)
+				}
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error contains the secret: %v", err)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Read = %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}

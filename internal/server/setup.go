@@ -67,12 +67,12 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			Name: name,
 			Server: upstream.Server{
 				Address:   u.Address,
-				Security:  upstream.Security(u.TLS),
+				Security:  u.TLS,
 				TLSConfig: tlsConfig,
 				Timeout:   time.Duration(u.Timeout),
 			},
 			Mailbox:      u.Mailbox,
-			OnDelete:     upstream.DeleteMode(u.OnDelete),
+			OnDelete:     u.OnDelete,
 			Trash:        u.TrashMailbox,
 			NoFetchAhead: u.FetchAhead != nil && !*u.FetchAhead,
 		}
