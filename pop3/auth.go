@@ -170,11 +170,17 @@ func (c *conn) auth(arg string) error {
 		c.challenge(challenge)
 		line, err := c.readLine(maxSASLLine)
 		if errors.Is(err, errLineTooLong) {
+			if c.tracing {
+				c.traceLine("recv", "<line too long, discarded>")
+			}
 			c.errorf(CodeNone, "Line too long.")
 			return c.badCommand()
 		}
 		if err != nil {
 			return err
+		}
+		if c.tracing {
+			c.traceLine("recv", redactResponse(line))
 		}
 		if line == "*" {
 			c.errorf(CodeNone, "Authentication cancelled.")

@@ -81,6 +81,7 @@ type conn struct {
 
 	tls     bool
 	proxied bool // the remote address came from a PROXY header
+	tracing bool // the logger takes LevelTrace: the wire trace is on
 	ctx     context.Context
 	cancel  context.CancelFunc
 	pending string // name given by USER, waiting for PASS
@@ -181,6 +182,7 @@ func (c *conn) serve() {
 	}()
 
 	c.log = c.log.With("remote", c.netConn().RemoteAddr().String())
+	c.tracing = c.log.Enabled(c.ctx, LevelTrace)
 	c.srv.observer().SessionStart()
 	if refusal := c.admit(); refusal != "" {
 		// The refusal takes the place of the greeting; SYS/TEMP (RFC 3206)
@@ -235,6 +237,9 @@ func (c *conn) next() error {
 	line, err := c.readLine(maxCommandLine)
 	switch {
 	case errors.Is(err, errLineTooLong):
+		if c.tracing {
+			c.traceLine("recv", "<line too long, discarded>")
+		}
 		c.errorf(CodeNone, "Line too long.")
 		return c.badCommand()
 	case isTimeout(err):
@@ -252,6 +257,7 @@ func (c *conn) next() error {
 	case err != nil:
 		return err
 	}
+	c.traceCommand(line)
 	if strings.ContainsAny(line, "\x00\r\n") {
 		c.errorf(CodeNone, "Invalid characters in command.")
 		return c.badCommand()

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // ok sends a positive status line, "+OK" and the text when there is one
@@ -32,6 +33,9 @@ func (c *conn) challenge(data []byte) {
 	line := "+ " + base64.StdEncoding.EncodeToString(data)
 	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")
+	if c.tracing {
+		c.traceLine("send", line)
+	}
 }
 
 // line sends one line of a multi-line response, before dot-stuffing:
@@ -49,6 +53,15 @@ func (c *conn) line(format string, args ...any) {
 
 // status writes a status line; write errors surface at the next flush.
 func (c *conn) status(indicator string, code Code, format string, args []any) {
+	if c.tracing {
+		var b strings.Builder
+		writeStatus(&b, indicator, code, format, args)
+		line := b.String()
+		c.bw.WriteString(line)
+		c.bw.WriteString("\r\n")
+		c.traceLine("send", line)
+		return
+	}
 	writeStatus(c.bw, indicator, code, format, args)
 	c.bw.WriteString("\r\n")
 }
