@@ -254,3 +254,41 @@ func TestRedactCommand(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRedactCommand checks that the wire trace never shows what the
+// server takes as a password: the argument of PASS, or the initial
+// response of AUTH, whatever the case of the verb and the spacing. What
+// it keeps of a redacted line is the verb and at most the mechanism.
+func FuzzRedactCommand(f *testing.F) {
+	for _, s := range []string{
+		"PASS secret", "pass  two words ", "PASS", "PASS ", "PASS\tsecret", "PASSsecret", "PAſS secret",
+		"AUTH", "AUTH PLAIN", "AUTH PLAIN AGFsaWNl", "auth  login \tYWxpY2U= ", "AUTH PL\tAIN x", "AUTH PLAIN \u0085",
+		"USER alice", "RETR 1", "TOP 1 10", "",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		out := redactCommand(line)
+		// The command as the command table and the AUTH handler see it.
+		verb, arg, _ := strings.Cut(line, " ")
+		switch strings.ToUpper(verb) {
+		case "PASS":
+			if arg != "" && out != verb+" "+redacted {
+				t.Fatalf("redactCommand(%q) = %q", line, out)
+			}
+		case "AUTH":
+			mech, _, hasIR := strings.Cut(strings.TrimSpace(arg), " ")
+			if !hasIR {
+				break
+			}
+			kept, ok := strings.CutSuffix(out, " "+redacted)
+			shown, ok2 := strings.CutPrefix(kept, verb+" ")
+			if !ok || !ok2 || shown == "" || !strings.Contains(mech, shown) {
+				t.Fatalf("redactCommand(%q) = %q", line, out)
+			}
+		}
+		if out != line && !strings.HasSuffix(out, " "+redacted) {
+			t.Fatalf("redactCommand(%q) = %q, changed without redacting", line, out)
+		}
+	})
+}

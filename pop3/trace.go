@@ -30,29 +30,35 @@ func (c *conn) traceCommand(line string) {
 }
 
 // redactCommand replaces the secrets of a command line: the argument of
-// PASS (RFC 1939 §7), and the initial response of AUTH (RFC 5034 §4).
-// The verb is matched the way the command table would match it, and also
-// when a tab or nothing at all separates it from its argument, so a
-// malformed PASS line never shows its password either.
+// PASS (RFC 1939 §7), and the initial response of AUTH (RFC 5034 §4). The
+// verb is matched as the command table matches it, and also when a tab or
+// nothing at all separates it from its argument, so a malformed PASS line
+// never shows its password either.
 func redactCommand(line string) string {
-	if len(line) < 4 {
-		return line
+	verb, arg, hasArg := strings.Cut(line, " ")
+	if i := strings.IndexByte(verb, '\t'); i >= 0 {
+		verb, arg, hasArg = line[:i], line[i+1:], true
 	}
-	switch strings.ToUpper(line[:4]) {
-	case "PASS":
-		if len(line) == 4 {
-			return line
+	if !hasArg && len(verb) > 4 {
+		verb, arg, hasArg = line[:4], line[4:], true
+	}
+	switch {
+	case isVerb(verb, "PASS"):
+		if hasArg {
+			return verb + " " + redacted
 		}
-		return line[:4] + " " + redacted
-	case "AUTH":
+	case isVerb(verb, "AUTH"):
 		// AUTH, AUTH mechanism, or AUTH mechanism initial-response.
-		fields := strings.Fields(line[4:])
-		if len(fields) <= 1 {
-			return line
+		if fields := strings.Fields(arg); len(fields) > 1 {
+			return verb + " " + fields[0] + " " + redacted
 		}
-		return line[:4] + " " + fields[0] + " " + redacted
 	}
 	return line
+}
+
+// isVerb tells whether verb is name, in any case.
+func isVerb(verb, name string) bool {
+	return strings.ToUpper(verb) == name || strings.EqualFold(verb, name)
 }
 
 // redactResponse is what the wire trace shows of a SASL response line:
