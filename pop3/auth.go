@@ -49,43 +49,47 @@ func (c *conn) stlsOffered() bool {
 	return c.srv.TLSConfig != nil && !c.tls && c.state == stateAuthorization
 }
 
-const errPlaintext = "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS."
+// plaintextRefused refuses credentials on a connection without TLS
+// (RFC 2595 §2).
+func (c *conn) plaintextRefused() {
+	c.errorf(CodeAuth, "Plaintext authentication disallowed on non-secure connections; use STLS.")
+}
 
 // capa lists the capabilities of RFC 2449 §6 that hold in the current state.
 func (c *conn) capa(string) error {
-	c.reply("+OK Capability list follows")
-	c.reply("CAPA")
-	c.reply("TOP")
-	c.reply("UIDL")
-	c.reply("RESP-CODES")
-	c.reply("PIPELINING")
-	c.reply("AUTH-RESP-CODE")
+	c.ok("Capability list follows")
+	c.line("CAPA")
+	c.line("TOP")
+	c.line("UIDL")
+	c.line("RESP-CODES")
+	c.line("PIPELINING")
+	c.line("AUTH-RESP-CODE")
 	if c.state == stateAuthorization && c.authAllowed() {
-		c.reply("USER")
-		c.reply("SASL PLAIN LOGIN")
+		c.line("USER")
+		c.line("SASL PLAIN LOGIN")
 	}
 	if c.stlsOffered() {
-		c.reply("STLS")
+		c.line("STLS")
 	}
 	if c.state == stateTransaction && c.srv.Implementation != "" {
-		c.reply("IMPLEMENTATION %s", c.srv.Implementation)
+		c.line("IMPLEMENTATION %s", c.srv.Implementation)
 	}
-	c.reply(".")
+	c.line(".")
 	return nil
 }
 
 // user takes the name for a following PASS (RFC 1939 §7).
 func (c *conn) user(arg string) error {
 	if !c.authAllowed() {
-		c.reply(errPlaintext)
+		c.plaintextRefused()
 		return nil
 	}
 	if arg == "" {
-		c.reply("-ERR No username given.")
+		c.errorf(CodeNone, "No username given.")
 		return c.badCommand()
 	}
 	c.pending = arg
-	c.reply("+OK")
+	c.ok("")
 	return nil
 }
 
@@ -93,11 +97,11 @@ func (c *conn) user(arg string) error {
 // spaces included (RFC 1939 §7).
 func (c *conn) pass(arg string) error {
 	if !c.authAllowed() {
-		c.reply(errPlaintext)
+		c.plaintextRefused()
 		return nil
 	}
 	if c.pending == "" {
-		c.reply("-ERR No username given.")
+		c.errorf(CodeNone, "No username given.")
 		return c.badCommand()
 	}
 	name := c.pending
@@ -109,16 +113,16 @@ func (c *conn) pass(arg string) error {
 // mechanisms, as many clients expect.
 func (c *conn) auth(arg string) error {
 	if !c.authAllowed() {
-		c.reply(errPlaintext)
+		c.plaintextRefused()
 		return nil
 	}
 	c.pending = ""
 	mech, ir, hasIR := strings.Cut(strings.TrimSpace(arg), " ")
 	if mech == "" {
-		c.reply("+OK")
-		c.reply("PLAIN")
-		c.reply("LOGIN")
-		c.reply(".")
+		c.ok("")
+		c.line("PLAIN")
+		c.line("LOGIN")
+		c.line(".")
 		return nil
 	}
 
@@ -137,7 +141,7 @@ func (c *conn) auth(arg string) error {
 	case sasl.Login:
 		server = &loginServer{done: func(u, p string) { username, password = u, p }}
 	default:
-		c.reply("-ERR Unsupported authentication mechanism.")
+		c.errorf(CodeNone, "Unsupported authentication mechanism.")
 		return c.badCommand()
 	}
 
@@ -147,7 +151,7 @@ func (c *conn) auth(arg string) error {
 		if ir != "=" {
 			var err error
 			if response, err = base64.StdEncoding.DecodeString(ir); err != nil {
-				c.reply("-ERR Invalid base64 data in initial response.")
+				c.errorf(CodeNone, "Invalid base64 data in initial response.")
 				return nil
 			}
 		} else {
@@ -163,21 +167,27 @@ func (c *conn) auth(arg string) error {
 		if done {
 			break
 		}
-		c.reply("+ %s", base64.StdEncoding.EncodeToString(challenge))
+		c.challenge(challenge)
 		line, err := c.readLine(maxSASLLine)
 		if errors.Is(err, errLineTooLong) {
-			c.reply("-ERR Line too long.")
+			if c.tracing {
+				c.traceLine("recv", "<line too long, discarded>")
+			}
+			c.errorf(CodeNone, "Line too long.")
 			return c.badCommand()
 		}
 		if err != nil {
 			return err
 		}
+		if c.tracing {
+			c.traceLine("recv", redactResponse(line))
+		}
 		if line == "*" {
-			c.reply("-ERR Authentication cancelled.")
+			c.errorf(CodeNone, "Authentication cancelled.")
 			return nil
 		}
 		if response, err = base64.StdEncoding.DecodeString(line); err != nil {
-			c.reply("-ERR Invalid base64 data in response.")
+			c.errorf(CodeNone, "Invalid base64 data in response.")
 			return nil
 		}
 	}
@@ -211,7 +221,7 @@ func (c *conn) login(username, password, method string) error {
 		c.srv.observer().Login(method, "too-many-sessions")
 		c.log.Info("login refused", "method", method, "reason", "too many sessions")
 		c.log.Debug("login refused", "user", username)
-		c.reply("-ERR [%s] Too many sessions for this user.", CodeSysTemp)
+		c.errorf(CodeSysTemp, "Too many sessions for this user.")
 		return nil
 	}
 	login := &LoginInfo{
@@ -245,7 +255,7 @@ func (c *conn) login(username, password, method string) error {
 			}
 			return c.authFailed(key)
 		}
-		c.reply("-ERR %s", e.Error())
+		c.replyError(e)
 		if e.Fatal {
 			c.result = "error"
 			return errClose
@@ -264,7 +274,7 @@ func (c *conn) login(username, password, method string) error {
 	c.log = c.log.With("user", username)
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
 	c.srv.observer().Login(method, "ok")
-	c.reply("+OK Logged in.")
+	c.ok("Logged in.")
 	return nil
 }
 
@@ -317,7 +327,7 @@ func (c *conn) authFailed(user string) error {
 		g.Failed(c.ctx, c.remoteIP(), user)
 	}
 	c.authFails++
-	c.reply("-ERR %s", ErrAuthFailed.Error())
+	c.replyError(ErrAuthFailed)
 	if c.authFails >= c.srv.maxAuthFailures() {
 		c.result = "auth-failed"
 		return errClose
@@ -331,13 +341,13 @@ func (c *conn) authFailed(user string) error {
 func (c *conn) stls(string) error {
 	if !c.stlsOffered() {
 		if c.tls {
-			c.reply("-ERR TLS is already active.")
+			c.errorf(CodeNone, "TLS is already active.")
 		} else {
-			c.reply("-ERR STLS is not available.")
+			c.errorf(CodeNone, "STLS is not available.")
 		}
 		return c.badCommand()
 	}
-	c.reply("+OK Begin TLS negotiation now.")
+	c.ok("Begin TLS negotiation now.")
 	if err := c.bw.Flush(); err != nil {
 		return err
 	}
@@ -366,7 +376,7 @@ func (c *conn) stls(string) error {
 func (c *conn) quit(string) error {
 	if c.state != stateTransaction {
 		c.result = "ok"
-		c.reply("+OK Logging out.")
+		c.ok("Logging out.")
 		return errClose
 	}
 	var marked []int
@@ -380,7 +390,7 @@ func (c *conn) quit(string) error {
 	if len(marked) == 0 {
 		c.result = "ok"
 		c.releaseMaildrop()
-		c.reply("+OK Logging out.")
+		c.ok("Logging out.")
 		return errClose
 	}
 	res, err := c.maildrop.Commit(c.ctx, marked)
@@ -388,14 +398,14 @@ func (c *conn) quit(string) error {
 		c.log.Error("applying deletes failed", "err", err, "marked", len(marked))
 		c.result = "commit-failed"
 		c.releaseMaildrop()
-		c.reply("-ERR [%s] Some deleted messages were not removed.", CodeSysTemp)
+		c.errorf(CodeSysTemp, "Some deleted messages were not removed.")
 		return errClose
 	}
 	c.deletes = len(marked)
 	c.srv.observer().Deleted(res)
 	c.result = "ok"
 	c.releaseMaildrop()
-	c.reply("+OK Logging out, %s", quitSummary(res))
+	c.ok("Logging out, %s", quitSummary(res))
 	return errClose
 }
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -82,6 +81,7 @@ type conn struct {
 
 	tls     bool
 	proxied bool // the remote address came from a PROXY header
+	tracing bool // the logger takes LevelTrace: the wire trace is on
 	ctx     context.Context
 	cancel  context.CancelFunc
 	pending string // name given by USER, waiting for PASS
@@ -182,6 +182,7 @@ func (c *conn) serve() {
 	}()
 
 	c.log = c.log.With("remote", c.netConn().RemoteAddr().String())
+	c.tracing = c.log.Enabled(c.ctx, LevelTrace)
 	c.srv.observer().SessionStart()
 	if refusal := c.admit(); refusal != "" {
 		// The refusal takes the place of the greeting; SYS/TEMP (RFC 3206)
@@ -191,7 +192,7 @@ func (c *conn) serve() {
 		if c.tls {
 			return
 		}
-		c.reply("-ERR [%s] %s", CodeSysTemp, refusal)
+		c.errorf(CodeSysTemp, refusal)
 		c.bw.Flush()
 		return
 	}
@@ -205,7 +206,7 @@ func (c *conn) serve() {
 		}
 		tc.SetDeadline(time.Time{})
 	}
-	c.reply("+OK POP3 gateway ready.")
+	c.ok("POP3 gateway ready.")
 	for {
 		if err := c.next(); err != nil {
 			if !errors.Is(err, errClose) && !isClosedConn(err) {
@@ -236,7 +237,10 @@ func (c *conn) next() error {
 	line, err := c.readLine(maxCommandLine)
 	switch {
 	case errors.Is(err, errLineTooLong):
-		c.reply("-ERR Line too long.")
+		if c.tracing {
+			c.traceLine("recv", "<line too long, discarded>")
+		}
+		c.errorf(CodeNone, "Line too long.")
 		return c.badCommand()
 	case isTimeout(err):
 		if c.isAborted() {
@@ -244,17 +248,18 @@ func (c *conn) next() error {
 		}
 		if c.state == stateAuthorization && time.Since(c.start) >= c.srv.loginTimeout() {
 			c.result = "login-timeout"
-			c.reply("-ERR Too long without logging in.")
+			c.errorf(CodeNone, "Too long without logging in.")
 			return errClose
 		}
 		c.result = "timeout"
-		c.reply("-ERR Disconnected for inactivity.")
+		c.errorf(CodeNone, "Disconnected for inactivity.")
 		return errClose
 	case err != nil:
 		return err
 	}
+	c.traceCommand(line)
 	if strings.ContainsAny(line, "\x00\r\n") {
-		c.reply("-ERR Invalid characters in command.")
+		c.errorf(CodeNone, "Invalid characters in command.")
 		return c.badCommand()
 	}
 	verb, arg, _ := strings.Cut(line, " ")
@@ -262,12 +267,12 @@ func (c *conn) next() error {
 	cmd, ok := commands[verb]
 	if !ok {
 		c.srv.observer().Command("unknown")
-		c.reply("-ERR Unknown command.")
+		c.errorf(CodeNone, "Unknown command.")
 		return c.badCommand()
 	}
 	c.srv.observer().Command(verb)
 	if cmd.states&c.state == 0 {
-		c.reply("-ERR Command not valid in this state.")
+		c.errorf(CodeNone, "Command not valid in this state.")
 		return c.badCommand()
 	}
 	return cmd.run(c, arg)
@@ -277,7 +282,7 @@ func (c *conn) badCommand() error {
 	c.badCommands++
 	if c.badCommands >= c.srv.maxBadCommands() {
 		c.result = "bad-commands"
-		c.reply("-ERR Too many bad commands.")
+		c.errorf(CodeNone, "Too many bad commands.")
 		return errClose
 	}
 	return nil
@@ -337,24 +342,6 @@ func (c *conn) readLine(limit int) (string, error) {
 	return string(line), nil
 }
 
-// reply writes one response line; write errors surface at the next flush.
-func (c *conn) reply(format string, args ...any) {
-	switch {
-	case strings.HasPrefix(format, "-ERR"):
-		line := format
-		if len(args) > 0 {
-			line = fmt.Sprintf(format, args...)
-		}
-		c.srv.observer().ErrorReply(responseCode(line))
-		c.bw.WriteString(line)
-	case len(args) > 0:
-		fmt.Fprintf(c.bw, format, args...)
-	default:
-		c.bw.WriteString(format)
-	}
-	c.bw.WriteString("\r\n")
-}
-
 // fail reports err to the client as -ERR and tells whether the session must
 // end. Errors that are not an *Error are logged and shown generically.
 func (c *conn) fail(op string, err error) error {
@@ -362,7 +349,7 @@ func (c *conn) fail(op string, err error) error {
 	if !known {
 		c.log.Error(op+" failed", "err", err)
 	}
-	c.reply("-ERR %s", e.Error())
+	c.replyError(e)
 	if e.Fatal {
 		c.result = "error"
 		return errClose

@@ -8,4 +8,9 @@
 // of where mail is stored: a Backend authenticates a login and hands back a
 // Maildrop, which lists the messages fixed for the session, opens one for
 // reading and applies deletions when the client quits.
+//
+// Every status line carries its response code from where it is made (ok,
+// errorf, an *Error), and the Observer counts -ERR replies by that code.
+// A Logger that takes LevelTrace gets the wire trace: each command and
+// status line, with passwords and SASL payloads redacted.
 package pop3

@@ -2,29 +2,35 @@ package pop3
 
 import "errors"
 
+// Code is the response code of a reply (RFC 2449 §8), sent in brackets
+// after -ERR. Every negative reply is given its code where it is made,
+// and counted by it; CodeNone is a reply without one.
+type Code string
+
 // Response codes from RFC 2449 §8 and RFC 3206.
 const (
-	CodeAuth    = "AUTH"     // the credentials were refused
-	CodeInUse   = "IN-USE"   // the maildrop is held by another session
-	CodeSysTemp = "SYS/TEMP" // a temporary failure: try again later
-	CodeSysPerm = "SYS/PERM" // a permanent failure
+	CodeNone    Code = ""
+	CodeAuth    Code = "AUTH"     // RFC 3206 §5: the credentials were refused
+	CodeInUse   Code = "IN-USE"   // RFC 2449 §8.1.2: the maildrop is held by another session
+	CodeSysTemp Code = "SYS/TEMP" // RFC 3206 §4: a temporary failure, try again later
+	CodeSysPerm Code = "SYS/PERM" // RFC 3206 §4: a permanent failure
 )
 
 // Error is a failure shown to the client as "-ERR [Code] Text". Errors of any
 // other type are logged and shown as a temporary failure with a generic text,
 // so internal detail never reaches the wire.
 type Error struct {
-	Code string // response code without brackets; may be empty
+	Code Code // CodeNone for a reply without a response code
 	Text string
 	// Fatal ends the session after the reply.
 	Fatal bool
 }
 
 func (e *Error) Error() string {
-	if e.Code == "" {
+	if e.Code == CodeNone {
 		return e.Text
 	}
-	return "[" + e.Code + "] " + e.Text
+	return "[" + string(e.Code) + "] " + e.Text
 }
 
 // Errors a Backend or Maildrop returns for the common cases.

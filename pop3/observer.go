@@ -1,7 +1,5 @@
 package pop3
 
-import "strings"
-
 // Observer is told what the server does, for metrics. Its methods are
 // called from every session's goroutine and must be quick.
 type Observer interface {
@@ -14,9 +12,10 @@ type Observer interface {
 	Login(method, outcome string)
 	// Command reports a command by its verb; unknown verbs as "unknown".
 	Command(verb string)
-	// ErrorReply reports an -ERR reply by its response code (RFC 2449
-	// §8, RFC 3206), "" when it has none.
-	ErrorReply(code string)
+	// ErrorReply reports an -ERR reply by the response code it was
+	// given where it was made (RFC 2449 §8, RFC 3206); CodeNone when it
+	// has none.
+	ErrorReply(code Code)
 	// Sent reports octets of message data sent by RETR and TOP.
 	Sent(octets int64)
 	// Deleted reports what QUIT did with the messages marked deleted.
@@ -30,7 +29,7 @@ func (nopObserver) SessionStart()        {}
 func (nopObserver) SessionEnd(string)    {}
 func (nopObserver) Login(string, string) {}
 func (nopObserver) Command(string)       {}
-func (nopObserver) ErrorReply(string)    {}
+func (nopObserver) ErrorReply(Code)      {}
 func (nopObserver) Sent(int64)           {}
 func (nopObserver) Deleted(CommitResult) {}
 
@@ -39,20 +38,6 @@ func (s *Server) observer() Observer {
 		return s.Observer
 	}
 	return nopObserver{}
-}
-
-// responseCode returns the code of an -ERR line, such as "SYS/TEMP" in
-// "-ERR [SYS/TEMP] ...", or "".
-func responseCode(line string) string {
-	rest, ok := strings.CutPrefix(line, "-ERR [")
-	if !ok {
-		return ""
-	}
-	code, _, ok := strings.Cut(rest, "]")
-	if !ok {
-		return ""
-	}
-	return code
 }
 
 // loginOutcome names a refused login's error for Observer.Login.

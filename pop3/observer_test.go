@@ -34,10 +34,10 @@ func (r *recorder) Login(method, outcome string) {
 	r.logins = append(r.logins, method+" "+outcome)
 }
 
-func (r *recorder) ErrorReply(code string) {
+func (r *recorder) ErrorReply(code Code) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.errors = append(r.errors, code)
+	r.errors = append(r.errors, string(code))
 }
 
 func TestObserverSeesLoginsAndErrors(t *testing.T) {

@@ -16,15 +16,15 @@ import (
 func (c *conn) message(arg string) (index int, ok bool) {
 	n, err := parseNumber(arg)
 	if err != nil {
-		c.reply("-ERR Invalid message number.")
+		c.errorf(CodeNone, "Invalid message number.")
 		return 0, false
 	}
 	if n < 1 || n > int64(len(c.deleted)) {
-		c.reply("-ERR There's no message %d.", n)
+		c.errorf(CodeNone, "There's no message %d.", n)
 		return 0, false
 	}
 	if c.deleted[n-1] {
-		c.reply("-ERR Message is deleted.")
+		c.errorf(CodeNone, "Message is deleted.")
 		return 0, false
 	}
 	return int(n - 1), true
@@ -47,7 +47,7 @@ func parseNumber(s string) (int64, error) {
 func (c *conn) args(arg string, min, max int) ([]string, bool) {
 	fields := strings.Fields(arg)
 	if len(fields) < min || len(fields) > max {
-		c.reply("-ERR Wrong number of arguments.")
+		c.errorf(CodeNone, "Wrong number of arguments.")
 		return nil, false
 	}
 	return fields, true
@@ -65,24 +65,25 @@ func (c *conn) stat(arg string) error {
 			size += m.Size
 		}
 	}
-	c.reply("+OK %d %d", count, size)
+	c.ok("%d %d", count, size)
 	return nil
 }
 
 // list answers LIST (RFC 1939 §5): sizes.
 func (c *conn) list(arg string) error {
-	return c.listing(arg, func(count int) string { return fmt.Sprintf("+OK %d messages:", count) },
+	return c.listing(arg, func(count int) string { return fmt.Sprintf("%d messages:", count) },
 		func(m Message) string { return strconv.FormatInt(m.Size, 10) })
 }
 
 // uidl answers UIDL (RFC 1939 §7): unique-ids.
 func (c *conn) uidl(arg string) error {
-	return c.listing(arg, func(int) string { return "+OK" },
+	return c.listing(arg, func(int) string { return "" },
 		func(m Message) string { return m.UIDL })
 }
 
 // listing answers LIST or UIDL: one message when an argument names it,
-// otherwise every message not marked deleted, after the header line.
+// otherwise every message not marked deleted, after the +OK line whose
+// text header gives.
 func (c *conn) listing(arg string, header func(count int) string, value func(Message) string) error {
 	fields, ok := c.args(arg, 0, 1)
 	if !ok {
@@ -91,7 +92,7 @@ func (c *conn) listing(arg string, header func(count int) string, value func(Mes
 	msgs := c.maildrop.Messages()
 	if len(fields) == 1 {
 		if i, ok := c.message(fields[0]); ok {
-			c.reply("+OK %d %s", i+1, value(msgs[i]))
+			c.ok("%d %s", i+1, value(msgs[i]))
 		}
 		return nil
 	}
@@ -101,13 +102,13 @@ func (c *conn) listing(arg string, header func(count int) string, value func(Mes
 			count++
 		}
 	}
-	c.reply("%s", header(count))
+	c.ok(header(count))
 	for i, m := range msgs {
 		if !c.deleted[i] {
-			c.reply("%d %s", i+1, value(m))
+			c.line("%d %s", i+1, value(m))
 		}
 	}
-	c.reply(".")
+	c.line(".")
 	return nil
 }
 
@@ -134,7 +135,7 @@ func (c *conn) top(arg string) error {
 	}
 	lines, err := parseNumber(fields[1])
 	if err != nil {
-		c.reply("-ERR Invalid number of lines.")
+		c.errorf(CodeNone, "Invalid number of lines.")
 		return nil
 	}
 	return c.send(i, lines)
@@ -158,9 +159,9 @@ func (c *conn) send(i int, lines int64) error {
 		return c.fail("open message", err)
 	}
 	if lines < 0 {
-		c.reply("+OK %d octets", c.maildrop.Messages()[i].Size)
+		c.ok("%d octets", c.maildrop.Messages()[i].Size)
 	} else {
-		c.reply("+OK")
+		c.ok("")
 	}
 	dw := newDotWriter(c.bw)
 	var w io.Writer = dw
@@ -218,12 +219,12 @@ func (c *conn) dele(arg string) error {
 		return nil
 	}
 	c.deleted[i] = true
-	c.reply("+OK Marked to be deleted.")
+	c.ok("Marked to be deleted.")
 	return nil
 }
 
 func (c *conn) noop(arg string) error {
-	c.reply("+OK")
+	c.ok("")
 	return nil
 }
 
@@ -231,6 +232,6 @@ func (c *conn) rset(arg string) error {
 	for i := range c.deleted {
 		c.deleted[i] = false
 	}
-	c.reply("+OK")
+	c.ok("")
 	return nil
 }

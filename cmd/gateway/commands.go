@@ -13,15 +13,16 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/demo"
+	"github.com/pop3gw/gateway/internal/logging"
 	"github.com/pop3gw/gateway/internal/server"
 )
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+	lvl, err := logging.ParseLevel(level)
+	if err != nil {
 		return nil, fmt.Errorf("-log-level: %w", err)
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
+	opts := &slog.HandlerOptions{Level: lvl, ReplaceAttr: logging.ReplaceAttr}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -36,7 +37,7 @@ func serveCmd(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (YAML)")
 	logFormat := fs.String("log-format", "text", "log format: json or text")
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logLevel := fs.String("log-level", "info", "log level: trace (every command and status line, passwords redacted), debug, info, warn or error")
 	drain := fs.Duration("drain", server.DefaultDrain, "on SIGTERM, how long sessions may go on before they are closed (deleting nothing)")
 	if err := fs.Parse(args); err != nil {
 		return 2

@@ -116,11 +116,14 @@ func (m *Metrics) Login(method, result string) {
 
 func (m *Metrics) Command(verb string) { m.commands.WithLabelValues(verb).Inc() }
 
-func (m *Metrics) ErrorReply(code string) {
-	if code == "" {
-		code = "none"
+// ErrorReply counts an -ERR reply by the code the server gave it, "none"
+// for CodeNone; the reply's text is never read.
+func (m *Metrics) ErrorReply(code pop3.Code) {
+	label := string(code)
+	if code == pop3.CodeNone {
+		label = "none"
 	}
-	m.errors.WithLabelValues(code).Inc()
+	m.errors.WithLabelValues(label).Inc()
 }
 
 func (m *Metrics) Sent(octets int64) { m.sent.Add(float64(octets)) }

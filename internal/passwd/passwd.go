@@ -203,6 +203,11 @@ func parseArgon2id(hash string) (argonParams, []byte, []byte, error) {
 		return p, nil, nil, malformed("argon2id: t=%d out of range 1..%d", t, MaxTime)
 	}
 	p = argonParams{memory: uint32(m), time: uint32(t), threads: uint8(threads)}
+	// The base64 decoder skips CR and LF, even when strict; a hash has
+	// none, so one with them is refused rather than read as another.
+	if strings.ContainsAny(parts[4]+parts[5], "\r\n") {
+		return p, nil, nil, malformed("argon2id: line break in the salt or key")
+	}
 	salt, err := base64.RawStdEncoding.Strict().DecodeString(parts[4])
 	if err != nil {
 		return p, nil, nil, malformed("argon2id: salt is not unpadded base64")

@@ -134,6 +134,8 @@ func TestMalformed(t *testing.T) {
 		{"argon2id threads too many", "$argon2id$v=19$m=65536,t=2,p=256$" + salt + "$" + key, false},
 		{"argon2id padded salt", "$argon2id$v=19$m=65536,t=2,p=2$" + salt + "==$" + key, false},
 		{"argon2id bad base64", "$argon2id$v=19$m=65536,t=2,p=2$!!!!!!!!!!!!$" + key, false},
+		{"argon2id line break in key", "$argon2id$v=19$m=65536,t=2,p=2$" + salt + "$" + key[:20] + "\n" + key[20:], false},
+		{"argon2id line break in salt", "$argon2id$v=19$m=65536,t=2,p=2$" + salt[:8] + "\r\n" + salt[8:] + "$" + key, false},
 		{"argon2id short salt", "$argon2id$v=19$m=65536,t=2,p=2$MDEy$" + key, false},
 		{"argon2id short key", "$argon2id$v=19$m=65536,t=2,p=2$" + salt + "$MDEyMzQ1Njc", false},
 		{"argon2id empty key", "$argon2id$v=19$m=65536,t=2,p=2$" + salt + "$", false},
