@@ -42,7 +42,8 @@ type maildrop struct {
 	uids    []uint32
 	ids     []string        // identities, for the state store
 	pending []pendingDelete // deletes of earlier sessions not finished yet
-	msgs    []pop3.Message
+	listing []pop3.Message  // as listed at login; never changed
+	sizes   []int64         // each message's size as best known: listed, then exact
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
 
@@ -88,7 +89,8 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		pending: pending,
 		uids:    make([]uint32, 0, len(entries)),
 		ids:     make([]string, 0, len(entries)),
-		msgs:    make([]pop3.Message, 0, len(entries)),
+		listing: make([]pop3.Message, 0, len(entries)),
+		sizes:   make([]int64, 0, len(entries)),
 	}
 	deleting := pendingUIDs(pending)
 	proposed := make([]string, len(entries))
@@ -114,7 +116,8 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: e.UID}); ok {
 			size = exact
 		}
-		m.msgs = append(m.msgs, pop3.Message{Size: size, UIDL: uidls[i]})
+		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
+		m.sizes = append(m.sizes, size)
 	}
 	return m, nil
 }
@@ -142,7 +145,8 @@ func (m *maildrop) key(i int) cache.Key {
 	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: m.uids[i]}
 }
 
-func (m *maildrop) Messages() []pop3.Message { return m.msgs }
+// Messages returns a copy of the listing made at login.
+func (m *maildrop) Messages() []pop3.Message { return slices.Clone(m.listing) }
 
 // Open serves the message from the cache, or fetches it. A message the
 // cache can hold is read whole before Open returns, when the budget has
@@ -150,8 +154,12 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // failure upstream is a clean -ERR rather than a cut transfer. Larger
 // messages, and any message when the budget is spent, stream through as
 // they arrive.
-func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	return m.open(ctx, i, true)
+func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, int64, error) {
+	r, err := m.open(ctx, i, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, m.sizes[i], nil
 }
 
 // open is Open, fetching the following messages ahead only if ahead is
@@ -183,22 +191,22 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		abandon()
 		return nil, m.fetchFailed(i, err)
 	}
-	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.msgs[i].Size > 0 {
+	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.sizes[i] > 0 {
 		// An empty literal for a message listed with octets is no
 		// message either.
 		raw.Close()
 		abandon()
-		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
 		return nil, errNoBody
 	}
 	resumable := newResumingReader(m, i, fetchCtx, raw)
 	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: resumable, r: pop3.NewCRLFReader(resumable)}
 	limit := m.g.cache.MaxMessage()
-	if m.msgs[i].Size > limit {
+	if m.sizes[i] > limit {
 		return r, nil
 	}
 	res := &reservation{budget: m.g.budget}
-	body, whole, err := readUpTo(r.r, m.msgs[i].Size, limit, res.fit)
+	body, whole, err := readUpTo(r.r, m.sizes[i], limit, res.fit)
 	if err != nil {
 		res.release()
 		r.err = err
@@ -290,12 +298,20 @@ const (
 // download whole mailboxes. It fetches nothing ahead. TOP for more lines
 // than the message can have (fetchmail asks for 99999999), or for more
 // than the largest prefix holds, reads the whole message as RETR does.
-func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
+func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, int64, error) {
+	r, err := m.openTop(ctx, i, lines)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, m.sizes[i], nil
+}
+
+func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
 	m.waitMessage(i)
 	if body, ok := m.g.cache.Get(m.key(i)); ok {
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
-	if lines >= m.msgs[i].Size {
+	if lines >= m.sizes[i] {
 		// Every line takes an octet at least: this is the whole message.
 		return m.open(ctx, i, false)
 	}
@@ -309,8 +325,8 @@ func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		}
 		raw = append(raw, got...)
 		whole := int64(len(got)) < n
-		if len(raw) == 0 && m.msgs[i].Size > 0 {
-			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		if len(raw) == 0 && m.sizes[i] > 0 {
+			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
 			return nil, errNoBody
 		}
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
@@ -433,7 +449,7 @@ func (m *maildrop) prefetch(i int) bool {
 		total int64
 	)
 	for j := i; j < len(m.uids) && len(uids) < prefetchCount; j++ {
-		size := m.msgs[j].Size
+		size := m.sizes[j]
 		if size > limit || total+size > prefetchBytes && len(uids) > 0 {
 			break
 		}
@@ -538,11 +554,13 @@ func (m *maildrop) endPrefetch() {
 	}
 }
 
+// setSize records the exact size of message i, which Open and OpenTop
+// return from then on.
 func (m *maildrop) setSize(i int, size int64) {
-	if m.msgs[i].Size != size {
+	if m.sizes[i] != size {
 		m.log.Info("upstream size differs from the message; listing the exact size",
-			"uid", m.uids[i], "listed", m.msgs[i].Size, "exact", size)
-		m.msgs[i].Size = size
+			"uid", m.uids[i], "listed", m.sizes[i], "exact", size)
+		m.sizes[i] = size
 	}
 }
 
@@ -596,7 +614,7 @@ const drainLimit = 256 << 10
 // next command.
 func (r *messageReader) Close() error {
 	defer r.abandon()
-	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.msgs[r.i].Size-r.n > drainLimit {
+	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.sizes[r.i]-r.n > drainLimit {
 		r.abandon()
 	}
 	return r.raw.Close()
