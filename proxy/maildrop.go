@@ -47,15 +47,7 @@ type maildrop struct {
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
 
-	// A batch of messages fetched ahead in the background. Every use of
-	// sess waits for it first; it touches nothing but the cache, the
-	// channels in ready, and prefetchErr before closing prefetching.
-	prefetching chan struct{}         // closed when the batch ends
-	ready       map[int]chan struct{} // closed when that message is cached, or the batch ends
-	prefetchErr error
-	// notAhead holds the messages a batch ended without: they are
-	// fetched alone when asked for, never in another batch.
-	notAhead map[int]bool
+	ahead *fetcher // fetches the following messages in the background
 }
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
@@ -119,6 +111,7 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
 		m.sizes = append(m.sizes, size)
 	}
+	m.ahead = newFetcher(ctx, m)
 	return m, nil
 }
 
@@ -168,23 +161,23 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 	if r, ok := m.cached(i, ahead); ok {
 		return r, nil
 	}
-	m.wait()
+	m.ahead.wait()
 	sess, err := m.session(ctx)
 	if err != nil {
 		return nil, err
 	}
-	// The message comes in one batch with those after it; if the batch
-	// fails before it, it is fetched alone.
-	if ahead && m.prefetch(i) {
-		if r, ok := m.cached(i, ahead); ok {
-			return r, nil
+	// The message comes in one batch with those after it, handed
+	// straight to this RETR; if the batch fails before it, it is fetched
+	// alone.
+	if ahead && m.ahead.start(i, true) {
+		if got, ok := m.ahead.take(i); ok {
+			return m.serveWhole(i, got.body, got.res, ahead), nil
 		}
-		m.wait()
+		m.ahead.wait()
 		if sess, err = m.session(ctx); err != nil {
 			return nil, err
 		}
 	}
-	k := m.key(i)
 	fetchCtx, abandon := context.WithCancel(ctx)
 	raw, err := sess.Fetch(fetchCtx, m.uids[i])
 	if err != nil {
@@ -225,18 +218,23 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 	}
 	r.eof = true
 	r.Close()
-	// Once the cache holds the body, it counts there; otherwise the
-	// reservation lasts until the client has it.
+	return m.serveWhole(i, body, res, ahead), nil
+}
+
+// serveWhole serves message i, read whole into body under res, and keeps
+// it in the cache if there is room. Once the cache holds the body, it
+// counts there; otherwise the reservation lasts until the client has it.
+func (m *maildrop) serveWhole(i int, body []byte, res *reservation, ahead bool) io.ReadCloser {
 	release := res.release
-	if held := m.g.cache.AddHeld(k, body); held != nil {
+	if held := m.g.cache.AddHeld(m.key(i), body); held != nil {
 		res.release()
 		release = held
 	}
 	m.setSize(i, int64(len(body)))
 	if ahead {
-		m.prefetch(i + 1)
+		m.ahead.start(i+1, false)
 	}
-	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, nil
+	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}
 }
 
 // heldReader sends a body and lets go of its memory when closed.
@@ -307,7 +305,7 @@ func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadClos
 }
 
 func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
-	m.waitMessage(i)
+	m.ahead.waitMessage(i)
 	if body, ok := m.g.cache.Get(m.key(i)); ok {
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
@@ -315,7 +313,7 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		// Every line takes an octet at least: this is the whole message.
 		return m.open(ctx, i, false)
 	}
-	m.wait()
+	m.ahead.wait()
 	limit := m.g.cache.MaxMessage()
 	var raw []byte
 	for n := int64(topPrefix); len(raw) < topPrefixMax; n *= 2 {
@@ -398,160 +396,16 @@ func readUpTo(r io.Reader, expected, limit int64, room func(int64) bool) (body [
 // cached serves message i from the cache, waiting for it if it is being
 // fetched ahead, and, if ahead is set, fetches ahead of it.
 func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
-	m.waitMessage(i)
+	m.ahead.waitMessage(i)
 	body, release, ok := m.g.cache.Hold(m.key(i))
 	if !ok {
 		return nil, false
 	}
 	m.setSize(i, int64(len(body)))
 	if ahead {
-		m.prefetch(i + 1)
+		m.ahead.start(i+1, false)
 	}
 	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, true
-}
-
-// Fetching ahead: after a message is served, the next ones the cache can
-// hold are fetched in the background with one UID FETCH, up to
-// prefetchCount messages or prefetchBytes, so the server's transfers
-// overlap the client's and cost one round trip per batch.
-const (
-	prefetchCount = 16
-	prefetchBytes = 4 << 20
-)
-
-// errLargerThanListed stops a batch at a message larger than its listed
-// size allows to cache; RETR streams it instead.
-var errLargerThanListed = errors.New("message larger than listed")
-
-// prefetch starts fetching the messages from i on that are not cached yet,
-// unless a batch is already under way or the budget has no room for it,
-// and tells whether message i is in the batch it started. Each message
-// holds its part of the batch's reservation until the cache has it.
-func (m *maildrop) prefetch(i int) bool {
-	if !m.g.prefetch || m.up.NoFetchAhead || m.broken || !m.sess.Alive() {
-		return false
-	}
-	if m.prefetching != nil {
-		select {
-		case <-m.prefetching:
-			m.endPrefetch()
-		default:
-			return false
-		}
-	}
-	limit := m.g.cache.MaxMessage()
-	var (
-		uids  []uint32
-		keys  = make(map[uint32]cache.Key)
-		sizes = make(map[uint32]int64)
-		ready = make(map[int]chan struct{})
-		index = make(map[uint32]chan struct{})
-		total int64
-	)
-	for j := i; j < len(m.uids) && len(uids) < prefetchCount; j++ {
-		size := m.sizes[j]
-		if size > limit || total+size > prefetchBytes && len(uids) > 0 {
-			break
-		}
-		k := m.key(j)
-		if _, cached := m.g.cache.Peek(k); cached || m.notAhead[j] {
-			continue
-		}
-		uid := m.uids[j]
-		uids = append(uids, uid)
-		keys[uid], sizes[uid] = k, size
-		ready[j] = make(chan struct{})
-		index[uid] = ready[j]
-		total += size
-	}
-	if len(uids) == 0 {
-		return false
-	}
-	var reserved int64
-	for _, uid := range uids {
-		reserved += bufferSize(sizes[uid], limit)
-	}
-	if !m.g.budget.Reserve(reserved) {
-		return false
-	}
-	done := make(chan struct{})
-	m.prefetching, m.ready = done, ready
-	sess := m.sess
-	go func() {
-		defer close(done)
-		defer func() {
-			for _, ch := range index {
-				close(ch)
-			}
-		}()
-		batch := &reservation{budget: m.g.budget, n: reserved}
-		defer batch.release()
-		m.prefetchErr = sess.FetchEach(context.Background(), uids, func(uid uint32, body io.Reader) error {
-			ch, ok := index[uid]
-			if !ok {
-				return nil
-			}
-			share := bufferSize(sizes[uid], limit)
-			res := &reservation{budget: m.g.budget, n: share}
-			batch.n -= share
-			defer res.release()
-			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit, res.fit)
-			if err != nil {
-				return err
-			}
-			if !whole {
-				return errLargerThanListed
-			}
-			if len(data) == 0 && sizes[uid] > 0 {
-				return nil // no message: RETR fetches it again
-			}
-			m.g.cache.Add(keys[uid], data)
-			delete(index, uid)
-			close(ch)
-			return nil
-		})
-	}()
-	_, ok := ready[i]
-	return ok
-}
-
-// bufferSize is what readUpTo first allocates for a message listed at size.
-func bufferSize(size, limit int64) int64 { return min(size+2, limit) + 1 }
-
-// waitMessage waits until message i, if it is being fetched ahead, is in
-// the cache or its batch has failed.
-func (m *maildrop) waitMessage(i int) {
-	if ch, ok := m.ready[i]; ok {
-		<-ch
-	}
-}
-
-// wait lets a batch fetched ahead finish before the session is used again.
-func (m *maildrop) wait() {
-	if m.prefetching == nil {
-		return
-	}
-	<-m.prefetching
-	m.endPrefetch()
-}
-
-func (m *maildrop) endPrefetch() {
-	for j := range m.ready {
-		if _, ok := m.g.cache.Peek(m.key(j)); !ok {
-			if m.notAhead == nil {
-				m.notAhead = make(map[int]bool)
-			}
-			m.notAhead[j] = true
-		}
-	}
-	m.prefetching, m.ready = nil, nil
-	if err := m.prefetchErr; err != nil {
-		m.prefetchErr = nil
-		m.log.Debug("fetching ahead failed", "err", err)
-		if !m.sess.Alive() {
-			m.broken = true
-		}
-	}
 }
 
 // setSize records the exact size of message i, which Open and OpenTop
@@ -631,7 +485,7 @@ func (r *messageReader) Close() error {
 // hidden, so they are not served again to a client that deleted them
 // (RFC 1939 §6 has QUIT remove them from the maildrop).
 func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult, error) {
-	m.wait()
+	m.ahead.wait()
 	uids := make([]uint32, len(deleted))
 	ids := make([]string, len(deleted))
 	for j, i := range deleted {
@@ -719,7 +573,7 @@ func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
 // The connection goes back to the pool if it is sound: no command of this
 // session failed on it.
 func (m *maildrop) Close() error {
-	m.wait()
+	m.ahead.close()
 	if m.broken {
 		m.sess.Close()
 	} else {

@@ -30,6 +30,9 @@ type pool struct {
 	idle time.Duration
 	size int
 	key  []byte // HMAC key for credential digests, random per process
+	// goroutines counts the logouts and idle timers under way, for the
+	// gateway's Close to wait for.
+	goroutines *sync.WaitGroup
 
 	mu      sync.Mutex
 	entries map[string]*pooled
@@ -42,10 +45,24 @@ type pooled struct {
 	timer    *time.Timer
 }
 
-func newPool(idle time.Duration, size int) *pool {
+func newPool(idle time.Duration, size int, goroutines *sync.WaitGroup) *pool {
 	key := make([]byte, 32)
 	rand.Read(key)
-	return &pool{idle: idle, size: size, key: key, entries: make(map[string]*pooled)}
+	return &pool{idle: idle, size: size, key: key, goroutines: goroutines, entries: make(map[string]*pooled)}
+}
+
+// logout closes sess in a goroutine of its own: a logout waits a moment
+// for the server's reply.
+func (p *pool) logout(sess *upstream.Session) {
+	p.goroutines.Go(func() { sess.Close() })
+}
+
+// stopTimer stops e's idle timer; if that keeps the timer from firing, its
+// goroutine is no longer waited for.
+func (p *pool) stopTimer(e *pooled) {
+	if e.timer.Stop() {
+		p.goroutines.Done()
+	}
 }
 
 // digest binds a pooled session to the credentials that opened it; the
@@ -83,9 +100,9 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
-	e.timer.Stop()
+	p.stopTimer(e)
 	if !e.sess.Alive() {
-		go e.sess.Close()
+		p.logout(e.sess)
 		return nil
 	}
 	return e.sess
@@ -109,8 +126,8 @@ func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
 	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
 	if old := p.entries[maildrop]; old != nil {
-		old.timer.Stop()
-		go old.sess.Close()
+		p.stopTimer(old)
+		p.logout(old.sess)
 		delete(p.entries, maildrop)
 	}
 	if len(p.entries) >= p.size {
@@ -119,7 +136,11 @@ func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
 		return
 	}
 	p.entries[maildrop] = e
-	e.timer = time.AfterFunc(idle, func() { p.expire(maildrop, e) })
+	p.goroutines.Add(1)
+	e.timer = time.AfterFunc(idle, func() {
+		defer p.goroutines.Done()
+		p.expire(maildrop, e)
+	})
 	p.mu.Unlock()
 }
 
@@ -147,12 +168,8 @@ func (p *pool) closeAll() {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, e := range entries {
-		e.timer.Stop()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e.sess.Close()
-		}()
+		p.stopTimer(e)
+		wg.Go(func() { e.sess.Close() })
 	}
 	wg.Wait()
 }

@@ -121,6 +121,13 @@ type Gateway struct {
 
 	budgetsMu sync.Mutex
 	budgets   map[string]*failureBudget // by upstream name
+
+	// life ends when the gateway closes: it cancels every fetch under
+	// way. goroutines counts every goroutine the gateway starts; Close
+	// waits for them.
+	life       context.Context
+	shutdown   context.CancelFunc
+	goroutines sync.WaitGroup
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -134,10 +141,11 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
 		assigned: newAssignments(),
-		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(nil),
 		prefetch: true,
 	}
+	g.life, g.shutdown = context.WithCancel(context.Background())
+	g.pool = newPool(DefaultPoolIdle, DefaultPoolSize, &g.goroutines)
 	g.config.Store(cfg.canonical())
 	return g
 }
@@ -166,7 +174,7 @@ func (g *Gateway) SetPrefetch(on bool) { g.prefetch = on }
 // at most; 0 keeps none. Call it before serving.
 func (g *Gateway) SetPool(idle time.Duration, size int) {
 	old := g.pool
-	g.pool = newPool(idle, size)
+	g.pool = newPool(idle, size, &g.goroutines)
 	old.closeAll()
 }
 
@@ -178,8 +186,14 @@ func (g *Gateway) Reload(cfg *Config) {
 	g.pool.closeAll()
 }
 
-// Close logs out of the idle upstream connections.
-func (g *Gateway) Close() { g.pool.closeAll() }
+// Close stops every fetch under way, logs out of the idle upstream
+// connections and waits until every goroutine the gateway started has
+// ended. Call it once the POP3 server has shut down.
+func (g *Gateway) Close() {
+	g.shutdown()
+	g.pool.closeAll()
+	g.goroutines.Wait()
+}
 
 // account is a resolved login: where to log in and with what.
 type account struct {
