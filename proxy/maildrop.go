@@ -33,7 +33,7 @@ import (
 // sends the whole message.
 type maildrop struct {
 	g       *Gateway
-	sess    *upstream.Session
+	sess    Session
 	acct    *account
 	up      *Upstream
 	log     *slog.Logger
@@ -56,7 +56,7 @@ var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 // sent no body for it: a temporary failure (RFC 3206), never 0 octets.
 var errNoBody = &pop3.Error{Code: pop3.CodeSysTemp, Text: "The server did not send this message; please try again later."}
 
-func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
+func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, log *slog.Logger) (*maildrop, error) {
 	pending, err := g.finishDeletes(ctx, sess, acct, log)
 	if err != nil {
 		return nil, err
@@ -179,7 +179,7 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		}
 	}
 	fetchCtx, abandon := context.WithCancel(ctx)
-	raw, err := sess.Fetch(fetchCtx, m.uids[i])
+	raw, err := sess.Open(fetchCtx, m.uids[i], 0, -1)
 	if err != nil {
 		abandon()
 		return nil, m.fetchFailed(i, err)
@@ -345,7 +345,7 @@ func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	part, err := sess.FetchPart(ctx, m.uids[i], offset, n)
+	part, err := sess.Open(ctx, m.uids[i], offset, n)
 	if err != nil {
 		return nil, m.fetchFailed(i, err)
 	}
@@ -509,7 +509,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 			if err != nil {
 				return pop3.CommitResult{}, err
 			}
-			if err := sess.Delete(ctx, uids, mode, m.up.Trash); err != nil {
+			if err := sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, nil); err != nil {
 				m.broken = true
 				return pop3.CommitResult{}, err
 			}
@@ -552,7 +552,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 // was dropped: deliberately after a stopped transfer, or by the server
 // while the client was idle. The snapshot stays valid only while the
 // mailbox keeps its UIDVALIDITY.
-func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
+func (m *maildrop) session(ctx context.Context) (Session, error) {
 	if m.sess.Alive() {
 		return m.sess, nil
 	}

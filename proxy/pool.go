@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/username"
-	"github.com/pop3gw/gateway/upstream"
 )
 
 // Pool defaults. A POP3 poller logs in every few minutes; keeping its IMAP
@@ -39,7 +38,7 @@ type pool struct {
 }
 
 type pooled struct {
-	sess     *upstream.Session
+	sess     Session
 	upstream *Upstream // the configuration it was opened with
 	digest   []byte
 	timer    *time.Timer
@@ -53,7 +52,7 @@ func newPool(idle time.Duration, size int, goroutines *sync.WaitGroup) *pool {
 
 // logout closes sess in a goroutine of its own: a logout waits a moment
 // for the server's reply.
-func (p *pool) logout(sess *upstream.Session) {
+func (p *pool) logout(sess Session) {
 	p.goroutines.Go(func() { sess.Close() })
 }
 
@@ -83,7 +82,7 @@ func (p *pool) digest(acct *account) []byte {
 }
 
 // take returns the idle session for the maildrop if the credentials match.
-func (p *pool) take(maildrop string, acct *account) *upstream.Session {
+func (p *pool) take(maildrop string, acct *account) Session {
 	if p == nil || p.idle <= 0 {
 		return nil
 	}
@@ -110,7 +109,7 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 
 // put keeps a session for later, for as long as its upstream says, or
 // closes it when the pool is full.
-func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
+func (p *pool) put(maildrop string, acct *account, sess Session) {
 	if p == nil {
 		sess.Close()
 		return
