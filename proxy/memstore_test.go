@@ -336,6 +336,24 @@ func TestSeamFetchAheadServesFromCache(t *testing.T) {
 	}
 }
 
+// TestSeamResumesAfterLostConnection: a body cut off mid-message
+// continues on a new session from the first octet not yet read; the
+// client gets it whole.
+func TestSeamResumesAfterLostConnection(t *testing.T) {
+	e := newSeamEnv(t, upstream.DeleteExpunge)
+	e.gw.SetPrefetch(false)
+	msg := "Subject: long\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", 8000)
+	e.deliver(msg)
+	c := e.login()
+	e.store.CutAfter(50000)
+	if body := check[[]byte](t)(c.Retr(1)); string(body) != msg {
+		t.Fatalf("RETR 1: %d octets, want the %d of the message", len(body), len(msg))
+	}
+	if n := e.store.Logins(); n != 2 {
+		t.Fatalf("%d logins to the store, want 2: one to resume", n)
+	}
+}
+
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

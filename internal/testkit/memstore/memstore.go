@@ -31,6 +31,9 @@ type Store struct {
 	failDeletes int
 	logins      int
 	bodies      int
+	// cutAfter makes the next whole body end after that many octets with
+	// the connection lost, as a server that drops mid-message.
+	cutAfter int64
 }
 
 type account struct {
@@ -123,6 +126,14 @@ func (s *Store) Logins() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.logins
+}
+
+// CutAfter makes the connection that sends the next whole body drop it
+// after n octets.
+func (s *Store) CutAfter(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cutAfter = n
 }
 
 // Bodies returns how many message bodies, whole or in part, the store
@@ -244,8 +255,40 @@ func (c *session) Open(ctx context.Context, uid uint32, offset, n int64) (io.Rea
 	if n >= 0 && int64(len(raw)) > n {
 		raw = raw[:n]
 	}
+	c.store.mu.Lock()
+	cut := c.store.cutAfter
+	if n < 0 && cut > 0 && cut < int64(len(raw)) {
+		c.store.cutAfter = 0
+	} else {
+		cut = 0
+	}
+	c.store.mu.Unlock()
+	if cut > 0 {
+		return &cutBody{c: c, r: bytes.NewReader(raw[:cut]), size: int64(len(raw))}, nil
+	}
 	return body{bytes.NewReader(raw), int64(len(raw))}, nil
 }
+
+// cutBody is a body whose connection drops before its end.
+type cutBody struct {
+	c    *session
+	r    *bytes.Reader
+	size int64
+}
+
+var errCut = errors.New("memstore: connection lost mid-message")
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.c.closed = true
+		return n, errCut
+	}
+	return n, err
+}
+
+func (b *cutBody) Size() int64  { return b.size }
+func (b *cutBody) Close() error { return nil }
 
 func (c *session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error {
 	for _, uid := range uids {
