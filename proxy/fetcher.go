@@ -122,11 +122,8 @@ func (f *fetcher) start(i int, handOff bool) bool {
 	}
 	done := make(chan struct{})
 	handoff := make(chan fetched, 1)
-	f.done, f.ready, f.handoff = done, ready, handoff
 	sess := m.sess
-	m.g.goroutines.Add(1)
-	go func() {
-		defer m.g.goroutines.Done()
+	started := m.g.goroutines.start(func() {
 		defer close(done)
 		defer func() {
 			for _, j := range index {
@@ -164,7 +161,13 @@ func (f *fetcher) start(i int, handOff bool) bool {
 			close(ready[j])
 			return nil
 		})
-	}()
+	})
+	if !started {
+		// The gateway is closing.
+		m.g.budget.Release(reserved)
+		return false
+	}
+	f.done, f.ready, f.handoff = done, ready, handoff
 	_, ok := ready[i]
 	return ok
 }

@@ -103,3 +103,43 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestNothingStartsAfterClose: a gateway closed under a live session
+// stops its fetching ahead, and the session, ending later, starts nothing
+// and keeps no connection.
+func TestNothingStartsAfterClose(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.gw.SetPool(time.Minute, 10)
+	var msgs []string
+	for i := range 20 {
+		msgs = append(msgs, fmt.Sprintf("Subject: %d\r\n\r\n%s\r\n", i, strings.Repeat("body line\r\n", 2000)))
+	}
+	e.deliver("alice@example.com", msgs...)
+	c := e.login("alice", localPassword)
+	if _, err := c.Retr(1); err != nil {
+		t.Fatal(err)
+	}
+	e.gw.Close()
+	for i := 2; i <= 4; i++ {
+		if _, err := c.Retr(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.gw.pool.len(); n != 0 {
+		t.Fatalf("%d connections kept after Close, want none", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := gatewayGoroutines()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left after the last session:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

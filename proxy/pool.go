@@ -31,7 +31,7 @@ type pool struct {
 	key  []byte // HMAC key for credential digests, random per process
 	// goroutines counts the logouts and idle timers under way, for the
 	// gateway's Close to wait for.
-	goroutines *sync.WaitGroup
+	goroutines *goroutines
 
 	mu      sync.Mutex
 	entries map[string]*pooled
@@ -44,23 +44,25 @@ type pooled struct {
 	timer    *time.Timer
 }
 
-func newPool(idle time.Duration, size int, goroutines *sync.WaitGroup) *pool {
+func newPool(idle time.Duration, size int, goroutines *goroutines) *pool {
 	key := make([]byte, 32)
 	rand.Read(key)
 	return &pool{idle: idle, size: size, key: key, goroutines: goroutines, entries: make(map[string]*pooled)}
 }
 
-// logout closes sess in a goroutine of its own: a logout waits a moment
-// for the server's reply.
+// logout closes sess in a goroutine of its own, since a logout waits a
+// moment for the server's reply; once the gateway is closing, at once.
 func (p *pool) logout(sess Session) {
-	p.goroutines.Go(func() { sess.Close() })
+	if !p.goroutines.start(func() { sess.Close() }) {
+		sess.Close()
+	}
 }
 
 // stopTimer stops e's idle timer; if that keeps the timer from firing, its
 // goroutine is no longer waited for.
 func (p *pool) stopTimer(e *pooled) {
 	if e.timer.Stop() {
-		p.goroutines.Done()
+		p.goroutines.done()
 	}
 }
 
@@ -129,15 +131,15 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 		p.logout(old.sess)
 		delete(p.entries, maildrop)
 	}
-	if len(p.entries) >= p.size {
+	// A full pool keeps nothing more, and a closing gateway nothing at all.
+	if len(p.entries) >= p.size || !p.goroutines.add() {
 		p.mu.Unlock()
 		sess.Close()
 		return
 	}
 	p.entries[maildrop] = e
-	p.goroutines.Add(1)
 	e.timer = time.AfterFunc(idle, func() {
-		defer p.goroutines.Done()
+		defer p.goroutines.done()
 		p.expire(maildrop, e)
 	})
 	p.mu.Unlock()

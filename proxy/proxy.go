@@ -130,7 +130,7 @@ type Gateway struct {
 	// waits for them.
 	life       context.Context
 	shutdown   context.CancelFunc
-	goroutines sync.WaitGroup
+	goroutines goroutines
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -193,9 +193,10 @@ func (g *Gateway) Reload(cfg *Config) {
 // connections and waits until every goroutine the gateway started has
 // ended. Call it once the POP3 server has shut down.
 func (g *Gateway) Close() {
+	g.goroutines.close()
 	g.shutdown()
 	g.pool.closeAll()
-	g.goroutines.Wait()
+	g.goroutines.wait()
 }
 
 // account is a resolved login: where to log in and with what.
