@@ -1,9 +1,12 @@
-// Package proxy joins a POP3 login to an IMAP session: it decides which
-// upstream account a login maps to, logs in there, fixes the message list
-// for the session, serves messages through the cache and applies deletions
-// at QUIT. What must outlive a session (each message's UIDL, the messages
-// deleted but kept upstream, deletes not finished yet) it keeps in a
-// StateStore.
+// Package proxy holds the POP3 rules every mail store shares, once, above
+// the store seam (Store and Session): it decides which upstream account a
+// login maps to, logs in there, fixes the message list for the session,
+// corrects a size the store got wrong, serves messages through the cache,
+// fetches ahead, resumes a transfer cut off, and applies deletions at QUIT
+// in the upstream's mode. What must outlive a session (each message's UIDL,
+// the messages deleted but kept upstream, deletes not finished yet) it keeps
+// in a StateStore. It is the pop3.Backend; an IMAP server (package
+// upstream) is one store behind it, and an upstream may name another.
 package proxy
 
 import (
