@@ -66,6 +66,9 @@ type Session interface {
 	Close() error
 }
 
+// The IMAP session is a Session.
+var _ Session = (*upstream.Session)(nil)
+
 // trashFinder is a Session that can tell where deleted messages go, for
 // `gateway check`.
 type trashFinder interface {

@@ -163,6 +163,8 @@ func (s *Store) Login(ctx context.Context, login proxy.StoreLogin) (proxy.Sessio
 	return sess, nil
 }
 
+var _ proxy.Store = (*Store)(nil)
+
 type session struct {
 	store  *Store
 	acct   *account
