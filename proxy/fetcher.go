@@ -132,7 +132,7 @@ func (f *fetcher) start(i int, handOff bool) bool {
 		}()
 		batch := &reservation{budget: m.g.budget, n: reserved}
 		defer batch.release()
-		f.err = sess.FetchEach(f.ctx, uids, func(uid uint32, body io.Reader) error {
+		f.err = fetchEach(f.ctx, sess, uids, func(uid uint32, body io.Reader) error {
 			j, ok := index[uid]
 			if !ok {
 				return nil

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/pop3gw/gateway/upstream"
@@ -53,9 +54,6 @@ type Session interface {
 	// gone is upstream.ErrMessageGone; one the store lists but cannot
 	// send, upstream.ErrNoBody.
 	Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error)
-	// FetchEach reads several messages whole, in one request where the
-	// store can, calling each for every body it gets, in any order.
-	FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error
 	// DeleteJournaled applies a delete mode to the messages; trash
 	// names the trash for upstream.DeleteTrash when the store marks none.
 	// copied, when not nil, is called once a copy into the trash is whole
@@ -66,8 +64,47 @@ type Session interface {
 	Close() error
 }
 
-// The IMAP session is a Session.
-var _ Session = (*upstream.Session)(nil)
+// The IMAP session is a Session that fetches in batches.
+var (
+	_ Session     = (*upstream.Session)(nil)
+	_ batchOpener = (*upstream.Session)(nil)
+)
+
+// batchOpener is a Session that reads several messages whole in one
+// request (IMAP: one UID FETCH), calling each for every body it gets, in
+// any order. Fetching ahead uses it where a store has it.
+type batchOpener interface {
+	FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error
+}
+
+// fetchEach reads the messages whole: in one request where the store can,
+// else one after the other. A message the store no longer has, or cannot
+// send, is skipped: RETR asks for it again alone.
+func fetchEach(ctx context.Context, sess Session, uids []uint32, each func(uid uint32, body io.Reader) error) error {
+	if b, ok := sess.(batchOpener); ok {
+		return b.FetchEach(ctx, uids, each)
+	}
+	for _, uid := range uids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		body, err := sess.Open(ctx, uid, 0, -1)
+		if errors.Is(err, upstream.ErrMessageGone) || errors.Is(err, upstream.ErrNoBody) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = each(uid, body)
+		if cerr := body.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // trashFinder is a Session that can tell where deleted messages go, for
 // `gateway check`.

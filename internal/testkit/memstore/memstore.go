@@ -6,6 +6,7 @@
 // Messages are kept as given, so a body with bare LF is listed at its raw
 // size, as some IMAP servers list it; numbers are UIDs within a
 // UIDVALIDITY, and Renumber changes both, as a rebuilt IMAP mailbox does.
+// It reads one message per request: fetching ahead takes them one by one.
 package memstore
 
 import (
@@ -291,25 +292,6 @@ func (b *cutBody) Read(p []byte) (int, error) {
 
 func (b *cutBody) Size() int64  { return b.size }
 func (b *cutBody) Close() error { return nil }
-
-func (c *session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error {
-	for _, uid := range uids {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if c.closed {
-			return errClosed
-		}
-		m, ok := c.find(uid)
-		if !ok {
-			continue
-		}
-		if err := each(uid, bytes.NewReader(m.body)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstream.DeleteMode, trash string, copied func() error) error {
 	if c.closed {
