@@ -26,11 +26,13 @@ import (
 // message was last read through this gateway. A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
 // only proof is the message itself: every read counts the octets it
-// produces, and when the count differs, the exact one replaces the listed
-// one for the rest of the session and is recorded, so later sessions list
-// it right from the start. Fetching every message at login to check would
-// cost far more than the rare mismatch; the RETR that finds one still
-// sends the whole message.
+// produces, and when the count differs, the exact one is recorded, so
+// later sessions list it right from the start. The listing handed to the
+// POP3 session never changes: Open returns the size as best known with
+// each body, and the session takes that, or the count of a whole transfer,
+// as the message's size from then on. Fetching every message at login to
+// check would cost far more than the rare mismatch; the RETR that finds
+// one still sends the whole message.
 type maildrop struct {
 	g       *Gateway
 	sess    Session
