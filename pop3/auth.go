@@ -270,7 +270,8 @@ func (c *conn) login(username, password, method string) error {
 	if g := c.srv.Guard; g != nil {
 		g.Succeeded(c.ctx, c.remoteIP(), key)
 	}
-	c.deleted = make([]bool, len(md.Messages()))
+	c.msgs = md.Messages()
+	c.deleted = make([]bool, len(c.msgs))
 	c.log = c.log.With("user", username)
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
 	c.srv.observer().Login(method, "ok")

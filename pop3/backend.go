@@ -56,18 +56,23 @@ type Message struct {
 // of messages is fixed when the maildrop is opened (RFC 1939 §4); messages
 // are addressed by their index in that list, from 0.
 type Maildrop interface {
-	// Messages returns the listing. Its length never changes during a
-	// session; a size may be corrected once the maildrop has read the
-	// message and found the exact count, so callers ask again each time.
+	// Messages returns the listing, once, at login. The caller owns the
+	// slice; the maildrop never changes it. A size the maildrop finds
+	// wrong once it has read the message reaches the session through the
+	// size Open returns, never by patching the listing.
 	Messages() []Message
 
-	// Open returns the message with CRLF line endings, undotted, exactly
-	// Size octets; a last line without a line ending stays so, and the
-	// response ends it without counting it (RFC 1939 §11). The
-	// caller reads it to the end or closes it early; if ctx is cancelled
-	// before Close, the maildrop abandons the transfer rather than finishing
-	// it. A read error means the message could not be delivered whole.
-	Open(ctx context.Context, index int) (io.ReadCloser, error)
+	// Open returns the message with CRLF line endings, undotted; a last
+	// line without a line ending stays so, and the response ends it
+	// without counting it (RFC 1939 §11). size is the exact number of
+	// octets the reader returns when the maildrop has read the message
+	// (cached, or read whole before Open returns); otherwise the listed
+	// size, and the session takes the count of a complete read as the
+	// exact one. The caller reads the body to the end or closes it early;
+	// if ctx is cancelled before Close, the maildrop abandons the transfer
+	// rather than finishing it. A read error means the message could not
+	// be delivered whole.
+	Open(ctx context.Context, index int) (body io.ReadCloser, size int64, err error)
 
 	// Commit removes the given messages. It is called only from QUIT in the
 	// TRANSACTION state (RFC 1939 §6), with the indexes marked deleted, and
@@ -83,6 +88,6 @@ type Maildrop interface {
 type TopOpener interface {
 	// OpenTop returns the start of message index, as Open returns it, up
 	// to at least the header, the blank line after it and lines lines of
-	// the body, or the whole message if it is shorter.
-	OpenTop(ctx context.Context, index int, lines int64) (io.ReadCloser, error)
+	// the body, or the whole message if it is shorter; size is as Open's.
+	OpenTop(ctx context.Context, index int, lines int64) (body io.ReadCloser, size int64, err error)
 }

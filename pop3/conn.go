@@ -88,6 +88,7 @@ type conn struct {
 
 	username    string
 	maildrop    Maildrop
+	msgs        []Message // the listing, fixed at login; sizes corrected by resize
 	deleted     []bool
 	badCommands int
 	authFails   int

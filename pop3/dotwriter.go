@@ -8,52 +8,37 @@ import (
 )
 
 // dotWriter writes a message as the body of a multi-line response (RFC 1939
-// §3): line endings become CRLF, a line starting with "." gets a second one,
-// and Close ends the last line if needed and writes the terminating ".".
-// Bare CR and bare LF are each taken as a line ending, as NewCRLFReader does,
-// so the octets written before stuffing equal what NewCRLFReader produces.
+// §3): line endings become CRLF (through lineEnds, as NewCRLFReader makes
+// them, so the octets written before stuffing equal what NewCRLFReader
+// produces), a line starting with "." gets a second one, and Close ends
+// the last line if needed and writes the terminating ".".
 type dotWriter struct {
 	w         *bufio.Writer
-	lineStart bool  // the next octet starts a line
-	pendingCR bool  // a CR was seen and its LF may follow in the next Write
-	n         int64 // octets of the message written, before stuffing
+	ends      lineEnds
+	scratch   []byte // normalised input, when it needed changing
+	lineStart bool   // the next octet starts a line
+	n         int64  // octets of the message written, before stuffing
 }
 
 func newDotWriter(w *bufio.Writer) *dotWriter {
 	return &dotWriter{w: w, lineStart: true}
 }
 
-var crlf = []byte("\r\n")
-
 func (d *dotWriter) Write(p []byte) (int, error) {
-	total := len(p)
-	if d.pendingCR && len(p) > 0 {
-		d.pendingCR = false
-		d.eol()
-		if p[0] == '\n' {
-			p = p[1:]
-		}
+	out := d.ends.normalise(d.scratch[:0], p)
+	if len(out) > 0 && len(p) > 0 && &out[0] != &p[0] {
+		d.scratch = out[:0]
 	}
-	// Mail from an IMAP server is almost always CRLF already: such a run
-	// only needs its dots stuffed. A final CR waits for the next Write.
-	clean := p
-	if len(clean) > 0 && clean[len(clean)-1] == '\r' {
-		clean = clean[:len(clean)-1]
-	}
-	if crlfClean(clean) {
-		d.writeClean(clean)
-		p = p[len(clean):]
-	}
-	d.writeAny(p)
+	d.writeClean(out)
 	if err := d.flushErr(); err != nil {
 		return 0, err
 	}
-	return total, nil
+	return len(p), nil
 }
 
 var lineStartDot = []byte("\n.")
 
-// writeClean writes p, which has CRLF line endings only.
+// writeClean writes p, which has CRLF line endings only, stuffing dots.
 func (d *dotWriter) writeClean(p []byte) {
 	for len(p) > 0 {
 		if d.lineStart && p[0] == '.' {
@@ -73,57 +58,6 @@ func (d *dotWriter) writeClean(p []byte) {
 	}
 }
 
-// writeAny writes p with any mix of line endings.
-func (d *dotWriter) writeAny(p []byte) {
-	for len(p) > 0 {
-		if d.pendingCR {
-			d.pendingCR = false
-			d.eol()
-			if p[0] == '\n' {
-				p = p[1:]
-				continue
-			}
-		}
-		if d.lineStart {
-			d.lineStart = false
-			if p[0] == '.' {
-				d.w.WriteByte('.')
-			}
-		}
-		i := bytes.IndexAny(p, "\r\n")
-		if i < 0 {
-			d.w.Write(p)
-			d.n += int64(len(p))
-			return
-		}
-		d.w.Write(p[:i])
-		d.n += int64(i)
-		if p[i] == '\n' {
-			d.eol()
-		} else {
-			d.pendingCR = true
-		}
-		p = p[i+1:]
-	}
-}
-
-// crlfClean reports whether every CR and LF in p belongs to a CRLF pair.
-func crlfClean(p []byte) bool {
-	pairs := bytes.Count(p, crlf)
-	return pairs == bytes.Count(p, lf) && pairs == bytes.Count(p, cr)
-}
-
-var (
-	lf = []byte{'\n'}
-	cr = []byte{'\r'}
-)
-
-func (d *dotWriter) eol() {
-	d.w.Write(crlf)
-	d.n += 2
-	d.lineStart = true
-}
-
 // flushErr reports a write error of the underlying buffer, if any.
 func (d *dotWriter) flushErr() error {
 	// bufio.Writer keeps its first error and returns it from every later
@@ -134,9 +68,8 @@ func (d *dotWriter) flushErr() error {
 
 // Close ends the message. It does not flush the underlying writer.
 func (d *dotWriter) Close() error {
-	if d.pendingCR {
-		d.pendingCR = false
-		d.eol()
+	if end := d.ends.end(d.scratch[:0]); len(end) > 0 {
+		d.writeClean(end)
 	}
 	if !d.lineStart {
 		// The response must end the last line before its terminator

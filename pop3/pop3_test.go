@@ -37,16 +37,17 @@ func (m *memMaildrop) Messages() []Message {
 	return out
 }
 
-func (m *memMaildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
+func (m *memMaildrop) Open(ctx context.Context, i int) (io.ReadCloser, int64, error) {
 	if m.openErr != nil {
-		return nil, m.openErr
+		return nil, 0, m.openErr
 	}
+	size := m.Messages()[i].Size
 	r := NewCRLFReader(bytes.NewReader(m.msgs[i]))
 	if m.readErr != nil {
 		half := int64(len(m.msgs[i]) / 2)
-		return io.NopCloser(io.MultiReader(io.LimitReader(r, half), errReader{m.readErr})), nil
+		return io.NopCloser(io.MultiReader(io.LimitReader(r, half), errReader{m.readErr})), size, nil
 	}
-	return io.NopCloser(r), nil
+	return io.NopCloser(r), size, nil
 }
 
 type errReader struct{ err error }

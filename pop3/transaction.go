@@ -59,7 +59,7 @@ func (c *conn) stat(arg string) error {
 	}
 	var count int
 	var size int64
-	for i, m := range c.maildrop.Messages() {
+	for i, m := range c.msgs {
 		if !c.deleted[i] {
 			count++
 			size += m.Size
@@ -89,7 +89,7 @@ func (c *conn) listing(arg string, header func(count int) string, value func(Mes
 	if !ok {
 		return c.badCommand()
 	}
-	msgs := c.maildrop.Messages()
+	msgs := c.msgs
 	if len(fields) == 1 {
 		if i, ok := c.message(fields[0]); ok {
 			c.ok("%d %s", i+1, value(msgs[i]))
@@ -152,14 +152,15 @@ func (c *conn) send(i int, lines int64) error {
 	defer cancel()
 	open := c.maildrop.Open
 	if t, ok := c.maildrop.(TopOpener); ok && lines >= 0 {
-		open = func(ctx context.Context, i int) (io.ReadCloser, error) { return t.OpenTop(ctx, i, lines) }
+		open = func(ctx context.Context, i int) (io.ReadCloser, int64, error) { return t.OpenTop(ctx, i, lines) }
 	}
-	r, err := open(ctx, i)
+	r, size, err := open(ctx, i)
 	if err != nil {
 		return c.fail("open message", err)
 	}
+	c.resize(i, size)
 	if lines < 0 {
-		c.ok("%d octets", c.maildrop.Messages()[i].Size)
+		c.ok("%d octets", c.msgs[i].Size)
 	} else {
 		c.ok("")
 	}
@@ -185,6 +186,8 @@ func (c *conn) send(i int, lines int64) error {
 			}
 		}
 		if rerr == io.EOF {
+			// The whole message was sent: its count is the exact size.
+			c.resize(i, dw.n)
 			break
 		}
 		if rerr != nil {
@@ -207,6 +210,16 @@ func (c *conn) send(i int, lines int64) error {
 	c.bytesSent += dw.n
 	c.srv.observer().Sent(dw.n)
 	return nil
+}
+
+// resize records the exact size of message i, once the maildrop or a
+// complete transfer has shown it, so that STAT and LIST from then on agree
+// with what RETR sends (RFC 1939 §11).
+func (c *conn) resize(i int, size int64) {
+	if c.msgs[i].Size != size {
+		c.log.Debug("listed size corrected", "msg", i+1, "listed", c.msgs[i].Size, "exact", size)
+		c.msgs[i].Size = size
+	}
 }
 
 func (c *conn) dele(arg string) error {

@@ -26,14 +26,16 @@ import (
 // message was last read through this gateway. A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
 // only proof is the message itself: every read counts the octets it
-// produces, and when the count differs, the exact one replaces the listed
-// one for the rest of the session and is recorded, so later sessions list
-// it right from the start. Fetching every message at login to check would
-// cost far more than the rare mismatch; the RETR that finds one still
-// sends the whole message.
+// produces, and when the count differs, the exact one is recorded, so
+// later sessions list it right from the start. The listing handed to the
+// POP3 session never changes: Open returns the size as best known with
+// each body, and the session takes that, or the count of a whole transfer,
+// as the message's size from then on. Fetching every message at login to
+// check would cost far more than the rare mismatch; the RETR that finds
+// one still sends the whole message.
 type maildrop struct {
 	g       *Gateway
-	sess    *upstream.Session
+	sess    Session
 	acct    *account
 	up      *Upstream
 	log     *slog.Logger
@@ -42,19 +44,12 @@ type maildrop struct {
 	uids    []uint32
 	ids     []string        // identities, for the state store
 	pending []pendingDelete // deletes of earlier sessions not finished yet
-	msgs    []pop3.Message
+	listing []pop3.Message  // as listed at login; never changed
+	sizes   []int64         // each message's size as best known: listed, then exact
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
 
-	// A batch of messages fetched ahead in the background. Every use of
-	// sess waits for it first; it touches nothing but the cache, the
-	// channels in ready, and prefetchErr before closing prefetching.
-	prefetching chan struct{}         // closed when the batch ends
-	ready       map[int]chan struct{} // closed when that message is cached, or the batch ends
-	prefetchErr error
-	// notAhead holds the messages a batch ended without: they are
-	// fetched alone when asked for, never in another batch.
-	notAhead map[int]bool
+	ahead *fetcher // fetches the following messages in the background
 }
 
 var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
@@ -63,7 +58,7 @@ var errMessageGone = &pop3.Error{Text: "Message was removed by another client."}
 // sent no body for it: a temporary failure (RFC 3206), never 0 octets.
 var errNoBody = &pop3.Error{Code: pop3.CodeSysTemp, Text: "The server did not send this message; please try again later."}
 
-func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) (*maildrop, error) {
+func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, log *slog.Logger) (*maildrop, error) {
 	pending, err := g.finishDeletes(ctx, sess, acct, log)
 	if err != nil {
 		return nil, err
@@ -88,7 +83,8 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		pending: pending,
 		uids:    make([]uint32, 0, len(entries)),
 		ids:     make([]string, 0, len(entries)),
-		msgs:    make([]pop3.Message, 0, len(entries)),
+		listing: make([]pop3.Message, 0, len(entries)),
+		sizes:   make([]int64, 0, len(entries)),
 	}
 	deleting := pendingUIDs(pending)
 	proposed := make([]string, len(entries))
@@ -114,8 +110,10 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess *upstream.Session, acct 
 		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: e.UID}); ok {
 			size = exact
 		}
-		m.msgs = append(m.msgs, pop3.Message{Size: size, UIDL: uidls[i]})
+		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
+		m.sizes = append(m.sizes, size)
 	}
+	m.ahead = newFetcher(ctx, m)
 	return m, nil
 }
 
@@ -142,7 +140,8 @@ func (m *maildrop) key(i int) cache.Key {
 	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: m.uids[i]}
 }
 
-func (m *maildrop) Messages() []pop3.Message { return m.msgs }
+// Messages returns a copy of the listing made at login.
+func (m *maildrop) Messages() []pop3.Message { return slices.Clone(m.listing) }
 
 // Open serves the message from the cache, or fetches it. A message the
 // cache can hold is read whole before Open returns, when the budget has
@@ -150,8 +149,12 @@ func (m *maildrop) Messages() []pop3.Message { return m.msgs }
 // failure upstream is a clean -ERR rather than a cut transfer. Larger
 // messages, and any message when the budget is spent, stream through as
 // they arrive.
-func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, error) {
-	return m.open(ctx, i, true)
+func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, int64, error) {
+	r, err := m.open(ctx, i, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, m.sizes[i], nil
 }
 
 // open is Open, fetching the following messages ahead only if ahead is
@@ -160,45 +163,45 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 	if r, ok := m.cached(i, ahead); ok {
 		return r, nil
 	}
-	m.wait()
+	m.ahead.wait()
 	sess, err := m.session(ctx)
 	if err != nil {
 		return nil, err
 	}
-	// The message comes in one batch with those after it; if the batch
-	// fails before it, it is fetched alone.
-	if ahead && m.prefetch(i) {
-		if r, ok := m.cached(i, ahead); ok {
-			return r, nil
+	// The message comes in one batch with those after it, handed
+	// straight to this RETR; if the batch fails before it, it is fetched
+	// alone.
+	if ahead && m.ahead.start(i, true) {
+		if got, ok := m.ahead.take(i); ok {
+			return m.serveWhole(i, got.body, got.res, ahead), nil
 		}
-		m.wait()
+		m.ahead.wait()
 		if sess, err = m.session(ctx); err != nil {
 			return nil, err
 		}
 	}
-	k := m.key(i)
 	fetchCtx, abandon := context.WithCancel(ctx)
-	raw, err := sess.Fetch(fetchCtx, m.uids[i])
+	raw, err := sess.Open(fetchCtx, m.uids[i], 0, -1)
 	if err != nil {
 		abandon()
 		return nil, m.fetchFailed(i, err)
 	}
-	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.msgs[i].Size > 0 {
+	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.sizes[i] > 0 {
 		// An empty literal for a message listed with octets is no
 		// message either.
 		raw.Close()
 		abandon()
-		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
 		return nil, errNoBody
 	}
 	resumable := newResumingReader(m, i, fetchCtx, raw)
 	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: resumable, r: pop3.NewCRLFReader(resumable)}
 	limit := m.g.cache.MaxMessage()
-	if m.msgs[i].Size > limit {
+	if m.sizes[i] > limit {
 		return r, nil
 	}
 	res := &reservation{budget: m.g.budget}
-	body, whole, err := readUpTo(r.r, m.msgs[i].Size, limit, res.fit)
+	body, whole, err := readUpTo(r.r, m.sizes[i], limit, res.fit)
 	if err != nil {
 		res.release()
 		r.err = err
@@ -217,18 +220,23 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 	}
 	r.eof = true
 	r.Close()
-	// Once the cache holds the body, it counts there; otherwise the
-	// reservation lasts until the client has it.
+	return m.serveWhole(i, body, res, ahead), nil
+}
+
+// serveWhole serves message i, read whole into body under res, and keeps
+// it in the cache if there is room. Once the cache holds the body, it
+// counts there; otherwise the reservation lasts until the client has it.
+func (m *maildrop) serveWhole(i int, body []byte, res *reservation, ahead bool) io.ReadCloser {
 	release := res.release
-	if held := m.g.cache.AddHeld(k, body); held != nil {
+	if held := m.g.cache.AddHeld(m.key(i), body); held != nil {
 		res.release()
 		release = held
 	}
 	m.setSize(i, int64(len(body)))
 	if ahead {
-		m.prefetch(i + 1)
+		m.ahead.start(i+1, false)
 	}
-	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, nil
+	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}
 }
 
 // heldReader sends a body and lets go of its memory when closed.
@@ -290,16 +298,24 @@ const (
 // download whole mailboxes. It fetches nothing ahead. TOP for more lines
 // than the message can have (fetchmail asks for 99999999), or for more
 // than the largest prefix holds, reads the whole message as RETR does.
-func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
-	m.waitMessage(i)
+func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadCloser, int64, error) {
+	r, err := m.openTop(ctx, i, lines)
+	if err != nil {
+		return nil, 0, err
+	}
+	return r, m.sizes[i], nil
+}
+
+func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
+	m.ahead.waitMessage(i)
 	if body, ok := m.g.cache.Get(m.key(i)); ok {
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
-	if lines >= m.msgs[i].Size {
+	if lines >= m.sizes[i] {
 		// Every line takes an octet at least: this is the whole message.
 		return m.open(ctx, i, false)
 	}
-	m.wait()
+	m.ahead.wait()
 	limit := m.g.cache.MaxMessage()
 	var raw []byte
 	for n := int64(topPrefix); len(raw) < topPrefixMax; n *= 2 {
@@ -309,8 +325,8 @@ func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		}
 		raw = append(raw, got...)
 		whole := int64(len(got)) < n
-		if len(raw) == 0 && m.msgs[i].Size > 0 {
-			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.msgs[i].Size)
+		if len(raw) == 0 && m.sizes[i] > 0 {
+			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
 			return nil, errNoBody
 		}
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
@@ -331,7 +347,7 @@ func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	part, err := sess.FetchPart(ctx, m.uids[i], offset, n)
+	part, err := sess.Open(ctx, m.uids[i], offset, n)
 	if err != nil {
 		return nil, m.fetchFailed(i, err)
 	}
@@ -382,167 +398,25 @@ func readUpTo(r io.Reader, expected, limit int64, room func(int64) bool) (body [
 // cached serves message i from the cache, waiting for it if it is being
 // fetched ahead, and, if ahead is set, fetches ahead of it.
 func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
-	m.waitMessage(i)
+	m.ahead.waitMessage(i)
 	body, release, ok := m.g.cache.Hold(m.key(i))
 	if !ok {
 		return nil, false
 	}
 	m.setSize(i, int64(len(body)))
 	if ahead {
-		m.prefetch(i + 1)
+		m.ahead.start(i+1, false)
 	}
 	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, true
 }
 
-// Fetching ahead: after a message is served, the next ones the cache can
-// hold are fetched in the background with one UID FETCH, up to
-// prefetchCount messages or prefetchBytes, so the server's transfers
-// overlap the client's and cost one round trip per batch.
-const (
-	prefetchCount = 16
-	prefetchBytes = 4 << 20
-)
-
-// errLargerThanListed stops a batch at a message larger than its listed
-// size allows to cache; RETR streams it instead.
-var errLargerThanListed = errors.New("message larger than listed")
-
-// prefetch starts fetching the messages from i on that are not cached yet,
-// unless a batch is already under way or the budget has no room for it,
-// and tells whether message i is in the batch it started. Each message
-// holds its part of the batch's reservation until the cache has it.
-func (m *maildrop) prefetch(i int) bool {
-	if !m.g.prefetch || m.up.NoFetchAhead || m.broken || !m.sess.Alive() {
-		return false
-	}
-	if m.prefetching != nil {
-		select {
-		case <-m.prefetching:
-			m.endPrefetch()
-		default:
-			return false
-		}
-	}
-	limit := m.g.cache.MaxMessage()
-	var (
-		uids  []uint32
-		keys  = make(map[uint32]cache.Key)
-		sizes = make(map[uint32]int64)
-		ready = make(map[int]chan struct{})
-		index = make(map[uint32]chan struct{})
-		total int64
-	)
-	for j := i; j < len(m.uids) && len(uids) < prefetchCount; j++ {
-		size := m.msgs[j].Size
-		if size > limit || total+size > prefetchBytes && len(uids) > 0 {
-			break
-		}
-		k := m.key(j)
-		if _, cached := m.g.cache.Peek(k); cached || m.notAhead[j] {
-			continue
-		}
-		uid := m.uids[j]
-		uids = append(uids, uid)
-		keys[uid], sizes[uid] = k, size
-		ready[j] = make(chan struct{})
-		index[uid] = ready[j]
-		total += size
-	}
-	if len(uids) == 0 {
-		return false
-	}
-	var reserved int64
-	for _, uid := range uids {
-		reserved += bufferSize(sizes[uid], limit)
-	}
-	if !m.g.budget.Reserve(reserved) {
-		return false
-	}
-	done := make(chan struct{})
-	m.prefetching, m.ready = done, ready
-	sess := m.sess
-	go func() {
-		defer close(done)
-		defer func() {
-			for _, ch := range index {
-				close(ch)
-			}
-		}()
-		batch := &reservation{budget: m.g.budget, n: reserved}
-		defer batch.release()
-		m.prefetchErr = sess.FetchEach(context.Background(), uids, func(uid uint32, body io.Reader) error {
-			ch, ok := index[uid]
-			if !ok {
-				return nil
-			}
-			share := bufferSize(sizes[uid], limit)
-			res := &reservation{budget: m.g.budget, n: share}
-			batch.n -= share
-			defer res.release()
-			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit, res.fit)
-			if err != nil {
-				return err
-			}
-			if !whole {
-				return errLargerThanListed
-			}
-			if len(data) == 0 && sizes[uid] > 0 {
-				return nil // no message: RETR fetches it again
-			}
-			m.g.cache.Add(keys[uid], data)
-			delete(index, uid)
-			close(ch)
-			return nil
-		})
-	}()
-	_, ok := ready[i]
-	return ok
-}
-
-// bufferSize is what readUpTo first allocates for a message listed at size.
-func bufferSize(size, limit int64) int64 { return min(size+2, limit) + 1 }
-
-// waitMessage waits until message i, if it is being fetched ahead, is in
-// the cache or its batch has failed.
-func (m *maildrop) waitMessage(i int) {
-	if ch, ok := m.ready[i]; ok {
-		<-ch
-	}
-}
-
-// wait lets a batch fetched ahead finish before the session is used again.
-func (m *maildrop) wait() {
-	if m.prefetching == nil {
-		return
-	}
-	<-m.prefetching
-	m.endPrefetch()
-}
-
-func (m *maildrop) endPrefetch() {
-	for j := range m.ready {
-		if _, ok := m.g.cache.Peek(m.key(j)); !ok {
-			if m.notAhead == nil {
-				m.notAhead = make(map[int]bool)
-			}
-			m.notAhead[j] = true
-		}
-	}
-	m.prefetching, m.ready = nil, nil
-	if err := m.prefetchErr; err != nil {
-		m.prefetchErr = nil
-		m.log.Debug("fetching ahead failed", "err", err)
-		if !m.sess.Alive() {
-			m.broken = true
-		}
-	}
-}
-
+// setSize records the exact size of message i, which Open and OpenTop
+// return from then on.
 func (m *maildrop) setSize(i int, size int64) {
-	if m.msgs[i].Size != size {
+	if m.sizes[i] != size {
 		m.log.Info("upstream size differs from the message; listing the exact size",
-			"uid", m.uids[i], "listed", m.msgs[i].Size, "exact", size)
-		m.msgs[i].Size = size
+			"uid", m.uids[i], "listed", m.sizes[i], "exact", size)
+		m.sizes[i] = size
 	}
 }
 
@@ -596,7 +470,7 @@ const drainLimit = 256 << 10
 // next command.
 func (r *messageReader) Close() error {
 	defer r.abandon()
-	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.msgs[r.i].Size-r.n > drainLimit {
+	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.sizes[r.i]-r.n > drainLimit {
 		r.abandon()
 	}
 	return r.raw.Close()
@@ -613,7 +487,7 @@ func (r *messageReader) Close() error {
 // hidden, so they are not served again to a client that deleted them
 // (RFC 1939 §6 has QUIT remove them from the maildrop).
 func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult, error) {
-	m.wait()
+	m.ahead.wait()
 	uids := make([]uint32, len(deleted))
 	ids := make([]string, len(deleted))
 	for j, i := range deleted {
@@ -637,7 +511,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 			if err != nil {
 				return pop3.CommitResult{}, err
 			}
-			if err := sess.Delete(ctx, uids, mode, m.up.Trash); err != nil {
+			if err := sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, nil); err != nil {
 				m.broken = true
 				return pop3.CommitResult{}, err
 			}
@@ -680,7 +554,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 // was dropped: deliberately after a stopped transfer, or by the server
 // while the client was idle. The snapshot stays valid only while the
 // mailbox keeps its UIDVALIDITY.
-func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
+func (m *maildrop) session(ctx context.Context) (Session, error) {
 	if m.sess.Alive() {
 		return m.sess, nil
 	}
@@ -701,7 +575,7 @@ func (m *maildrop) session(ctx context.Context) (*upstream.Session, error) {
 // The connection goes back to the pool if it is sound: no command of this
 // session failed on it.
 func (m *maildrop) Close() error {
-	m.wait()
+	m.ahead.close()
 	if m.broken {
 		m.sess.Close()
 	} else {

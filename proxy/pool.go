@@ -30,22 +30,41 @@ type pool struct {
 	idle time.Duration
 	size int
 	key  []byte // HMAC key for credential digests, random per process
+	// goroutines counts the logouts and idle timers under way, for the
+	// gateway's Close to wait for.
+	goroutines *goroutines
 
 	mu      sync.Mutex
 	entries map[string]*pooled
 }
 
 type pooled struct {
-	sess     *upstream.Session
+	sess     Session
 	upstream *Upstream // the configuration it was opened with
 	digest   []byte
 	timer    *time.Timer
 }
 
-func newPool(idle time.Duration, size int) *pool {
+func newPool(idle time.Duration, size int, goroutines *goroutines) *pool {
 	key := make([]byte, 32)
 	rand.Read(key)
-	return &pool{idle: idle, size: size, key: key, entries: make(map[string]*pooled)}
+	return &pool{idle: idle, size: size, key: key, goroutines: goroutines, entries: make(map[string]*pooled)}
+}
+
+// logout closes sess in a goroutine of its own, since a logout waits a
+// moment for the server's reply; once the gateway is closing, at once.
+func (p *pool) logout(sess Session) {
+	if !p.goroutines.start(func() { sess.Close() }) {
+		sess.Close()
+	}
+}
+
+// stopTimer stops e's idle timer; if that keeps the timer from firing, its
+// goroutine is no longer waited for.
+func (p *pool) stopTimer(e *pooled) {
+	if e.timer.Stop() {
+		p.goroutines.done()
+	}
 }
 
 // digest binds a pooled session to the credentials that opened it; the
@@ -66,7 +85,7 @@ func (p *pool) digest(acct *account) []byte {
 }
 
 // take returns the idle session for the maildrop if the credentials match.
-func (p *pool) take(maildrop string, acct *account) *upstream.Session {
+func (p *pool) take(maildrop string, acct *account) Session {
 	if p == nil || p.idle <= 0 {
 		return nil
 	}
@@ -83,9 +102,9 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
-	e.timer.Stop()
+	p.stopTimer(e)
 	if !e.sess.Alive() {
-		go e.sess.Close()
+		p.logout(e.sess)
 		return nil
 	}
 	return e.sess
@@ -93,7 +112,7 @@ func (p *pool) take(maildrop string, acct *account) *upstream.Session {
 
 // put keeps a session for later, for as long as its upstream says, or
 // closes it when the pool is full.
-func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
+func (p *pool) put(maildrop string, acct *account, sess Session) {
 	if p == nil {
 		sess.Close()
 		return
@@ -109,17 +128,21 @@ func (p *pool) put(maildrop string, acct *account, sess *upstream.Session) {
 	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
 	if old := p.entries[maildrop]; old != nil {
-		old.timer.Stop()
-		go old.sess.Close()
+		p.stopTimer(old)
+		p.logout(old.sess)
 		delete(p.entries, maildrop)
 	}
-	if len(p.entries) >= p.size {
+	// A full pool keeps nothing more, and a closing gateway nothing at all.
+	if len(p.entries) >= p.size || !p.goroutines.add() {
 		p.mu.Unlock()
 		sess.Close()
 		return
 	}
 	p.entries[maildrop] = e
-	e.timer = time.AfterFunc(idle, func() { p.expire(maildrop, e) })
+	e.timer = time.AfterFunc(idle, func() {
+		defer p.goroutines.done()
+		p.expire(maildrop, e)
+	})
 	p.mu.Unlock()
 }
 
@@ -147,12 +170,8 @@ func (p *pool) closeAll() {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, e := range entries {
-		e.timer.Stop()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			e.sess.Close()
-		}()
+		p.stopTimer(e)
+		wg.Go(func() { e.sess.Close() })
 	}
 	wg.Wait()
 }

@@ -1,9 +1,12 @@
-// Package proxy joins a POP3 login to an IMAP session: it decides which
-// upstream account a login maps to, logs in there, fixes the message list
-// for the session, serves messages through the cache and applies deletions
-// at QUIT. What must outlive a session (each message's UIDL, the messages
-// deleted but kept upstream, deletes not finished yet) it keeps in a
-// StateStore.
+// Package proxy holds the POP3 rules every mail store shares, once, above
+// the store seam (Store and Session): it decides which upstream account a
+// login maps to, logs in there, fixes the message list for the session,
+// corrects a size the store got wrong, serves messages through the cache,
+// fetches ahead, resumes a transfer cut off, and applies deletions at QUIT
+// in the upstream's mode. What must outlive a session (each message's UIDL,
+// the messages deleted but kept upstream, deletes not finished yet) it keeps
+// in a StateStore. It is the pop3.Backend; an IMAP server (package
+// upstream) is one store behind it, and an upstream may name another.
 package proxy
 
 import (
@@ -45,6 +48,9 @@ type Upstream struct {
 	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
 	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
 	OAuth2 string
+	// Store is where the mail is, when it is not the IMAP server at
+	// Server: another kind of store, or one in memory for tests.
+	Store Store
 	// PassthroughFailures is how many refused passthrough logins a minute
 	// are forwarded to this upstream; over it, passthrough logins get
 	// [SYS/TEMP] until the budget refills. 0 means
@@ -123,6 +129,13 @@ type Gateway struct {
 
 	budgetsMu sync.Mutex
 	budgets   map[string]*failureBudget // by upstream name
+
+	// life ends when the gateway closes: it cancels every fetch under
+	// way. goroutines counts every goroutine the gateway starts; Close
+	// waits for them.
+	life       context.Context
+	shutdown   context.CancelFunc
+	goroutines goroutines
 }
 
 // New returns a gateway serving cfg. The cache may be shared by several.
@@ -136,10 +149,11 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
 		assigned: newAssignments(),
-		pool:     newPool(DefaultPoolIdle, DefaultPoolSize),
 		snaps:    newSnapshots(nil),
 		prefetch: true,
 	}
+	g.life, g.shutdown = context.WithCancel(context.Background())
+	g.pool = newPool(DefaultPoolIdle, DefaultPoolSize, &g.goroutines)
 	g.config.Store(cfg.canonical())
 	return g
 }
@@ -168,7 +182,7 @@ func (g *Gateway) SetPrefetch(on bool) { g.prefetch = on }
 // at most; 0 keeps none. Call it before serving.
 func (g *Gateway) SetPool(idle time.Duration, size int) {
 	old := g.pool
-	g.pool = newPool(idle, size)
+	g.pool = newPool(idle, size, &g.goroutines)
 	old.closeAll()
 }
 
@@ -180,8 +194,15 @@ func (g *Gateway) Reload(cfg *Config) {
 	g.pool.closeAll()
 }
 
-// Close logs out of the idle upstream connections.
-func (g *Gateway) Close() { g.pool.closeAll() }
+// Close stops every fetch under way, logs out of the idle upstream
+// connections and waits until every goroutine the gateway started has
+// ended. Call it once the POP3 server has shut down.
+func (g *Gateway) Close() {
+	g.goroutines.close()
+	g.shutdown()
+	g.pool.closeAll()
+	g.goroutines.wait()
+}
 
 // account is a resolved login: where to log in and with what.
 type account struct {
@@ -290,7 +311,7 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		log = log.With("user", acct.user)
 	}
 	lockKey := acct.maildrop()
-	var sess *upstream.Session
+	var sess Session
 	var release func()
 	if acct.forwarded {
 		// A forwarded login has no local hash: the upstream login is the
@@ -390,7 +411,7 @@ func (g *Gateway) lock(ctx context.Context, key string, log *slog.Logger) (relea
 // reuse takes the maildrop's idle connection from the pool, if it was
 // opened with the same credentials, and selects the mailbox again, which
 // both checks the connection and reports the mailbox's current state.
-func (g *Gateway) reuse(ctx context.Context, acct *account) *upstream.Session {
+func (g *Gateway) reuse(ctx context.Context, acct *account) Session {
 	sess := g.pool.take(acct.maildrop(), acct)
 	if sess == nil {
 		return nil
@@ -402,54 +423,36 @@ func (g *Gateway) reuse(ctx context.Context, acct *account) *upstream.Session {
 	return sess
 }
 
-// open dials the account's server, logs in and selects the mailbox.
-func (g *Gateway) open(ctx context.Context, acct *account) (*upstream.Session, error) {
+// open logs in to the account's store and opens the mailbox.
+func (g *Gateway) open(ctx context.Context, acct *account) (Session, error) {
 	sess, err := g.login(ctx, acct, false)
 	if acct.token != nil && errors.Is(err, upstream.ErrAuthFailed) {
 		// The provider may have revoked the access token before its
 		// expiry; one more try with a fresh token tells.
 		sess, err = g.login(ctx, acct, true)
 	}
-	if err != nil {
-		return nil, err
-	}
-	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
-		sess.Close()
-		return nil, err
-	}
-	return sess, nil
+	return sess, err
 }
 
-// login dials the account's server and logs in, with a fresh OAuth2 token
-// when refresh is set.
-func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (*upstream.Session, error) {
-	var token string
+// login logs in to the account's store, with a fresh OAuth2 token when
+// refresh is set.
+func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (Session, error) {
+	up := acct.upstream
+	login := StoreLogin{Username: acct.username, Password: acct.password, Mailbox: up.Mailbox}
 	if acct.token != nil {
-		var err error
-		if token, err = acct.token(ctx, refresh); err != nil {
+		token, err := acct.token(ctx, refresh)
+		if err != nil {
 			return nil, err
 		}
+		login.OAuth2, login.Token, login.Password = up.OAuth2, token, ""
 	}
-	sess, err := upstream.Dial(ctx, &acct.upstream.Server)
-	if err != nil {
-		return nil, err
-	}
-	if acct.token != nil {
-		err = sess.LoginOAuth2(ctx, acct.upstream.OAuth2, acct.username, token)
-	} else {
-		err = sess.Login(ctx, acct.username, acct.password)
-	}
-	if err != nil {
-		sess.Close()
-		return nil, err
-	}
-	return sess, nil
+	return up.store().Login(ctx, login)
 }
 
 // checkDeletes describes what QUIT does to deleted messages. Only the
 // server knows which mailbox is marked \Trash, so on_delete trash into the
 // served mailbox, which the config file cannot always show, is caught here.
-func checkDeletes(ctx context.Context, sess *upstream.Session, up *Upstream) (string, error) {
+func checkDeletes(ctx context.Context, sess Session, up *Upstream) (string, error) {
 	switch up.OnDelete {
 	case upstream.DeleteExpunge:
 		return "expunged", nil
@@ -461,7 +464,11 @@ func checkDeletes(ctx context.Context, sess *upstream.Session, up *Upstream) (st
 	default:
 		return "", fmt.Errorf("unknown on_delete %q", up.OnDelete)
 	}
-	t, err := sess.FindTrash(ctx, up.Trash)
+	finder, ok := sess.(trashFinder)
+	if !ok {
+		return fmt.Sprintf("moved to the store's trash (%q if it marks none)", up.Trash), nil
+	}
+	t, err := finder.FindTrash(ctx, up.Trash)
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("on_delete trash: %w; set upstreams.%s.trash_mailbox", err, up.Name)

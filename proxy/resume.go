@@ -72,7 +72,7 @@ func (r *resumingReader) resume() error {
 	if err != nil {
 		return err
 	}
-	rest, err := sess.FetchPart(r.ctx, r.m.uids[r.i], r.base+r.n, r.size-r.n)
+	rest, err := sess.Open(r.ctx, r.m.uids[r.i], r.base+r.n, r.size-r.n)
 	if err != nil {
 		return err
 	}

@@ -202,7 +202,7 @@ func (g *Gateway) writeJournal(ctx context.Context, maildrop string, journal []p
 // under another UIDVALIDITY are dropped: their UIDs name other messages
 // now, or none. After any delete the mailbox is selected again, for its
 // new state.
-func (g *Gateway) finishDeletes(ctx context.Context, sess *upstream.Session, acct *account, log *slog.Logger) ([]pendingDelete, error) {
+func (g *Gateway) finishDeletes(ctx context.Context, sess Session, acct *account, log *slog.Logger) ([]pendingDelete, error) {
 	maildrop := acct.maildrop()
 	journal, err := g.readJournal(ctx, maildrop)
 	if err != nil {

@@ -446,3 +446,34 @@ func TestFetchPart(t *testing.T) {
 		t.Errorf("Fetch after FetchPart = %q", got)
 	}
 }
+
+// Open, the body the store seam asks for, is Fetch for a whole message
+// and FetchPart for a part; an offset without a length is refused.
+func TestOpenWholeOrPart(t *testing.T) {
+	msg := []byte("Subject: open\r\n\r\nline one\nline two\r\nno final newline")
+	mem := startMem(t, nil, msg)
+	s := open(t, plain(mem.Addr()))
+	for _, tc := range []struct{ offset, n int64 }{{0, -1}, {0, 10}, {7, 1000}} {
+		rc, err := s.Open(testCtx(t), 1, tc.offset, tc.n)
+		if err != nil {
+			t.Fatalf("Open(%d, %d): %v", tc.offset, tc.n, err)
+		}
+		got, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want := msg[tc.offset:]
+		if tc.n >= 0 {
+			want = want[:min(int64(len(want)), tc.n)]
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("Open(%d, %d) = %q, want %q", tc.offset, tc.n, got, want)
+		}
+	}
+	if _, err := s.Open(testCtx(t), 1, 5, -1); err == nil {
+		t.Error("Open from offset 5 without a length succeeded")
+	}
+}

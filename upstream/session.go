@@ -680,3 +680,16 @@ func (l *literalReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Open streams the raw octets of the message with the given UID: whole, as
+// Fetch does, when n < 0; otherwise at most n octets from offset on, as
+// FetchPart does.
+func (s *Session) Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error) {
+	if n < 0 {
+		if offset != 0 {
+			return nil, fmt.Errorf("upstream: a body from offset %d needs a length", offset)
+		}
+		return s.Fetch(ctx, uid)
+	}
+	return s.FetchPart(ctx, uid, offset, n)
+}

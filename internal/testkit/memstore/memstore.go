@@ -1,0 +1,361 @@
+// Package memstore is a mail store in memory behind the gateway's store
+// seam (proxy.Store): no IMAP, no network. Tests run the POP3 rules of
+// package proxy through it, to show that those rules hold for any store,
+// and that a store needs nothing but the seam.
+//
+// Messages are kept as given, so a body with bare LF is listed at its raw
+// size, as some IMAP servers list it; numbers are UIDs within a
+// UIDVALIDITY, and Renumber changes both, as a rebuilt IMAP mailbox does.
+// It reads one message per request: fetching ahead takes them one by one.
+package memstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/textproto"
+	"sync"
+	"time"
+
+	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// Store holds the mailboxes of its users. It is safe for concurrent use.
+type Store struct {
+	mu       sync.Mutex
+	accounts map[string]*account
+	// failDeletes makes that many deletes fail before they change
+	// anything, as a connection lost at the command would.
+	failDeletes int
+	logins      int
+	bodies      int
+	// cutAfter makes the next whole body end after that many octets with
+	// the connection lost, as a server that drops mid-message.
+	cutAfter int64
+}
+
+type account struct {
+	password string
+	validity uint32
+	next     uint32
+	inbox    []*message // in UID order
+	trash    [][]byte
+}
+
+type message struct {
+	uid     uint32
+	body    []byte
+	arrived time.Time
+	deleted bool // \Deleted: gone at the next expunge
+	seen    bool
+}
+
+// New returns an empty store.
+func New() *Store { return &Store{accounts: make(map[string]*account)} }
+
+// AddUser creates a user with an empty inbox.
+func (s *Store) AddUser(name, password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.accounts[name] = &account{password: password, validity: 1, next: 1}
+}
+
+// Deliver appends messages to the user's inbox.
+func (s *Store) Deliver(user string, bodies ...[]byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.accounts[user]
+	for _, b := range bodies {
+		a.inbox = append(a.inbox, &message{uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
+		a.next++
+	}
+}
+
+// Count returns the number of messages in the user's inbox.
+func (s *Store) Count(user string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.accounts[user].inbox)
+}
+
+// Trash returns the number of messages in the user's trash.
+func (s *Store) Trash(user string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.accounts[user].trash)
+}
+
+// Seen returns the number of messages in the user's inbox marked seen.
+func (s *Store) Seen(user string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, m := range s.accounts[user].inbox {
+		if m.seen {
+			n++
+		}
+	}
+	return n
+}
+
+// Renumber gives every message of the user's inbox a new number under a
+// new UIDVALIDITY.
+func (s *Store) Renumber(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.accounts[user]
+	a.validity++
+	a.next = 1
+	for _, m := range a.inbox {
+		m.uid = a.next
+		a.next++
+	}
+}
+
+// FailDeletes makes the next n deletes fail, changing nothing.
+func (s *Store) FailDeletes(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failDeletes = n
+}
+
+// Logins returns how many logins the store accepted.
+func (s *Store) Logins() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.logins
+}
+
+// CutAfter makes the connection that sends the next whole body drop it
+// after n octets.
+func (s *Store) CutAfter(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cutAfter = n
+}
+
+// Bodies returns how many message bodies, whole or in part, the store
+// has sent.
+func (s *Store) Bodies() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.bodies
+}
+
+// Login implements proxy.Store.
+func (s *Store) Login(ctx context.Context, login proxy.StoreLogin) (proxy.Session, error) {
+	s.mu.Lock()
+	a := s.accounts[login.Username]
+	ok := a != nil && login.OAuth2 == "" && login.Password == a.password
+	if ok {
+		s.logins++
+	}
+	s.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("memstore: %w", upstream.ErrAuthFailed)
+	}
+	sess := &session{store: s, acct: a}
+	if _, err := sess.Select(ctx, login.Mailbox); err != nil {
+		return nil, err
+	}
+	return sess, nil
+}
+
+var _ proxy.Store = (*Store)(nil)
+
+type session struct {
+	store  *Store
+	acct   *account
+	info   upstream.Mailbox
+	closed bool
+}
+
+var errClosed = errors.New("memstore: session closed")
+
+func (c *session) Select(ctx context.Context, mailbox string) (*upstream.Mailbox, error) {
+	if c.closed {
+		return nil, errClosed
+	}
+	if mailbox != "INBOX" {
+		return nil, fmt.Errorf("memstore: no mailbox %q", mailbox)
+	}
+	c.store.mu.Lock()
+	defer c.store.mu.Unlock()
+	c.info = upstream.Mailbox{Name: mailbox, UIDValidity: c.acct.validity, UIDNext: c.acct.next, Messages: uint32(len(c.acct.inbox))}
+	info := c.info
+	return &info, nil
+}
+
+func (c *session) Selected() upstream.Mailbox { return c.info }
+
+func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
+	if c.closed {
+		return nil, errClosed
+	}
+	c.store.mu.Lock()
+	defer c.store.mu.Unlock()
+	entries := make([]upstream.Entry, 0, len(c.acct.inbox))
+	for _, m := range c.acct.inbox {
+		entries = append(entries, upstream.Entry{
+			UID: m.uid, Size: int64(len(m.body)), Deleted: m.deleted,
+			MessageID: messageID(m.body), InternalDate: m.arrived,
+		})
+	}
+	return entries, nil
+}
+
+func messageID(body []byte) string {
+	end := bytes.Index(body, []byte("\n\n"))
+	if i := bytes.Index(body, []byte("\r\n\r\n")); i >= 0 && (end < 0 || i < end) {
+		end = i
+	}
+	if end < 0 {
+		end = len(body)
+	}
+	for _, line := range bytes.Split(body[:end], []byte("\n")) {
+		k, v, ok := bytes.Cut(bytes.TrimRight(line, "\r"), []byte(":"))
+		if ok && textproto.CanonicalMIMEHeaderKey(string(k)) == "Message-Id" {
+			return string(bytes.TrimSpace(v))
+		}
+	}
+	return ""
+}
+
+func (c *session) find(uid uint32) (*message, bool) {
+	c.store.mu.Lock()
+	defer c.store.mu.Unlock()
+	for _, m := range c.acct.inbox {
+		if m.uid == uid {
+			c.store.bodies++
+			return m, true
+		}
+	}
+	return nil, false
+}
+
+// body is a message's octets that know their length, as an IMAP literal
+// does.
+type body struct {
+	*bytes.Reader
+	size int64
+}
+
+func (b body) Size() int64  { return b.size }
+func (b body) Close() error { return nil }
+
+func (c *session) Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error) {
+	if c.closed {
+		return nil, errClosed
+	}
+	m, ok := c.find(uid)
+	if !ok {
+		return nil, upstream.ErrMessageGone
+	}
+	raw := m.body[min(offset, int64(len(m.body))):]
+	if n >= 0 && int64(len(raw)) > n {
+		raw = raw[:n]
+	}
+	c.store.mu.Lock()
+	cut := c.store.cutAfter
+	if n < 0 && cut > 0 && cut < int64(len(raw)) {
+		c.store.cutAfter = 0
+	} else {
+		cut = 0
+	}
+	c.store.mu.Unlock()
+	if cut > 0 {
+		return &cutBody{c: c, r: bytes.NewReader(raw[:cut]), size: int64(len(raw))}, nil
+	}
+	return body{bytes.NewReader(raw), int64(len(raw))}, nil
+}
+
+// cutBody is a body whose connection drops before its end.
+type cutBody struct {
+	c    *session
+	r    *bytes.Reader
+	size int64
+}
+
+var errCut = errors.New("memstore: connection lost mid-message")
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.c.closed = true
+		return n, errCut
+	}
+	return n, err
+}
+
+func (b *cutBody) Size() int64  { return b.size }
+func (b *cutBody) Close() error { return nil }
+
+func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstream.DeleteMode, trash string, copied func() error) error {
+	if c.closed {
+		return errClosed
+	}
+	s := c.store
+	s.mu.Lock()
+	if s.failDeletes > 0 {
+		s.failDeletes--
+		s.mu.Unlock()
+		c.closed = true // as a connection lost mid-command
+		return errors.New("memstore: connection lost")
+	}
+	s.mu.Unlock()
+	marked := make(map[uint32]bool, len(uids))
+	for _, uid := range uids {
+		marked[uid] = true
+	}
+	switch mode {
+	case upstream.DeleteKeep:
+		return nil
+	case upstream.DeleteSeen:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, m := range c.acct.inbox {
+			if marked[m.uid] {
+				m.seen = true
+			}
+		}
+		return nil
+	case upstream.DeleteTrash:
+		// A store without MOVE: copy, tell the journal, then remove.
+		s.mu.Lock()
+		for _, m := range c.acct.inbox {
+			if marked[m.uid] {
+				c.acct.trash = append(c.acct.trash, m.body)
+			}
+		}
+		s.mu.Unlock()
+		if copied != nil {
+			if err := copied(); err != nil {
+				return err
+			}
+		}
+	case upstream.DeleteExpunge:
+	default:
+		return fmt.Errorf("memstore: unknown delete mode %q", mode)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := c.acct.inbox[:0]
+	for _, m := range c.acct.inbox {
+		if !marked[m.uid] {
+			kept = append(kept, m)
+		}
+	}
+	clear(c.acct.inbox[len(kept):])
+	c.acct.inbox = kept
+	return nil
+}
+
+func (c *session) Alive() bool { return !c.closed }
+
+func (c *session) Close() error {
+	c.closed = true
+	return nil
+}

@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// The store seam. The POP3 rules every store shares (the listing fixed at
+// login, exact sizes, deletes at QUIT, the UIDL store, hidden messages, the
+// delete journal, the cache, fetching ahead, resumed transfers) live in
+// this package, once; a store only has to do what POP3 needs of it. As in
+// go-smtp, where a Backend opens a Session per connection, there is one
+// small interface per lifetime: a Store for the configuration, a Session
+// for one login. upstream.Session (IMAP) is one; the in-memory store of the
+// test kit (internal/testkit/memstore) another.
+
+// Store opens sessions on the accounts of one mail store.
+type Store interface {
+	// Login logs in to the account and opens its mailbox. Refused
+	// credentials are an error wrapping upstream.ErrAuthFailed.
+	Login(ctx context.Context, login StoreLogin) (Session, error)
+}
+
+// StoreLogin is what a store needs to open an account's mailbox.
+type StoreLogin struct {
+	Username string
+	Password string
+	// OAuth2 is the SASL mechanism (upstream.XOAuth2 or
+	// upstream.OAuthBearer) for Token; empty for Password.
+	OAuth2  string
+	Token   string
+	Mailbox string
+}
+
+// Session is one logged-in connection to a store, with the mailbox open.
+// Messages are named by a number the store never gives another message
+// while Selected().UIDValidity stays the same. Its methods are not called
+// concurrently.
+type Session interface {
+	// Select opens the mailbox again: it checks the connection and
+	// reports the mailbox's current state, which Selected returns from
+	// then on. An unchanged state promises an unchanged listing.
+	Select(ctx context.Context, mailbox string) (*upstream.Mailbox, error)
+	Selected() upstream.Mailbox
+	// Snapshot lists every message with its number, size as the store
+	// knows it, and what identifies it across a change of numbers.
+	Snapshot(ctx context.Context) ([]upstream.Entry, error)
+	// Open streams the raw octets of a message: whole when n < 0,
+	// otherwise at most n octets from offset on (TOP, resumed transfers).
+	// A body that knows its length has a Size() int64 method. A message
+	// gone is upstream.ErrMessageGone; one the store lists but cannot
+	// send, upstream.ErrNoBody.
+	Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error)
+	// DeleteJournaled applies a delete mode to the messages; trash
+	// names the trash for upstream.DeleteTrash when the store marks none.
+	// copied, when not nil, is called once a copy into the trash is whole
+	// and before the originals are removed, for the delete journal.
+	DeleteJournaled(ctx context.Context, uids []uint32, mode upstream.DeleteMode, trash string, copied func() error) error
+	// Alive tells whether the connection is still usable.
+	Alive() bool
+	Close() error
+}
+
+// The IMAP session is a Session that fetches in batches.
+var (
+	_ Session     = (*upstream.Session)(nil)
+	_ batchOpener = (*upstream.Session)(nil)
+)
+
+// batchOpener is a Session that reads several messages whole in one
+// request (IMAP: one UID FETCH), calling each for every body it gets, in
+// any order. Fetching ahead uses it where a store has it.
+type batchOpener interface {
+	FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error
+}
+
+// fetchEach reads the messages whole: in one request where the store can,
+// else one after the other. A message the store no longer has, or cannot
+// send, is skipped: RETR asks for it again alone.
+func fetchEach(ctx context.Context, sess Session, uids []uint32, each func(uid uint32, body io.Reader) error) error {
+	if b, ok := sess.(batchOpener); ok {
+		return b.FetchEach(ctx, uids, each)
+	}
+	for _, uid := range uids {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		body, err := sess.Open(ctx, uid, 0, -1)
+		if errors.Is(err, upstream.ErrMessageGone) || errors.Is(err, upstream.ErrNoBody) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = each(uid, body)
+		if cerr := body.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trashFinder is a Session that can tell where deleted messages go, for
+// `gateway check`.
+type trashFinder interface {
+	FindTrash(ctx context.Context, configured string) (upstream.Trash, error)
+}
+
+// imapStore is the IMAP server of an upstream.
+type imapStore struct{ server *upstream.Server }
+
+func (s imapStore) Login(ctx context.Context, login StoreLogin) (Session, error) {
+	sess, err := upstream.Dial(ctx, s.server)
+	if err != nil {
+		return nil, err
+	}
+	if login.OAuth2 != "" {
+		err = sess.LoginOAuth2(ctx, login.OAuth2, login.Username, login.Token)
+	} else {
+		err = sess.Login(ctx, login.Username, login.Password)
+	}
+	if err == nil {
+		_, err = sess.Select(ctx, login.Mailbox)
+	}
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// store is the upstream's Store: its own, or its IMAP server.
+func (up *Upstream) store() Store {
+	if up.Store != nil {
+		return up.Store
+	}
+	return imapStore{server: &up.Server}
+}
