@@ -10,13 +10,16 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-
-	"github.com/pop3gw/gateway/internal/username"
 )
 
 // canonicalName is the key of a login name, computed once here at the door
 // for every lock, limit and counter behind it.
-func canonicalName(name string) string { return username.Canonical(name) }
+func (s *Server) canonicalName(name string) string {
+	if s.CanonicalName == nil {
+		return name
+	}
+	return s.CanonicalName(name)
+}
 
 // authAllowed tells whether credentials may be sent on this connection:
 // over TLS, from loopback, or anywhere when the server allows it
@@ -204,7 +207,7 @@ func (c *conn) login(username, password, method string) error {
 	validName := username != "" && !strings.ContainsAny(username, "\x00\r\n")
 	key := ""
 	if validName {
-		key = canonicalName(username)
+		key = c.srv.canonicalName(username)
 	}
 	if err := c.loginDelay(key); err != nil {
 		return errClose

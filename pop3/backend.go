@@ -33,7 +33,7 @@ type LoginGuard interface {
 // LoginInfo describes one login attempt.
 type LoginInfo struct {
 	Username string // as the client typed it
-	// Key is Username folded by username.Canonical: the one name of this
+	// Key is Username folded by Server.CanonicalName: the one name of this
 	// login in every lock, limit, counter and cache key.
 	Key      string
 	Password string

@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
+	"github.com/pop3gw/gateway/internal/username"
 	"io"
 	"log/slog"
 	"net"
@@ -109,7 +110,9 @@ type harness struct {
 func newHarness(t *testing.T, configure func(*Server)) *harness {
 	t.Helper()
 	be := &memBackend{md: &memMaildrop{msgs: sample}}
-	srv := &Server{Backend: be, Logger: slog.New(slog.DiscardHandler), Implementation: "test"}
+	// Names fold as the gateway folds them (case), so tests of the
+	// session limit and the guard see one key per user.
+	srv := &Server{Backend: be, Logger: slog.New(slog.DiscardHandler), Implementation: "test", CanonicalName: username.Canonical}
 	if configure != nil {
 		configure(srv)
 	}

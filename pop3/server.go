@@ -85,10 +85,15 @@ type Server struct {
 	// MaxSessionsPerUser bounds the sessions per user name, counting those
 	// logging in and those logged in; a further login is refused with
 	// [SYS/TEMP] before the backend is asked, and does not count as a
-	// failed login. Names count by their canonical key
-	// (username.Canonical), so "u2" and "U2" share one allowance. Zero
-	// means no limit.
+	// failed login. Names count by their key (see CanonicalName), so with
+	// case folding "u2" and "U2" share one allowance. Zero means no limit.
 	MaxSessionsPerUser int
+
+	// CanonicalName, when set, folds a login name into the key that the
+	// session limit, the Guard and the Backend (LoginInfo.Key) use for it,
+	// so that names a store treats as one user share one key. Nil: names
+	// are keys exactly as typed.
+	CanonicalName func(name string) string
 
 	// MinRefusalTime is the least time from the start of a credentials
 	// check to its [AUTH] refusal, so that refusals by a local hash, by an

@@ -255,11 +255,9 @@ var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure,
 // local hash and never forwarded.
 func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 	cfg := g.config.Load()
-	key := login.Key
-	if key == "" {
-		key = username.Canonical(login.Username)
-	}
-	if u, ok := cfg.Users[key]; ok {
+	// The gateway folds names itself, whatever key the door used for its
+	// own limits: which account a name means is a rule of the gateway.
+	if u, ok := cfg.Users[username.Canonical(login.Username)]; ok {
 		ok, err := passwd.Verify(u.PasswordHash, login.Password)
 		if err != nil {
 			g.log.Error("checking password hash", "user", u.Name, "err", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/demo"
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -35,7 +36,7 @@ func Demo(ctx context.Context, listen, version string, log *slog.Logger, ready f
 	}, cache.New(64<<20, 8<<20), log)
 	// The demo's mail lives in memory; so does what it records of it.
 	gw.SetState(proxy.NewMemoryState())
-	srv := &pop3.Server{Backend: gw, Logger: log, Implementation: "gateway " + version}
+	srv := &pop3.Server{Backend: gw, Logger: log, Implementation: "gateway " + version, CanonicalName: username.Canonical}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/pop3gw/gateway/internal/proxyproto"
 	"github.com/pop3gw/gateway/internal/state/boltstate"
 	"github.com/pop3gw/gateway/internal/state/guard"
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -167,6 +168,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		MaxSessionsPerUser: max(cfg.Limits.SessionsPerUser, 0),
 		MaxConnections:     max(cfg.Limits.MaxConnections, 0),
 		LoginTimeout:       time.Duration(cfg.Limits.LoginTimeout),
+		CanonicalName:      username.Canonical,
 	}
 	s.pop3.RequireTLSOnLoopback = cfg.Auth.RequireTLSOnLoopback
 	if d := cfg.Auth.MinRefusalTime; d != nil {
