@@ -12,7 +12,9 @@ import (
 // and after one went (expunged by another IMAP client), on mailboxes of
 // each size in sizes.changeMsgs. Each timed session on a target follows
 // an untimed one on that target and the change, so every target sees
-// exactly one change since its last session, as a poller would. imapc is
+// exactly one change since its last session, as a poller would; with
+// -change-settle the change is that much older when the session starts,
+// as for a poller whose mail arrived a while before its poll. imapc is
 // left out: its listing of a large mailbox takes long and it is not what
 // the rows compare.
 
@@ -78,6 +80,9 @@ func (b *bench) change(ctx context.Context) error {
 							return fmt.Errorf("expunging: %w", err)
 						}
 						count--
+					}
+					if b.settle > 0 {
+						time.Sleep(b.settle)
 					}
 					start := time.Now()
 					st, err = session(ctx, t.addr(), user, false)

@@ -108,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the temporary directories (configs, logs, maildirs)")
 	defaults := fs.Bool("dovecot-defaults", false, "run Dovecot with its default process model (a new process per connection and per session) instead of reusing processes")
 	changeBig := fs.Bool("change-big", false, "the change workload also on a mailbox of 200,000 messages (writing and indexing it takes a few minutes)")
+	settle := fs.Duration("change-settle", 0, "the change workload waits this long between a change and the timed session")
 	cpuprofile := fs.String("cpuprofile", "", "write the gateway's CPU profile per workload to FILE.<workload>")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -174,6 +175,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keep:       *keep,
 		reuse:      !*defaults,
 		cpuprofile: *cpuprofile,
+		settle:     *settle,
 		log:        stderr,
 		results:    map[string]map[string]time.Duration{},
 	}
@@ -202,6 +204,7 @@ type bench struct {
 	keep       bool
 	reuse      bool // dovecot.Options.ReuseProcesses
 	cpuprofile string
+	settle     time.Duration // between a change and the timed session
 	log        io.Writer
 
 	tmp     string // gateway binary, config and logs
