@@ -278,7 +278,7 @@ func TestListingsBoundedInBytes(t *testing.T) {
 		return upstream.Mailbox{UIDValidity: 1, UIDNext: uint32(n + 1), Messages: uint32(n)}
 	}
 	for i := range 20 {
-		s.put(fmt.Sprintf("mailbox%d", i), &snapshot{state: state(100), entries: listing(100)})
+		s.put(fmt.Sprintf("mailbox%d", i), &snapshot{state: state(100), entries: listedEntries(listing(100))})
 	}
 	if s.bytes > 10<<10 {
 		t.Errorf("listings hold %d bytes; want at most a quarter of the 40 KiB budget", s.bytes)
@@ -293,7 +293,7 @@ func TestListingsBoundedInBytes(t *testing.T) {
 		t.Error("the oldest listing was remembered beyond the bound")
 	}
 	// Larger than the bound: not remembered, and nothing else forgotten.
-	s.put("huge", &snapshot{state: state(1000), entries: listing(1000)})
+	s.put("huge", &snapshot{state: state(1000), entries: listedEntries(listing(1000))})
 	if ok := remembered(s, "huge", state(1000)); ok {
 		t.Error("a listing over the bound was remembered")
 	}
@@ -305,7 +305,7 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	if !budget.Reserve(rest) {
 		t.Fatal("reserving the rest of the budget failed")
 	}
-	s.put("late", &snapshot{state: state(100), entries: listing(100)})
+	s.put("late", &snapshot{state: state(100), entries: listedEntries(listing(100))})
 	if ok := remembered(s, "late", state(100)); !ok {
 		t.Error("a listing was refused although older ones could make room")
 	}

@@ -66,7 +66,7 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 	if err != nil {
 		return listed{}, err
 	}
-	snap := &snapshot{state: state, entries: entries, ids: identities(entries)}
+	snap := &snapshot{state: state, entries: listedEntries(entries), ids: identities(entries)}
 	return g.assign(ctx, maildrop, snap, nil, shared)
 }
 
@@ -165,7 +165,7 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 	n := kept + len(ch.Added)
 	snap = &snapshot{
 		state:   state,
-		entries: make([]upstream.Entry, 0, n),
+		entries: make([]listedEntry, 0, n),
 		ids:     make([]string, 0, n),
 	}
 	if withUIDLs {
@@ -233,7 +233,7 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		rank := recount[d]
 		recount[d] = rank + 1
 		changed = append(changed, len(snap.entries))
-		snap.entries = append(snap.entries, e)
+		snap.entries = append(snap.entries, listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size})
 		snap.ids = append(snap.ids, identity(digests[i], rank))
 		if withUIDLs {
 			snap.uidls = append(snap.uidls, "")

@@ -110,7 +110,7 @@ func TestMergeChanges(t *testing.T) {
 	state := func(next, n uint32) upstream.Mailbox {
 		return upstream.Mailbox{Name: "INBOX", UIDValidity: 7, UIDNext: next, Messages: n}
 	}
-	last := &snapshot{state: state(7, 6), entries: old, ids: identities(old)}
+	last := &snapshot{state: state(7, 6), entries: listedEntries(old), ids: identities(old)}
 	last.uidls = make([]string, len(old))
 	last.hidden = make([]bool, len(old))
 	for i, e := range old {
@@ -159,7 +159,15 @@ func TestMergeChanges(t *testing.T) {
 			if !slices.Equal(uids, tc.want) {
 				t.Fatalf("UIDs %v, want %v", uids, tc.want)
 			}
-			if want := identities(snap.entries); !slices.Equal(snap.ids, want) {
+			byUID := map[uint32]upstream.Entry{}
+			for _, e := range append(slices.Clone(old), tc.ch.Added...) {
+				byUID[e.UID] = e
+			}
+			var merged []upstream.Entry
+			for _, e := range snap.entries {
+				merged = append(merged, byUID[e.UID])
+			}
+			if want := identities(merged); !slices.Equal(snap.ids, want) {
 				t.Errorf("identities\n%v\nwant\n%v", snap.ids, want)
 			}
 			if !slices.Equal(changed, tc.changed) {

@@ -43,13 +43,29 @@ type snapshots struct {
 // snapshot is one mailbox's listing; read-only once remembered.
 type snapshot struct {
 	state   upstream.Mailbox
-	entries []upstream.Entry
+	entries []listedEntry
 	ids     []string // the entries' identities
 	// uidls and hidden are the state store's answer for ids; nil when
 	// not known.
 	uidls  []string
 	hidden []bool
 	bytes  int64
+}
+
+// listedEntry is what a listing keeps of a message: what its identity is
+// made of is in the identity.
+type listedEntry struct {
+	UID     uint32
+	Deleted bool
+	Size    int64
+}
+
+func listedEntries(entries []upstream.Entry) []listedEntry {
+	listed := make([]listedEntry, len(entries))
+	for i, e := range entries {
+		listed[i] = listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size}
+	}
+	return listed
 }
 
 func newSnapshots(budget *cache.Budget) *snapshots {
@@ -64,15 +80,12 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 	return s
 }
 
-// listingBytes is what remembering a listing costs: its entries with
-// their Message-IDs, their identities, UIDLs and hidden flags, its key
-// and the bookkeeping around them.
+// listingBytes is what remembering a listing costs: its entries, their
+// identities, UIDLs and hidden flags, its key and the bookkeeping around
+// them.
 func listingBytes(maildrop string, snap *snapshot) int64 {
 	const overhead = 200
-	n := int64(len(snap.entries))*int64(unsafe.Sizeof(upstream.Entry{})) + int64(len(maildrop)) + overhead
-	for _, e := range snap.entries {
-		n += int64(len(e.MessageID))
-	}
+	n := int64(len(snap.entries))*int64(unsafe.Sizeof(listedEntry{})) + int64(len(maildrop)) + overhead
 	for _, id := range snap.ids {
 		n += int64(unsafe.Sizeof(id)) + int64(len(id))
 	}
