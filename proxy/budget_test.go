@@ -278,7 +278,7 @@ func TestListingsBoundedInBytes(t *testing.T) {
 		return upstream.Mailbox{UIDValidity: 1, UIDNext: uint32(n + 1), Messages: uint32(n)}
 	}
 	for i := range 20 {
-		s.put(fmt.Sprintf("mailbox%d", i), state(100), listing(100), nil)
+		s.put(fmt.Sprintf("mailbox%d", i), &snapshot{state: state(100), entries: listedEntries(listing(100))})
 	}
 	if s.bytes > 10<<10 {
 		t.Errorf("listings hold %d bytes; want at most a quarter of the 40 KiB budget", s.bytes)
@@ -286,18 +286,18 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	if st := budget.Stats(); st.InUse != s.bytes {
 		t.Errorf("budget in use %d; listings hold %d", st.InUse, s.bytes)
 	}
-	if _, _, ok := s.get("mailbox19", state(100)); !ok {
+	if ok := remembered(s, "mailbox19", state(100)); !ok {
 		t.Error("the newest listing was not remembered")
 	}
-	if _, _, ok := s.get("mailbox0", state(100)); ok {
+	if ok := remembered(s, "mailbox0", state(100)); ok {
 		t.Error("the oldest listing was remembered beyond the bound")
 	}
 	// Larger than the bound: not remembered, and nothing else forgotten.
-	s.put("huge", state(1000), listing(1000), nil)
-	if _, _, ok := s.get("huge", state(1000)); ok {
+	s.put("huge", &snapshot{state: state(1000), entries: listedEntries(listing(1000))})
+	if ok := remembered(s, "huge", state(1000)); ok {
 		t.Error("a listing over the bound was remembered")
 	}
-	if _, _, ok := s.get("mailbox19", state(100)); !ok {
+	if ok := remembered(s, "mailbox19", state(100)); !ok {
 		t.Error("a listing too large to remember made others forgotten")
 	}
 	// Bodies holding the whole budget leave no room for listings.
@@ -305,12 +305,18 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	if !budget.Reserve(rest) {
 		t.Fatal("reserving the rest of the budget failed")
 	}
-	s.put("late", state(100), listing(100), nil)
-	if _, _, ok := s.get("late", state(100)); !ok {
+	s.put("late", &snapshot{state: state(100), entries: listedEntries(listing(100))})
+	if ok := remembered(s, "late", state(100)); !ok {
 		t.Error("a listing was refused although older ones could make room")
 	}
 	budget.Release(rest)
 	if st := budget.Stats(); st.InUse != s.bytes || st.HighWater > 40<<10 {
 		t.Errorf("budget %+v; listings hold %d", st, s.bytes)
 	}
+}
+
+// remembered tells whether s holds the maildrop's listing in the state.
+func remembered(s *snapshots, maildrop string, state upstream.Mailbox) bool {
+	snap := s.last(maildrop)
+	return snap != nil && snap.state == state
 }

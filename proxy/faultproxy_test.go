@@ -17,6 +17,9 @@ type faultProxy struct {
 
 	fetches   atomic.Int64 // BODY.PEEK[] requests seen
 	listings  atomic.Int64 // RFC822.SIZE requests seen
+	fullLists atomic.Int64 // listings of every message (FETCH 1:*) seen
+	searches  atomic.Int64 // UID SEARCH requests seen
+	sizesSent atomic.Int64 // RFC822.SIZE items the server sent
 	accepted  atomic.Int64 // connections from the gateway
 	toClient  atomic.Int64 // octets forwarded from the server
 	cutAfter  atomic.Int64 // >0: close both sides after this many more octets
@@ -79,6 +82,8 @@ func (p *faultProxy) upstream(client, server net.Conn, done chan struct{}) {
 		if n > 0 {
 			p.fetches.Add(int64(bytes.Count(buf[:n], []byte("BODY.PEEK[]"))))
 			p.listings.Add(int64(bytes.Count(buf[:n], []byte("RFC822.SIZE"))))
+			p.fullLists.Add(int64(bytes.Count(buf[:n], []byte(" FETCH 1:* "))))
+			p.searches.Add(int64(bytes.Count(buf[:n], []byte("UID SEARCH"))))
 			server.Write(buf[:n])
 		}
 		if err != nil {
@@ -94,8 +99,10 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 	defer client.Close()
 	defer server.Close()
 	buf := make([]byte, 32*1024)
+	var sizes tokenCounter
 	for {
 		n, err := server.Read(buf)
+		p.sizesSent.Add(sizes.count(buf[:n], []byte("RFC822.SIZE ")))
 		for p.stall.Load() {
 			// Hold the data until the gateway gives up and hangs up.
 			select {
@@ -123,4 +130,16 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 			return
 		}
 	}
+}
+
+// tokenCounter counts a token in a stream read in chunks, including one
+// split across two chunks.
+type tokenCounter struct{ tail []byte }
+
+func (c *tokenCounter) count(chunk, token []byte) int64 {
+	data := append(c.tail, chunk...)
+	n := bytes.Count(data, token)
+	keep := min(len(token)-1, len(data))
+	c.tail = append(c.tail[:0:0], data[len(data)-keep:]...)
+	return int64(n)
 }

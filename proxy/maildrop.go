@@ -63,15 +63,11 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	if err != nil {
 		return nil, err
 	}
-	state := sess.Selected()
-	entries, ids, ok := g.snaps.get(acct.maildrop(), state)
-	if !ok {
-		if entries, err = sess.Snapshot(ctx); err != nil {
-			return nil, err
-		}
-		ids = identities(entries)
-		g.snaps.put(acct.maildrop(), state, entries, ids)
+	list, err := g.listing(ctx, sess, acct.maildrop(), log)
+	if err != nil {
+		return nil, err
 	}
+	entries, ids, uidls, hidden := list.entries, list.ids, list.uidls, list.hidden
 	m := &maildrop{
 		g:       g,
 		sess:    sess,
@@ -79,7 +75,7 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		up:      acct.upstream,
 		log:     log,
 		account: acct.key(),
-		valid:   sess.Selected().UIDValidity,
+		valid:   list.state.UIDValidity,
 		pending: pending,
 		uids:    make([]uint32, 0, len(entries)),
 		ids:     make([]string, 0, len(entries)),
@@ -87,14 +83,6 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		sizes:   make([]int64, 0, len(entries)),
 	}
 	deleting := pendingUIDs(pending)
-	proposed := make([]string, len(entries))
-	for i, e := range entries {
-		proposed[i] = uidl(m.valid, e.UID)
-	}
-	uidls, hidden, err := g.assign(ctx, acct.maildrop(), ids, proposed)
-	if err != nil {
-		return nil, fmt.Errorf("recording UIDLs: %w", err)
-	}
 	for i, e := range entries {
 		// A message flagged \Deleted goes at the next expunge by anyone,
 		// perhaps a delete of ours that a server without UIDPLUS could not

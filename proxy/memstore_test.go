@@ -56,13 +56,20 @@ func newSeamEnv(t *testing.T, mode upstream.DeleteMode) *seamEnv {
 	t.Helper()
 	store := memstore.New()
 	store.AddUser(seamAccount, "upstream secret")
+	return newSeamEnvOn(t, mode, store, store)
+}
+
+// newSeamEnvOn is a gateway in front of upstream, a store that is, or
+// wraps, store.
+func newSeamEnvOn(t *testing.T, mode upstream.DeleteMode, store *memstore.Store, up proxy.Store) *seamEnv {
+	t.Helper()
 	hash, err := passwd.Hash(seamPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := &proxy.Config{
 		Upstreams: map[string]*proxy.Upstream{
-			"mem": {Name: "mem", Store: store, Mailbox: "INBOX", OnDelete: mode, Trash: "Trash"},
+			"mem": {Name: "mem", Store: up, Mailbox: "INBOX", OnDelete: mode, Trash: "Trash"},
 		},
 		Users: map[string]*proxy.User{
 			seamUser: {

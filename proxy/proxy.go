@@ -123,9 +123,8 @@ type Gateway struct {
 	// prefetch fetches the next message while the client reads one.
 	prefetch bool
 
-	locker   Locker
-	state    StateStore
-	assigned *assignments
+	locker Locker
+	state  StateStore
 
 	budgetsMu sync.Mutex
 	budgets   map[string]*failureBudget // by upstream name
@@ -148,7 +147,6 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		log:      log,
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
-		assigned: newAssignments(),
 		snaps:    newSnapshots(nil),
 		prefetch: true,
 	}

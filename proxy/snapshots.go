@@ -19,7 +19,13 @@ const maxSnapshots = 1000
 // when its UIDVALIDITY, UIDNEXT and message count are all unchanged: a new
 // message raises UIDNEXT, an expunge lowers the count, and UIDs are never
 // reused (RFC 9051 §2.3.1.1). A UID's message never changes, so neither
-// does its size.
+// does its size. When the mailbox did change, the listing remembered is
+// the base that the store's changes are merged into (see listing.go).
+//
+// With each listing goes the state store's answer for it (the UIDLs and
+// which messages are hidden), unless the state store is shared with other
+// processes: a poller logging in again then costs no lookups, and one new
+// message costs one.
 //
 // Listings are bounded in bytes too: a few mailboxes of a million messages
 // weigh more than a thousand small ones. They hold their size of the
@@ -34,11 +40,32 @@ type snapshots struct {
 	bytes int64
 }
 
+// snapshot is one mailbox's listing; read-only once remembered.
 type snapshot struct {
 	state   upstream.Mailbox
-	entries []upstream.Entry // shared, read-only
-	ids     []string         // the entries' identities; shared, read-only
-	bytes   int64
+	entries []listedEntry
+	ids     []string // the entries' identities
+	// uidls and hidden are the state store's answer for ids; nil when
+	// not known.
+	uidls  []string
+	hidden []bool
+	bytes  int64
+}
+
+// listedEntry is what a listing keeps of a message: what its identity is
+// made of is in the identity.
+type listedEntry struct {
+	UID     uint32
+	Deleted bool
+	Size    int64
+}
+
+func listedEntries(entries []upstream.Entry) []listedEntry {
+	listed := make([]listedEntry, len(entries))
+	for i, e := range entries {
+		listed[i] = listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size}
+	}
+	return listed
 }
 
 func newSnapshots(budget *cache.Budget) *snapshots {
@@ -53,52 +80,51 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 	return s
 }
 
-// listingBytes is what remembering a listing costs: its entries with
-// their Message-IDs, their identities, its key and the bookkeeping around
+// listingBytes is what remembering a listing costs: its entries, their
+// identities, UIDLs and hidden flags, its key and the bookkeeping around
 // them.
-func listingBytes(maildrop string, entries []upstream.Entry, ids []string) int64 {
+func listingBytes(maildrop string, snap *snapshot) int64 {
 	const overhead = 200
-	n := int64(len(entries))*int64(unsafe.Sizeof(upstream.Entry{})) + int64(len(maildrop)) + overhead
-	for _, e := range entries {
-		n += int64(len(e.MessageID))
-	}
-	for _, id := range ids {
+	n := int64(len(snap.entries))*int64(unsafe.Sizeof(listedEntry{})) + int64(len(maildrop)) + overhead
+	for _, id := range snap.ids {
 		n += int64(unsafe.Sizeof(id)) + int64(len(id))
 	}
-	return n
+	for _, u := range snap.uidls {
+		n += int64(unsafe.Sizeof(u)) + int64(len(u))
+	}
+	return n + int64(len(snap.hidden))
 }
 
-// get returns the listing recorded for the mailbox in the given state.
-func (s *snapshots) get(maildrop string, state upstream.Mailbox) ([]upstream.Entry, []string, bool) {
-	if state.UIDNext == 0 {
-		return nil, nil, false // the server did not say; nothing can be proved
-	}
+// last returns the listing last recorded for the mailbox, in whatever
+// state it was then, or nil.
+func (s *snapshots) last(maildrop string) *snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap, ok := s.lru.Get(maildrop)
-	if !ok || snap.state != state {
-		return nil, nil, false
-	}
-	return snap.entries, snap.ids, true
+	snap, _ := s.lru.Get(maildrop)
+	return snap
 }
 
-func (s *snapshots) put(maildrop string, state upstream.Mailbox, entries []upstream.Entry, ids []string) {
-	if state.UIDNext == 0 || uint32(len(entries)) != state.Messages {
+// put records the listing, unless it cannot be trusted later: the server
+// gave no UIDNEXT, or the count is not the mailbox's.
+func (s *snapshots) put(maildrop string, snap *snapshot) {
+	if snap.state.UIDNext == 0 || uint32(len(snap.entries)) != snap.state.Messages {
+		s.forget(maildrop)
 		return
 	}
-	n := listingBytes(maildrop, entries, ids)
-	if s.maxBytes >= 0 && n > s.maxBytes {
-		return
-	}
+	n := listingBytes(maildrop, snap)
+	snap.bytes = n
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.lru.Remove(maildrop)
+	if s.maxBytes >= 0 && n > s.maxBytes {
+		return
+	}
 	for s.maxBytes >= 0 && s.bytes+n > s.maxBytes || !s.budget.Reserve(n) {
 		if _, _, ok := s.lru.RemoveOldest(); !ok {
 			return // bodies hold the budget
 		}
 	}
-	s.lru.Add(maildrop, &snapshot{state: state, entries: entries, ids: ids, bytes: n})
+	s.lru.Add(maildrop, snap)
 	s.bytes += n
 }
 
@@ -108,4 +134,25 @@ func (s *snapshots) forget(maildrop string) {
 	s.mu.Lock()
 	s.lru.Remove(maildrop)
 	s.mu.Unlock()
+}
+
+// forgetAssignment drops the state store's answer remembered with the
+// mailbox's listing, after the store changed it (Hide); the listing
+// itself stays.
+func (s *snapshots) forgetAssignment(maildrop string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	snap, ok := s.lru.Peek(maildrop)
+	if !ok || snap.uidls == nil {
+		return
+	}
+	lighter := &snapshot{state: snap.state, entries: snap.entries, ids: snap.ids}
+	lighter.bytes = listingBytes(maildrop, lighter)
+	// Replacing the entry releases the heavier one's bytes; the lighter
+	// one's fit in what those held.
+	s.lru.Remove(maildrop)
+	if s.budget.Reserve(lighter.bytes) {
+		s.lru.Add(maildrop, lighter)
+		s.bytes += lighter.bytes
+	}
 }

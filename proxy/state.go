@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/hashicorp/golang-lru/v2/simplelru"
-
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -59,56 +57,10 @@ type SharedStateStore interface {
 // unless it is a SharedStateStore. Call it before serving.
 func (g *Gateway) SetState(s StateStore) { g.state = s }
 
-// assignment is a StateStore's answer to Assign for one listing.
-type assignment struct {
-	ids, uidls []string
-	hidden     []bool
-}
-
-// assignments remembers the last answer per maildrop: a poller logging in
-// again to an unchanged mailbox of thousands of messages then costs no
-// lookups. It is read-only once stored.
-type assignments struct {
-	mu  sync.Mutex
-	lru *simplelru.LRU[string, *assignment]
-}
-
-func newAssignments() *assignments {
-	lru, _ := simplelru.NewLRU[string, *assignment](maxSnapshots, nil)
-	return &assignments{lru: lru}
-}
-
-func (a *assignments) forget(maildrop string) {
-	a.mu.Lock()
-	a.lru.Remove(maildrop)
-	a.mu.Unlock()
-}
-
-// assign is g.state.Assign, answered from memory when it can be.
-func (g *Gateway) assign(ctx context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
-	if _, shared := g.state.(SharedStateStore); shared {
-		return g.state.Assign(ctx, maildrop, ids, proposed)
-	}
-	g.assigned.mu.Lock()
-	last, ok := g.assigned.lru.Get(maildrop)
-	g.assigned.mu.Unlock()
-	if ok && slices.Equal(last.ids, ids) {
-		return last.uidls, last.hidden, nil
-	}
-	uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
-	if err != nil {
-		return nil, nil, err
-	}
-	g.assigned.mu.Lock()
-	g.assigned.lru.Add(maildrop, &assignment{ids: ids, uidls: uidls, hidden: hidden})
-	g.assigned.mu.Unlock()
-	return uidls, hidden, nil
-}
-
-// hide is g.state.Hide; the remembered answer for the maildrop is stale
-// after it.
+// hide is g.state.Hide; the answer remembered with the maildrop's listing
+// is stale after it.
 func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error {
-	defer g.assigned.forget(maildrop)
+	defer g.snaps.forgetAssignment(maildrop)
 	return g.state.Hide(ctx, maildrop, ids)
 }
 
@@ -127,22 +79,41 @@ func identities(entries []upstream.Entry) []string {
 	rank := make(map[[16]byte]int, len(entries))
 	var buf []byte
 	for i, e := range entries {
-		buf = append(buf[:0], e.MessageID...)
-		buf = append(buf, 0)
-		buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
-		buf = binary.BigEndian.AppendUint64(buf, uint64(e.InternalDate.Unix()))
-		sum := sha256.Sum256(buf)
-		digest := [16]byte(sum[:16])
+		var digest [16]byte
+		digest, buf = identityDigest(e, buf)
 		r := rank[digest]
 		rank[digest] = r + 1
-		id := make([]byte, 0, 2+32+1+4)
-		id = append(id, "d:"...)
-		id = hex.AppendEncode(id, digest[:])
-		id = append(id, ':')
-		id = strconv.AppendInt(id, int64(r), 10)
-		ids[i] = string(id)
+		ids[i] = identity(digest, r)
 	}
 	return ids
+}
+
+// identityDigest is what identifies a message but for its rank; buf is
+// scratch space, returned for reuse.
+func identityDigest(e upstream.Entry, buf []byte) ([16]byte, []byte) {
+	buf = append(buf[:0], e.MessageID...)
+	buf = append(buf, 0)
+	buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
+	buf = binary.BigEndian.AppendUint64(buf, uint64(e.InternalDate.Unix()))
+	sum := sha256.Sum256(buf)
+	return [16]byte(sum[:16]), buf
+}
+
+// identity is the identity of the message with the digest and rank.
+func identity(digest [16]byte, rank int) string {
+	id := make([]byte, 0, len(identityPrefix)+32+1+4)
+	id = append(id, identityPrefix...)
+	id = hex.AppendEncode(id, digest[:])
+	id = append(id, ':')
+	id = strconv.AppendInt(id, int64(rank), 10)
+	return string(id)
+}
+
+const identityPrefix = "d:"
+
+// identityDigestHex is the digest part of an identity, in hex.
+func identityDigestHex(id string) string {
+	return id[len(identityPrefix) : len(identityPrefix)+32]
 }
 
 // UIDLVariant is the n-th alternative to a proposed UIDL that another

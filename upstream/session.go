@@ -60,8 +60,8 @@ type Server struct {
 	// the client rather than the gateway.
 	SendClientIP bool
 	// Observe, when set, is told how long each operation took: connect,
-	// login, select, list, fetch (until the message starts to arrive),
-	// fetch-batch and delete; err is nil on success.
+	// login, select, list, list-changes, fetch (until the message starts
+	// to arrive), fetch-batch and delete; err is nil on success.
 	Observe func(op string, d time.Duration, err error)
 }
 
@@ -323,11 +323,17 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.op(ctx)()
 	var all imap.SeqSet
 	all.AddRange(1, 0) // 1:*
-	cmd := s.client.Fetch(all, &imap.FetchOptions{
+	return s.fetchEntries(all, int(s.info.Messages))
+}
+
+// fetchEntries lists the messages of set by UID with size, flags,
+// arrival time and Message-ID, in UID order, with one FETCH.
+func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]Entry, error) {
+	cmd := s.client.Fetch(set, &imap.FetchOptions{
 		UID: true, RFC822Size: true, Flags: true, InternalDate: true,
 		BodySection: []*imap.FetchItemBodySection{messageIDField},
 	})
-	entries := make([]Entry, 0, s.info.Messages)
+	entries := make([]Entry, 0, capacity)
 	for {
 		msg := cmd.Next()
 		if msg == nil {
@@ -692,4 +698,80 @@ func (s *Session) Open(ctx context.Context, uid uint32, offset, n int64) (io.Rea
 		return s.Fetch(ctx, uid)
 	}
 	return s.FetchPart(ctx, uid, offset, n)
+}
+
+// Changes is how a mailbox changed since an earlier state of it under the
+// same UIDVALIDITY.
+type Changes struct {
+	// Added lists the messages whose UIDs are at or above the earlier
+	// UIDNEXT, in UID order, as Snapshot lists them: UIDs are never
+	// reused, so no other message can be new (RFC 9051 §2.3.1.1).
+	Added []Entry
+	// Present is nil when no message below the earlier UIDNEXT went: the
+	// counts prove it. Otherwise it lists, as ascending ranges, every UID
+	// below the earlier UIDNEXT that the mailbox still holds.
+	Present []UIDRange
+}
+
+// UIDRange is the UIDs First to Last, both included.
+type UIDRange struct{ First, Last uint32 }
+
+// Changes lists what changed since the mailbox was in state since, as the
+// last Select found it now. New messages come from one UID FETCH of
+// UIDNEXT:*, with the items Snapshot fetches; expunges, when the count
+// says there were any, from one UID SEARCH, which costs UIDs only (with
+// ESEARCH, RFC 4731, a few ranges). The IMAP client cannot ask for
+// QRESYNC's VANISHED (RFC 7162 §3.2.10), which would say the same.
+func (s *Session) Changes(ctx context.Context, since Mailbox) (_ Changes, err error) {
+	defer s.timed("list-changes", time.Now(), &err)
+	if since.UIDValidity != s.info.UIDValidity || since.UIDNext == 0 || s.info.UIDNext < since.UIDNext {
+		return Changes{}, errors.New("upstream: no changes to list across UIDVALIDITY or from an unknown UIDNEXT")
+	}
+	defer s.op(ctx)()
+	var ch Changes
+	if s.info.UIDNext > since.UIDNext && s.info.Messages > 0 {
+		if ch.Added, err = s.listFrom(since.UIDNext); err != nil {
+			return Changes{}, err
+		}
+	}
+	if uint64(s.info.Messages) == uint64(since.Messages)+uint64(len(ch.Added)) {
+		return ch, nil
+	}
+	if since.UIDNext == 1 {
+		return ch, nil
+	}
+	var below imap.UIDSet
+	below.AddRange(1, imap.UID(since.UIDNext-1))
+	var opts *imap.SearchOptions
+	if s.client.Caps().Has(imap.CapESearch) {
+		opts = &imap.SearchOptions{ReturnAll: true}
+	}
+	data, err := s.client.UIDSearch(&imap.SearchCriteria{UID: []imap.UIDSet{below}}, opts).Wait()
+	if err != nil {
+		return Changes{}, fmt.Errorf("upstream: listing UIDs: %w", err)
+	}
+	ch.Present = []UIDRange{}
+	if set, ok := data.All.(imap.UIDSet); ok {
+		for _, r := range set {
+			if r.Start == 0 || r.Stop == 0 || r.Stop < r.Start {
+				return Changes{}, fmt.Errorf("upstream: listing UIDs: unexpected range %v", r)
+			}
+			ch.Present = append(ch.Present, UIDRange{First: uint32(r.Start), Last: uint32(r.Stop)})
+		}
+	}
+	slices.SortFunc(ch.Present, func(a, b UIDRange) int { return cmp.Compare(a.First, b.First) })
+	return ch, nil
+}
+
+// listFrom lists the messages from UID first on, as Snapshot does. The
+// server answers first:* with the last message even when its UID is
+// below first (RFC 9051 §6.4.9): that one is left out.
+func (s *Session) listFrom(first uint32) ([]Entry, error) {
+	var set imap.UIDSet
+	set.AddRange(imap.UID(first), 0) // first:*
+	entries, err := s.fetchEntries(set, 0)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(entries, func(e Entry) bool { return e.UID < first }), nil
 }

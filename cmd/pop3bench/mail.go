@@ -68,6 +68,12 @@ func wireSize(msgs [][]byte) int64 {
 // message, so that Dovecot's index and size cache exist before a timed
 // session, whichever target it goes through.
 func imapIndex(ctx context.Context, addr, user string) error {
+	return imapRun(ctx, addr, user, "FETCH 1:* (RFC822.SIZE)")
+}
+
+// imapRun logs in to Dovecot's IMAP as user, selects the inbox, runs the
+// commands, each of which must succeed, and logs out.
+func imapRun(ctx context.Context, addr, user string, cmds ...string) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -79,7 +85,8 @@ func imapIndex(ctx context.Context, addr, user string) error {
 	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "* OK") {
 		return fmt.Errorf("IMAP greeting %q: %v", line, err)
 	}
-	for i, cmd := range []string{"LOGIN " + user + " " + password, "SELECT INBOX", "FETCH 1:* (RFC822.SIZE)", "LOGOUT"} {
+	cmds = append(append([]string{"LOGIN " + user + " " + password, "SELECT INBOX"}, cmds...), "LOGOUT")
+	for i, cmd := range cmds {
 		tag := fmt.Sprintf("t%d", i)
 		if _, err := fmt.Fprintf(c, "%s %s\r\n", tag, cmd); err != nil {
 			return err

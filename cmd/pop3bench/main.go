@@ -41,7 +41,7 @@ import (
 const password = "bench-pass"
 
 // workloads in the order they run.
-var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "idle", "memory"}
+var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "change", "idle", "memory"}
 
 // sizes are the counts of a run.
 type sizes struct {
@@ -53,8 +53,9 @@ type sizes struct {
 	concSessions           int // sessions per mailbox, one after another
 	concMsgs, concSize     int
 	idleSessions           int
-	idleParallel           int // logins at a time while opening them
-	memSessions, memSize   int // concurrent RETRs, one message each
+	idleParallel           int   // logins at a time while opening them
+	memSessions, memSize   int   // concurrent RETRs, one message each
+	changeMsgs             []int // the change workload's mailboxes
 }
 
 var full = sizes{
@@ -64,6 +65,7 @@ var full = sizes{
 	concMailboxes: 8, concSessions: 5, concMsgs: 50, concSize: 30 << 10,
 	idleSessions: 1000, idleParallel: 8,
 	memSessions: 64, memSize: 16 << 20,
+	changeMsgs: []int{10000},
 }
 
 var quick = sizes{
@@ -73,6 +75,7 @@ var quick = sizes{
 	concMailboxes: 8, concSessions: 2, concMsgs: 20, concSize: 30 << 10,
 	idleSessions: 200, idleParallel: 8,
 	memSessions: 64, memSize: 16 << 20,
+	changeMsgs: []int{2000},
 }
 
 func main() {
@@ -104,6 +107,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	only := fs.String("only", "", "comma-separated workloads to run (default all)")
 	keep := fs.Bool("keep", false, "keep the temporary directories (configs, logs, maildirs)")
 	defaults := fs.Bool("dovecot-defaults", false, "run Dovecot with its default process model (a new process per connection and per session) instead of reusing processes")
+	changeBig := fs.Bool("change-big", false, "the change workload also on a mailbox of 200,000 messages (writing and indexing it takes a few minutes)")
+	settle := fs.Duration("change-settle", 0, "the change workload waits this long between a change and the timed session")
 	cpuprofile := fs.String("cpuprofile", "", "write the gateway's CPU profile per workload to FILE.<workload>")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -120,6 +125,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !roundsSet {
 			*rounds = 1
 		}
+	}
+	if *changeBig {
+		sz.changeMsgs = append(slices.Clip(sz.changeMsgs), 200000)
 	}
 	if *rounds < 1 {
 		fmt.Fprintln(stderr, "pop3bench: -rounds must be at least 1")
@@ -167,6 +175,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keep:       *keep,
 		reuse:      !*defaults,
 		cpuprofile: *cpuprofile,
+		settle:     *settle,
 		log:        stderr,
 		results:    map[string]map[string]time.Duration{},
 	}
@@ -195,6 +204,7 @@ type bench struct {
 	keep       bool
 	reuse      bool // dovecot.Options.ReuseProcesses
 	cpuprofile string
+	settle     time.Duration // between a change and the timed session
 	log        io.Writer
 
 	tmp     string // gateway binary, config and logs
@@ -282,6 +292,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"cold", b.coldWarm},
 		{"big", b.big},
 		{"concurrent", b.concurrent},
+		{"change", b.change},
 		{"idle", b.idle},
 		{"memory", b.memoryBound},
 	} {

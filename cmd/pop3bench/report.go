@@ -22,11 +22,27 @@ func (b *bench) describe(w string) string {
 		return "the same session again right after cold"
 	case "big":
 		return fmt.Sprintf("1 session: login, UIDL, RETR of one %d MiB message, QUIT", sz.bigSize>>20)
+	case "change":
+		return "after one new message (new-N) or one expunged by another IMAP client (expunge-N), on a mailbox of N messages of 1 KiB: 1 session: login, UIDL, QUIT; gateway and direct only"
 	case "concurrent":
 		return fmt.Sprintf("%d mailboxes at once, %d sessions each one after another: login, UIDL, RETR %d × %d KiB, QUIT",
 			sz.concMailboxes, sz.concSessions, sz.concMsgs, sz.concSize>>10)
 	}
 	return ""
+}
+
+// rows are the table's rows: the workloads, the change workload by
+// mailbox size and kind of change.
+func (b *bench) rows() []string {
+	var rows []string
+	for _, w := range workloads {
+		if w == "change" {
+			rows = append(rows, b.changeRows()...)
+			continue
+		}
+		rows = append(rows, w)
+	}
+	return rows
 }
 
 func (b *bench) report(out io.Writer) {
@@ -37,7 +53,7 @@ func (b *bench) report(out io.Writer) {
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tgateway\timapc\tdirect\tgateway/imapc\tgateway/direct\t")
-	for _, w := range workloads {
+	for _, w := range b.rows() {
 		r, ok := b.results[w]
 		if !ok {
 			continue
@@ -49,7 +65,7 @@ func (b *bench) report(out io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(out)
 	for _, w := range workloads {
-		if _, ok := b.results[w]; ok {
+		if _, ok := b.results[w]; ok || w == "change" && b.changed() {
 			fmt.Fprintf(out, "  %-10s %s\n", w, b.describe(w))
 		}
 	}
@@ -96,4 +112,14 @@ func thousands(n int) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// changed tells whether the change workload has results.
+func (b *bench) changed() bool {
+	for _, row := range b.changeRows() {
+		if _, ok := b.results[row]; ok {
+			return true
+		}
+	}
+	return false
 }

@@ -42,6 +42,11 @@ func (b *bench) users() map[string]string {
 			u[concUser(i)] = password
 		}
 	}
+	if b.selected["change"] {
+		for _, n := range b.sz.changeMsgs {
+			u[changeUser(n)] = password
+		}
+	}
 	if b.selected["idle"] {
 		for i := range b.sz.idleSessions {
 			u[idleUser(i)] = password
@@ -102,6 +107,11 @@ func (b *bench) seed(ctx context.Context) error {
 			if err := deliver(concUser(i), msgs); err != nil {
 				return err
 			}
+		}
+	}
+	if b.selected["change"] {
+		if err := b.seedChange(deliver); err != nil {
+			return err
 		}
 	}
 	if b.selected["idle"] {

@@ -71,7 +71,7 @@ func New() *Metrics {
 		}, []string{"outcome"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "upstream_duration_seconds",
-			Help:    "Time taken by IMAP operations, by operation (connect, login, select, list, fetch, fetch-batch, delete).",
+			Help:    "Time taken by IMAP operations, by operation (connect, login, select, list, list-changes, fetch, fetch-batch, delete).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"operation"}),
 		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{

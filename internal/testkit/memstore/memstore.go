@@ -7,6 +7,9 @@
 // size, as some IMAP servers list it; numbers are UIDs within a
 // UIDVALIDITY, and Renumber changes both, as a rebuilt IMAP mailbox does.
 // It reads one message per request: fetching ahead takes them one by one.
+// It lists its changes since an earlier state, as a store that knows
+// what it expunged does; wrap a session to hide that, for a store that
+// lists everything.
 package memstore
 
 import (
@@ -16,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,6 +36,8 @@ type Store struct {
 	failDeletes int
 	logins      int
 	bodies      int
+	listings    int
+	changes     int
 	// cutAfter makes the next whole body end after that many octets with
 	// the connection lost, as a server that drops mid-message.
 	cutAfter int64
@@ -197,14 +203,19 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 	}
 	c.store.mu.Lock()
 	defer c.store.mu.Unlock()
+	c.store.listings++
 	entries := make([]upstream.Entry, 0, len(c.acct.inbox))
 	for _, m := range c.acct.inbox {
-		entries = append(entries, upstream.Entry{
-			UID: m.uid, Size: int64(len(m.body)), Deleted: m.deleted,
-			MessageID: messageID(m.body), InternalDate: m.arrived,
-		})
+		entries = append(entries, m.entry())
 	}
 	return entries, nil
+}
+
+func (m *message) entry() upstream.Entry {
+	return upstream.Entry{
+		UID: m.uid, Size: int64(len(m.body)), Deleted: m.deleted,
+		MessageID: messageID(m.body), InternalDate: m.arrived,
+	}
 }
 
 func messageID(body []byte) string {
@@ -358,4 +369,53 @@ func (c *session) Alive() bool { return !c.closed }
 func (c *session) Close() error {
 	c.closed = true
 	return nil
+}
+
+// Changes lists the messages from since.UIDNext on and, as a store that
+// knows what it expunged would (IMAP's VANISHED, JMAP's Email/changes),
+// the UIDs still there below it whenever any went.
+func (c *session) Changes(ctx context.Context, since upstream.Mailbox) (upstream.Changes, error) {
+	if c.closed {
+		return upstream.Changes{}, errClosed
+	}
+	c.store.mu.Lock()
+	defer c.store.mu.Unlock()
+	if since.UIDValidity != c.acct.validity {
+		return upstream.Changes{}, errors.New("memstore: UIDVALIDITY changed")
+	}
+	c.store.changes++
+	var ch upstream.Changes
+	var present []upstream.UIDRange
+	for _, m := range c.acct.inbox {
+		if m.uid >= since.UIDNext {
+			ch.Added = append(ch.Added, m.entry())
+			continue
+		}
+		if n := len(present); n > 0 && present[n-1].Last+1 == m.uid {
+			present[n-1].Last = m.uid
+		} else {
+			present = append(present, upstream.UIDRange{First: m.uid, Last: m.uid})
+		}
+	}
+	if len(c.acct.inbox)-len(ch.Added) != int(since.Messages) {
+		ch.Present = append([]upstream.UIDRange{}, present...)
+	}
+	return ch, nil
+}
+
+// Expunge removes the user's message with the given number, as another
+// mail program would.
+func (s *Store) Expunge(user string, uid uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a := s.accounts[user]
+	a.inbox = slices.DeleteFunc(a.inbox, func(m *message) bool { return m.uid == uid })
+}
+
+// Listings returns how many times the store listed every message, and
+// how many times only the changes since an earlier listing.
+func (s *Store) Listings() (all, changes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listings, s.changes
 }

@@ -1,0 +1,102 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// The change workload: a poller's next session after one message came,
+// and after one went (expunged by another IMAP client), on mailboxes of
+// each size in sizes.changeMsgs. Each timed session on a target follows
+// an untimed one on that target and the change, so every target sees
+// exactly one change since its last session, as a poller would; with
+// -change-settle the change is that much older when the session starts,
+// as for a poller whose mail arrived a while before its poll. imapc is
+// left out: its listing of a large mailbox takes long and it is not what
+// the rows compare.
+
+func changeUser(msgs int) string { return "change" + countLabel(msgs) }
+
+// countLabel is 10000 -> "10k", 200000 -> "200k".
+func countLabel(n int) string {
+	if n%1000 == 0 {
+		return fmt.Sprintf("%dk", n/1000)
+	}
+	return fmt.Sprint(n)
+}
+
+// changeRows are the change workload's rows, in the order they are shown.
+func (b *bench) changeRows() []string {
+	var rows []string
+	for _, n := range b.sz.changeMsgs {
+		rows = append(rows, "new-"+countLabel(n), "expunge-"+countLabel(n))
+	}
+	return rows
+}
+
+// changeSize is the size of a change mailbox's messages.
+const changeSize = 1 << 10
+
+// seedChange writes the change mailboxes; Dovecot indexes them with the
+// others.
+func (b *bench) seedChange(deliver func(string, [][]byte) error) error {
+	for i, n := range b.sz.changeMsgs {
+		if err := deliver(changeUser(n), messages(uint64(10+i), n, changeSize)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) change(ctx context.Context) error {
+	for i, n := range b.sz.changeMsgs {
+		user := changeUser(n)
+		count := n
+		extra := messages(uint64(100+i), b.rounds*2, changeSize)
+		for range b.rounds {
+			for _, t := range b.targets {
+				if t.name == "imapc" {
+					continue
+				}
+				for _, kind := range []string{"new", "expunge"} {
+					st, err := session(ctx, t.addr(), user, false)
+					if err != nil {
+						return fmt.Errorf("%s: %w", t.name, err)
+					}
+					if err := check(t.name, st, count, -1); err != nil {
+						return err
+					}
+					if kind == "new" {
+						if err := b.dc.Deliver(user, extra[0]); err != nil {
+							return err
+						}
+						extra = extra[1:]
+						count++
+					} else {
+						if err := imapRun(ctx, b.dc.IMAPAddr(), user, "STORE 1 +FLAGS.SILENT (\\Deleted)", "EXPUNGE"); err != nil {
+							return fmt.Errorf("expunging: %w", err)
+						}
+						count--
+					}
+					if b.settle > 0 {
+						time.Sleep(b.settle)
+					}
+					start := time.Now()
+					st, err = session(ctx, t.addr(), user, false)
+					if err != nil {
+						return fmt.Errorf("%s: %w", t.name, err)
+					}
+					d := time.Since(start)
+					if err := check(t.name, st, count, -1); err != nil {
+						return err
+					}
+					b.record(kind+"-"+countLabel(n), t.name, d)
+				}
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+
+	"github.com/pop3gw/gateway/upstream"
+)
+
+// A listing costs what changed. A poller's next login usually finds the
+// mailbox as it left it, or with a few new messages, or a few gone. The
+// listing remembered for the maildrop (snapshots) is then the base: a
+// store that can say what changed since (a changeLister) is asked for that
+// only, and its answer is merged in; the identities and the state store's
+// UIDLs of the messages that stayed are reused, so only the new ones are
+// looked up. The merge is checked before it is trusted, and on any doubt
+// every message is listed again:
+//
+//   - the new messages lie between the old and the new UIDNEXT, in
+//     strictly increasing UID order;
+//   - every UID the store says it still holds below the old UIDNEXT is
+//     one the old listing has;
+//   - the merged count is the mailbox's count as the last SELECT gave it.
+//
+// What remains proportional to the mailbox is memory work: copying the
+// remembered listing into the merged one, a map lookup per message when
+// messages came or went (identities rank copies of one message), and
+// building the POP3 listing with each message's exact size from the cache.
+
+// changeLister is a Session that can tell how the mailbox changed since
+// it was in an earlier state under the same UIDVALIDITY (IMAP: UIDNEXT:*
+// and, after expunges, the UIDs still there).
+type changeLister interface {
+	Changes(ctx context.Context, since upstream.Mailbox) (upstream.Changes, error)
+}
+
+var _ changeLister = (*upstream.Session)(nil)
+
+// listed is a maildrop's listing at login with the state store's answer
+// for it.
+type listed struct {
+	*snapshot
+	uidls  []string
+	hidden []bool
+}
+
+// listing lists the mailbox sess has selected, from the remembered
+// listing where it can, and assigns the messages their UIDLs.
+func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, log *slog.Logger) (listed, error) {
+	state := sess.Selected()
+	last := g.snaps.last(maildrop)
+	_, shared := g.state.(SharedStateStore)
+	if last != nil && state.UIDNext != 0 && last.state == state {
+		if last.uidls != nil && !shared {
+			return listed{last, last.uidls, last.hidden}, nil
+		}
+		snap := &snapshot{state: state, entries: last.entries, ids: last.ids}
+		return g.assign(ctx, maildrop, snap, nil, shared)
+	}
+	if snap, changed := g.merged(ctx, sess, last, state, shared, log); snap != nil {
+		return g.assign(ctx, maildrop, snap, changed, shared)
+	}
+	entries, err := sess.Snapshot(ctx)
+	if err != nil {
+		return listed{}, err
+	}
+	snap := &snapshot{state: state, entries: listedEntries(entries), ids: identities(entries)}
+	return g.assign(ctx, maildrop, snap, nil, shared)
+}
+
+// assign asks the state store for the UIDLs of the listing's messages:
+// of those at the indices changed only, when the listing carries the
+// others' already, else of all. The listing is remembered with the
+// answer, unless the state store is shared, when the next login must ask
+// again.
+func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool) (listed, error) {
+	valid := snap.state.UIDValidity
+	if snap.uidls == nil {
+		proposed := make([]string, len(snap.entries))
+		for i, e := range snap.entries {
+			proposed[i] = uidl(valid, e.UID)
+		}
+		uidls, hidden, err := g.state.Assign(ctx, maildrop, snap.ids, proposed)
+		if err != nil {
+			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
+		}
+		if shared {
+			g.snaps.put(maildrop, snap)
+			return listed{snap, uidls, hidden}, nil
+		}
+		snap.uidls, snap.hidden = uidls, hidden
+		g.snaps.put(maildrop, snap)
+		return listed{snap, uidls, hidden}, nil
+	}
+	if len(changed) > 0 {
+		ids := make([]string, len(changed))
+		proposed := make([]string, len(changed))
+		for j, i := range changed {
+			ids[j], proposed[j] = snap.ids[i], uidl(valid, snap.entries[i].UID)
+		}
+		uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
+		if err != nil {
+			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
+		}
+		for j, i := range changed {
+			snap.uidls[i], snap.hidden[i] = uidls[j], hidden[j]
+		}
+	}
+	g.snaps.put(maildrop, snap)
+	return listed{snap, snap.uidls, snap.hidden}, nil
+}
+
+// merged is the listing last merged with the store's changes since, and
+// the indices of the messages whose identities are new to it; nil when
+// the store cannot say, or its answer does not add up. With the state
+// store's answer remembered and not shared, the merged listing carries it
+// for every message but those.
+func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, state upstream.Mailbox, shared bool, log *slog.Logger) (*snapshot, []int) {
+	cl, ok := sess.(changeLister)
+	if !ok || last == nil || state.UIDNext == 0 || last.state.UIDValidity != state.UIDValidity || state.UIDNext < last.state.UIDNext {
+		return nil, nil
+	}
+	ch, err := cl.Changes(ctx, last.state)
+	if err != nil {
+		log.Warn("listing the mailbox's changes failed; listing every message", "err", err)
+		return nil, nil
+	}
+	snap, changed, why := mergeChanges(last, ch, state, last.uidls != nil && !shared)
+	if snap == nil {
+		log.Warn("the mailbox's changes do not add up; listing every message", "why", why)
+		return nil, nil
+	}
+	log.Debug("listing merged from the last one", "added", len(ch.Added), "kept", len(snap.entries)-len(ch.Added))
+	return snap, changed
+}
+
+// mergeChanges merges ch into the listing last, checking that it adds up
+// to the mailbox in state; why says what did not. withUIDLs copies the
+// state store's answer for the messages that stay.
+func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, withUIDLs bool) (snap *snapshot, changed []int, why string) {
+	prev := last.state.UIDNext
+	for i, e := range ch.Added {
+		if e.UID < prev || e.UID >= state.UIDNext {
+			return nil, nil, fmt.Sprintf("new UID %d outside %d:%d", e.UID, prev, state.UIDNext-1)
+		}
+		if i > 0 && e.UID <= ch.Added[i-1].UID {
+			return nil, nil, "new UIDs not strictly increasing"
+		}
+	}
+	kept := len(last.entries)
+	if ch.Present != nil {
+		kept = 0
+		for _, r := range ch.Present {
+			if r.First > r.Last || r.Last >= prev {
+				return nil, nil, fmt.Sprintf("UIDs %d:%d not below the old UIDNEXT %d", r.First, r.Last, prev)
+			}
+			kept += int(r.Last - r.First + 1)
+		}
+	}
+	if uint64(kept)+uint64(len(ch.Added)) != uint64(state.Messages) {
+		return nil, nil, fmt.Sprintf("%d kept and %d new messages, but the mailbox has %d", kept, len(ch.Added), state.Messages)
+	}
+	n := kept + len(ch.Added)
+	snap = &snapshot{
+		state:   state,
+		entries: make([]listedEntry, 0, n),
+		ids:     make([]string, 0, n),
+	}
+	if withUIDLs {
+		snap.uidls = make([]string, 0, n)
+		snap.hidden = make([]bool, 0, n)
+	}
+	// Identities rank the copies of one message in UID order (see
+	// identities): where a message went or came, the ranks of its copies
+	// are counted again.
+	recount := make(map[string]int)
+	var gone []int
+	if ch.Present == nil {
+		snap.entries = append(snap.entries, last.entries...)
+		snap.ids = append(snap.ids, last.ids...)
+		if withUIDLs {
+			snap.uidls = append(snap.uidls, last.uidls...)
+			snap.hidden = append(snap.hidden, last.hidden...)
+		}
+	} else {
+		r := 0
+		for i, e := range last.entries {
+			for r < len(ch.Present) && ch.Present[r].Last < e.UID {
+				r++
+			}
+			if r == len(ch.Present) || e.UID < ch.Present[r].First {
+				gone = append(gone, i)
+				continue
+			}
+			snap.entries = append(snap.entries, e)
+			snap.ids = append(snap.ids, last.ids[i])
+			if withUIDLs {
+				snap.uidls = append(snap.uidls, last.uidls[i])
+				snap.hidden = append(snap.hidden, last.hidden[i])
+			}
+		}
+		if len(snap.entries) != kept {
+			return nil, nil, fmt.Sprintf("the store holds %d messages below the old UIDNEXT, the last listing %d of them", kept, len(snap.entries))
+		}
+		for _, i := range gone {
+			recount[identityDigestHex(last.ids[i])] = 0
+		}
+	}
+	digests := make([][16]byte, len(ch.Added))
+	var buf []byte
+	for i, e := range ch.Added {
+		digests[i], buf = identityDigest(e, buf)
+		recount[hex.EncodeToString(digests[i][:])] = 0
+	}
+	if len(recount) > 0 && len(snap.ids) > 0 {
+		for i, id := range snap.ids {
+			d := identityDigestHex(id)
+			rank, ok := recount[d]
+			if !ok {
+				continue
+			}
+			recount[d] = rank + 1
+			if now := identityHex(d, rank); now != id {
+				snap.ids[i] = now
+				changed = append(changed, i)
+			}
+		}
+	}
+	for i, e := range ch.Added {
+		d := hex.EncodeToString(digests[i][:])
+		rank := recount[d]
+		recount[d] = rank + 1
+		changed = append(changed, len(snap.entries))
+		snap.entries = append(snap.entries, listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size})
+		snap.ids = append(snap.ids, identity(digests[i], rank))
+		if withUIDLs {
+			snap.uidls = append(snap.uidls, "")
+			snap.hidden = append(snap.hidden, false)
+		}
+	}
+	return snap, changed, ""
+}
+
+// identityHex is identity for a digest given in hex.
+func identityHex(digestHex string, rank int) string {
+	var digest [16]byte
+	hex.Decode(digest[:], []byte(digestHex))
+	return identity(digest, rank)
+}
