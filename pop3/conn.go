@@ -86,7 +86,6 @@ type conn struct {
 	cancel  context.CancelFunc
 	pending string // name given by USER, waiting for PASS
 
-	username    string
 	maildrop    Maildrop
 	msgs        []Message // the listing, fixed at login; sizes corrected by resize
 	deleted     []bool
@@ -101,12 +100,11 @@ type conn struct {
 	userCounted bool
 
 	// session totals for the log line at the end
-	retrieved  int
-	bytesSent  int64
-	deletes    int
-	result     string
-	loginUser  string
-	commitDone bool
+	retrieved int
+	bytesSent int64
+	deletes   int
+	result    string
+	loginUser string
 }
 
 func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {

@@ -93,7 +93,6 @@ type topWriter struct {
 	lines     int64 // body lines still to pass
 	inBody    bool
 	lineStart bool
-	blankLine bool // the current header line is empty so far
 	prevCR    bool
 }
 

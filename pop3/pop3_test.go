@@ -104,7 +104,6 @@ type harness struct {
 	srv  *Server
 	be   *memBackend
 	addr string
-	tls  *tls.Config // client side
 }
 
 func newHarness(t *testing.T, configure func(*Server)) *harness {

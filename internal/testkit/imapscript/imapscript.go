@@ -119,7 +119,7 @@ func parse(dialogue string) ([]step, error) {
 			}
 			steps = append(steps, step{text: text, line: n + 1})
 		default:
-			return nil, fmt.Errorf("line %d: %q starts with neither C: nor S:", n+1, line)
+			return nil, fmt.Errorf("line %d: %q: every step starts with C: or S: and this one does not", n+1, line)
 		}
 	}
 	return steps, nil
