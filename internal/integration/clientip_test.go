@@ -1,10 +1,8 @@
 package integration
 
 import (
-	"context"
 	"errors"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -31,31 +29,17 @@ func TestDovecotSeesTheClientAddress(t *testing.T) {
 	}
 	t.Cleanup(func() { inst.Stop() })
 
-	gw := proxy.New(&proxy.Config{
-		Upstreams: map[string]*proxy.Upstream{"dovecot": {
-			Name:     "dovecot",
-			Server:   upstream.Server{Address: inst.IMAPAddr(), Security: upstream.SecurityNone, Timeout: 30 * time.Second, SendClientIP: true},
-			Mailbox:  "INBOX",
-			OnDelete: upstream.DeleteKeep,
-		}},
-		Passthrough: &proxy.Passthrough{Upstream: "dovecot"},
+	gw := passthroughGateway(&proxy.Upstream{
+		Name:     "dovecot",
+		Server:   upstream.Server{Address: inst.IMAPAddr(), Security: upstream.SecurityNone, Timeout: 30 * time.Second, SendClientIP: true},
+		Mailbox:  "INBOX",
+		OnDelete: upstream.DeleteKeep,
 	}, cache.New(1<<20, 1<<20), slog.New(slog.DiscardHandler))
-	srv := &pop3.Server{Backend: gw, Logger: slog.New(slog.DiscardHandler), AllowInsecureAuth: true}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		gw.Close()
-	})
+	addr, _ := serve(t, &pop3.Server{Backend: gw, Logger: slog.New(slog.DiscardHandler), AllowInsecureAuth: true}, gw, "127.0.0.1:0")
 
 	// The client connects from 127.0.0.2; the gateway reaches Dovecot
 	// from 127.0.0.1.
-	c, err := pop3client.New(haDialFrom(t, haClientIP, ln.Addr().String()))
+	c, err := pop3client.New(haDialFrom(t, haClientIP, addr))
 	if err != nil {
 		t.Fatal(err)
 	}

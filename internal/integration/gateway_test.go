@@ -18,31 +18,63 @@ import (
 // imapAddr, passing logins through unchanged. It returns the POP3 address.
 func startGateway(t *testing.T, imapAddr string, onDelete upstream.DeleteMode) string {
 	t.Helper()
-	up := &proxy.Upstream{
+	return startGatewayFor(t, &proxy.Upstream{
 		Name:     "dovecot",
 		Server:   upstream.Server{Address: imapAddr, Security: upstream.SecurityNone, Timeout: 30 * time.Second},
 		Mailbox:  "INBOX",
 		OnDelete: onDelete,
-	}
+	})
+}
+
+// startGatewayFor serves POP3 on loopback in front of up, passing logins
+// through unchanged, and returns the POP3 address.
+func startGatewayFor(t *testing.T, up *proxy.Upstream) string {
+	t.Helper()
+	log := testLogger()
+	gw := passthroughGateway(up, cache.New(64<<20, 4<<20), log)
+	addr, _ := serve(t, &pop3.Server{Backend: gw, Logger: log}, gw, "127.0.0.1:0")
+	return addr
+}
+
+// testLogger logs warnings to stderr, and everything with -v.
+func testLogger() *slog.Logger {
 	level := slog.LevelWarn
 	if testing.Verbose() {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	gw := proxy.New(&proxy.Config{
-		Upstreams:   map[string]*proxy.Upstream{"dovecot": up},
-		Passthrough: &proxy.Passthrough{Upstream: "dovecot"},
-	}, cache.New(64<<20, 4<<20), log)
-	srv := &pop3.Server{Backend: gw, Logger: log}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// passthroughGateway is a gateway that passes every login through,
+// unchanged, to up.
+func passthroughGateway(up *proxy.Upstream, c *cache.Cache, log *slog.Logger) *proxy.Gateway {
+	return proxy.New(&proxy.Config{
+		Upstreams:   map[string]*proxy.Upstream{up.Name: up},
+		Passthrough: &proxy.Passthrough{Upstream: up.Name},
+	}, c, log)
+}
+
+// serve runs srv, whose backend is gw, on a listener at listen (a port of
+// 0 for any) until stop, which the end of the test calls too: the server
+// shuts down, then the gateway closes, as in gateway serve.
+func serve(t *testing.T, srv *pop3.Server, gw *proxy.Gateway, listen string) (addr string, stop func()) {
+	t.Helper()
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	t.Cleanup(func() {
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
+		gw.Close()
+	}
+	t.Cleanup(stop)
+	return ln.Addr().String(), stop
 }

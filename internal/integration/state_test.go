@@ -1,10 +1,7 @@
 package integration
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,36 +41,16 @@ func stateGateway(t *testing.T, listen, imapAddr string, onDelete upstream.Delet
 		OnDelete:       onDelete,
 		KeepConnection: -1,
 	}
-	level := slog.LevelWarn
-	if testing.Verbose() {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	gw := proxy.New(&proxy.Config{
-		Upstreams:   map[string]*proxy.Upstream{"dovecot": up},
-		Passthrough: &proxy.Passthrough{Upstream: "dovecot"},
-	}, cache.New(64<<20, 4<<20), log)
+	log := testLogger()
+	gw := passthroughGateway(up, cache.New(64<<20, 4<<20), log)
 	gw.SetState(st)
-	srv := &pop3.Server{Backend: gw, Logger: log}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	stopped := false
+	addr, stopServing := serve(t, &pop3.Server{Backend: gw, Logger: log}, gw, listen)
 	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		gw.Close()
+		stopServing()
 		st.Close()
 	}
 	t.Cleanup(stop)
-	return ln.Addr().String(), stop
+	return addr, stop
 }
 
 // uidValidity selects user's INBOX on Dovecot and returns its UIDVALIDITY.

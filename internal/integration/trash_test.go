@@ -3,43 +3,15 @@ package integration
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecot"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
-	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )
-
-// startGatewayFor serves POP3 on loopback in front of up, passing logins
-// through unchanged, and returns the POP3 address.
-func startGatewayFor(t *testing.T, up *proxy.Upstream) string {
-	t.Helper()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	gw := proxy.New(&proxy.Config{
-		Upstreams:   map[string]*proxy.Upstream{up.Name: up},
-		Passthrough: &proxy.Passthrough{Upstream: up.Name},
-	}, cache.New(64<<20, 4<<20), log)
-	srv := &pop3.Server{Backend: gw, Logger: log}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
-}
 
 // mailboxCounts returns the number of messages in each mailbox.
 func mailboxCounts(t *testing.T, addr, user, pass string, mailboxes ...string) map[string]uint32 {
