@@ -295,14 +295,7 @@ func (c *conn) loginDelay(user string) error {
 		return nil
 	}
 	c.log.Debug("delaying login", "user", user, "delay", d)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-c.ctx.Done():
-		return c.ctx.Err()
-	}
+	return c.wait(d)
 }
 
 // refusalFloor waits until MinRefusalTime has passed since the check of
@@ -310,7 +303,11 @@ func (c *conn) loginDelay(user string) error {
 // hash or the upstream refused it: the time does not tell a mapped user
 // from a forwarded name or an unknown one.
 func (c *conn) refusalFloor(checked time.Time) error {
-	d := time.Until(checked.Add(c.srv.MinRefusalTime))
+	return c.wait(time.Until(checked.Add(c.srv.MinRefusalTime)))
+}
+
+// wait sleeps for d, or until the connection's context ends.
+func (c *conn) wait(d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}

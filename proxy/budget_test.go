@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"fmt"
 	"math/rand/v2"
@@ -200,18 +199,8 @@ func serveDovecot(t *testing.T, imapAddr string, c *cache.Cache, budget *cache.B
 	gw := New(cfg, c, log)
 	gw.SetBudget(budget)
 	srv := &pop3.Server{Backend: gw, Logger: log}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(smallSendBuffers{ln})
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		gw.Close()
-	})
-	return gw, ln.Addr().String()
+	t.Cleanup(func() { gw.Close() }) // after the server's shutdown: cleanups run last first
+	return gw, serve(t, srv, func(ln net.Listener) net.Listener { return smallSendBuffers{ln} })
 }
 
 const smallBuffer = 64 << 10

@@ -10,22 +10,27 @@ import (
 )
 
 // faultProxy sits between the gateway and the upstream IMAP server. It
-// counts body fetches and, when armed, cuts or stalls the server's side.
+// counts body fetches and, when armed, cuts or stalls the server's side,
+// or cuts the connection instead of forwarding a command.
 type faultProxy struct {
 	ln     net.Listener
 	target string
 
-	fetches   atomic.Int64 // BODY.PEEK[] requests seen
-	listings  atomic.Int64 // RFC822.SIZE requests seen
-	fullLists atomic.Int64 // listings of every message (FETCH 1:*) seen
-	searches  atomic.Int64 // UID SEARCH requests seen
-	sizesSent atomic.Int64 // RFC822.SIZE items the server sent
-	accepted  atomic.Int64 // connections from the gateway
-	toClient  atomic.Int64 // octets forwarded from the server
-	cutAfter  atomic.Int64 // >0: close both sides after this many more octets
-	recut     atomic.Int64 // >0: after a cut, cut again after this many octets
-	stall     atomic.Bool  // stop forwarding from the server
-	closedUps atomic.Int64 // server connections closed
+	fetches   atomic.Int64           // BODY.PEEK[] requests seen
+	listings  atomic.Int64           // RFC822.SIZE requests seen
+	fullLists atomic.Int64           // listings of every message (FETCH 1:*) seen
+	searches  atomic.Int64           // UID SEARCH requests seen
+	sizesSent atomic.Int64           // RFC822.SIZE items the server sent
+	accepted  atomic.Int64           // connections from the gateway
+	toClient  atomic.Int64           // octets forwarded from the server
+	cutAfter  atomic.Int64           // >0: close both sides after this many more octets
+	recut     atomic.Int64           // >0: after a cut, cut again after this many octets
+	maxCuts   atomic.Int64           // >0: at most this many cuts since limitCuts; 0: no limit
+	cuts      atomic.Int64           // cuts since limitCuts
+	stall     atomic.Bool            // stop forwarding from the server
+	closedUps atomic.Int64           // server connections closed
+	cutAt     atomic.Pointer[[]byte] // non-nil: cut instead of forwarding a command containing it, once
+	cutDone   atomic.Bool            // a command was cut
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -79,6 +84,13 @@ func (p *faultProxy) upstream(client, server net.Conn, done chan struct{}) {
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := client.Read(buf)
+		if pat := p.cutAt.Load(); n > 0 && pat != nil && bytes.Contains(buf[:n], *pat) {
+			p.cutAt.Store(nil)
+			p.cutDone.Store(true)
+			client.Close()
+			server.Close()
+			return
+		}
 		if n > 0 {
 			p.fetches.Add(int64(bytes.Count(buf[:n], []byte("BODY.PEEK[]"))))
 			p.listings.Add(int64(bytes.Count(buf[:n], []byte("RFC822.SIZE"))))
@@ -116,7 +128,7 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 			if left := p.cutAfter.Load(); left > 0 {
 				if int64(len(chunk)) >= left {
 					client.Write(chunk[:left])
-					p.cutAfter.Store(p.recut.Load()) // one cut, then new connections pass, unless recut
+					p.cutAfter.Store(p.nextCut()) // one cut, then new connections pass, unless recut
 					return
 				}
 				p.cutAfter.Add(-int64(len(chunk)))
@@ -130,6 +142,29 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 			return
 		}
 	}
+}
+
+// nextCut is cutAfter for the connection after a cut: recut, unless that
+// cut was the last limitCuts allows.
+func (p *faultProxy) nextCut() int64 {
+	n := p.cuts.Add(1)
+	if m := p.maxCuts.Load(); m > 0 && n >= m {
+		return 0
+	}
+	return p.recut.Load()
+}
+
+// limitCuts lets the proxy cut at most n more times, whatever recut says.
+func (p *faultProxy) limitCuts(n int64) {
+	p.cuts.Store(0)
+	p.maxCuts.Store(n)
+}
+
+// cutAtCommand arms the proxy to cut the connection instead of
+// forwarding the next command that contains pattern.
+func (p *faultProxy) cutAtCommand(pattern string) {
+	b := []byte(pattern)
+	p.cutAt.Store(&b)
 }
 
 // tokenCounter counts a token in a stream read in chunks, including one

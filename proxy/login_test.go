@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"log/slog"
-	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -92,17 +91,7 @@ func (e *env) listen(g pop3.LoginGuard, configure ...func(*pop3.Server)) string 
 	for _, f := range configure {
 		f(srv)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	e.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return ln.Addr().String()
+	return serve(e.t, srv, nil)
 }
 
 func dialAt(t *testing.T, addr string) *pop3client.Client {

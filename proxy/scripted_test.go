@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -60,17 +58,7 @@ func newScriptedEnv(t *testing.T, dialogues ...string) *scriptedEnv {
 	gw := New(cfg, c, testLogger())
 	gw.SetPrefetch(false)
 	srv := &pop3.Server{Backend: gw, Logger: testLogger()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	return &scriptedEnv{t: t, imap: imap, cache: c, gw: gw, addr: ln.Addr().String()}
+	return &scriptedEnv{t: t, imap: imap, cache: c, gw: gw, addr: serve(t, srv, nil)}
 }
 
 func (e *scriptedEnv) login() *pop3client.Client {

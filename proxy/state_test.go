@@ -1,13 +1,8 @@
 package proxy
 
 import (
-	"bytes"
-	"context"
-	"net"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,8 +164,6 @@ func TestInterruptedDeletesFinishedNextSession(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOptions{onDelete: tc.mode, caps: tc.caps})
-			cut := newCommandCutter(t, e.proxy.Addr())
-			e.config.Upstreams["mem"].Server.Address = cut.Addr()
 			e.gw.SetPool(0, 0)
 			e.deliver(alice, corpus...)
 
@@ -179,16 +172,16 @@ func TestInterruptedDeletesFinishedNextSession(t *testing.T) {
 			if err := c.Dele(1); err != nil {
 				t.Fatal(err)
 			}
-			cut.at("EXPUNGE")
+			e.proxy.cutAtCommand("EXPUNGE")
 			if _, err := c.Cmd("QUIT"); err != nil {
 				t.Fatal(err)
 			}
-			if !cut.done.Load() {
+			if !e.proxy.cutDone.Load() {
 				t.Fatal("the upstream connection was not cut at EXPUNGE")
 			}
 
 			// Finishing them fails too: the login is refused for now.
-			cut.at("EXPUNGE")
+			e.proxy.cutAtCommand("EXPUNGE")
 			if err := e.dial().Login("alice", localPassword); err == nil || !strings.Contains(err.Error(), "[SYS/TEMP]") {
 				t.Fatalf("login while the pending deletes cannot be finished: %v, want -ERR [SYS/TEMP]", err)
 			}
@@ -222,94 +215,6 @@ func TestInterruptedDeletesFinishedNextSession(t *testing.T) {
 	}
 }
 
-// commandCutter forwards IMAP traffic and, once armed, closes the
-// connection instead of forwarding a command that contains a pattern.
-type commandCutter struct {
-	ln      net.Listener
-	target  string
-	pattern atomic.Pointer[[]byte]
-	done    atomic.Bool
-
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newCommandCutter(t *testing.T, target string) *commandCutter {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &commandCutter{ln: ln, target: target}
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-	})
-	return p
-}
-
-func (p *commandCutter) Addr() string { return p.ln.Addr().String() }
-
-// at arms the cutter for one command containing pattern.
-func (p *commandCutter) at(pattern string) {
-	b := []byte(pattern)
-	p.pattern.Store(&b)
-}
-
-func (p *commandCutter) serve() {
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", p.target)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, client, server)
-		p.mu.Unlock()
-		go func() {
-			defer client.Close()
-			defer server.Close()
-			buf := make([]byte, 32*1024)
-			for {
-				n, err := client.Read(buf)
-				if pat := p.pattern.Load(); n > 0 && pat != nil && bytes.Contains(buf[:n], *pat) {
-					p.pattern.Store(nil)
-					p.done.Store(true)
-					return
-				}
-				if n > 0 {
-					server.Write(buf[:n])
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
-		go func() {
-			defer client.Close()
-			buf := make([]byte, 32*1024)
-			for {
-				n, err := server.Read(buf)
-				if n > 0 {
-					client.Write(buf[:n])
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
-	}
-}
-
 // sharedMemory is a MemoryState standing for a store that replicas share.
 type sharedMemory struct{ *MemoryState }
 
@@ -325,18 +230,9 @@ func TestSharedStateNotRemembered(t *testing.T) {
 	other := New(e.config, e.cache, testLogger())
 	other.SetState(shared)
 	srv := &pop3.Server{Backend: other, Logger: testLogger()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
+	addr := serve(t, srv, nil)
 	onOther := func() []string {
-		c, err := pop3client.Dial(ln.Addr().String())
+		c, err := pop3client.Dial(addr)
 		if err != nil {
 			t.Fatal(err)
 		}

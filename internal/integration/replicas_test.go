@@ -110,32 +110,14 @@ func TestReplicasShareStateThroughRedis(t *testing.T) {
 	mem.AddUser("alice@example.com", "upstream-pass")
 	mem.Append("alice@example.com", "INBOX", []byte("Subject: shared\r\n\r\nhello\r\n"))
 
-	hash, err := passwd.Hash("local-pass")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const lockTTL = 3 * time.Second // the least the config allows
-	config := filepath.Join(t.TempDir(), "gateway.yaml")
-	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
-  pop3: "127.0.0.1:0"
-upstreams:
-  mem:
-    address: %q
-    tls: none
-    keep_connection: 0s
-users:
-  alice:
-    password_hash: %q
-    upstream: mem
-    upstream_user: alice@example.com
-    upstream_password_env: ALICE_UPSTREAM
-limits:
+	config := aliceConfig(t, mem.Addr(), fmt.Sprintf(`limits:
   login_delay: 200ms
   login_delay_max: 200ms
 redis:
   address: %q
   lock_ttl: %s
-`, mem.Addr(), hash, redisAddr, lockTTL)), 0o600)
+`, redisAddr, lockTTL))
 	one := startReplica(t, bin, config)
 	two := startReplica(t, bin, config)
 
@@ -224,4 +206,35 @@ redis:
 	if err == nil || !strings.Contains(string(out), "redis "+redisAddr+": FAILED") {
 		t.Fatalf("check with Redis down: %v\n%s", err, out)
 	}
+}
+
+// aliceConfig writes a gateway config file for the mapped user alice
+// (local password local-pass, upstream password from ALICE_UPSTREAM) in
+// front of the IMAP server at imapAddr, with extra appended, and returns
+// its path.
+func aliceConfig(t *testing.T, imapAddr, extra string) string {
+	t.Helper()
+	hash, err := passwd.Hash("local-pass")
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "gateway.yaml")
+	text := fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: none
+    keep_connection: 0s
+users:
+  alice:
+    password_hash: %q
+    upstream: mem
+    upstream_user: alice@example.com
+    upstream_password_env: ALICE_UPSTREAM
+`, imapAddr, hash) + extra
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return config
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/state/boltstate"
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
@@ -212,26 +211,7 @@ func TestKilledGatewayKeepsUIDLs(t *testing.T) {
 	if err := mem.AppendAt(user, "INBOX", arrived, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	hash, err := passwd.Hash("local-pass")
-	if err != nil {
-		t.Fatal(err)
-	}
-	config := filepath.Join(t.TempDir(), "gateway.yaml")
-	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
-  pop3: "127.0.0.1:0"
-data_dir: %s
-upstreams:
-  mem:
-    address: %q
-    tls: none
-    keep_connection: 0s
-users:
-  alice:
-    password_hash: %q
-    upstream: mem
-    upstream_user: alice@example.com
-    upstream_password_env: ALICE_UPSTREAM
-`, filepath.Join(t.TempDir(), "state"), mem.Addr(), hash)), 0o600)
+	config := aliceConfig(t, mem.Addr(), fmt.Sprintf("data_dir: %s\n", filepath.Join(t.TempDir(), "state")))
 
 	listUIDLs := func(c *pop3client.Client) []string {
 		t.Helper()
@@ -294,27 +274,7 @@ func TestReplicasShareUIDLsThroughRedis(t *testing.T) {
 	if err := mem.AppendAt(user, "INBOX", arrived, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	hash, err := passwd.Hash("local-pass")
-	if err != nil {
-		t.Fatal(err)
-	}
-	config := filepath.Join(t.TempDir(), "gateway.yaml")
-	os.WriteFile(config, []byte(fmt.Sprintf(`listen:
-  pop3: "127.0.0.1:0"
-upstreams:
-  mem:
-    address: %q
-    tls: none
-    keep_connection: 0s
-users:
-  alice:
-    password_hash: %q
-    upstream: mem
-    upstream_user: alice@example.com
-    upstream_password_env: ALICE_UPSTREAM
-redis:
-  address: %q
-`, mem.Addr(), hash, redisAddr)), 0o600)
+	config := aliceConfig(t, mem.Addr(), fmt.Sprintf("redis:\n  address: %q\n", redisAddr))
 	one := startReplica(t, bin, config)
 	two := startReplica(t, bin, config)
 	uidlsOn := func(r *replica) []string {
