@@ -160,7 +160,7 @@ const (
 	AuthOAuthBearer = "oauthbearer" // OAuth2 access token, RFC 7628
 )
 
-// Upstream is an IMAP server.
+// Upstream is a mail store: an IMAP server, or a JMAP or Graph API.
 type Upstream struct {
 	Name       string              `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
 	Address    string              `yaml:"address"`     // host:port; may be empty when Provider is set
@@ -201,6 +201,9 @@ type Upstream struct {
 	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
 	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
+	// Protocol is how the store is spoken to: ProtocolIMAP (default),
+	// ProtocolJMAP or ProtocolGraph; see protocol.go.
+	Protocol string `yaml:"protocol"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the
@@ -221,7 +224,7 @@ type OAuth2 struct {
 
 // OAuthEnabled reports whether the upstream logs in with OAuth2 tokens.
 func (u *Upstream) OAuthEnabled() bool {
-	return u.Auth == AuthXOAuth2 || u.Auth == AuthOAuthBearer
+	return u.Auth == AuthXOAuth2 || u.Auth == AuthOAuthBearer || u.Auth == AuthOAuth2
 }
 
 // TLSServerName returns the name to verify in the upstream's certificate:
@@ -411,6 +414,9 @@ func (c *Config) SetDefaults() {
 		}
 		u.Name = name
 		applyPreset(u)
+		if u.Protocol == "" {
+			u.Protocol = ProtocolIMAP
+		}
 		if u.Auth == "" {
 			u.Auth = AuthPassword
 		}
