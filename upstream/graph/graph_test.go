@@ -505,3 +505,54 @@ func TestResponsesAreBounded(t *testing.T) {
 		t.Errorf("nextLink to another host: %v, want ErrForeignLink", err)
 	}
 }
+
+func TestCutBodiesNeverEndCleanly(t *testing.T) {
+	srv, mb, c := setup(t, graph.Options{Timeout: 300 * time.Millisecond})
+	id := addN(mb, "inbox", 1)[0]
+	var mode atomic.Value
+	srv.Override(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/$value") {
+			return false
+		}
+		switch mode.Load() {
+		case "truncated":
+			// Content-Length promises more than is sent; the server
+			// closes the connection after the handler.
+			w.Header().Set("Content-Length", "1000")
+			io.WriteString(w, "Subject: cut\r\n\r\nhalf a mess")
+		case "stalled":
+			io.WriteString(w, "Subject: stalled\r\n\r\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+		}
+		return true
+	})
+	for _, m := range []string{"truncated", "stalled"} {
+		mode.Store(m)
+		body, err := c.Open(ctx(t), id)
+		if err != nil {
+			t.Fatalf("%s: %v", m, err)
+		}
+		start := time.Now()
+		_, err = io.ReadAll(body)
+		body.Close()
+		if err == nil {
+			t.Errorf("%s body read to a clean end", m)
+		}
+		if m == "stalled" && time.Since(start) > 5*time.Second {
+			t.Errorf("a stalled body was waited on for %v", time.Since(start))
+		}
+	}
+	// The slots of both bodies were given back.
+	srv.Override(nil)
+	for range graph.DefaultConcurrency + 1 {
+		body, err := c.Open(ctx(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body.Close()
+	}
+}

@@ -266,13 +266,17 @@ func (c *Client) Open(ctx context.Context, id string) (*Body, error) {
 //   - upstream.DeleteTrash moves each to trash (message-move), a folder id
 //     or well-known name; "" is "deleteditems", the Deleted Items folder.
 //     With immutable ids the message keeps its id there.
-//   - upstream.DeleteExpunge sends DELETE (message-delete). The page does
-//     not say where the message goes: in Exchange Online it is a soft
-//     delete into the Recoverable Items folder ("recoverableitemsdeletions"),
-//     invisible in the folders, recoverable by the user with "Recover
-//     deleted items" for the tenant's deleted-item retention (14 days by
-//     default), then purged. It does not pass through Deleted Items.
-//     Graph's permanentDelete (into Purges) is not used.
+//   - upstream.DeleteExpunge sends DELETE (message-delete), which removes
+//     the message from every folder the user sees. The page does not say
+//     where it goes, and this was not checked against a real tenant:
+//     Exchange Online is reported to soft-delete it into Recoverable Items
+//     ("recoverableitemsdeletions"), where the user can recover it with
+//     "Recover deleted items" for the tenant's deleted-item retention (14
+//     days by default) before it is purged; personal Outlook.com
+//     accounts are reported to put it in Deleted Items. The documented
+//     permanent delete is message-permanentdelete (POST .../permanentDelete,
+//     into the hidden Purges folder); it is not used: a POP3 client's
+//     DELE should stay recoverable.
 //   - upstream.DeleteSeen sets isRead (message-update); nothing moves.
 //   - upstream.DeleteKeep does nothing.
 func (c *Client) Remove(ctx context.Context, ids []string, mode upstream.DeleteMode, trash string) error {
