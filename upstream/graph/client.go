@@ -63,6 +63,9 @@ type Options struct {
 	Backoff       time.Duration
 	PageSize      int
 	Timeout       time.Duration
+	// NoBatch sends each delete as a request of its own rather than in
+	// JSON batches.
+	NoBatch bool
 }
 
 // Client talks to one mailbox (/me of the token's user). It is safe for
@@ -76,6 +79,9 @@ type Client struct {
 	opts    Options
 	tokenMu sync.Mutex
 	token   string
+	// batchMu is held while taking every slot for a batch, so that two
+	// batches never each hold some of the slots and wait for the rest.
+	batchMu sync.Mutex
 }
 
 // New returns a client for the mailbox whose tokens are given.

@@ -28,5 +28,7 @@
 //     api/user-list-mailfolders ($filter on displayName)
 //   - throttling and throttling-limits#outlook-service-limits: 429 with
 //     Retry-After; at most 4 concurrent requests per app and mailbox
+//   - json-batching: deletes go 20 to a POST /$batch; Outlook runs 4 of a
+//     batch at once, so a batch takes every concurrency slot
 //   - errors: the JSON error object {"error":{"code":...,"message":...}}
 package graph

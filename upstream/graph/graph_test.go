@@ -556,3 +556,51 @@ func TestCutBodiesNeverEndCleanly(t *testing.T) {
 		body.Close()
 	}
 }
+
+func TestRemoveInBatches(t *testing.T) {
+	srv, mb, c := setup(t, graph.Options{})
+	ids := addN(mb, "inbox", 25)
+	srv.ThrottleBatchItems(2, "1")
+	start := time.Now()
+	if err := c.Remove(ctx(t), ids, upstream.DeleteExpunge, ""); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("throttled batch requests sent again after %v, before their Retry-After of 1 s", waited)
+	}
+	for _, id := range ids {
+		if folder, _, _ := mb.State(id); folder != "recoverableitemsdeletions" {
+			t.Errorf("%s in %q", id, folder)
+		}
+	}
+	reqs := srv.Requests()
+	// 20, the 2 throttled again, then 5.
+	if b, items := count(reqs, "POST /$batch"), count(reqs, "BATCH DELETE /me/messages/"); b != 3 || items != 27 {
+		t.Errorf("%d batches of %d requests, want 3 of 27", b, items)
+	}
+	if n := count(reqs, "DELETE "); n != 0 {
+		t.Errorf("%d deletes outside batches", n)
+	}
+
+	// Without batches: one request each.
+	srv2, mb2, c2 := setup(t, graph.Options{NoBatch: true})
+	ids2 := addN(mb2, "inbox", 5)
+	if err := c2.Remove(ctx(t), ids2, upstream.DeleteSeen, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids2 {
+		if _, read, _ := mb2.State(id); !read {
+			t.Errorf("%s not read", id)
+		}
+	}
+	if n := count(srv2.Requests(), "PATCH /me/messages/"); n != 5 {
+		t.Errorf("%d PATCH requests, want 5", n)
+	}
+
+	// A batch request throttled for a year fails at once.
+	more := addN(mb, "inbox", 3)
+	srv.ThrottleBatchItems(1, "31536000")
+	if err := c.Remove(ctx(t), more, upstream.DeleteTrash, ""); !errors.Is(err, graph.ErrTemporary) {
+		t.Errorf("a year's Retry-After in a batch: %v, want ErrTemporary", err)
+	}
+}

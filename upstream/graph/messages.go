@@ -259,9 +259,10 @@ func (c *Client) Open(ctx context.Context, id string) (*Body, error) {
 	return &Body{body: resp.Body.(*slotBody)}, nil
 }
 
-// Remove applies a delete mode to messages, each with its own request,
-// as many at once as the concurrency limit allows. A message already gone
-// counts as done.
+// Remove applies a delete mode to messages: in JSON batches of up to 20
+// requests (json-batching), or with one request each, as many at once as
+// the concurrency limit allows, when Options.NoBatch is set or there is
+// one message. A message already gone counts as done.
 //
 //   - upstream.DeleteTrash moves each to trash (message-move), a folder id
 //     or well-known name; "" is "deleteditems", the Deleted Items folder.
@@ -280,7 +281,7 @@ func (c *Client) Open(ctx context.Context, id string) (*Body, error) {
 //   - upstream.DeleteSeen sets isRead (message-update); nothing moves.
 //   - upstream.DeleteKeep does nothing.
 func (c *Client) Remove(ctx context.Context, ids []string, mode upstream.DeleteMode, trash string) error {
-	var one func(ctx context.Context, id string) error
+	var build func(id string) request
 	switch mode {
 	case upstream.DeleteKeep:
 		return nil
@@ -289,19 +290,22 @@ func (c *Client) Remove(ctx context.Context, ids []string, mode upstream.DeleteM
 		if err != nil {
 			return err
 		}
-		one = func(ctx context.Context, id string) error {
-			return c.simple(ctx, request{op: "move", method: "POST", path: "/me/messages/" + url.PathEscape(id) + "/move", body: map[string]string{"destinationId": dest}, notFound: upstream.ErrMessageGone})
+		build = func(id string) request {
+			return request{op: "move", method: "POST", path: "/me/messages/" + url.PathEscape(id) + "/move", body: map[string]string{"destinationId": dest}, notFound: upstream.ErrMessageGone}
 		}
 	case upstream.DeleteExpunge:
-		one = func(ctx context.Context, id string) error {
-			return c.simple(ctx, request{op: "delete", method: "DELETE", path: "/me/messages/" + url.PathEscape(id), notFound: upstream.ErrMessageGone})
+		build = func(id string) request {
+			return request{op: "delete", method: "DELETE", path: "/me/messages/" + url.PathEscape(id), notFound: upstream.ErrMessageGone}
 		}
 	case upstream.DeleteSeen:
-		one = func(ctx context.Context, id string) error {
-			return c.simple(ctx, request{op: "mark-read", method: "PATCH", path: "/me/messages/" + url.PathEscape(id), body: map[string]bool{"isRead": true}, notFound: upstream.ErrMessageGone})
+		build = func(id string) request {
+			return request{op: "mark-read", method: "PATCH", path: "/me/messages/" + url.PathEscape(id), body: map[string]bool{"isRead": true}, notFound: upstream.ErrMessageGone}
 		}
 	default:
 		return fmt.Errorf("graph: unknown delete mode %q", mode)
+	}
+	if len(ids) > 1 && !c.opts.NoBatch {
+		return c.batch(ctx, ids, build)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -316,7 +320,7 @@ func (c *Client) Remove(ctx context.Context, ids []string, mode upstream.DeleteM
 		go func() {
 			defer wg.Done()
 			for id := range work {
-				err := one(ctx, id)
+				err := c.simple(ctx, build(id))
 				if err == nil || errors.Is(err, upstream.ErrMessageGone) {
 					continue
 				}

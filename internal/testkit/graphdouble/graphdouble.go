@@ -22,11 +22,13 @@
 //   - throttling, throttling-limits#outlook-service-limits: 429 with
 //     Retry-After; more than 4 requests at once on one mailbox are refused
 //     with 429 "ApplicationThrottled"
+//   - json-batching: POST /$batch of up to 20 requests, each answered as if
+//     sent alone, inside {"responses":[{"id","status","headers","body"}]}
 //   - errors: {"error":{"code","message","innerError":{...}}}; an expired
 //     token is 401 InvalidAuthenticationToken "Access token has expired or
 //     is not yet valid." with a WWW-Authenticate: Bearer header
 //
-// Knobs for the faults: PageSize, Throttle, Expire, ExpireDeltaLinks,
+// Knobs for the faults: PageSize, Throttle, ThrottleBatchItems, Expire, ExpireDeltaLinks,
 // Mailbox.Remove (another client deletes a message), messages of any
 // bytes (bare LF) and generated messages of any size (Mailbox.AddLarge),
 // Delay and Override.
@@ -65,13 +67,15 @@ type Server struct {
 	tokens    map[string]token    // by access token
 	pageSize  int
 	throttles []throttle
-	delay     time.Duration
-	override  func(w http.ResponseWriter, r *http.Request) bool
-	deltas    map[string]*deltaState // by $deltatoken or $skiptoken
-	requests  []string
-	inFlight  map[string]int
-	maxFlight map[string]int
-	seq       int
+	// itemThrottles apply to requests inside JSON batches.
+	itemThrottles []throttle
+	delay         time.Duration
+	override      func(w http.ResponseWriter, r *http.Request) bool
+	deltas        map[string]*deltaState // by $deltatoken or $skiptoken
+	requests      []string
+	inFlight      map[string]int
+	maxFlight     map[string]int
+	seq           int
 }
 
 type token struct {
@@ -151,6 +155,16 @@ func (s *Server) Throttle(n, status int, retryAfter string) {
 	defer s.mu.Unlock()
 	for range n {
 		s.throttles = append(s.throttles, throttle{status, retryAfter})
+	}
+}
+
+// ThrottleBatchItems makes the next n requests inside JSON batches
+// answer 429 with the Retry-After value given ("" for none).
+func (s *Server) ThrottleBatchItems(n int, retryAfter string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range n {
+		s.itemThrottles = append(s.itemThrottles, throttle{http.StatusTooManyRequests, retryAfter})
 	}
 }
 
@@ -497,6 +511,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, user, escaped str
 			continue
 		}
 		segs = append(segs, u)
+	}
+	if r.Method == "POST" && len(segs) == 1 && segs[0] == "$batch" {
+		s.batch(w, r, user)
+		return
 	}
 	if len(segs) == 0 || segs[0] != "me" {
 		graphError(w, http.StatusBadRequest, "BadRequest", "Resource not found for the segment.")
@@ -854,4 +872,68 @@ func (s *Server) update(w http.ResponseWriter, r *http.Request, m *Mailbox, id s
 	s.seq++
 	msg.version = s.seq
 	writeJSON(w, http.StatusOK, messageJSON(msg, "", imm))
+}
+
+// maxBatch is the most requests a JSON batch may hold (json-batching).
+const maxBatch = 20
+
+// batch answers a JSON batch (json-batching): each request is answered
+// as if sent alone, and the answers come back together, in any order
+// the service likes; the double keeps the requests' order.
+func (s *Server) batch(w http.ResponseWriter, r *http.Request, user string) {
+	var req struct {
+		Requests []struct {
+			ID      string            `json:"id"`
+			Method  string            `json:"method"`
+			URL     string            `json:"url"`
+			Body    json.RawMessage   `json:"body"`
+			Headers map[string]string `json:"headers"`
+		} `json:"requests"`
+	}
+	if !s.readBody(w, r, &req) {
+		return
+	}
+	if len(req.Requests) == 0 || len(req.Requests) > maxBatch {
+		graphError(w, http.StatusBadRequest, "BadRequest", "Number of requests must be between 1 and 20.")
+		return
+	}
+	var responses []map[string]any
+	for _, item := range req.Requests {
+		u, err := url.Parse(item.URL)
+		if item.ID == "" || err != nil || !strings.HasPrefix(u.Path, "/") {
+			graphError(w, http.StatusBadRequest, "BadRequest", "Invalid request in the batch.")
+			return
+		}
+		sub := httptest.NewRequest(item.Method, s.URL+item.URL, strings.NewReader(string(item.Body)))
+		for k, v := range item.Headers {
+			sub.Header.Set(k, v)
+		}
+		rec := httptest.NewRecorder()
+		s.mu.Lock()
+		s.requests = append(s.requests, "BATCH "+item.Method+" "+item.URL)
+		var th *throttle
+		if len(s.itemThrottles) > 0 {
+			th = &s.itemThrottles[0]
+			s.itemThrottles = s.itemThrottles[1:]
+		}
+		s.mu.Unlock()
+		if th != nil {
+			if th.retryAfter != "" {
+				rec.Header().Set("Retry-After", th.retryAfter)
+			}
+			graphError(rec, th.status, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.")
+		} else {
+			s.route(rec, sub, user, u.EscapedPath())
+		}
+		headers := map[string]string{}
+		for k := range rec.Header() {
+			headers[k] = rec.Header().Get(k)
+		}
+		answer := map[string]any{"id": item.ID, "status": rec.Code, "headers": headers}
+		if body := rec.Body.Bytes(); len(body) > 0 {
+			answer["body"] = json.RawMessage(body)
+		}
+		responses = append(responses, answer)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"responses": responses})
 }
