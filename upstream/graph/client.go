@@ -191,7 +191,11 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 	}
 	refreshed := false
 	for attempt := 0; ; attempt++ {
-		resp, err := c.send(ctx, req.method, target, body)
+		token, err := c.accessToken(ctx, "")
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.send(ctx, req.method, target, body, token)
 		if err != nil {
 			return nil, err
 		}
@@ -205,7 +209,7 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 			// The token expired or was revoked since it was handed out:
 			// ask for a fresh one, once (errors: 401).
 			refreshed = true
-			if _, err := c.accessToken(ctx, true); err != nil {
+			if _, err := c.accessToken(ctx, token); err != nil {
 				return nil, err
 			}
 			attempt--
@@ -247,11 +251,7 @@ func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
 
 // send makes one HTTP exchange within a concurrency slot; the slot stays
 // taken until the response body is closed.
-func (c *Client) send(ctx context.Context, method string, target *url.URL, body []byte) (*http.Response, error) {
-	token, err := c.accessToken(ctx, false)
-	if err != nil {
-		return nil, err
-	}
+func (c *Client) send(ctx context.Context, method string, target *url.URL, body []byte, token string) (*http.Response, error) {
 	select {
 	case c.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -296,14 +296,16 @@ func (c *Client) release(resp *http.Response) {
 	resp.Body.Close()
 }
 
-// accessToken returns the token to send; with refresh, a new one.
-func (c *Client) accessToken(ctx context.Context, refresh bool) (string, error) {
+// accessToken returns the token to send. Given the token Graph refused, it
+// returns a new one: from the source, unless a concurrent request has
+// already replaced that token.
+func (c *Client) accessToken(ctx context.Context, refused string) (string, error) {
 	c.tokenMu.Lock()
 	defer c.tokenMu.Unlock()
-	if c.token != "" && !refresh {
+	if c.token != "" && (refused == "" || refused != c.token) {
 		return c.token, nil
 	}
-	tok, err := c.tokens.AccessToken(ctx, refresh)
+	tok, err := c.tokens.AccessToken(ctx, refused != "")
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", upstream.ErrAuthFailed, err)
 	}

@@ -604,3 +604,31 @@ func TestRemoveInBatches(t *testing.T) {
 		t.Errorf("a year's Retry-After in a batch: %v, want ErrTemporary", err)
 	}
 }
+
+// Requests refused together for one expired token refresh it once.
+func TestConcurrentRefusalsRefreshOnce(t *testing.T) {
+	src := &tokens{first: "token-1", fresh: []string{"token-2", "token-3", "token-4", "token-5"}}
+	srv, mb, c := setup(t, graph.Options{Tokens: src})
+	for _, tok := range src.fresh {
+		srv.Grant(tok, user)
+	}
+	ids := addN(mb, "inbox", 8)
+	srv.Expire("token-1")
+	srv.Delay(20 * time.Millisecond)
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() {
+			body, err := c.Open(ctx(t), id)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, body)
+			body.Close()
+		})
+	}
+	wg.Wait()
+	if src.refreshes != 1 {
+		t.Errorf("%d refreshes for one expired token, want 1", src.refreshes)
+	}
+}
