@@ -171,6 +171,9 @@ type Upstream struct {
 	OnDelete   upstream.DeleteMode `yaml:"on_delete"`   // one of upstream.DeleteModes, applied at QUIT; default upstream.DeleteExpunge
 	Timeout    Duration            `yaml:"timeout"`     // default DefaultTimeout
 	Provider   string              `yaml:"provider"`    // optional preset, one of Providers
+	// Protocol is how the store is spoken to: ProtocolIMAP (default),
+	// ProtocolJMAP or ProtocolGraph; see protocol.go.
+	Protocol string `yaml:"protocol"`
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
 	TrashMailbox string `yaml:"trash_mailbox"`
@@ -201,9 +204,6 @@ type Upstream struct {
 	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
 	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
-	// Protocol is how the store is spoken to: ProtocolIMAP (default),
-	// ProtocolJMAP or ProtocolGraph; see protocol.go.
-	Protocol string `yaml:"protocol"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the
