@@ -414,9 +414,6 @@ func (c *Config) SetDefaults() {
 		}
 		u.Name = name
 		applyPreset(u)
-		if u.Protocol == "" {
-			u.Protocol = ProtocolIMAP
-		}
 		if u.Auth == "" {
 			u.Auth = AuthPassword
 		}
@@ -425,6 +422,9 @@ func (c *Config) SetDefaults() {
 		}
 		if u.Mailbox == "" {
 			u.Mailbox = DefaultMailbox
+		}
+		if u.Protocol == "" {
+			u.Protocol = ProtocolIMAP
 		}
 		if u.OnDelete == "" {
 			u.OnDelete = upstream.DeleteExpunge
