@@ -595,7 +595,9 @@ func (s *Server) listFolders(w http.ResponseWriter, r *http.Request, m *Mailbox)
 	want, byName := "", false
 	if filter != "" {
 		v, ok := strings.CutPrefix(filter, "displayName eq '")
-		if !ok || !strings.HasSuffix(v, "'") {
+		// An OData string literal doubles its single quotes; a lone one
+		// ends the literal early.
+		if !ok || !strings.HasSuffix(v, "'") || strings.Contains(strings.ReplaceAll(strings.TrimSuffix(v, "'"), "''", ""), "'") {
 			graphError(w, http.StatusBadRequest, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
 			return
 		}
