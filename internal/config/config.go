@@ -160,7 +160,7 @@ const (
 	AuthOAuthBearer = "oauthbearer" // OAuth2 access token, RFC 7628
 )
 
-// Upstream is an IMAP server.
+// Upstream is a mail store: an IMAP server, or a JMAP or Graph API.
 type Upstream struct {
 	Name       string              `yaml:"-"`           // key in Config.Upstreams, set by SetDefaults
 	Address    string              `yaml:"address"`     // host:port; may be empty when Provider is set
@@ -171,6 +171,9 @@ type Upstream struct {
 	OnDelete   upstream.DeleteMode `yaml:"on_delete"`   // one of upstream.DeleteModes, applied at QUIT; default upstream.DeleteExpunge
 	Timeout    Duration            `yaml:"timeout"`     // default DefaultTimeout
 	Provider   string              `yaml:"provider"`    // optional preset, one of Providers
+	// Protocol is how the store is spoken to: ProtocolIMAP (default),
+	// ProtocolJMAP or ProtocolGraph; see protocol.go.
+	Protocol string `yaml:"protocol"`
 	// TrashMailbox is the mailbox used by on_delete trash when the server
 	// has no \Trash special-use mailbox.
 	TrashMailbox string `yaml:"trash_mailbox"`
@@ -221,7 +224,7 @@ type OAuth2 struct {
 
 // OAuthEnabled reports whether the upstream logs in with OAuth2 tokens.
 func (u *Upstream) OAuthEnabled() bool {
-	return u.Auth == AuthXOAuth2 || u.Auth == AuthOAuthBearer
+	return u.Auth == AuthXOAuth2 || u.Auth == AuthOAuthBearer || u.Auth == AuthOAuth2
 }
 
 // TLSServerName returns the name to verify in the upstream's certificate:
@@ -419,6 +422,9 @@ func (c *Config) SetDefaults() {
 		}
 		if u.Mailbox == "" {
 			u.Mailbox = DefaultMailbox
+		}
+		if u.Protocol == "" {
+			u.Protocol = ProtocolIMAP
 		}
 		if u.OnDelete == "" {
 			u.OnDelete = upstream.DeleteExpunge

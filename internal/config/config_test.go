@@ -120,7 +120,7 @@ func TestDefaults(t *testing.T) {
 	got := *u
 	got.FetchAhead, got.KeepConnection = nil, nil
 	want := Upstream{Name: "corp", Address: "imap.example.com:993", TLS: upstream.SecurityImplicit, Mailbox: "INBOX",
-		OnDelete: upstream.DeleteExpunge, Timeout: Duration(60 * time.Second), Auth: AuthPassword}
+		OnDelete: upstream.DeleteExpunge, Timeout: Duration(60 * time.Second), Auth: AuthPassword, Protocol: ProtocolIMAP}
 	if got != want {
 		t.Errorf("upstream = %+v, want %+v", got, want)
 	}
@@ -331,7 +331,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, protocol, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, data_dir, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{

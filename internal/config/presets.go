@@ -9,6 +9,7 @@ import (
 // Preset is what a provider key fills in on an upstream: values the file
 // leaves empty take these.
 type Preset struct {
+	Protocol string // ProtocolIMAP when empty
 	Address  string
 	TLS      upstream.Security
 	Auth     string              // the mechanism the provider expects by default
@@ -67,10 +68,28 @@ var Presets = map[string]Preset{
 		Address: "imap.fastmail.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
 		OnDelete: upstream.DeleteTrash, Trash: "Trash",
 	},
+	// Microsoft 365 mailboxes through Microsoft Graph, for tenants that
+	// turned IMAP off. Trash is the well-known name of Deleted Items
+	// (graph/api/message-move). Mail.Send is for the submission relay.
+	"microsoft365-graph": {
+		Protocol: ProtocolGraph, Address: "https://graph.microsoft.com/v1.0", Auth: AuthOAuth2,
+		OnDelete: upstream.DeleteTrash, Trash: "deleteditems",
+		AuthURL:       "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+		TokenURL:      "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+		DeviceAuthURL: "https://login.microsoftonline.com/common/oauth2/v2.0/devicecode",
+		Scopes:        []string{"https://graph.microsoft.com/Mail.ReadWrite", "https://graph.microsoft.com/Mail.Send", "offline_access"},
+	},
+}
+
+func (p Preset) protocol() string {
+	if p.Protocol == "" {
+		return ProtocolIMAP
+	}
+	return p.Protocol
 }
 
 // Providers lists the accepted values of an upstream's provider key.
-var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol"}
+var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol", "microsoft365-graph"}
 
 // fill sets *dst to v when it is empty.
 func fill[T ~string](dst *T, v T) {
@@ -84,6 +103,11 @@ func fill[T ~string](dst *T, v T) {
 func applyPreset(u *Upstream) {
 	p, ok := Presets[u.Provider]
 	if !ok {
+		return
+	}
+	fill(&u.Protocol, p.protocol())
+	if u.Protocol != p.protocol() {
+		// A preset of another protocol fills nothing; Validate says so.
 		return
 	}
 	fill(&u.Address, p.Address)

@@ -19,7 +19,7 @@ import (
 )
 
 var (
-	authMechs   = []string{AuthPassword, AuthXOAuth2, AuthOAuthBearer}
+	authMechs   = []string{AuthPassword, AuthXOAuth2, AuthOAuthBearer, AuthOAuth2}
 	tlsVersions = []string{"1.0", "1.1", "1.2", "1.3"}
 )
 
@@ -112,12 +112,7 @@ func (c *Config) Validate() error {
 			p.add(path, "is empty")
 			continue
 		}
-		switch {
-		case u.Address != "":
-			p.addr(path+".address", u.Address, false)
-		case u.Provider == "":
-			p.add(path+".address", "required (or set provider)")
-		}
+		p.protocol(c, path, u)
 		checkOneOf(&p, path+".tls", u.TLS, upstream.Securities)
 		checkOneOf(&p, path+".on_delete", u.OnDelete, upstream.DeleteModes)
 		if u.Timeout <= 0 {
@@ -147,7 +142,7 @@ func (c *Config) Validate() error {
 		case u.OAuthEnabled():
 			p.oauth2(path+".oauth2", u.OAuth2)
 		case u.OAuth2 != nil:
-			p.add(path+".oauth2", "set, but auth is %s; use auth xoauth2 or oauthbearer", u.Auth)
+			p.add(path+".oauth2", "set, but auth is %s; use auth xoauth2 or oauthbearer (oauth2 for protocol graph and jmap)", u.Auth)
 		}
 	}
 

@@ -90,6 +90,25 @@ func TestArchitecture(t *testing.T) {
 		}
 	}
 
+	// A store beside IMAP lives in a package under upstream (Graph:
+	// upstream/graph) and uses nothing of the gateway but the stores'
+	// shared vocabulary in package upstream.
+	stores := 0
+	for pkg, ds := range deps {
+		if !strings.HasPrefix(pkg, "upstream/") {
+			continue
+		}
+		stores++
+		for _, d := range ds {
+			if d != "upstream" {
+				t.Errorf("%s depends on %s; a store may use only upstream of the gateway", pkg, d)
+			}
+		}
+	}
+	if stores == 0 {
+		t.Error("go list reports no store under upstream/")
+	}
+
 	// Test kits are for tests (and the benchmark command) only.
 	for pkg, ds := range deps {
 		if under(pkg, "internal/testkit") || under(pkg, "cmd/pop3bench") {

@@ -48,7 +48,7 @@ func AuthorizeOAuth2(ctx context.Context, opts OAuth2Login, stdin io.Reader, std
 	}
 	up := cfg.Upstreams[user.Upstream]
 	if !up.OAuthEnabled() {
-		return fmt.Errorf("users.%s: upstream %s has auth %s; OAuth2 needs auth xoauth2 or oauthbearer", opts.User, up.Name, up.Auth)
+		return fmt.Errorf("users.%s: upstream %s has auth %s; OAuth2 needs auth xoauth2 or oauthbearer (oauth2 for protocol graph and jmap)", opts.User, up.Name, up.Auth)
 	}
 	key, err := cfg.SealingKey()
 	if err != nil {

@@ -59,6 +59,11 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	var key *secrets.Key
 	clients := make(map[string]*oauth.Client)
 	for name, u := range cfg.Upstreams {
+		// The JMAP and Graph stores are not joined to POP3 yet: refuse at
+		// start rather than dial an API URL as an IMAP server.
+		if err := u.Served(); err != nil {
+			return nil, err
+		}
 		tlsConfig, err := upstreamTLS(u)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams.%s: %w", name, err)
