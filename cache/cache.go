@@ -12,14 +12,14 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
-// Key names one message version: a UID is only meaningful with its
-// mailbox's UIDVALIDITY (RFC 9051 §2.3.1.1), and a mailbox only within its
-// account.
+// Key names one message version: a store's message id is only meaningful
+// in its mailbox's epoch (IMAP: a UID under its UIDVALIDITY, RFC 9051
+// §2.3.1.1), and a mailbox only within its account.
 type Key struct {
-	Account     string // upstream name and user
-	Mailbox     string
-	UIDValidity uint32
-	UID         uint32
+	Account string // upstream name and user
+	Mailbox string
+	Epoch   string
+	ID      string
 }
 
 // maxSizes bounds the table of exact sizes; an entry is about 100 bytes.

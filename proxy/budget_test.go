@@ -259,12 +259,12 @@ func TestListingsBoundedInBytes(t *testing.T) {
 	listing := func(n int) []upstream.Entry {
 		entries := make([]upstream.Entry, n)
 		for i := range entries {
-			entries[i] = upstream.Entry{UID: uint32(i + 1), Size: 1000}
+			entries[i] = upstream.Entry{ID: upstream.ID(fmt.Sprint(i + 1)), Size: 1000}
 		}
 		return entries
 	}
 	state := func(n int) upstream.Mailbox {
-		return upstream.Mailbox{UIDValidity: 1, UIDNext: uint32(n + 1), Messages: uint32(n)}
+		return upstream.Mailbox{Epoch: "1", State: fmt.Sprint(n+1, "/", n), Messages: n}
 	}
 	for i := range 20 {
 		s.put(fmt.Sprintf("mailbox%d", i), &snapshot{state: state(100), entries: listedEntries(listing(100))})

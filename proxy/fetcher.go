@@ -7,10 +7,12 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/upstream"
 )
 
 // Fetching ahead: after a message is served, the next ones the cache can
-// hold are fetched in the background with one UID FETCH, up to
+// hold are fetched in the background in one request (IMAP: one UID
+// FETCH) where the store can, up to
 // prefetchCount messages or prefetchBytes, so the server's transfers
 // overlap the client's and cost one round trip per batch. The first RETR
 // that finds its message uncached starts a batch with it: that message is
@@ -83,35 +85,35 @@ func (f *fetcher) start(i int, handOff bool) bool {
 	}
 	limit := m.g.cache.MaxMessage()
 	var (
-		uids  []uint32
-		keys  = make(map[uint32]cache.Key)
-		sizes = make(map[uint32]int64)
+		ids   []upstream.ID
+		keys  = make(map[upstream.ID]cache.Key)
+		sizes = make(map[upstream.ID]int64)
 		ready = make(map[int]chan struct{})
-		index = make(map[uint32]int)
+		index = make(map[upstream.ID]int)
 		total int64
 	)
-	for j := i; j < len(m.uids) && len(uids) < prefetchCount; j++ {
+	for j := i; j < len(m.msgs) && len(ids) < prefetchCount; j++ {
 		size := m.sizes[j]
-		if size > limit || total+size > prefetchBytes && len(uids) > 0 {
+		if size > limit || total+size > prefetchBytes && len(ids) > 0 {
 			break
 		}
 		k := m.key(j)
 		if _, cached := m.g.cache.Peek(k); cached || f.notAhead[j] {
 			continue
 		}
-		uid := m.uids[j]
-		uids = append(uids, uid)
-		keys[uid], sizes[uid] = k, size
+		id := m.msgs[j]
+		ids = append(ids, id)
+		keys[id], sizes[id] = k, size
 		ready[j] = make(chan struct{})
-		index[uid] = j
+		index[id] = j
 		total += size
 	}
-	if len(uids) == 0 {
+	if len(ids) == 0 {
 		return false
 	}
 	var reserved int64
-	for _, uid := range uids {
-		reserved += bufferSize(sizes[uid], limit)
+	for _, id := range ids {
+		reserved += bufferSize(sizes[id], limit)
 	}
 	if !m.g.budget.Reserve(reserved) {
 		return false
@@ -132,32 +134,32 @@ func (f *fetcher) start(i int, handOff bool) bool {
 		}()
 		batch := &reservation{budget: m.g.budget, n: reserved}
 		defer batch.release()
-		f.err = fetchEach(f.ctx, sess, uids, func(uid uint32, body io.Reader) error {
-			j, ok := index[uid]
+		f.err = fetchEach(f.ctx, sess, ids, func(id upstream.ID, body io.Reader) error {
+			j, ok := index[id]
 			if !ok {
 				return nil
 			}
-			share := bufferSize(sizes[uid], limit)
+			share := bufferSize(sizes[id], limit)
 			res := &reservation{budget: m.g.budget, n: share}
 			batch.n -= share
 			defer res.release()
-			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[uid], limit, res.fit)
+			data, whole, err := readUpTo(pop3.NewCRLFReader(body), sizes[id], limit, res.fit)
 			if err != nil {
 				return err
 			}
 			if !whole {
 				return errLargerThanListed
 			}
-			if len(data) == 0 && sizes[uid] > 0 {
+			if len(data) == 0 && sizes[id] > 0 {
 				return nil // no message: RETR fetches it again
 			}
 			if j == want {
 				handoff <- fetched{index: j, body: data, res: &reservation{budget: m.g.budget, n: res.n}}
 				res.n = 0
 			} else {
-				m.g.cache.Add(keys[uid], data)
+				m.g.cache.Add(keys[id], data)
 			}
-			delete(index, uid)
+			delete(index, id)
 			close(ready[j])
 			return nil
 		})

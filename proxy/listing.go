@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -15,23 +16,26 @@ import (
 // store that can say what changed since (a changeLister) is asked for that
 // only, and its answer is merged in; the identities and the state store's
 // UIDLs of the messages that stayed are reused, so only the new ones are
-// looked up. The merge is checked before it is trusted, and on any doubt
-// every message is listed again:
+// looked up. The store checks its own answer against what its protocol
+// promises (IMAP: new UIDs between the old and the new UIDNEXT); the
+// merge then checks what holds for every store before it is trusted, and
+// on any doubt every message is listed again:
 //
-//   - the new messages lie between the old and the new UIDNEXT, in
-//     strictly increasing UID order;
-//   - every UID the store says it still holds below the old UIDNEXT is
-//     one the old listing has;
-//   - the merged count is the mailbox's count as the last SELECT gave it.
+//   - every ID the store says went is one the old listing has;
+//   - no new message has an ID the merged listing already holds, or one
+//     that another new message has;
+//   - the merged count is the mailbox's count as the store last reported
+//     it.
 //
 // What remains proportional to the mailbox is memory work: copying the
-// remembered listing into the merged one, a map lookup per message when
-// messages came or went (identities rank copies of one message), and
-// building the POP3 listing with each message's exact size from the cache.
+// remembered listing into the merged one, a lookup per message in the
+// small sets of what came or went (identities rank copies of one message),
+// and building the POP3 listing with each message's exact size from the
+// cache.
 
 // changeLister is a Session that can tell how the mailbox changed since
-// it was in an earlier state under the same UIDVALIDITY (IMAP: UIDNEXT:*
-// and, after expunges, the UIDs still there).
+// it was in an earlier state of the same epoch (IMAP: UIDNEXT:* and,
+// after expunges, the UIDs still there; JMAP: Email/changes).
 type changeLister interface {
 	Changes(ctx context.Context, since upstream.Mailbox) (upstream.Changes, error)
 }
@@ -52,7 +56,7 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 	state := sess.Selected()
 	last := g.snaps.last(maildrop)
 	_, shared := g.state.(SharedStateStore)
-	if last != nil && state.UIDNext != 0 && last.state == state {
+	if last != nil && state.State != "" && last.state == state {
 		if last.uidls != nil && !shared {
 			return listed{last, last.uidls, last.hidden}, nil
 		}
@@ -67,6 +71,9 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 		return listed{}, err
 	}
 	snap := &snapshot{state: state, entries: listedEntries(entries), ids: identities(entries)}
+	if err := checkIDs(snap.entries); err != nil {
+		return listed{}, err
+	}
 	return g.assign(ctx, maildrop, snap, nil, shared)
 }
 
@@ -76,11 +83,10 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 // answer, unless the state store is shared, when the next login must ask
 // again.
 func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool) (listed, error) {
-	valid := snap.state.UIDValidity
 	if snap.uidls == nil {
 		proposed := make([]string, len(snap.entries))
 		for i, e := range snap.entries {
-			proposed[i] = uidl(valid, e.UID)
+			proposed[i] = proposedUIDL(e)
 		}
 		uidls, hidden, err := g.state.Assign(ctx, maildrop, snap.ids, proposed)
 		if err != nil {
@@ -98,7 +104,7 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		ids := make([]string, len(changed))
 		proposed := make([]string, len(changed))
 		for j, i := range changed {
-			ids[j], proposed[j] = snap.ids[i], uidl(valid, snap.entries[i].UID)
+			ids[j], proposed[j] = snap.ids[i], proposedUIDL(snap.entries[i])
 		}
 		uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
 		if err != nil {
@@ -119,7 +125,7 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 // for every message but those.
 func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, state upstream.Mailbox, shared bool, log *slog.Logger) (*snapshot, []int) {
 	cl, ok := sess.(changeLister)
-	if !ok || last == nil || state.UIDNext == 0 || last.state.UIDValidity != state.UIDValidity || state.UIDNext < last.state.UIDNext {
+	if !ok || last == nil || state.State == "" || last.state.Epoch != state.Epoch {
 		return nil, nil
 	}
 	ch, err := cl.Changes(ctx, last.state)
@@ -140,26 +146,40 @@ func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, stat
 // to the mailbox in state; why says what did not. withUIDLs copies the
 // state store's answer for the messages that stay.
 func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, withUIDLs bool) (snap *snapshot, changed []int, why string) {
-	prev := last.state.UIDNext
-	for i, e := range ch.Added {
-		if e.UID < prev || e.UID >= state.UIDNext {
-			return nil, nil, fmt.Sprintf("new UID %d outside %d:%d", e.UID, prev, state.UIDNext-1)
+	added := make(map[upstream.ID]bool, len(ch.Added))
+	for _, e := range ch.Added {
+		if e.ID == "" || added[e.ID] {
+			return nil, nil, fmt.Sprintf("new message ID %q empty or given twice", e.ID)
 		}
-		if i > 0 && e.UID <= ch.Added[i-1].UID {
-			return nil, nil, "new UIDs not strictly increasing"
-		}
+		added[e.ID] = true
 	}
+	removed := make(map[upstream.ID]bool, len(ch.Removed))
+	for _, id := range ch.Removed {
+		removed[id] = true
+	}
+	// Which messages of the last listing stay, when any went.
+	var stays []bool
 	kept := len(last.entries)
-	if ch.Present != nil {
+	if len(removed) > 0 || ch.Kept != nil {
+		stays = make([]bool, len(last.entries))
 		kept = 0
-		for _, r := range ch.Present {
-			if r.First > r.Last || r.Last >= prev {
-				return nil, nil, fmt.Sprintf("UIDs %d:%d not below the old UIDNEXT %d", r.First, r.Last, prev)
+		found := 0
+		for i, e := range last.entries {
+			if removed[e.ID] {
+				found++
+				continue
 			}
-			kept += int(r.Last - r.First + 1)
+			if ch.Kept != nil && !ch.Kept(e.ID) {
+				continue
+			}
+			stays[i] = true
+			kept++
+		}
+		if found != len(removed) {
+			return nil, nil, fmt.Sprintf("%d of the %d messages gone are not in the last listing", len(removed)-found, len(removed))
 		}
 	}
-	if uint64(kept)+uint64(len(ch.Added)) != uint64(state.Messages) {
+	if kept+len(ch.Added) != state.Messages {
 		return nil, nil, fmt.Sprintf("%d kept and %d new messages, but the mailbox has %d", kept, len(ch.Added), state.Messages)
 	}
 	n := kept + len(ch.Added)
@@ -172,12 +192,11 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		snap.uidls = make([]string, 0, n)
 		snap.hidden = make([]bool, 0, n)
 	}
-	// Identities rank the copies of one message in UID order (see
+	// Identities rank the copies of one message in listing order (see
 	// identities): where a message went or came, the ranks of its copies
 	// are counted again.
 	recount := make(map[string]int)
-	var gone []int
-	if ch.Present == nil {
+	if stays == nil {
 		snap.entries = append(snap.entries, last.entries...)
 		snap.ids = append(snap.ids, last.ids...)
 		if withUIDLs {
@@ -185,13 +204,9 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 			snap.hidden = append(snap.hidden, last.hidden...)
 		}
 	} else {
-		r := 0
 		for i, e := range last.entries {
-			for r < len(ch.Present) && ch.Present[r].Last < e.UID {
-				r++
-			}
-			if r == len(ch.Present) || e.UID < ch.Present[r].First {
-				gone = append(gone, i)
+			if !stays[i] {
+				recount[identityDigestHex(last.ids[i])] = 0
 				continue
 			}
 			snap.entries = append(snap.entries, e)
@@ -201,11 +216,12 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 				snap.hidden = append(snap.hidden, last.hidden[i])
 			}
 		}
-		if len(snap.entries) != kept {
-			return nil, nil, fmt.Sprintf("the store holds %d messages below the old UIDNEXT, the last listing %d of them", kept, len(snap.entries))
-		}
-		for _, i := range gone {
-			recount[identityDigestHex(last.ids[i])] = 0
+	}
+	if len(added) > 0 {
+		for _, e := range snap.entries {
+			if added[e.ID] {
+				return nil, nil, fmt.Sprintf("new message ID %q already listed", e.ID)
+			}
 		}
 	}
 	digests := make([][16]byte, len(ch.Added))
@@ -233,7 +249,7 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		rank := recount[d]
 		recount[d] = rank + 1
 		changed = append(changed, len(snap.entries))
-		snap.entries = append(snap.entries, listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size})
+		snap.entries = append(snap.entries, listedEntryOf(e))
 		snap.ids = append(snap.ids, identity(digests[i], rank))
 		if withUIDLs {
 			snap.uidls = append(snap.uidls, "")
@@ -248,4 +264,16 @@ func identityHex(digestHex string, rank int) string {
 	var digest [16]byte
 	hex.Decode(digest[:], []byte(digestHex))
 	return identity(digest, rank)
+}
+
+// checkIDs refuses a listing with a message the store gave no ID: it
+// could be neither served nor deleted. (Each ID once is the store's
+// promise; checking it would cost a set of the whole mailbox per listing.)
+func checkIDs(entries []listedEntry) error {
+	for _, e := range entries {
+		if e.ID == "" {
+			return errors.New("the store listed a message without an ID")
+		}
+	}
+	return nil
 }

@@ -99,47 +99,48 @@ func TestListingAfterChangeEqualsFullListing(t *testing.T) {
 }
 
 // mergeChanges trusts a store's changes only when they add up, and gives
-// every message the identity listing them all gives.
+// every message the identity listing them all gives. The store's own
+// checks (IMAP: new UIDs between the old and the new UIDNEXT) are the
+// store's: see upstream's TestChangesRefused.
 func TestMergeChanges(t *testing.T) {
 	arrived := time.Unix(1_700_000_000, 0)
-	entry := func(uid uint32, id string) upstream.Entry {
-		return upstream.Entry{UID: uid, Size: 100, MessageID: id, InternalDate: arrived}
+	entry := func(id, msgid string) upstream.Entry {
+		return upstream.Entry{ID: upstream.ID(id), UIDL: "u-" + id, Size: 100, MessageID: msgid, InternalDate: arrived}
 	}
-	// UIDs 1 to 6; "a" three times, "b" twice.
-	old := []upstream.Entry{entry(1, "a"), entry(2, "b"), entry(3, "a"), entry(4, "c"), entry(5, "a"), entry(6, "b")}
-	state := func(next, n uint32) upstream.Mailbox {
-		return upstream.Mailbox{Name: "INBOX", UIDValidity: 7, UIDNext: next, Messages: n}
+	// m1 to m6; "a" three times, "b" twice.
+	old := []upstream.Entry{entry("m1", "a"), entry("m2", "b"), entry("m3", "a"), entry("m4", "c"), entry("m5", "a"), entry("m6", "b")}
+	state := func(s string, n int) upstream.Mailbox {
+		return upstream.Mailbox{Name: "INBOX", Epoch: "e7", State: s, Messages: n}
 	}
-	last := &snapshot{state: state(7, 6), entries: listedEntries(old), ids: identities(old)}
+	last := &snapshot{state: state("s1", 6), entries: listedEntries(old), ids: identities(old)}
 	last.uidls = make([]string, len(old))
 	last.hidden = make([]bool, len(old))
 	for i, e := range old {
-		last.uidls[i] = uidl(7, e.UID)
+		last.uidls[i] = e.UIDL
 	}
-	ranges := func(rs ...uint32) []upstream.UIDRange {
-		var out []upstream.UIDRange
-		for i := 0; i < len(rs); i += 2 {
-			out = append(out, upstream.UIDRange{First: rs[i], Last: rs[i+1]})
-		}
-		return out
+	kept := func(ids ...string) func(upstream.ID) bool {
+		return func(id upstream.ID) bool { return slices.Contains(ids, string(id)) }
 	}
+	added := func(es ...upstream.Entry) []upstream.Entry { return es }
 	for _, tc := range []struct {
 		name    string
 		ch      upstream.Changes
 		state   upstream.Mailbox
-		want    []uint32 // UIDs merged; nil: refused
+		want    []string // IDs merged; nil: refused
 		changed []int
 	}{
-		{"one new", upstream.Changes{Added: []upstream.Entry{entry(8, "a")}}, state(9, 7), []uint32{1, 2, 3, 4, 5, 6, 8}, []int{6}},
-		{"first copy expunged", upstream.Changes{Present: ranges(2, 6)}, state(7, 5), []uint32{2, 3, 4, 5, 6}, []int{1, 3}},
-		{"expunges and new", upstream.Changes{Added: []upstream.Entry{entry(7, "b"), entry(9, "d")}, Present: ranges(1, 1, 3, 5)}, state(10, 6), []uint32{1, 3, 4, 5, 7, 9}, []int{4, 5}},
-		{"count short of EXISTS", upstream.Changes{Added: []upstream.Entry{entry(7, "d")}}, state(9, 8), nil, nil},
-		{"expunge the count does not show", upstream.Changes{Present: ranges(1, 5)}, state(7, 6), nil, nil},
-		{"new UID below the old UIDNEXT", upstream.Changes{Added: []upstream.Entry{entry(6, "d")}}, state(9, 7), nil, nil},
-		{"new UID at the new UIDNEXT", upstream.Changes{Added: []upstream.Entry{entry(9, "d")}}, state(9, 7), nil, nil},
-		{"new UIDs not increasing", upstream.Changes{Added: []upstream.Entry{entry(8, "d"), entry(7, "e")}}, state(9, 8), nil, nil},
-		{"a UID the last listing lacks", upstream.Changes{Present: ranges(0, 0, 2, 6)}, state(7, 6), nil, nil},
-		{"a range past the old UIDNEXT", upstream.Changes{Present: ranges(2, 7)}, state(8, 6), nil, nil},
+		{"one new", upstream.Changes{Added: added(entry("m8", "a"))}, state("s2", 7), []string{"m1", "m2", "m3", "m4", "m5", "m6", "m8"}, []int{6}},
+		{"first copy removed", upstream.Changes{Removed: []upstream.ID{"m1"}}, state("s2", 5), []string{"m2", "m3", "m4", "m5", "m6"}, []int{1, 3}},
+		{"first copy not kept", upstream.Changes{Kept: kept("m2", "m3", "m4", "m5", "m6")}, state("s2", 5), []string{"m2", "m3", "m4", "m5", "m6"}, []int{1, 3}},
+		{"expunges and new", upstream.Changes{Added: added(entry("m7", "b"), entry("m9", "d")), Kept: kept("m1", "m3", "m4", "m5")}, state("s2", 6), []string{"m1", "m3", "m4", "m5", "m7", "m9"}, []int{4, 5}},
+		{"removed and kept", upstream.Changes{Removed: []upstream.ID{"m2"}, Kept: kept("m1", "m2", "m3", "m4", "m5")}, state("s2", 4), []string{"m1", "m3", "m4", "m5"}, nil},
+		{"removed and listed again", upstream.Changes{Removed: []upstream.ID{"m4"}, Added: added(entry("m4", "c"))}, state("s2", 6), []string{"m1", "m2", "m3", "m5", "m6", "m4"}, []int{5}},
+		{"count short of the mailbox's", upstream.Changes{Added: added(entry("m7", "d"))}, state("s2", 8), nil, nil},
+		{"a removal the count does not show", upstream.Changes{Kept: kept("m1", "m2", "m3", "m4", "m5")}, state("s2", 6), nil, nil},
+		{"a removed ID the last listing lacks", upstream.Changes{Removed: []upstream.ID{"m0", "m1"}}, state("s2", 5), nil, nil},
+		{"a new ID already listed", upstream.Changes{Added: added(entry("m3", "d"))}, state("s2", 7), nil, nil},
+		{"a new ID twice", upstream.Changes{Added: added(entry("m7", "d"), entry("m7", "e"))}, state("s2", 8), nil, nil},
+		{"a new message without ID", upstream.Changes{Added: added(entry("", "d"))}, state("s2", 7), nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			snap, changed, why := mergeChanges(last, tc.ch, tc.state, true)
@@ -152,20 +153,20 @@ func TestMergeChanges(t *testing.T) {
 			if snap == nil {
 				t.Fatalf("refused: %s", why)
 			}
-			var uids []uint32
+			var ids []string
 			for _, e := range snap.entries {
-				uids = append(uids, e.UID)
+				ids = append(ids, string(e.ID))
 			}
-			if !slices.Equal(uids, tc.want) {
-				t.Fatalf("UIDs %v, want %v", uids, tc.want)
+			if !slices.Equal(ids, tc.want) {
+				t.Fatalf("IDs %v, want %v", ids, tc.want)
 			}
-			byUID := map[uint32]upstream.Entry{}
+			byID := map[upstream.ID]upstream.Entry{}
 			for _, e := range append(slices.Clone(old), tc.ch.Added...) {
-				byUID[e.UID] = e
+				byID[e.ID] = e
 			}
 			var merged []upstream.Entry
 			for _, e := range snap.entries {
-				merged = append(merged, byUID[e.UID])
+				merged = append(merged, byID[e.ID])
 			}
 			if want := identities(merged); !slices.Equal(snap.ids, want) {
 				t.Errorf("identities\n%v\nwant\n%v", snap.ids, want)
@@ -174,8 +175,8 @@ func TestMergeChanges(t *testing.T) {
 				t.Errorf("changed %v, want %v", changed, tc.changed)
 			}
 			for i, e := range snap.entries {
-				if !slices.Contains(changed, i) && snap.uidls[i] != uidl(7, e.UID) {
-					t.Errorf("message %d kept UIDL %q, want %q", e.UID, snap.uidls[i], uidl(7, e.UID))
+				if !slices.Contains(changed, i) && snap.uidls[i] != e.UIDL {
+					t.Errorf("message %s kept UIDL %q, want %q", e.ID, snap.uidls[i], e.UIDL)
 				}
 			}
 			if snap.state != tc.state || len(snap.uidls) != len(snap.entries) || len(snap.hidden) != len(snap.entries) {

@@ -14,9 +14,9 @@ import (
 	"github.com/pop3gw/gateway/upstream"
 )
 
-// maildrop is one POP3 session's view of an upstream mailbox: the UIDs
-// present at login, in UID order, are messages 1 to n for the whole
-// session (RFC 1939 §4).
+// maildrop is one POP3 session's view of an upstream mailbox: the
+// messages present at login, in the order the store lists them, are
+// messages 1 to n for the whole session (RFC 1939 §4).
 //
 // Sizes. POP3 sizes count the octets of the message as RETR sends it, with
 // CRLF line endings, but not the CRLF that RETR adds to end a last line
@@ -40,8 +40,8 @@ type maildrop struct {
 	up      *Upstream
 	log     *slog.Logger
 	account string
-	valid   uint32
-	uids    []uint32
+	epoch   string
+	msgs    []upstream.ID   // the store's IDs
 	ids     []string        // identities, for the state store
 	pending []pendingDelete // deletes of earlier sessions not finished yet
 	listing []pop3.Message  // as listed at login; never changed
@@ -75,27 +75,27 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		up:      acct.upstream,
 		log:     log,
 		account: acct.key(),
-		valid:   list.state.UIDValidity,
+		epoch:   list.state.Epoch,
 		pending: pending,
-		uids:    make([]uint32, 0, len(entries)),
+		msgs:    make([]upstream.ID, 0, len(entries)),
 		ids:     make([]string, 0, len(entries)),
 		listing: make([]pop3.Message, 0, len(entries)),
 		sizes:   make([]int64, 0, len(entries)),
 	}
-	deleting := pendingUIDs(pending)
+	deleting := pendingIDs(pending)
 	for i, e := range entries {
 		// A message flagged \Deleted goes at the next expunge by anyone,
 		// perhaps a delete of ours that a server without UIDPLUS could not
 		// finish; one the client deleted in a mode that keeps mail is
 		// hidden, and so is one whose delete is still pending. Listing any
 		// of them would serve it again.
-		if e.Deleted || hidden[i] || deleting[e.UID] {
+		if e.Deleted || hidden[i] || deleting[e.ID] {
 			continue
 		}
-		m.uids = append(m.uids, e.UID)
+		m.msgs = append(m.msgs, e.ID)
 		m.ids = append(m.ids, ids[i])
 		size := e.Size
-		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: e.UID}); ok {
+		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(e.ID)}); ok {
 			size = exact
 		}
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
@@ -105,27 +105,8 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	return m, nil
 }
 
-// uidl is the unique-id (RFC 1939 §7) a message gets when the gateway
-// first lists it; the StateStore keeps it for the message from then on,
-// under any later UIDVALIDITY. It is the UID and the mailbox's
-// UIDVALIDITY, each as eight lower-case hex digits. That is what
-// Dovecot's default pop3_uidl_format (%08Xu%08Xv) produces, so clients
-// moving from Dovecot's own POP3 server to the gateway in front of the same
-// mailbox do not download everything again.
-func uidl(uidValidity, uid uint32) string {
-	const hex = "0123456789abcdef"
-	var b [16]byte
-	for i := 7; i >= 0; i-- {
-		b[i] = hex[uid&0xf]
-		b[8+i] = hex[uidValidity&0xf]
-		uid >>= 4
-		uidValidity >>= 4
-	}
-	return string(b[:])
-}
-
 func (m *maildrop) key(i int) cache.Key {
-	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, UIDValidity: m.valid, UID: m.uids[i]}
+	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(m.msgs[i])}
 }
 
 // Messages returns a copy of the listing made at login.
@@ -169,7 +150,7 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		}
 	}
 	fetchCtx, abandon := context.WithCancel(ctx)
-	raw, err := sess.Open(fetchCtx, m.uids[i], 0, -1)
+	raw, err := sess.Open(fetchCtx, m.msgs[i], 0, -1)
 	if err != nil {
 		abandon()
 		return nil, m.fetchFailed(i, err)
@@ -179,7 +160,7 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		// message either.
 		raw.Close()
 		abandon()
-		m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
+		m.log.Warn("the server sent an empty body for a listed message", "id", m.msgs[i], "listed", m.sizes[i])
 		return nil, errNoBody
 	}
 	resumable := newResumingReader(m, i, fetchCtx, raw)
@@ -265,7 +246,7 @@ func (m *maildrop) fetchFailed(i int, err error) error {
 	case errors.Is(err, upstream.ErrMessageGone):
 		return errMessageGone
 	case errors.Is(err, upstream.ErrNoBody):
-		m.log.Warn("the server sent no body for a listed message", "uid", m.uids[i])
+		m.log.Warn("the server sent no body for a listed message", "id", m.msgs[i])
 		return errNoBody
 	}
 	m.broken = true
@@ -314,7 +295,7 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		raw = append(raw, got...)
 		whole := int64(len(got)) < n
 		if len(raw) == 0 && m.sizes[i] > 0 {
-			m.log.Warn("the server sent an empty body for a listed message", "uid", m.uids[i], "listed", m.sizes[i])
+			m.log.Warn("the server sent an empty body for a listed message", "id", m.msgs[i], "listed", m.sizes[i])
 			return nil, errNoBody
 		}
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
@@ -335,7 +316,7 @@ func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	part, err := sess.Open(ctx, m.uids[i], offset, n)
+	part, err := sess.Open(ctx, m.msgs[i], offset, n)
 	if err != nil {
 		return nil, m.fetchFailed(i, err)
 	}
@@ -403,7 +384,7 @@ func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
 func (m *maildrop) setSize(i int, size int64) {
 	if m.sizes[i] != size {
 		m.log.Info("upstream size differs from the message; listing the exact size",
-			"uid", m.uids[i], "listed", m.sizes[i], "exact", size)
+			"id", m.msgs[i], "listed", m.sizes[i], "exact", size)
 		m.sizes[i] = size
 	}
 }
@@ -476,10 +457,10 @@ func (r *messageReader) Close() error {
 // (RFC 1939 §6 has QUIT remove them from the maildrop).
 func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult, error) {
 	m.ahead.wait()
-	uids := make([]uint32, len(deleted))
+	msgs := make([]upstream.ID, len(deleted))
 	ids := make([]string, len(deleted))
 	for j, i := range deleted {
-		uids[j], ids[j] = m.uids[i], m.ids[i]
+		msgs[j], ids[j] = m.msgs[i], m.ids[i]
 	}
 	if hc, ok := m.g.locker.(HeldChecker); ok {
 		held, err := hc.Held(ctx, m.acct.maildrop())
@@ -487,7 +468,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 			return pop3.CommitResult{}, fmt.Errorf("checking the maildrop lock before deleting: %w", err)
 		}
 		if !held {
-			m.log.Error("maildrop lock lost during the session; deleting nothing", "marked", len(uids))
+			m.log.Error("maildrop lock lost during the session; deleting nothing", "marked", len(msgs))
 			return pop3.CommitResult{}, errors.New("maildrop lock lost during the session")
 		}
 	}
@@ -499,7 +480,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 			if err != nil {
 				return pop3.CommitResult{}, err
 			}
-			if err := sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, nil); err != nil {
+			if err := sess.DeleteJournaled(ctx, msgs, mode, m.up.Trash, nil); err != nil {
 				m.broken = true
 				return pop3.CommitResult{}, err
 			}
@@ -507,22 +488,22 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 		if err := m.g.hide(ctx, maildrop, ids); err != nil {
 			return pop3.CommitResult{}, fmt.Errorf("hiding deleted messages: %w", err)
 		}
-		m.log.Info("deleted messages hidden, kept upstream", "count", len(uids), "mode", mode)
-		return pop3.CommitResult{Kept: len(uids)}, nil
+		m.log.Info("deleted messages hidden, kept upstream", "count", len(msgs), "mode", mode)
+		return pop3.CommitResult{Kept: len(msgs)}, nil
 	}
 	sess, err := m.session(ctx)
 	if err != nil {
 		return pop3.CommitResult{}, err
 	}
-	journal := append(slices.Clip(m.pending), pendingDelete{UIDValidity: m.valid, UIDs: uids, Mode: mode, Trash: m.up.Trash})
+	journal := append(slices.Clip(m.pending), pendingDelete{Epoch: m.epoch, IDs: msgs, Mode: mode, Trash: m.up.Trash})
 	if err := m.g.writeJournal(ctx, maildrop, journal); err != nil {
 		return pop3.CommitResult{}, err
 	}
 	// Whatever happens now, the listing remembered may be wrong: messages
-	// flagged \Deleted but not expunged leave the mailbox's counts as
-	// they were.
+	// flagged \Deleted but not expunged leave the mailbox's state (IMAP:
+	// its counts) as it was.
 	defer m.g.snaps.forget(maildrop)
-	err = sess.DeleteJournaled(ctx, uids, mode, m.up.Trash, func() error {
+	err = sess.DeleteJournaled(ctx, msgs, mode, m.up.Trash, func() error {
 		journal[len(journal)-1].Copied = true
 		return m.g.writeJournal(ctx, maildrop, journal)
 	})
@@ -534,14 +515,14 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 		// The deletes are done; the next session repeats them harmlessly.
 		m.log.Warn("clearing the pending-delete journal failed", "err", err)
 	}
-	m.log.Info("deletes applied", "count", len(uids), "mode", mode)
-	return pop3.CommitResult{Removed: len(uids)}, nil
+	m.log.Info("deletes applied", "count", len(msgs), "mode", mode)
+	return pop3.CommitResult{Removed: len(msgs)}, nil
 }
 
 // session returns the upstream session, logging in again if the connection
 // was dropped: deliberately after a stopped transfer, or by the server
 // while the client was idle. The snapshot stays valid only while the
-// mailbox keeps its UIDVALIDITY.
+// mailbox keeps its epoch.
 func (m *maildrop) session(ctx context.Context) (Session, error) {
 	if m.sess.Alive() {
 		return m.sess, nil
@@ -552,8 +533,8 @@ func (m *maildrop) session(ctx context.Context) (Session, error) {
 		return nil, fmt.Errorf("reconnecting: %w", err)
 	}
 	m.sess = sess
-	if v := sess.Selected().UIDValidity; v != m.valid {
-		return nil, fmt.Errorf("reconnecting: UIDVALIDITY changed from %d to %d", m.valid, v)
+	if e := sess.Selected().Epoch; e != m.epoch {
+		return nil, fmt.Errorf("reconnecting: the mailbox's epoch (IMAP: UIDVALIDITY) changed from %q to %q", m.epoch, e)
 	}
 	m.log.Debug("upstream connection replaced")
 	return sess, nil

@@ -405,14 +405,14 @@ func (g *Gateway) lock(ctx context.Context, key string, log *slog.Logger) (relea
 }
 
 // reuse takes the maildrop's idle connection from the pool, if it was
-// opened with the same credentials, and selects the mailbox again, which
+// opened with the same credentials, and refreshes the mailbox, which
 // both checks the connection and reports the mailbox's current state.
 func (g *Gateway) reuse(ctx context.Context, acct *account) Session {
 	sess := g.pool.take(acct.maildrop(), acct)
 	if sess == nil {
 		return nil
 	}
-	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+	if _, err := sess.Refresh(ctx); err != nil {
 		sess.Close()
 		return nil
 	}

@@ -13,9 +13,9 @@ const maxResumes = 3
 
 // resumingReader reads the raw octets of message i from the server. When
 // the connection dies mid-message, it logs in again, checks that the
-// message is the same one (the UID, the mailbox's UIDVALIDITY, and the
-// size the server announced), and continues from the first octet not yet
-// read with BODY.PEEK[]<offset.rest>. It counts raw octets, as the server
+// message is the same one (its ID, the mailbox's epoch, and the size the
+// store announced), and continues from the first octet not yet read
+// (IMAP: BODY.PEEK[]<offset.rest>). It counts raw octets, as the server
 // sent them, not the normalised ones the client gets: offsets are in the
 // server's copy. Only when that fails maxResumes times does the read fail,
 // and the client is cut off before the terminating line.
@@ -53,10 +53,10 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		r.left--
-		r.m.log.Warn("upstream connection lost mid-message; resuming", "uid", r.m.uids[r.i],
+		r.m.log.Warn("upstream connection lost mid-message; resuming", "id", r.m.msgs[r.i],
 			"offset", r.base+r.n, "err", err)
 		if rerr := r.resume(); rerr != nil {
-			r.m.log.Warn("resuming the message failed", "uid", r.m.uids[r.i], "err", rerr)
+			r.m.log.Warn("resuming the message failed", "id", r.m.msgs[r.i], "err", rerr)
 			return 0, errors.Join(err, rerr)
 		}
 	}
@@ -72,7 +72,7 @@ func (r *resumingReader) resume() error {
 	if err != nil {
 		return err
 	}
-	rest, err := sess.Open(r.ctx, r.m.uids[r.i], r.base+r.n, r.size-r.n)
+	rest, err := sess.Open(r.ctx, r.m.msgs[r.i], r.base+r.n, r.size-r.n)
 	if err != nil {
 		return err
 	}

@@ -15,12 +15,12 @@ const maxSnapshots = 1000
 
 // snapshots remembers the last listing of each mailbox, so a login to a
 // mailbox that has not changed skips listing every message again: the
-// common case for a client that polls. A mailbox has the same set of UIDs
-// when its UIDVALIDITY, UIDNEXT and message count are all unchanged: a new
-// message raises UIDNEXT, an expunge lowers the count, and UIDs are never
-// reused (RFC 9051 §2.3.1.1). A UID's message never changes, so neither
-// does its size. When the mailbox did change, the listing remembered is
-// the base that the store's changes are merged into (see listing.go).
+// common case for a client that polls. A mailbox whose store reports the
+// same epoch and state holds the same messages (IMAP: the same
+// UIDVALIDITY, UIDNEXT and message count, see upstream.Session.Select);
+// the message an ID names never changes, so neither does its size. When
+// the mailbox did change, the listing remembered is the base that the
+// store's changes are merged into (see listing.go).
 //
 // With each listing goes the state store's answer for it (the UIDLs and
 // which messages are hidden), unless the state store is shared with other
@@ -53,17 +53,23 @@ type snapshot struct {
 }
 
 // listedEntry is what a listing keeps of a message: what its identity is
-// made of is in the identity.
+// made of is in the identity. UIDL is the one the store suggested, given
+// to the message should its identity be new to the state store.
 type listedEntry struct {
-	UID     uint32
+	ID      upstream.ID
+	UIDL    string
 	Deleted bool
 	Size    int64
+}
+
+func listedEntryOf(e upstream.Entry) listedEntry {
+	return listedEntry{ID: e.ID, UIDL: e.UIDL, Deleted: e.Deleted, Size: e.Size}
 }
 
 func listedEntries(entries []upstream.Entry) []listedEntry {
 	listed := make([]listedEntry, len(entries))
 	for i, e := range entries {
-		listed[i] = listedEntry{UID: e.UID, Deleted: e.Deleted, Size: e.Size}
+		listed[i] = listedEntryOf(e)
 	}
 	return listed
 }
@@ -86,6 +92,9 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 func listingBytes(maildrop string, snap *snapshot) int64 {
 	const overhead = 200
 	n := int64(len(snap.entries))*int64(unsafe.Sizeof(listedEntry{})) + int64(len(maildrop)) + overhead
+	for _, e := range snap.entries {
+		n += int64(len(e.ID)) + int64(len(e.UIDL))
+	}
 	for _, id := range snap.ids {
 		n += int64(unsafe.Sizeof(id)) + int64(len(id))
 	}
@@ -104,10 +113,10 @@ func (s *snapshots) last(maildrop string) *snapshot {
 	return snap
 }
 
-// put records the listing, unless it cannot be trusted later: the server
-// gave no UIDNEXT, or the count is not the mailbox's.
+// put records the listing, unless it cannot be trusted later: the store
+// gave no state, or the count is not the mailbox's.
 func (s *snapshots) put(maildrop string, snap *snapshot) {
-	if snap.state.UIDNext == 0 || uint32(len(snap.entries)) != snap.state.Messages {
+	if snap.state.State == "" || len(snap.entries) != snap.state.Messages {
 		s.forget(maildrop)
 		return
 	}

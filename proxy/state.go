@@ -16,10 +16,10 @@ import (
 )
 
 // StateStore keeps what the sessions of a maildrop must agree on across
-// gateway restarts, replicas and upstream UIDVALIDITY changes. A maildrop
-// is named by an opaque string that holds a user name, so stores keep it
-// hashed; a message by its identity, a string derived from what the
-// upstream keeps when UIDs change (see identities).
+// gateway restarts, replicas and changes of the store's epoch (IMAP:
+// UIDVALIDITY). A maildrop is named by an opaque string that holds a user
+// name, so stores keep it hashed; a message by its identity, a string
+// derived from what the store keeps when its IDs change (see identities).
 //
 // Every write is recorded when the method returns (on disk, for a store
 // on disk): a UIDL is shown to a client only after it is recorded, so a
@@ -65,15 +65,14 @@ func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error
 }
 
 // identities names each message of a listing by what survives a change of
-// UIDVALIDITY: a digest of its Message-ID, RFC822.SIZE and INTERNALDATE.
-// Messages with the same digest (a message delivered twice, or mail
+// epoch (IMAP: UIDVALIDITY): a digest of the permanent id the store gives
+// it (Entry.Identity: RFC 8474 EMAILID, Gmail's X-GM-MSGID), or, where it
+// gives none, of its Message-ID, size as the store reports it and arrival
+// time. Messages with the same digest (a message delivered twice, or mail
 // without Message-ID arriving in the same second) are told apart by their
-// rank among those in UID order, which a rebuild of the mailbox keeps;
-// when the first of them goes, the next takes its rank, and so its UIDL
-// and whether it is hidden: harmless between copies of one message.
-//
-// Providers' own permanent ids (Gmail's X-GM-MSGID, RFC 8474 EMAILID)
-// would be better still, but the IMAP client library cannot fetch them.
+// rank among those in listing order, which a rebuild of the mailbox
+// keeps; when the first of them goes, the next takes its rank, and so its
+// UIDL and whether it is hidden: harmless between copies of one message.
 func identities(entries []upstream.Entry) []string {
 	ids := make([]string, len(entries))
 	rank := make(map[[16]byte]int, len(entries))
@@ -91,6 +90,13 @@ func identities(entries []upstream.Entry) []string {
 // identityDigest is what identifies a message but for its rank; buf is
 // scratch space, returned for reuse.
 func identityDigest(e upstream.Entry, buf []byte) ([16]byte, []byte) {
+	if e.Identity != "" {
+		// The NUL first sets it apart from any digest of a Message-ID,
+		// which never starts with one.
+		buf = append(append(buf[:0], "\x00identity\x00"...), e.Identity...)
+		sum := sha256.Sum256(buf)
+		return [16]byte(sum[:16]), buf
+	}
 	buf = append(buf[:0], e.MessageID...)
 	buf = append(buf, 0)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
@@ -116,6 +122,40 @@ func identityDigestHex(id string) string {
 	return id[len(identityPrefix) : len(identityPrefix)+32]
 }
 
+// maxProposedUIDL is the longest UIDL the gateway takes from a store as
+// is: RFC 1939 §7 allows 70 characters, and UIDLVariant may add a few.
+const maxProposedUIDL = 64
+
+// proposedUIDL is the UIDL that the message gets should the state store
+// not know it yet: the one its store suggests, if it is a valid
+// unique-id (RFC 1939 §7: 0x21 to 0x7E) short enough to take a variant;
+// otherwise one made from it, or from the message's ID when the store
+// suggests none (a JMAP Email id may be up to 255 characters long).
+func proposedUIDL(e listedEntry) string {
+	if validUIDL(e.UIDL, maxProposedUIDL) {
+		return e.UIDL
+	}
+	from := e.UIDL
+	if from == "" {
+		from = string(e.ID)
+	}
+	sum := sha256.Sum256([]byte(from))
+	return hex.EncodeToString(sum[:16])
+}
+
+// validUIDL tells whether u is a unique-id of at most max characters.
+func validUIDL(u string, max int) bool {
+	if u == "" || len(u) > max {
+		return false
+	}
+	for i := 0; i < len(u); i++ {
+		if u[i] < 0x21 || u[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
 // UIDLVariant is the n-th alternative to a proposed UIDL that another
 // message of the maildrop already holds; n counts from 1. Each StateStore
 // uses it, so they all give the same UIDLs.
@@ -128,14 +168,37 @@ func UIDLVariant(proposed string, n int) string {
 // cut short (a dropped connection, a crash) is finished by the next
 // session of the maildrop before it lists.
 type pendingDelete struct {
-	UIDValidity uint32              `json:"uidvalidity"`
-	UIDs        []uint32            `json:"uids"`
-	Mode        upstream.DeleteMode `json:"mode"`
-	Trash       string              `json:"trash,omitempty"`
+	Epoch string              `json:"epoch"`
+	IDs   []upstream.ID       `json:"ids"`
+	Mode  upstream.DeleteMode `json:"mode"`
+	Trash string              `json:"trash,omitempty"`
 	// Copied records that the messages are in the trash already (a server
 	// without MOVE): what is left is the expunge, and a second COPY would
 	// leave two copies there.
 	Copied bool `json:"copied,omitempty"`
+}
+
+// UnmarshalJSON reads a journal entry, also as gateways recorded it
+// before message IDs were strings: IMAP's UIDVALIDITY and UIDs as
+// numbers, which the IMAP store names by their decimal forms.
+func (d *pendingDelete) UnmarshalJSON(data []byte) error {
+	type current pendingDelete // without this method
+	var v struct {
+		current
+		UIDValidity uint32   `json:"uidvalidity"`
+		UIDs        []uint32 `json:"uids"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*d = pendingDelete(v.current)
+	if d.Epoch == "" && v.UIDValidity != 0 {
+		d.Epoch = strconv.FormatUint(uint64(v.UIDValidity), 10)
+		for _, uid := range v.UIDs {
+			d.IDs = append(d.IDs, upstream.ID(strconv.FormatUint(uint64(uid), 10)))
+		}
+	}
+	return nil
 }
 
 func (g *Gateway) readJournal(ctx context.Context, maildrop string) ([]pendingDelete, error) {
@@ -170,9 +233,8 @@ func (g *Gateway) writeJournal(ctx context.Context, maildrop string, journal []p
 // half done, as the maildrop's journal records them, and returns those it
 // could not finish: their messages stay out of the listing, since the
 // client deleted them, and the next session tries again. Deletes recorded
-// under another UIDVALIDITY are dropped: their UIDs name other messages
-// now, or none. After any delete the mailbox is selected again, for its
-// new state.
+// in another epoch are dropped: their IDs name other messages now, or
+// none. After any delete the mailbox's state is asked again.
 func (g *Gateway) finishDeletes(ctx context.Context, sess Session, acct *account, log *slog.Logger) ([]pendingDelete, error) {
 	maildrop := acct.maildrop()
 	journal, err := g.readJournal(ctx, maildrop)
@@ -182,48 +244,48 @@ func (g *Gateway) finishDeletes(ctx context.Context, sess Session, acct *account
 	if len(journal) == 0 {
 		return nil, nil
 	}
-	valid := sess.Selected().UIDValidity
+	epoch := sess.Selected().Epoch
 	var left []pendingDelete
 	for i := range journal {
 		d := &journal[i]
-		if d.UIDValidity != valid {
-			log.Warn("pending deletes dropped: the mailbox's UIDVALIDITY changed", "messages", len(d.UIDs))
+		if d.Epoch != epoch {
+			log.Warn("pending deletes dropped: the mailbox's epoch (IMAP: UIDVALIDITY) changed", "messages", len(d.IDs))
 			continue
 		}
 		mode := d.Mode
 		if d.Mode == upstream.DeleteTrash && d.Copied {
 			mode = upstream.DeleteExpunge
 		}
-		err := sess.DeleteJournaled(ctx, d.UIDs, mode, d.Trash, func() error {
+		err := sess.DeleteJournaled(ctx, d.IDs, mode, d.Trash, func() error {
 			d.Copied = true
 			return g.writeJournal(ctx, maildrop, append(slices.Clip(left), journal[i:]...))
 		})
 		if err != nil {
-			log.Warn("finishing pending deletes failed; their messages stay unlisted until it works", "err", err, "messages", len(d.UIDs))
+			log.Warn("finishing pending deletes failed; their messages stay unlisted until it works", "err", err, "messages", len(d.IDs))
 			left = append(left, *d)
 			continue
 		}
-		log.Info("pending deletes finished", "messages", len(d.UIDs), "mode", d.Mode)
+		log.Info("pending deletes finished", "messages", len(d.IDs), "mode", d.Mode)
 	}
 	if err := g.writeJournal(ctx, maildrop, left); err != nil {
 		return nil, err
 	}
 	g.snaps.forget(maildrop)
-	if _, err := sess.Select(ctx, acct.upstream.Mailbox); err != nil {
+	if _, err := sess.Refresh(ctx); err != nil {
 		return nil, err
 	}
 	return left, nil
 }
 
-// pendingUIDs is the set of UIDs whose deletes are pending.
-func pendingUIDs(journal []pendingDelete) map[uint32]bool {
-	uids := make(map[uint32]bool)
+// pendingIDs is the set of messages whose deletes are pending.
+func pendingIDs(journal []pendingDelete) map[upstream.ID]bool {
+	ids := make(map[upstream.ID]bool)
 	for _, d := range journal {
-		for _, uid := range d.UIDs {
-			uids[uid] = true
+		for _, id := range d.IDs {
+			ids[id] = true
 		}
 	}
-	return uids
+	return ids
 }
 
 // MemoryState is a StateStore for one process: what it records is lost at

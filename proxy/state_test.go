@@ -1,7 +1,12 @@
 package proxy
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,8 +58,8 @@ func TestUIDLSurvivesUIDValidityChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := e.uidls()
-	if len(before) != 4 || before[0] != uidl(1, 1) {
-		t.Fatalf("UIDLs before = %v; want 4, the first %s as today", before, uidl(1, 1))
+	if len(before) != 4 || before[0] != upstream.DovecotUIDL(1, 1) {
+		t.Fatalf("UIDLs before = %v; want 4, the first %s as today", before, upstream.DovecotUIDL(1, 1))
 	}
 
 	if err := e.mem.Recreate(alice, "INBOX"); err != nil {
@@ -260,12 +265,12 @@ func TestSharedStateNotRemembered(t *testing.T) {
 func TestIdentities(t *testing.T) {
 	at := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
 	ids := identities([]upstream.Entry{
-		{UID: 1, Size: 10, MessageID: "<a@x>", InternalDate: at},
-		{UID: 2, Size: 10, MessageID: "<a@x>", InternalDate: at},                  // a second copy
-		{UID: 3, Size: 11, MessageID: "<a@x>", InternalDate: at},                  // another size
-		{UID: 4, Size: 10, MessageID: "<a@x>", InternalDate: at.Add(time.Second)}, // another arrival
-		{UID: 5, Size: 10, MessageID: "", InternalDate: at},
-		{UID: 6, Size: 10, MessageID: "<a@x>", InternalDate: at},
+		{ID: "1", Size: 10, MessageID: "<a@x>", InternalDate: at},
+		{ID: "2", Size: 10, MessageID: "<a@x>", InternalDate: at},                  // a second copy
+		{ID: "3", Size: 11, MessageID: "<a@x>", InternalDate: at},                  // another size
+		{ID: "4", Size: 10, MessageID: "<a@x>", InternalDate: at.Add(time.Second)}, // another arrival
+		{ID: "5", Size: 10, MessageID: "", InternalDate: at},
+		{ID: "6", Size: 10, MessageID: "<a@x>", InternalDate: at},
 	})
 	base, _, _ := strings.Cut(strings.TrimPrefix(ids[0], "d:"), ":")
 	if ids[0] != "d:"+base+":0" || ids[1] != "d:"+base+":1" || ids[5] != "d:"+base+":2" {
@@ -278,9 +283,118 @@ func TestIdentities(t *testing.T) {
 		}
 		seen[id] = true
 	}
-	// The UID is no part of it.
-	again := identities([]upstream.Entry{{UID: 99, Size: 10, MessageID: "<a@x>", InternalDate: at}})
+	// The ID is no part of it.
+	again := identities([]upstream.Entry{{ID: "99", Size: 10, MessageID: "<a@x>", InternalDate: at}})
 	if again[0] != ids[0] {
 		t.Errorf("identity under another UID = %q, want %q", again[0], ids[0])
+	}
+}
+
+// Identities and suggested UIDLs are what the state stores hold: a store
+// written before message IDs were strings is read the same, and no UIDL
+// changes. These values are those that release computed.
+func TestIdentitiesAsRecorded(t *testing.T) {
+	at := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
+	got := identities([]upstream.Entry{
+		{ID: "1", Size: 1234, MessageID: "<a@example.com>", InternalDate: at},
+		{ID: "2", Size: 1234, MessageID: "<a@example.com>", InternalDate: at},
+		{ID: "3", Size: 99, InternalDate: at},
+	})
+	want := []string{
+		"d:019c9685ddb58d343058455aa41fb1b9:0",
+		"d:019c9685ddb58d343058455aa41fb1b9:1",
+		"d:75f2de4cf7dcb08f9974bca19931d469:0",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("identities %q, want %q", got, want)
+	}
+	if u := upstream.DovecotUIDL(1700000000, 42); u != "0000002a6553f100" {
+		t.Errorf("IMAP's suggested UIDL %q, want 0000002a6553f100", u)
+	}
+	// A store's permanent id replaces what the digest is made of.
+	withIdentity := identities([]upstream.Entry{
+		{ID: "1", Size: 1234, MessageID: "<a@example.com>", InternalDate: at, Identity: "M0123"},
+		{ID: "2", Size: 1234, MessageID: "<a@example.com>", InternalDate: at, Identity: "M4567"},
+	})
+	if withIdentity[0] == want[0] || withIdentity[1] == want[1] || !strings.HasSuffix(withIdentity[1], ":0") {
+		t.Errorf("identities with the store's ids %q: want other digests, each of rank 0", withIdentity)
+	}
+}
+
+// The UIDL a message gets when first seen is the store's suggestion when
+// RFC 1939 §7 allows it with room for a variant, else one made from it.
+func TestProposedUIDL(t *testing.T) {
+	long := strings.Repeat("x", maxProposedUIDL+1)
+	for _, tc := range []struct {
+		e    listedEntry
+		keep bool
+	}{
+		{listedEntry{ID: "7", UIDL: "0000000700000001"}, true},
+		{listedEntry{ID: "Mabc", UIDL: "Mabc"}, true},
+		{listedEntry{ID: "Mabc", UIDL: long}, false},
+		{listedEntry{ID: "Mabc", UIDL: "with space"}, false},
+		{listedEntry{ID: "Mabc", UIDL: "caf\u00e9"}, false},
+		{listedEntry{ID: "Mabc"}, false},
+	} {
+		got := proposedUIDL(tc.e)
+		if tc.keep != (got == tc.e.UIDL) || !validUIDL(got, maxProposedUIDL) {
+			t.Errorf("proposedUIDL(%+v) = %q; want the suggestion kept: %v, and a valid UIDL", tc.e, got, tc.keep)
+		}
+		if again := proposedUIDL(tc.e); again != got {
+			t.Errorf("proposedUIDL(%+v) = %q, then %q", tc.e, got, again)
+		}
+	}
+	if proposedUIDL(listedEntry{ID: "a"}) == proposedUIDL(listedEntry{ID: "b"}) {
+		t.Error("two messages without suggestions got one UIDL")
+	}
+}
+
+// A pending-delete journal recorded before message IDs were strings (IMAP
+// UIDs and UIDVALIDITY as numbers) reads as the IMAP store's IDs, and one
+// recorded now reads back as written.
+func TestJournalAsRecorded(t *testing.T) {
+	var old []pendingDelete
+	if err := json.Unmarshal([]byte(`[{"uidvalidity":7,"uids":[3,15],"mode":"trash","trash":"Bin","copied":true}]`), &old); err != nil {
+		t.Fatal(err)
+	}
+	want := pendingDelete{Epoch: "7", IDs: []upstream.ID{"3", "15"}, Mode: upstream.DeleteTrash, Trash: "Bin", Copied: true}
+	if len(old) != 1 || !reflect.DeepEqual(old[0], want) {
+		t.Errorf("journal as recorded before = %+v, want %+v", old, want)
+	}
+	now := []pendingDelete{{Epoch: "e1", IDs: []upstream.ID{"m-1a", "m-2b"}, Mode: upstream.DeleteExpunge}}
+	data, err := json.Marshal(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []pendingDelete
+	if err := json.Unmarshal(data, &back); err != nil || !reflect.DeepEqual(back, now) {
+		t.Errorf("journal %s read back as %+v, %v", data, back, err)
+	}
+}
+
+// A delete that a gateway before string IDs left pending (its journal
+// names IMAP UIDs as numbers) is finished by the next session: the
+// message is expunged and not listed again.
+func TestLegacyJournalFinished(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver(alice, corpus...)
+	all := e.uidls()
+	validity, err := strconv.ParseUint(all[1][8:], 16, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	journal := fmt.Appendf(nil, `[{"uidvalidity":%d,"uids":[2],"mode":"expunge"}]`, validity)
+	if err := e.gw.state.SetJournal(context.Background(), "mem/"+alice+"\x00INBOX", journal); err != nil {
+		t.Fatal(err)
+	}
+	e.gw.snaps.forget("mem/" + alice + "\x00INBOX")
+	if got, want := e.uidls(), []string{all[0], all[2]}; !slices.Equal(got, want) {
+		t.Errorf("UIDLs after the pending delete = %v, want %v", got, want)
+	}
+	if n := e.count(alice); n != len(all)-1 {
+		t.Errorf("%d messages upstream, want %d", n, len(all)-1)
+	}
+	if left, err := e.gw.state.Journal(context.Background(), "mem/"+alice+"\x00INBOX"); err != nil || left != nil {
+		t.Errorf("journal left: %s, %v", left, err)
 	}
 }

@@ -15,7 +15,10 @@ import (
 // go-smtp, where a Backend opens a Session per connection, there is one
 // small interface per lifetime: a Store for the configuration, a Session
 // for one login. upstream.Session (IMAP) is one; the in-memory store of the
-// test kit (internal/testkit/memstore) another.
+// test kit (internal/testkit/memstore) another. The seam's vocabulary
+// (upstream.ID, Mailbox, Entry, Changes, DeleteMode and the errors a
+// store wraps) lives in package upstream, so that a store in a package of
+// its own needs nothing of this one but the two interfaces it meets.
 
 // Store opens sessions on the accounts of one mail store.
 type Store interface {
@@ -36,29 +39,31 @@ type StoreLogin struct {
 }
 
 // Session is one logged-in connection to a store, with the mailbox open.
-// Messages are named by a number the store never gives another message
-// while Selected().UIDValidity stays the same. Its methods are not called
-// concurrently.
+// Messages are named by IDs (upstream.ID) that the store never gives
+// another message while Selected().Epoch stays the same; the gateway
+// treats them as opaque strings. Its methods are not called concurrently.
 type Session interface {
-	// Select opens the mailbox again: it checks the connection and
-	// reports the mailbox's current state, which Selected returns from
-	// then on. An unchanged state promises an unchanged listing.
-	Select(ctx context.Context, mailbox string) (*upstream.Mailbox, error)
+	// Refresh checks the connection and reports the mailbox's state now,
+	// which Selected returns from then on. Equal States promise an
+	// unchanged listing.
+	Refresh(ctx context.Context) (upstream.Mailbox, error)
+	// Selected is the mailbox's state as the login or the last Refresh
+	// found it.
 	Selected() upstream.Mailbox
-	// Snapshot lists every message with its number, size as the store
-	// knows it, and what identifies it across a change of numbers.
+	// Snapshot lists every message with its ID, size as the store knows
+	// it, suggested UIDL and what identifies it across a change of IDs.
 	Snapshot(ctx context.Context) ([]upstream.Entry, error)
 	// Open streams the raw octets of a message: whole when n < 0,
 	// otherwise at most n octets from offset on (TOP, resumed transfers).
 	// A body that knows its length has a Size() int64 method. A message
 	// gone is upstream.ErrMessageGone; one the store lists but cannot
 	// send, upstream.ErrNoBody.
-	Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error)
+	Open(ctx context.Context, id upstream.ID, offset, n int64) (io.ReadCloser, error)
 	// DeleteJournaled applies a delete mode to the messages; trash
 	// names the trash for upstream.DeleteTrash when the store marks none.
 	// copied, when not nil, is called once a copy into the trash is whole
 	// and before the originals are removed, for the delete journal.
-	DeleteJournaled(ctx context.Context, uids []uint32, mode upstream.DeleteMode, trash string, copied func() error) error
+	DeleteJournaled(ctx context.Context, ids []upstream.ID, mode upstream.DeleteMode, trash string, copied func() error) error
 	// Alive tells whether the connection is still usable.
 	Alive() bool
 	Close() error
@@ -74,28 +79,28 @@ var (
 // request (IMAP: one UID FETCH), calling each for every body it gets, in
 // any order. Fetching ahead uses it where a store has it.
 type batchOpener interface {
-	FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) error
+	FetchEach(ctx context.Context, ids []upstream.ID, each func(id upstream.ID, body io.Reader) error) error
 }
 
 // fetchEach reads the messages whole: in one request where the store can,
 // else one after the other. A message the store no longer has, or cannot
 // send, is skipped: RETR asks for it again alone.
-func fetchEach(ctx context.Context, sess Session, uids []uint32, each func(uid uint32, body io.Reader) error) error {
+func fetchEach(ctx context.Context, sess Session, ids []upstream.ID, each func(id upstream.ID, body io.Reader) error) error {
 	if b, ok := sess.(batchOpener); ok {
-		return b.FetchEach(ctx, uids, each)
+		return b.FetchEach(ctx, ids, each)
 	}
-	for _, uid := range uids {
+	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		body, err := sess.Open(ctx, uid, 0, -1)
+		body, err := sess.Open(ctx, id, 0, -1)
 		if errors.Is(err, upstream.ErrMessageGone) || errors.Is(err, upstream.ErrNoBody) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		err = each(uid, body)
+		err = each(id, body)
 		if cerr := body.Close(); err == nil {
 			err = cerr
 		}

@@ -44,23 +44,28 @@ var ErrTrashIsServed = errors.New("upstream: the trash mailbox is the mailbox be
 // as mode says. trash names the trash mailbox for DeleteTrash when the
 // server marks none with the \Trash special-use attribute (RFC 6154).
 func (s *Session) Delete(ctx context.Context, uids []uint32, mode DeleteMode, trash string) error {
-	return s.DeleteJournaled(ctx, uids, mode, trash, nil)
+	ids := make([]ID, len(uids))
+	for i, uid := range uids {
+		ids[i] = idOf(uid)
+	}
+	return s.DeleteJournaled(ctx, ids, mode, trash, nil)
 }
 
-// DeleteJournaled is Delete that calls copied, when not nil, once a COPY
-// to the trash (a server without MOVE) has succeeded and before the
-// expunge that completes the move, so the caller can record that a retry
-// must not copy again. An error from copied stops the delete there.
-func (s *Session) DeleteJournaled(ctx context.Context, uids []uint32, mode DeleteMode, trash string, copied func() error) (err error) {
+// DeleteJournaled is Delete for the messages with the given IDs that
+// calls copied, when not nil, once a COPY to the trash (a server without
+// MOVE) has succeeded and before the expunge that completes the move, so
+// the caller can record that a retry must not copy again. An error from
+// copied stops the delete there.
+func (s *Session) DeleteJournaled(ctx context.Context, ids []ID, mode DeleteMode, trash string, copied func() error) (err error) {
 	defer s.timed("delete", time.Now(), &err)
-	if len(uids) == 0 || mode == DeleteKeep {
+	if len(ids) == 0 || mode == DeleteKeep {
 		return nil
 	}
-	defer s.op(ctx)()
-	var set imap.UIDSet
-	for _, uid := range uids {
-		set.AddNum(imap.UID(uid))
+	set, err := uidSet(ids)
+	if err != nil {
+		return err
 	}
+	defer s.op(ctx)()
 	switch mode {
 	case DeleteSeen:
 		return s.addFlag(set, imap.FlagSeen)

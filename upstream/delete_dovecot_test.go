@@ -124,7 +124,7 @@ func TestDovecotScatteredDeletes(t *testing.T) {
 			var uids []uint32
 			for i, e := range entries {
 				if i%2 == 1 {
-					uids = append(uids, e.UID)
+					uids = append(uids, uidOf(e.ID))
 				}
 			}
 			if err := s.Delete(ctx, uids, mode, ""); err != nil {

@@ -19,16 +19,16 @@ import (
 func entriesOf(uids ...uint32) []upstream.Entry {
 	var out []upstream.Entry
 	for _, uid := range uids {
-		out = append(out, upstream.Entry{UID: uid, Size: int64(len(message(int(uid))))})
+		out = append(out, upstream.Entry{ID: idOf(uid), Size: int64(len(message(int(uid))))})
 	}
 	return out
 }
 
-// uidSizes keeps only the UID and size of each entry.
+// uidSizes keeps only the ID and size of each entry.
 func uidSizes(entries []upstream.Entry) []upstream.Entry {
 	out := make([]upstream.Entry, len(entries))
 	for i, e := range entries {
-		out[i] = upstream.Entry{UID: e.UID, Size: e.Size}
+		out[i] = upstream.Entry{ID: e.ID, Size: e.Size}
 	}
 	return out
 }
@@ -86,7 +86,7 @@ func TestSnapshotGaps(t *testing.T) {
 			t.Errorf("older session: Snapshot = %v, has %v, not among %v", got, e, want)
 		}
 	}
-	if !slices.IsSortedFunc(got, func(a, b upstream.Entry) int { return cmp.Compare(a.UID, b.UID) }) {
+	if !slices.IsSortedFunc(got, func(a, b upstream.Entry) int { return cmp.Compare(uidOf(a.ID), uidOf(b.ID)) }) {
 		t.Errorf("older session: Snapshot = %v, not in UID order", got)
 	}
 	// The session that deleted them knows.
@@ -123,7 +123,13 @@ func TestSnapshotOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []upstream.Entry{{UID: 5, Size: 10}, {UID: 3000000000, Size: 20}, {UID: 4000000000, Size: 30}}
+	// IDs are the UIDs in decimal; the UIDLs are Dovecot's default
+	// format, as they were before IDs were strings.
+	want := []upstream.Entry{
+		{ID: "5", Size: 10, UIDL: "0000000500000007"},
+		{ID: "3000000000", Size: 20, UIDL: "b2d05e0000000007"},
+		{ID: "4000000000", Size: 30, UIDL: "ee6b280000000007"},
+	}
 	if !slices.Equal(got, want) {
 		t.Errorf("Snapshot = %v, want %v", got, want)
 	}
@@ -172,10 +178,10 @@ func TestFetchRawBytes(t *testing.T) {
 	}
 	for i, e := range entries {
 		if e.Size != int64(len(msgs[i])) {
-			t.Errorf("UID %d: size %d, want %d", e.UID, e.Size, len(msgs[i]))
+			t.Errorf("UID %s: size %d, want %d", e.ID, e.Size, len(msgs[i]))
 		}
-		if got := fetchAll(t, s, e.UID); !bytes.Equal(got, msgs[i]) {
-			t.Errorf("UID %d: got %q, want %q", e.UID, got, msgs[i])
+		if got := fetchAll(t, s, uidOf(e.ID)); !bytes.Equal(got, msgs[i]) {
+			t.Errorf("UID %s: got %q, want %q", e.ID, got, msgs[i])
 		}
 	}
 }
@@ -407,12 +413,12 @@ func TestFetchSequence(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		got := fetchAll(t, s, e.UID)
-		if want := message(int(e.UID)); !bytes.Equal(got, want) {
-			t.Errorf("UID %d: got %q", e.UID, got)
+		got := fetchAll(t, s, uidOf(e.ID))
+		if want := message(int(uidOf(e.ID))); !bytes.Equal(got, want) {
+			t.Errorf("UID %s: got %q", e.ID, got)
 		}
 		if int64(len(got)) != e.Size {
-			t.Errorf("UID %d: %d bytes, listed %d", e.UID, len(got), e.Size)
+			t.Errorf("UID %s: %d bytes, listed %d", e.ID, len(got), e.Size)
 		}
 	}
 }
@@ -454,7 +460,7 @@ func TestOpenWholeOrPart(t *testing.T) {
 	mem := startMem(t, nil, msg)
 	s := open(t, plain(mem.Addr()))
 	for _, tc := range []struct{ offset, n int64 }{{0, -1}, {0, 10}, {7, 1000}} {
-		rc, err := s.Open(testCtx(t), 1, tc.offset, tc.n)
+		rc, err := s.Open(testCtx(t), "1", tc.offset, tc.n)
 		if err != nil {
 			t.Fatalf("Open(%d, %d): %v", tc.offset, tc.n, err)
 		}
@@ -473,7 +479,7 @@ func TestOpenWholeOrPart(t *testing.T) {
 			t.Errorf("Open(%d, %d) = %q, want %q", tc.offset, tc.n, got, want)
 		}
 	}
-	if _, err := s.Open(testCtx(t), 1, 5, -1); err == nil {
+	if _, err := s.Open(testCtx(t), "1", 5, -1); err == nil {
 		t.Error("Open from offset 5 without a length succeeded")
 	}
 }

@@ -19,9 +19,9 @@ func TestFetchEach(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[uint32][]byte{}
-	err := s.FetchEach(ctx, []uint32{1, 2, 3, 4, 9}, func(uid uint32, body io.Reader) error {
+	err := s.FetchEach(ctx, []upstream.ID{"1", "2", "3", "4", "9"}, func(id upstream.ID, body io.Reader) error {
 		b, err := io.ReadAll(body)
-		got[uid] = b
+		got[uidOf(id)] = b
 		return err
 	})
 	if err != nil {
@@ -46,7 +46,7 @@ func TestFetchEachStopsOnError(t *testing.T) {
 	s := open(t, plain(mem.Addr()))
 	stop := errors.New("stop")
 	calls := 0
-	err := s.FetchEach(testCtx(t), []uint32{1, 2, 3}, func(uid uint32, body io.Reader) error {
+	err := s.FetchEach(testCtx(t), []upstream.ID{"1", "2", "3"}, func(_ upstream.ID, body io.Reader) error {
 		calls++
 		io.ReadFull(body, make([]byte, 10))
 		return stop

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/mail"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -65,18 +66,6 @@ type Server struct {
 	Observe func(op string, d time.Duration, err error)
 }
 
-// Errors that callers tell apart.
-var (
-	// ErrAuthFailed means the server refused the credentials.
-	ErrAuthFailed = errors.New("upstream: credentials refused")
-	// ErrMessageGone means the message was expunged by someone else.
-	ErrMessageGone = errors.New("upstream: message no longer exists")
-	// ErrNoBody means the server answered a body fetch without the
-	// message (NIL, or no body at all) although the message is still
-	// there: Exchange does this for a message it cannot convert.
-	ErrNoBody = errors.New("upstream: the server sent no body for an existing message")
-)
-
 // Session is one logged-in IMAP connection with a selected mailbox. Its
 // methods must not be called concurrently.
 type Session struct {
@@ -86,6 +75,9 @@ type Session struct {
 	observe func(op string, d time.Duration, err error)
 	mailbox string
 	info    Mailbox
+	// The selected mailbox's UIDVALIDITY and UIDNEXT, which info carries
+	// as its Epoch and State.
+	uidValidity, uidNext uint32
 
 	// A FETCH response for a UID that an earlier response of the same
 	// command already answered (a flag update the server sent on its own,
@@ -100,29 +92,6 @@ type Session struct {
 type strayBody struct {
 	msg  *imapclient.FetchMessageData
 	body imapclient.FetchItemDataBodySection
-}
-
-// Mailbox describes the selected mailbox.
-type Mailbox struct {
-	Name        string
-	UIDValidity uint32
-	UIDNext     uint32
-	Messages    uint32
-}
-
-// Entry is one message of a snapshot.
-type Entry struct {
-	UID  uint32
-	Size int64 // RFC822.SIZE as the server reports it
-	// Deleted is set when the message carries \Deleted: whoever expunges
-	// next removes it (RFC 9051 §2.3.2).
-	Deleted bool
-	// MessageID is the Message-ID header field's value, "" when there is
-	// none, and InternalDate the server's arrival time (RFC 9051
-	// §2.3.3): with Size they tell the message apart from others after
-	// its UID changed with the UIDVALIDITY.
-	MessageID    string
-	InternalDate time.Time
 }
 
 // Dial connects to srv and waits for its greeting; with starttls it also
@@ -294,7 +263,11 @@ func classifyLoginError(err error) error {
 	return fmt.Errorf("upstream: login: %w", err)
 }
 
-// Select opens the mailbox read-write.
+// Select opens the mailbox read-write. The Mailbox it reports has the
+// UIDVALIDITY in decimal as its Epoch, and UIDNEXT with EXISTS as its
+// State: under one UIDVALIDITY, the same UIDNEXT and count mean the same
+// UIDs, since a new message raises UIDNEXT, an expunge lowers the count,
+// and UIDs are never reused (RFC 9051 §2.3.1.1).
 func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err error) {
 	defer s.timed("select", time.Now(), &err)
 	defer s.op(ctx)()
@@ -303,13 +276,78 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 		return nil, fmt.Errorf("upstream: select %q: %w", mailbox, err)
 	}
 	s.mailbox = mailbox
+	s.uidValidity, s.uidNext = data.UIDValidity, uint32(data.UIDNext)
 	s.info = Mailbox{
-		Name:        mailbox,
-		UIDValidity: data.UIDValidity,
-		UIDNext:     uint32(data.UIDNext),
-		Messages:    data.NumMessages,
+		Name:     mailbox,
+		Epoch:    strconv.FormatUint(uint64(data.UIDValidity), 10),
+		State:    imapState(s.uidNext, data.NumMessages),
+		Messages: int(data.NumMessages),
 	}
 	return &s.info, nil
+}
+
+// Refresh selects the mailbox again: it checks the connection and
+// reports the mailbox's state now.
+func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
+	mb, err := s.Select(ctx, s.mailbox)
+	if err != nil {
+		return Mailbox{}, err
+	}
+	return *mb, nil
+}
+
+// imapState is a Mailbox's State: UIDNEXT and EXISTS; "" when the server
+// gave no UIDNEXT, which leaves the state unknown.
+func imapState(uidNext, exists uint32) string {
+	if uidNext == 0 {
+		return ""
+	}
+	return strconv.FormatUint(uint64(uidNext), 10) + "/" + strconv.FormatUint(uint64(exists), 10)
+}
+
+// parseIMAPState is the UIDNEXT and EXISTS of an imapState.
+func parseIMAPState(state string) (uidNext, exists uint32, ok bool) {
+	next, count, ok := strings.Cut(state, "/")
+	if !ok {
+		return 0, 0, false
+	}
+	n, err1 := strconv.ParseUint(next, 10, 32)
+	c, err2 := strconv.ParseUint(count, 10, 32)
+	if err1 != nil || err2 != nil || n == 0 {
+		return 0, 0, false
+	}
+	return uint32(n), uint32(c), true
+}
+
+// idOf is the ID of the message with the UID: the UID in decimal.
+func idOf(uid uint32) ID { return ID(strconv.FormatUint(uint64(uid), 10)) }
+
+// uidOf is the UID an ID names; ok is false for an ID this store never
+// gives: anything but a UID in decimal without leading zeros.
+func uidOf(id ID) (uid uint32, ok bool) {
+	if len(id) == 0 || id[0] == '0' || id[0] == '+' {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(id), 10, 32)
+	return uint32(n), err == nil
+}
+
+// DovecotUIDL is the unique-id (RFC 1939 §7) that the IMAP store suggests
+// for a message: its UID and the mailbox's UIDVALIDITY, each as eight
+// lower-case hex digits. That is what Dovecot's default pop3_uidl_format
+// (%08Xu%08Xv) produces, so clients moving from Dovecot's own POP3 server
+// to the gateway in front of the same mailbox do not download everything
+// again.
+func DovecotUIDL(uidValidity, uid uint32) string {
+	const hex = "0123456789abcdef"
+	var b [16]byte
+	for i := 7; i >= 0; i-- {
+		b[i] = hex[uid&0xf]
+		b[8+i] = hex[uidValidity&0xf]
+		uid >>= 4
+		uidValidity >>= 4
+	}
+	return string(b[:])
 }
 
 // Snapshot lists every message of the selected mailbox by UID with its
@@ -323,27 +361,48 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.op(ctx)()
 	var all imap.SeqSet
 	all.AddRange(1, 0) // 1:*
-	return s.fetchEntries(all, int(s.info.Messages))
+	listed, err := s.fetchEntries(all, s.info.Messages)
+	if err != nil {
+		return nil, err
+	}
+	return s.entries(listed), nil
+}
+
+// uidEntry is an Entry with its UID.
+type uidEntry struct {
+	uid uint32
+	Entry
+}
+
+// entries is the Entries of listed, with their IDs and suggested UIDLs.
+func (s *Session) entries(listed []uidEntry) []Entry {
+	entries := make([]Entry, len(listed))
+	for i, e := range listed {
+		entries[i] = e.Entry
+		entries[i].ID = idOf(e.uid)
+		entries[i].UIDL = DovecotUIDL(s.uidValidity, e.uid)
+	}
+	return entries
 }
 
 // fetchEntries lists the messages of set by UID with size, flags,
 // arrival time and Message-ID, in UID order, with one FETCH.
-func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]Entry, error) {
+func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]uidEntry, error) {
 	cmd := s.client.Fetch(set, &imap.FetchOptions{
 		UID: true, RFC822Size: true, Flags: true, InternalDate: true,
 		BodySection: []*imap.FetchItemBodySection{messageIDField},
 	})
-	entries := make([]Entry, 0, capacity)
+	entries := make([]uidEntry, 0, capacity)
 	for {
 		msg := cmd.Next()
 		if msg == nil {
 			break
 		}
-		e := Entry{Size: -1}
+		e := uidEntry{Entry: Entry{Size: -1}}
 		for item := msg.Next(); item != nil; item = msg.Next() {
 			switch item := item.(type) {
 			case imapclient.FetchItemDataUID:
-				e.UID = uint32(item.UID)
+				e.uid = uint32(item.UID)
 			case imapclient.FetchItemDataRFC822Size:
 				e.Size = item.Size
 			case imapclient.FetchItemDataFlags:
@@ -358,7 +417,7 @@ func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]Entry, error) {
 		}
 		// A response without the size is a flag update the server sent
 		// on its own, e.g. for a message expunged by another client.
-		if e.UID == 0 || e.Size < 0 {
+		if e.uid == 0 || e.Size < 0 {
 			continue
 		}
 		entries = append(entries, e)
@@ -366,8 +425,8 @@ func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]Entry, error) {
 	if err := cmd.Close(); err != nil {
 		return nil, fmt.Errorf("upstream: listing messages: %w", err)
 	}
-	slices.SortFunc(entries, func(a, b Entry) int { return cmp.Compare(a.UID, b.UID) })
-	entries = slices.CompactFunc(entries, func(a, b Entry) bool { return a.UID == b.UID })
+	slices.SortFunc(entries, func(a, b uidEntry) int { return cmp.Compare(a.uid, b.uid) })
+	entries = slices.CompactFunc(entries, func(a, b uidEntry) bool { return a.uid == b.uid })
 	return entries, nil
 }
 
@@ -581,19 +640,16 @@ func (s *Session) Alive() bool {
 func (s *Session) Selected() Mailbox { return s.info }
 
 // FetchEach fetches several messages with one UID FETCH and calls each
-// with every message's UID and raw octets, in the server's order. A
+// with every message's ID and raw octets, in the server's order. A
 // message expunged by someone else is skipped. If each fails, or ctx is
 // cancelled, the connection is closed and the session is over.
-func (s *Session) FetchEach(ctx context.Context, uids []uint32, each func(uid uint32, body io.Reader) error) (err error) {
+func (s *Session) FetchEach(ctx context.Context, ids []ID, each func(id ID, body io.Reader) error) (err error) {
 	defer s.timed("fetch-batch", time.Now(), &err)
-	if len(uids) == 0 {
-		return nil
+	set, err := uidSet(ids)
+	if err != nil || len(set) == 0 {
+		return err
 	}
 	defer s.op(ctx)()
-	var set imap.UIDSet
-	for _, uid := range uids {
-		set.AddNum(imap.UID(uid))
-	}
 	cmd := s.client.Fetch(set, &imap.FetchOptions{
 		UID:         true,
 		BodySection: []*imap.FetchItemBodySection{{Peek: true}},
@@ -613,7 +669,7 @@ func (s *Session) FetchEach(ctx context.Context, uids []uint32, each func(uid ui
 					continue // an unsolicited update, or no body
 				}
 				r := &literalReader{r: item.Literal, size: item.Literal.Size()}
-				if err := each(uint32(uid), r); err != nil || r.err != nil {
+				if err := each(idOf(uint32(uid)), r); err != nil || r.err != nil {
 					s.abort()
 					if r.err == nil {
 						drainFetch(cmd, msg, r)
@@ -687,10 +743,28 @@ func (l *literalReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Open streams the raw octets of the message with the given UID: whole, as
+// uidSet is the UIDs the IDs name; an ID this store never gives is an
+// error.
+func uidSet(ids []ID) (imap.UIDSet, error) {
+	var set imap.UIDSet
+	for _, id := range ids {
+		uid, ok := uidOf(id)
+		if !ok {
+			return nil, fmt.Errorf("upstream: %q is no IMAP UID", id)
+		}
+		set.AddNum(imap.UID(uid))
+	}
+	return set, nil
+}
+
+// Open streams the raw octets of the message with the given ID: whole, as
 // Fetch does, when n < 0; otherwise at most n octets from offset on, as
 // FetchPart does.
-func (s *Session) Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error) {
+func (s *Session) Open(ctx context.Context, id ID, offset, n int64) (io.ReadCloser, error) {
+	uid, ok := uidOf(id)
+	if !ok {
+		return nil, fmt.Errorf("upstream: %q is no IMAP UID", id)
+	}
 	if n < 0 {
 		if offset != 0 {
 			return nil, fmt.Errorf("upstream: a body from offset %d needs a length", offset)
@@ -700,48 +774,45 @@ func (s *Session) Open(ctx context.Context, uid uint32, offset, n int64) (io.Rea
 	return s.FetchPart(ctx, uid, offset, n)
 }
 
-// Changes is how a mailbox changed since an earlier state of it under the
-// same UIDVALIDITY.
-type Changes struct {
-	// Added lists the messages whose UIDs are at or above the earlier
-	// UIDNEXT, in UID order, as Snapshot lists them: UIDs are never
-	// reused, so no other message can be new (RFC 9051 §2.3.1.1).
-	Added []Entry
-	// Present is nil when no message below the earlier UIDNEXT went: the
-	// counts prove it. Otherwise it lists, as ascending ranges, every UID
-	// below the earlier UIDNEXT that the mailbox still holds.
-	Present []UIDRange
-}
-
-// UIDRange is the UIDs First to Last, both included.
-type UIDRange struct{ First, Last uint32 }
-
 // Changes lists what changed since the mailbox was in state since, as the
 // last Select found it now. New messages come from one UID FETCH of
-// UIDNEXT:*, with the items Snapshot fetches; expunges, when the count
-// says there were any, from one UID SEARCH, which costs UIDs only (with
-// ESEARCH, RFC 4731, a few ranges). The IMAP client cannot ask for
-// QRESYNC's VANISHED (RFC 7162 §3.2.10), which would say the same.
+// UIDNEXT:*, with the items Snapshot fetches: UIDs are never reused, so no
+// other message can be new (RFC 9051 §2.3.1.1). Expunges, when the count
+// says there were any, from one UID SEARCH of the UIDs below the old
+// UIDNEXT, which costs UIDs only (with ESEARCH, RFC 4731, a few ranges):
+// what it finds is what Kept says is there. The IMAP client cannot ask
+// for QRESYNC's VANISHED (RFC 7162 §3.2.10), which would say the same.
+//
+// An answer that does not add up (a new UID outside the old and the new
+// UIDNEXT, a UID listed twice, a range past the old UIDNEXT, counts that
+// differ from EXISTS) is an error: the caller then lists every message.
 func (s *Session) Changes(ctx context.Context, since Mailbox) (_ Changes, err error) {
 	defer s.timed("list-changes", time.Now(), &err)
-	if since.UIDValidity != s.info.UIDValidity || since.UIDNext == 0 || s.info.UIDNext < since.UIDNext {
+	prevNext, prevCount, ok := parseIMAPState(since.State)
+	if !ok || since.Epoch != s.info.Epoch || s.uidNext == 0 || s.uidNext < prevNext {
 		return Changes{}, errors.New("upstream: no changes to list across UIDVALIDITY or from an unknown UIDNEXT")
 	}
 	defer s.op(ctx)()
-	var ch Changes
-	if s.info.UIDNext > since.UIDNext && s.info.Messages > 0 {
-		if ch.Added, err = s.listFrom(since.UIDNext); err != nil {
+	var added []uidEntry
+	if s.uidNext > prevNext && s.info.Messages > 0 {
+		if added, err = s.listFrom(prevNext); err != nil {
 			return Changes{}, err
 		}
 	}
-	if uint64(s.info.Messages) == uint64(since.Messages)+uint64(len(ch.Added)) {
-		return ch, nil
+	for i, e := range added {
+		if e.uid >= s.uidNext {
+			return Changes{}, fmt.Errorf("upstream: new UID %d at or above UIDNEXT %d", e.uid, s.uidNext)
+		}
+		if i > 0 && e.uid <= added[i-1].uid {
+			return Changes{}, errors.New("upstream: new UIDs not strictly increasing")
+		}
 	}
-	if since.UIDNext == 1 {
+	ch := Changes{Added: s.entries(added)}
+	if s.info.Messages == int(prevCount)+len(added) || prevNext == 1 {
 		return ch, nil
 	}
 	var below imap.UIDSet
-	below.AddRange(1, imap.UID(since.UIDNext-1))
+	below.AddRange(1, imap.UID(prevNext-1))
 	var opts *imap.SearchOptions
 	if s.client.Caps().Has(imap.CapESearch) {
 		opts = &imap.SearchOptions{ReturnAll: true}
@@ -750,28 +821,54 @@ func (s *Session) Changes(ctx context.Context, since Mailbox) (_ Changes, err er
 	if err != nil {
 		return Changes{}, fmt.Errorf("upstream: listing UIDs: %w", err)
 	}
-	ch.Present = []UIDRange{}
+	var present imap.UIDSet
 	if set, ok := data.All.(imap.UIDSet); ok {
-		for _, r := range set {
-			if r.Start == 0 || r.Stop == 0 || r.Stop < r.Start {
-				return Changes{}, fmt.Errorf("upstream: listing UIDs: unexpected range %v", r)
-			}
-			ch.Present = append(ch.Present, UIDRange{First: uint32(r.Start), Last: uint32(r.Stop)})
+		present = slices.Clone(set)
+	}
+	kept := 0
+	for _, r := range present {
+		if r.Start == 0 || r.Stop == 0 || r.Stop < r.Start || uint32(r.Stop) >= prevNext {
+			return Changes{}, fmt.Errorf("upstream: listing UIDs: unexpected range %v below UIDNEXT %d", r, prevNext)
+		}
+		kept += int(r.Stop - r.Start + 1)
+	}
+	slices.SortFunc(present, func(a, b imap.UIDRange) int { return cmp.Compare(a.Start, b.Start) })
+	for i := 1; i < len(present); i++ {
+		if present[i].Start <= present[i-1].Stop {
+			return Changes{}, fmt.Errorf("upstream: listing UIDs: ranges %v and %v overlap", present[i-1], present[i])
 		}
 	}
-	slices.SortFunc(ch.Present, func(a, b UIDRange) int { return cmp.Compare(a.First, b.First) })
+	if kept+len(added) != s.info.Messages {
+		return Changes{}, fmt.Errorf("upstream: %d UIDs kept and %d new, but the mailbox has %d messages", kept, len(added), s.info.Messages)
+	}
+	ch.Kept = func(id ID) bool {
+		uid, ok := uidOf(id)
+		if !ok {
+			return false
+		}
+		i, found := slices.BinarySearchFunc(present, imap.UID(uid), func(r imap.UIDRange, uid imap.UID) int {
+			if r.Stop < uid {
+				return -1
+			}
+			if r.Start > uid {
+				return 1
+			}
+			return 0
+		})
+		return found && i < len(present)
+	}
 	return ch, nil
 }
 
 // listFrom lists the messages from UID first on, as Snapshot does. The
 // server answers first:* with the last message even when its UID is
 // below first (RFC 9051 §6.4.9): that one is left out.
-func (s *Session) listFrom(first uint32) ([]Entry, error) {
+func (s *Session) listFrom(first uint32) ([]uidEntry, error) {
 	var set imap.UIDSet
 	set.AddRange(imap.UID(first), 0) // first:*
 	entries, err := s.fetchEntries(set, 0)
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(entries, func(e Entry) bool { return e.UID < first }), nil
+	return slices.DeleteFunc(entries, func(e uidEntry) bool { return e.uid < first }), nil
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -202,7 +203,7 @@ func TestDialSecurityNone(t *testing.T) {
 	mem := startMem(t, nil, messages(2)...)
 	s := open(t, plain(mem.Addr()))
 	info := s.Selected()
-	if info.Name != "INBOX" || info.Messages != 2 || info.UIDValidity == 0 || info.UIDNext != 3 {
+	if info.Name != "INBOX" || info.Messages != 2 || info.Epoch == "" || info.Epoch == "0" || !strings.HasPrefix(info.State, "3/") {
 		t.Errorf("Selected() = %+v", info)
 	}
 	if !s.Alive() {
@@ -475,7 +476,7 @@ func TestIdleBeyondTimeout(t *testing.T) {
 		t.Fatalf("Snapshot: %d entries", len(entries))
 	}
 	time.Sleep(2 * timeout)
-	rc, err := s.Fetch(testCtx(t), entries[0].UID)
+	rc, err := s.Fetch(testCtx(t), uidOf(entries[0].ID))
 	if err != nil {
 		t.Fatalf("Fetch after idling: %v", err)
 	}
@@ -490,7 +491,7 @@ func TestIdleBeyondTimeout(t *testing.T) {
 		t.Errorf("Fetch returned %q", got)
 	}
 	time.Sleep(2 * timeout)
-	if err := s.Delete(testCtx(t), []uint32{entries[0].UID}, upstream.DeleteExpunge, ""); err != nil {
+	if err := s.Delete(testCtx(t), []uint32{uidOf(entries[0].ID)}, upstream.DeleteExpunge, ""); err != nil {
 		t.Fatalf("Delete after idling: %v", err)
 	}
 	if !s.Alive() {
@@ -725,4 +726,16 @@ func fakeServer(t *testing.T, reply func(cmd string) []string) string {
 		mu.Unlock()
 	})
 	return ln.Addr().String()
+}
+
+// idOf is the IMAP store's ID of the message with the UID.
+func idOf(uid uint32) upstream.ID { return upstream.ID(strconv.FormatUint(uint64(uid), 10)) }
+
+// uidOf is the UID that the IMAP store's ID names.
+func uidOf(id upstream.ID) uint32 {
+	uid, err := strconv.ParseUint(string(id), 10, 32)
+	if err != nil {
+		panic(fmt.Sprintf("ID %q is no UID: %v", id, err))
+	}
+	return uint32(uid)
 }

@@ -198,7 +198,7 @@ func TestDeleteToDovecotTrash(t *testing.T) {
 	if err := sess.Login(ctx, "tina", "tina-pass"); err != nil {
 		t.Fatal(err)
 	}
-	for mailbox, want := range map[string]uint32{"INBOX": 2, "Trash": 1} {
+	for mailbox, want := range map[string]int{"INBOX": 2, "Trash": 1} {
 		mb, err := sess.Select(ctx, mailbox)
 		if err != nil {
 			t.Fatal(err)

@@ -14,7 +14,7 @@ import (
 )
 
 // mailboxCounts returns the number of messages in each mailbox.
-func mailboxCounts(t *testing.T, addr, user, pass string, mailboxes ...string) map[string]uint32 {
+func mailboxCounts(t *testing.T, addr, user, pass string, mailboxes ...string) map[string]int {
 	t.Helper()
 	ctx := context.Background()
 	sess, err := upstream.Dial(ctx, &upstream.Server{Address: addr, Security: upstream.SecurityNone})
@@ -25,7 +25,7 @@ func mailboxCounts(t *testing.T, addr, user, pass string, mailboxes ...string) m
 	if err := sess.Login(ctx, user, pass); err != nil {
 		t.Fatal(err)
 	}
-	counts := map[string]uint32{}
+	counts := map[string]int{}
 	for _, m := range mailboxes {
 		mb, err := sess.Select(ctx, m)
 		if err != nil {

@@ -4,22 +4,29 @@
 // and that a store needs nothing but the seam.
 //
 // Messages are kept as given, so a body with bare LF is listed at its raw
-// size, as some IMAP servers list it; numbers are UIDs within a
-// UIDVALIDITY, and Renumber changes both, as a rebuilt IMAP mailbox does.
-// It reads one message per request: fetching ahead takes them one by one.
-// It lists its changes since an earlier state, as a store that knows
-// what it expunged does; wrap a session to hide that, for a store that
-// lists everything.
+// size, as some IMAP servers list it. Its IDs are not numbers ("m-" and
+// hex digits), nor in the order of the listing, so that tests show the
+// gateway neither parses nor orders them; it suggests its IDs as UIDLs,
+// as a JMAP store suggests its Email ids. Renumber gives every message a
+// new ID in a new epoch, as a rebuilt IMAP mailbox does. It reads one
+// message per request: fetching ahead takes them one by one. It lists its
+// changes since an earlier state with the IDs that went, as a store that
+// knows what it removed does (JMAP's Email/changes); wrap a session to
+// hide that, for a store that lists everything.
 package memstore
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/textproto"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,14 +52,19 @@ type Store struct {
 
 type account struct {
 	password string
-	validity uint32
-	next     uint32
-	inbox    []*message // in UID order
-	trash    [][]byte
+	epoch    int    // a new one after Renumber
+	next     uint32 // the number of the next message delivered in the epoch
+	// seq counts the changes to the inbox; the state is "s" and seq.
+	seq   uint64
+	inbox []*message // in delivery order
+	gone  []removal  // the messages removed in this epoch
+	trash [][]byte
 }
 
 type message struct {
-	uid     uint32
+	id      upstream.ID
+	n       uint32 // its number within the epoch
+	added   uint64 // the seq that delivered it
 	body    []byte
 	arrived time.Time
 	deleted bool // \Deleted: gone at the next expunge
@@ -66,7 +78,32 @@ func New() *Store { return &Store{accounts: make(map[string]*account)} }
 func (s *Store) AddUser(name, password string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.accounts[name] = &account{password: password, validity: 1, next: 1}
+	s.accounts[name] = &account{password: password, epoch: 1, next: 1}
+}
+
+// removal is a message that went, and the seq that removed it.
+type removal struct {
+	id             upstream.ID
+	added, removed uint64
+}
+
+// id is the ID of the n-th message of the epoch: the same in every Store
+// for the same deliveries.
+func (a *account) id(n uint32) upstream.ID {
+	sum := sha256.Sum256(fmt.Appendf(nil, "%d/%d", a.epoch, n))
+	return upstream.ID("m-" + hex.EncodeToString(sum[:6]))
+}
+
+// remove takes the messages for which gone is true out of the inbox.
+func (a *account) remove(gone func(*message) bool) {
+	a.seq++
+	a.inbox = slices.DeleteFunc(a.inbox, func(m *message) bool {
+		if !gone(m) {
+			return false
+		}
+		a.gone = append(a.gone, removal{id: m.id, added: m.added, removed: a.seq})
+		return true
+	})
 }
 
 // Deliver appends messages to the user's inbox.
@@ -74,10 +111,23 @@ func (s *Store) Deliver(user string, bodies ...[]byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.accounts[user]
+	a.seq++
 	for _, b := range bodies {
-		a.inbox = append(a.inbox, &message{uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
+		a.inbox = append(a.inbox, &message{id: a.id(a.next), n: a.next, added: a.seq, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
 		a.next++
 	}
+}
+
+// IDs returns the IDs of the user's messages, in the order they are
+// listed.
+func (s *Store) IDs(user string) []upstream.ID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []upstream.ID
+	for _, m := range s.accounts[user].inbox {
+		ids = append(ids, m.id)
+	}
+	return ids
 }
 
 // Count returns the number of messages in the user's inbox.
@@ -107,16 +157,18 @@ func (s *Store) Seen(user string) int {
 	return n
 }
 
-// Renumber gives every message of the user's inbox a new number under a
-// new UIDVALIDITY.
+// Renumber gives every message of the user's inbox a new ID in a new
+// epoch.
 func (s *Store) Renumber(user string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.accounts[user]
-	a.validity++
+	a.epoch++
 	a.next = 1
+	a.seq++
+	a.gone = nil
 	for _, m := range a.inbox {
-		m.uid = a.next
+		m.id, m.n, m.added = a.id(a.next), a.next, a.seq
 		a.next++
 	}
 }
@@ -190,9 +242,22 @@ func (c *session) Select(ctx context.Context, mailbox string) (*upstream.Mailbox
 	}
 	c.store.mu.Lock()
 	defer c.store.mu.Unlock()
-	c.info = upstream.Mailbox{Name: mailbox, UIDValidity: c.acct.validity, UIDNext: c.acct.next, Messages: uint32(len(c.acct.inbox))}
+	c.info = upstream.Mailbox{
+		Name:     mailbox,
+		Epoch:    "e" + strconv.Itoa(c.acct.epoch),
+		State:    "s" + strconv.FormatUint(c.acct.seq, 10),
+		Messages: len(c.acct.inbox),
+	}
 	info := c.info
 	return &info, nil
+}
+
+func (c *session) Refresh(ctx context.Context) (upstream.Mailbox, error) {
+	info, err := c.Select(ctx, c.info.Name)
+	if err != nil {
+		return upstream.Mailbox{}, err
+	}
+	return *info, nil
 }
 
 func (c *session) Selected() upstream.Mailbox { return c.info }
@@ -213,7 +278,7 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 
 func (m *message) entry() upstream.Entry {
 	return upstream.Entry{
-		UID: m.uid, Size: int64(len(m.body)), Deleted: m.deleted,
+		ID: m.id, UIDL: string(m.id), Size: int64(len(m.body)), Deleted: m.deleted,
 		MessageID: messageID(m.body), InternalDate: m.arrived,
 	}
 }
@@ -235,11 +300,11 @@ func messageID(body []byte) string {
 	return ""
 }
 
-func (c *session) find(uid uint32) (*message, bool) {
+func (c *session) find(id upstream.ID) (*message, bool) {
 	c.store.mu.Lock()
 	defer c.store.mu.Unlock()
 	for _, m := range c.acct.inbox {
-		if m.uid == uid {
+		if m.id == id {
 			c.store.bodies++
 			return m, true
 		}
@@ -257,11 +322,11 @@ type body struct {
 func (b body) Size() int64  { return b.size }
 func (b body) Close() error { return nil }
 
-func (c *session) Open(ctx context.Context, uid uint32, offset, n int64) (io.ReadCloser, error) {
+func (c *session) Open(ctx context.Context, id upstream.ID, offset, n int64) (io.ReadCloser, error) {
 	if c.closed {
 		return nil, errClosed
 	}
-	m, ok := c.find(uid)
+	m, ok := c.find(id)
 	if !ok {
 		return nil, upstream.ErrMessageGone
 	}
@@ -304,7 +369,7 @@ func (b *cutBody) Read(p []byte) (int, error) {
 func (b *cutBody) Size() int64  { return b.size }
 func (b *cutBody) Close() error { return nil }
 
-func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstream.DeleteMode, trash string, copied func() error) error {
+func (c *session) DeleteJournaled(ctx context.Context, ids []upstream.ID, mode upstream.DeleteMode, trash string, copied func() error) error {
 	if c.closed {
 		return errClosed
 	}
@@ -317,9 +382,9 @@ func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstr
 		return errors.New("memstore: connection lost")
 	}
 	s.mu.Unlock()
-	marked := make(map[uint32]bool, len(uids))
-	for _, uid := range uids {
-		marked[uid] = true
+	marked := make(map[upstream.ID]bool, len(ids))
+	for _, id := range ids {
+		marked[id] = true
 	}
 	switch mode {
 	case upstream.DeleteKeep:
@@ -328,7 +393,7 @@ func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstr
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, m := range c.acct.inbox {
-			if marked[m.uid] {
+			if marked[m.id] {
 				m.seen = true
 			}
 		}
@@ -337,7 +402,7 @@ func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstr
 		// A store without MOVE: copy, tell the journal, then remove.
 		s.mu.Lock()
 		for _, m := range c.acct.inbox {
-			if marked[m.uid] {
+			if marked[m.id] {
 				c.acct.trash = append(c.acct.trash, m.body)
 			}
 		}
@@ -353,14 +418,7 @@ func (c *session) DeleteJournaled(ctx context.Context, uids []uint32, mode upstr
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kept := c.acct.inbox[:0]
-	for _, m := range c.acct.inbox {
-		if !marked[m.uid] {
-			kept = append(kept, m)
-		}
-	}
-	clear(c.acct.inbox[len(kept):])
-	c.acct.inbox = kept
+	c.acct.remove(func(m *message) bool { return marked[m.id] })
 	return nil
 }
 
@@ -371,45 +429,40 @@ func (c *session) Close() error {
 	return nil
 }
 
-// Changes lists the messages from since.UIDNext on and, as a store that
-// knows what it expunged would (IMAP's VANISHED, JMAP's Email/changes),
-// the UIDs still there below it whenever any went.
+// Changes lists the messages delivered since the state since, and the
+// IDs of those that were there then and went, as a store that knows what
+// it removed would (JMAP's Email/changes, RFC 8620 §5.2).
 func (c *session) Changes(ctx context.Context, since upstream.Mailbox) (upstream.Changes, error) {
 	if c.closed {
 		return upstream.Changes{}, errClosed
 	}
 	c.store.mu.Lock()
 	defer c.store.mu.Unlock()
-	if since.UIDValidity != c.acct.validity {
-		return upstream.Changes{}, errors.New("memstore: UIDVALIDITY changed")
+	seq, err := strconv.ParseUint(strings.TrimPrefix(since.State, "s"), 10, 64)
+	if since.Epoch != "e"+strconv.Itoa(c.acct.epoch) || !strings.HasPrefix(since.State, "s") || err != nil || seq > c.acct.seq {
+		return upstream.Changes{}, errors.New("memstore: no changes from another epoch or an unknown state")
 	}
 	c.store.changes++
 	var ch upstream.Changes
-	var present []upstream.UIDRange
 	for _, m := range c.acct.inbox {
-		if m.uid >= since.UIDNext {
+		if m.added > seq {
 			ch.Added = append(ch.Added, m.entry())
-			continue
-		}
-		if n := len(present); n > 0 && present[n-1].Last+1 == m.uid {
-			present[n-1].Last = m.uid
-		} else {
-			present = append(present, upstream.UIDRange{First: m.uid, Last: m.uid})
 		}
 	}
-	if len(c.acct.inbox)-len(ch.Added) != int(since.Messages) {
-		ch.Present = append([]upstream.UIDRange{}, present...)
+	for _, r := range c.acct.gone {
+		if r.removed > seq && r.added <= seq {
+			ch.Removed = append(ch.Removed, r.id)
+		}
 	}
 	return ch, nil
 }
 
-// Expunge removes the user's message with the given number, as another
-// mail program would.
-func (s *Store) Expunge(user string, uid uint32) {
+// Expunge removes the user's message with the given ID, as another mail
+// program would.
+func (s *Store) Expunge(user string, id upstream.ID) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a := s.accounts[user]
-	a.inbox = slices.DeleteFunc(a.inbox, func(m *message) bool { return m.uid == uid })
+	s.accounts[user].remove(func(m *message) bool { return m.id == id })
 }
 
 // Listings returns how many times the store listed every message, and

@@ -1,8 +1,10 @@
-package proxy
+package upstream_test
 
 import (
 	"fmt"
 	"testing"
+
+	"github.com/pop3gw/gateway/upstream"
 )
 
 func TestUIDLFormat(t *testing.T) {
@@ -10,8 +12,8 @@ func TestUIDLFormat(t *testing.T) {
 		{1, 1}, {0x6b07542f, 0x1f}, {0xffffffff, 0xffffffff}, {0, 0}, {1 << 31, 12345},
 	} {
 		want := fmt.Sprintf("%08x%08x", tc.uid, tc.validity)
-		if got := uidl(tc.validity, tc.uid); got != want {
-			t.Errorf("uidl(%d, %d) = %q, want %q", tc.validity, tc.uid, got, want)
+		if got := upstream.DovecotUIDL(tc.validity, tc.uid); got != want {
+			t.Errorf("DovecotUIDL(%d, %d) = %q, want %q", tc.validity, tc.uid, got, want)
 		}
 	}
 }
