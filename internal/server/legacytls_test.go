@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -261,5 +263,63 @@ func TestCapabilitiesRealClients(t *testing.T) {
 		if len(got) != 1 || !strings.Contains(string(got[0]), "hello") {
 			t.Errorf("%s fetched %q", client.Name(), got)
 		}
+	}
+}
+
+// A listener's own certificate is read again on SIGHUP, as the top-level
+// one is.
+func TestListenerCertificateReload(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	ca := testenv.NewCA(t)
+	certFile, keyFile := filepath.Join(dir, "lan.pem"), filepath.Join(dir, "lan.key")
+	first := ca.IssueRSA(t, "127.0.0.1")
+	writeFileAt(t, certFile, string(first.CertPEM))
+	writeFileAt(t, keyFile, string(first.KeyPEM))
+	body, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFileAt(t, f.config, string(body)+fmt.Sprintf(`listeners:
+  - name: lan
+    protocol: pop3s
+    address: "127.0.0.1:0"
+    tls:
+      cert_file: %s
+      key_file: %s
+`, certFile, keyFile))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hup := make(chan os.Signal, 1)
+	ready := make(chan map[string]string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{Config: f.config, Logger: slog.New(slog.DiscardHandler), Ready: func(a map[string]string) { ready <- a }}, hup)
+	}()
+	var addrs map[string]string
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v", err)
+	}
+	serial := func() string {
+		conn, err := tls.Dial("tcp", addrs["lan"], &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"})
+		if err != nil {
+			t.Fatalf("TLS to the listener: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	if got := serial(); got != first.Cert.SerialNumber.String() {
+		t.Fatalf("the listener presents serial %s, not its own certificate's", got)
+	}
+	second := ca.IssueRSA(t, "127.0.0.1")
+	copyFile(t, writeFile(t, "second.pem", string(second.CertPEM), 0o600), certFile)
+	copyFile(t, writeFile(t, "second.key", string(second.KeyPEM), 0o600), keyFile)
+	hup <- syscall.SIGHUP
+	waitFor(t, func() bool { return serial() == second.Cert.SerialNumber.String() })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
