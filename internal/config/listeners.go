@@ -216,10 +216,16 @@ func (c *Config) validateListeners(p *problems, seen map[string]string) {
 func (c *Config) listenerWarnings() []string {
 	var w []string
 	for i, l := range c.Listeners {
-		if l == nil || l.TLS == nil {
+		if l == nil {
 			continue
 		}
 		path := fmt.Sprintf("listeners[%d] (%s)", i, l.Name)
+		if l.Protocol == ProtocolPOP3 && !c.ListenerTLS(l).Enabled() && !c.Auth.AllowInsecure && (c.Auth.RequireTLSOnLoopback || !isLoopback(l.Address)) {
+			w = append(w, fmt.Sprintf("%s: no TLS (no certificate here or in tls) and auth.allow_insecure is false: only loopback clients can log in, if any", path))
+		}
+		if l.TLS == nil {
+			continue
+		}
 		if v := l.TLS.MinVersion; v == "1.0" || v == "1.1" {
 			w = append(w, fmt.Sprintf("%s: tls.min_version %s is obsolete and weak; use it only for very old clients, on a network you trust", path, v))
 		}

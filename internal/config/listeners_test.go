@@ -75,6 +75,11 @@ func TestListeners(t *testing.T) {
 		t.Errorf("a listener with modern TLS is warned about:\n%s", warnings)
 	}
 
+	plain := mustParse(t, minimal+"listeners:\n  - {name: lan, protocol: pop3, address: \"192.168.1.10:110\"}\n")
+	if w := strings.Join(plain.Warnings(), "\n"); !strings.Contains(w, "listeners[0] (lan): no TLS") {
+		t.Errorf("a cleartext listener on the network is not warned about:\n%s", w)
+	}
+
 	// A listener is enough to serve POP3 without the listen section's.
 	only := strings.Replace(minimal, `  pop3: "127.0.0.1:1110"`, `  http: "127.0.0.1:9110"`, 1) + `
 listeners:
