@@ -225,9 +225,20 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		s.pop3.Shutdown(context.Background())
 		return nil, err
 	}
+	// Each listener of the list with its own TLS configuration (nil:
+	// none); a door of another protocol takes the same.
 	for _, l := range cfg.Listeners {
-		tc, implicit := listeners[l.Name].config, l.Protocol == config.ProtocolPOP3S
-		serveFn := func(ln net.Listener) error { return s.pop3.ServeListener(ln, tc, implicit) }
+		tc := listeners[l.Name].config
+		var serveFn func(net.Listener) error
+		switch l.Protocol {
+		case config.ProtocolPOP3:
+			serveFn = func(ln net.Listener) error { return s.pop3.ServeListener(ln, tc, false) }
+		case config.ProtocolPOP3S:
+			serveFn = func(ln net.Listener) error { return s.pop3.ServeListener(ln, tc, true) }
+		default:
+			s.pop3.Shutdown(context.Background())
+			return nil, fmt.Errorf("listeners %s: protocol %s is not served", l.Name, l.Protocol)
+		}
 		if err := listen(l.Name, l.Address, serveFn); err != nil {
 			s.pop3.Shutdown(context.Background())
 			return nil, err
