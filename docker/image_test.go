@@ -239,7 +239,12 @@ func startDockerd(ctx context.Context, t *testing.T) *dockerd {
 		"--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "docker.pid"),
 		"-H", "unix://"+d.sock,
-		"--bridge", "none", "--iptables=false", "--ip6tables=false")
+		"--bridge", "none", "--iptables=false", "--ip6tables=false",
+		// Where a system containerd runs (the docker.io package starts
+		// one), dockerd uses it instead of starting its own: namespaces of
+		// its own keep this engine's containers apart from any other's.
+		"--containerd-namespace", "pop3gw-test-"+strconv.Itoa(os.Getpid()),
+		"--containerd-plugins-namespace", "pop3gw-test-plugins-"+strconv.Itoa(os.Getpid()))
 	d.cmd0.Stdout, d.cmd0.Stderr = logFile, logFile
 	if err := d.cmd0.Start(); err != nil {
 		t.Fatal(err)
