@@ -323,3 +323,28 @@ func TestListenerCertificateReload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The legacy suites exchange keys by RSA: with another key they serve
+// nobody who needs them, which the start says.
+func TestLegacyCiphersNeedRSA(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	certFile, keyFile, _ := writeLeaf(t, testenv.NewCA(t), dir, "ecdsa")
+	body, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFileAt(t, f.config, string(body)+fmt.Sprintf(`listeners:
+  - name: lan
+    protocol: pop3s
+    address: "127.0.0.1:0"
+    tls:
+      cert_file: %s
+      key_file: %s
+      legacy_ciphers: true
+`, certFile, keyFile))
+	_, logs := startServe(t, f.config)
+	if !strings.Contains(logs.String(), "tls.legacy_ciphers needs an RSA certificate") || !strings.Contains(logs.String(), "listener=lan") {
+		t.Errorf("an ECDSA certificate with legacy_ciphers was not warned about:\n%s", logs)
+	}
+}
