@@ -49,7 +49,7 @@ func isProxied(nc net.Conn) bool {
 }
 
 func (c *conn) stlsOffered() bool {
-	return c.srv.TLSConfig != nil && !c.tls && c.state == stateAuthorization
+	return c.tlsConfig != nil && !c.tls && c.state == stateAuthorization
 }
 
 // plaintextRefused refuses credentials on a connection without TLS
@@ -67,6 +67,12 @@ func (c *conn) capa(string) error {
 	c.line("RESP-CODES")
 	c.line("PIPELINING")
 	c.line("AUTH-RESP-CODE")
+	if c.srv.Expire != "" {
+		c.line("EXPIRE %s", c.srv.Expire)
+	}
+	if d := c.srv.LoginDelay / time.Second; d > 0 {
+		c.line("LOGIN-DELAY %d", d)
+	}
 	if c.state == stateAuthorization && c.authAllowed() {
 		c.line("USER")
 		c.line("SASL PLAIN LOGIN")
@@ -355,7 +361,7 @@ func (c *conn) stls(string) error {
 	if n := c.br.Buffered(); n > 0 {
 		c.log.Warn("discarded data pipelined after STLS", "octets", n)
 	}
-	tc := tls.Server(c.netConn(), c.srv.TLSConfig)
+	tc := tls.Server(c.netConn(), c.tlsConfig)
 	tc.SetDeadline(time.Now().Add(c.srv.authTimeout()))
 	if err := tc.HandshakeContext(c.ctx); err != nil {
 		c.log.Debug("STLS handshake failed", "err", err)

@@ -79,12 +79,13 @@ type conn struct {
 	bw  *bufio.Writer
 	out *deadlineWriter
 
-	tls     bool
-	proxied bool // the remote address came from a PROXY header
-	tracing bool // the logger takes LevelTrace: the wire trace is on
-	ctx     context.Context
-	cancel  context.CancelFunc
-	pending string // name given by USER, waiting for PASS
+	tls       bool
+	tlsConfig *tls.Config // the listener's: for implicit TLS and STLS
+	proxied   bool        // the remote address came from a PROXY header
+	tracing   bool        // the logger takes LevelTrace: the wire trace is on
+	ctx       context.Context
+	cancel    context.CancelFunc
+	pending   string // name given by USER, waiting for PASS
 
 	maildrop    Maildrop
 	msgs        []Message // the listing, fixed at login; sizes corrected by resize
@@ -107,18 +108,19 @@ type conn struct {
 	loginUser string
 }
 
-func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
+func newConn(s *Server, nc net.Conn, tlsConfig *tls.Config, implicitTLS bool, id uint64) *conn {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &conn{
-		srv:    s,
-		id:     id,
-		nc:     nc,
-		start:  time.Now(),
-		state:  stateAuthorization,
-		tls:    implicitTLS,
-		ctx:    ctx,
-		cancel: cancel,
-		result: "disconnected",
+		srv:       s,
+		id:        id,
+		nc:        nc,
+		start:     time.Now(),
+		state:     stateAuthorization,
+		tls:       implicitTLS,
+		tlsConfig: tlsConfig,
+		ctx:       ctx,
+		cancel:    cancel,
+		result:    "disconnected",
 	}
 	c.proxied = isProxied(nc)
 	// The remote address is added when the session starts: behind the
@@ -126,7 +128,7 @@ func newConn(s *Server, nc net.Conn, implicitTLS bool, id uint64) *conn {
 	// up the accept loop.
 	c.log = s.logger().With("conn", id)
 	if implicitTLS {
-		c.nc = tls.Server(nc, s.TLSConfig)
+		c.nc = tls.Server(nc, tlsConfig)
 	}
 	c.out = &deadlineWriter{c: c}
 	c.br = bufio.NewReaderSize(c.nc, 4096)

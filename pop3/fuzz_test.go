@@ -159,7 +159,7 @@ func FuzzSession(f *testing.F) {
 		be := &memBackend{md: &memMaildrop{msgs: sample}}
 		srv := &Server{Backend: be, Logger: slog.New(slog.DiscardHandler), MaxAuthFailures: 100}
 		a, b := net.Pipe()
-		c := srv.newConn(b, false)
+		c := srv.newConn(b, srv.TLSConfig, false)
 		go c.serve()
 		a.SetDeadline(time.Now().Add(5 * time.Second))
 		go func() {

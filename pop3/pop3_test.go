@@ -485,7 +485,7 @@ func TestPlaintextAuthRefusedFromNonLoopback(t *testing.T) {
 	srv := &Server{Backend: be, Logger: slog.New(slog.DiscardHandler), TLSConfig: serverTLS(t)}
 	a, b := net.Pipe()
 	defer a.Close()
-	c := srv.newConn(b, false)
+	c := srv.newConn(b, srv.TLSConfig, false)
 	go c.serve()
 	cl := &client{t: t, nc: a, r: bufio.NewReader(a)}
 	a.SetDeadline(time.Now().Add(5 * time.Second))

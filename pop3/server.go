@@ -47,6 +47,16 @@ type Server struct {
 	// Implementation is advertised in CAPA after login (RFC 2449 §6.9).
 	Implementation string
 
+	// Expire, when set, is advertised as EXPIRE in both states
+	// (RFC 2449 §6.7): the least number of days a message the client
+	// leaves on the server is kept, or NEVER.
+	Expire string
+
+	// LoginDelay, when positive, is advertised as LOGIN-DELAY in both
+	// states (RFC 2449 §6.5), in whole seconds: the least time a client
+	// should wait between logins. It is a request, not enforced.
+	LoginDelay time.Duration
+
 	Logger *slog.Logger
 
 	// Observer, when set, is told of sessions, logins, commands, errors
@@ -114,19 +124,28 @@ type Server struct {
 // Serve accepts cleartext connections on l, offering STLS when TLSConfig is
 // set. It returns ErrServerClosed after Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	return s.serve(l, false)
+	return s.ServeListener(l, s.TLSConfig, false)
 }
 
 // ServeTLS accepts connections on l that start with a TLS handshake
 // (implicit TLS, the pop3s port).
 func (s *Server) ServeTLS(l net.Listener) error {
-	if s.TLSConfig == nil {
-		return errors.New("pop3: ServeTLS needs a TLSConfig")
-	}
-	return s.serve(l, true)
+	return s.ServeListener(l, s.TLSConfig, true)
 }
 
-func (s *Server) serve(l net.Listener, implicitTLS bool) error {
+// ServeListener serves l with TLS settings of its own instead of
+// TLSConfig, so that listeners with different settings share one server:
+// a listener for old devices that need TLS 1.0 beside one that refuses
+// it. With implicitTLS every connection starts with a handshake;
+// otherwise STLS is offered when tlsConfig is not nil.
+func (s *Server) ServeListener(l net.Listener, tlsConfig *tls.Config, implicitTLS bool) error {
+	if implicitTLS && tlsConfig == nil {
+		return errors.New("pop3: implicit TLS needs a TLS configuration")
+	}
+	return s.serve(l, tlsConfig, implicitTLS)
+}
+
+func (s *Server) serve(l net.Listener, tlsConfig *tls.Config, implicitTLS bool) error {
 	if !s.track(l) {
 		l.Close()
 		return ErrServerClosed
@@ -151,7 +170,7 @@ func (s *Server) serve(l net.Listener, implicitTLS bool) error {
 			continue
 		}
 		delay = 0
-		c := s.newConn(nc, implicitTLS)
+		c := s.newConn(nc, tlsConfig, implicitTLS)
 		if c == nil {
 			nc.Close()
 			continue
@@ -186,7 +205,7 @@ func (s *Server) untrack(l net.Listener) {
 	s.mu.Unlock()
 }
 
-func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
+func (s *Server) newConn(nc net.Conn, tlsConfig *tls.Config, implicitTLS bool) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing.Load() {
@@ -195,7 +214,7 @@ func (s *Server) newConn(nc net.Conn, implicitTLS bool) *conn {
 	if s.conns == nil {
 		s.conns = make(map[*conn]struct{})
 	}
-	c := newConn(s, nc, implicitTLS, s.nextID.Add(1))
+	c := newConn(s, nc, tlsConfig, implicitTLS, s.nextID.Add(1))
 	if s.MaxConnections <= 0 || s.admitted < s.MaxConnections {
 		s.admitted++
 		c.admitted = true

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -76,22 +78,55 @@ func serveCmd(args []string, stderr io.Writer) int {
 func demoCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:1110", "POP3 address to listen on (loopback)")
+	// The flags default to environment variables, so a container image can
+	// set them for `docker run IMAGE demo` (docker/Dockerfile does).
+	listen := fs.String("listen", envOr("GATEWAY_DEMO_LISTEN", server.DefaultDemoListen), "POP3 address to listen on (env GATEWAY_DEMO_LISTEN)")
+	httpAddr := fs.String("http", os.Getenv("GATEWAY_DEMO_HTTP"), "also serve GET /healthz and /readyz on this address, for a container's health check (env GATEWAY_DEMO_HTTP)")
+	insecure, _ := strconv.ParseBool(os.Getenv("GATEWAY_DEMO_ALLOW_INSECURE"))
+	allowInsecure := fs.Bool("allow-insecure", insecure, "accept the demo's public password in cleartext from any address, not only loopback: for a published container port (env GATEWAY_DEMO_ALLOW_INSECURE)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := server.Demo(ctx, *listen, version, log, func(addr string) {
-		fmt.Fprintf(stdout, "POP3 gateway demo on %s (user demo, password demo), in front of an in-memory IMAP server with %d sample messages.\n", addr, len(demo.Messages()))
-		fmt.Fprintf(stdout, "Try:\n  curl -s pop3://demo:demo@%s/1\n", addr)
-		fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
-	}); err != nil {
+	err := server.Demo(ctx, server.DemoOptions{
+		Listen:        *listen,
+		HTTP:          *httpAddr,
+		AllowInsecure: *allowInsecure,
+		Version:       version,
+		Logger:        log,
+		Ready: func(addr, _ string) {
+			fmt.Fprintf(stdout, "POP3 gateway demo on %s (user demo, password demo), in front of an in-memory IMAP server with %d sample messages.\n", addr, len(demo.Messages()))
+			fmt.Fprintf(stdout, "Try:\n  curl -s pop3://demo:demo@%s/1\n", clientAddr(addr))
+			fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
+		},
+	})
+	if err != nil {
 		fmt.Fprintln(stderr, "gateway demo:", err)
 		return 1
 	}
 	return 0
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// clientAddr is the address a client on this machine dials for a
+// listening address: loopback for an unspecified host (0.0.0.0, ::).
+func clientAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
 
 func checkCmd(args []string, stdout, stderr io.Writer) int {

@@ -32,7 +32,8 @@ import (
 // Config is the configuration file.
 type Config struct {
 	Listen      Listen               `yaml:"listen"`
-	DataDir     string               `yaml:"data_dir"` // the embedded UIDL store, unless redis is set; empty: in memory only
+	Listeners   []*Listener          `yaml:"listeners"` // more listeners, each with TLS settings of its own
+	DataDir     string               `yaml:"data_dir"`  // the embedded UIDL store, unless redis is set; empty: in memory only
 	TLS         TLS                  `yaml:"tls"`
 	Auth        Auth                 `yaml:"auth"`
 	Upstreams   map[string]*Upstream `yaml:"upstreams"`
@@ -119,6 +120,11 @@ type Limits struct {
 	MaxConnections int `yaml:"max_connections"`
 	// LoginTimeout bounds the time from connect to login.
 	LoginTimeout Duration `yaml:"login_timeout"`
+	// PollInterval is announced as LOGIN-DELAY (RFC 2449 §6.5), in whole
+	// seconds: the least time a client is asked to leave between logins,
+	// which spares the upstream's quota. Announced, not enforced; 0 (the
+	// default) announces nothing.
+	PollInterval Duration `yaml:"poll_interval"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -503,6 +509,7 @@ func (c *Config) Warnings() []string {
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}
+	w = append(w, c.listenerWarnings()...)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		if u != nil && u.TLS == upstream.SecurityNone && u.Address != "" && !isLoopback(u.Address) {

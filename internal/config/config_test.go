@@ -333,7 +333,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
 			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, protocol, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
-			`config: line 2: unknown key "listen_http" (valid keys: listen, data_dir, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
+			`config: line 2: unknown key "listen_http" (valid keys: listen, listeners, data_dir, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{
 			`config: line 3: listen: unknown key "pop4"`,
 			`config: line 5: cache.memory: invalid size "1TB": unknown unit "TB" (use KiB, MiB, GiB or a plain number of bytes)`}},

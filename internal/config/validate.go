@@ -71,7 +71,7 @@ func (c *Config) Validate() error {
 	var p problems
 
 	// listen
-	if c.Listen.POP3 == "" && c.Listen.POP3S == "" {
+	if c.Listen.POP3 == "" && c.Listen.POP3S == "" && !c.hasPOP3Listener() {
 		p.add("listen", "set at least one of pop3 and pop3s")
 	}
 	seen := map[string]string{}
@@ -87,6 +87,7 @@ func (c *Config) Validate() error {
 		}
 		seen[l.addr] = l.key
 	}
+	c.validateListeners(&p, seen)
 
 	// tls
 	if c.Listen.POP3S != "" && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
@@ -265,8 +266,9 @@ func (c *Config) Validate() error {
 			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "":
 			case l == "pop3" || l == "pop3s":
 				p.add("proxy_protocol.listeners", "%s is not configured in listen", l)
+			case c.listener(l) != nil:
 			default:
-				p.add("proxy_protocol.listeners", "%q is not pop3 or pop3s", l)
+				p.add("proxy_protocol.listeners", "%q is not pop3 or pop3s, nor the name of a listener in listeners", l)
 			}
 		}
 		if len(pp.Trusted) == 0 {
@@ -347,6 +349,9 @@ func (c *Config) Validate() error {
 	}
 	if l.LoginDelayMax > Duration(5*time.Minute) {
 		p.add("limits.login_delay_max", "%v is more than 5m; clients give up long before", l.LoginDelayMax)
+	}
+	if l.PollInterval < 0 || l.PollInterval > Duration(24*time.Hour) || time.Duration(l.PollInterval)%time.Second != 0 {
+		p.add(c.key("limits.poll_interval"), "must be whole seconds from 0s to 24h, not %v", l.PollInterval)
 	}
 
 	if len(p) > 0 {

@@ -135,7 +135,7 @@ func rewrite(msg string, keys []keyPos) string {
 // to the keys valid in that mapping.
 var knownKeys = func() map[string]string {
 	m := map[string]string{}
-	for _, v := range []any{Config{}, Listen{}, TLS{}, Auth{}, Upstream{}, User{}, Passthrough{}, Cache{}} {
+	for _, v := range []any{Config{}, Listen{}, Listener{}, ListenerTLS{}, TLS{}, Auth{}, Upstream{}, User{}, Passthrough{}, Cache{}} {
 		t := reflect.TypeOf(v)
 		var names []string
 		for f := range t.Fields() {

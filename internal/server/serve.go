@@ -58,10 +58,13 @@ type Server struct {
 	gateway *proxy.Gateway
 	pop3    *pop3.Server
 	cert    certificate
-	http    *http.Server
-	addrs   map[string]string // listener name -> bound address
-	metrics *metrics.Metrics
-	health  *health
+	// listenerCerts are the certificates of the listeners list, by
+	// listener name.
+	listenerCerts map[string]*listenerTLS
+	http          *http.Server
+	addrs         map[string]string // listener name -> bound address
+	metrics       *metrics.Metrics
+	health        *health
 	// upstreams are the configured upstreams, for readiness; replaced on
 	// reload.
 	upstreams atomic.Pointer[map[string]upstream.Server]
@@ -121,11 +124,15 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	}
 	st.warn(cfg)
 	s.setUpstreams(pc)
-	var tlsConfig = serverTLS(cfg, &s.cert)
+	var tlsConfig = serverTLS(cfg.ListenTLS(), &s.cert)
 	if tlsConfig != nil {
 		if err := s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
 			return nil, err
 		}
+	}
+	listeners, err := s.listenerTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	msgCache := cache.New(int64(cfg.Cache.Memory), int64(cfg.Cache.MaxMessage))
 	s.metrics.WatchCache(msgCache)
@@ -157,11 +164,16 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.pop3 = &pop3.Server{
-		Observer:           s.metrics,
-		Backend:            s.gateway,
-		TLSConfig:          tlsConfig,
-		AllowInsecureAuth:  cfg.Auth.AllowInsecure,
-		Implementation:     "gateway " + opts.Version,
+		Observer:          s.metrics,
+		Backend:           s.gateway,
+		TLSConfig:         tlsConfig,
+		AllowInsecureAuth: cfg.Auth.AllowInsecure,
+		Implementation:    "gateway " + opts.Version,
+		// The gateway deletes only what a client deleted, at its QUIT
+		// (RFC 2449 §6.7): mail left on the server stays, whatever
+		// on_delete does with deleted mail.
+		Expire:             "NEVER",
+		LoginDelay:         time.Duration(cfg.Limits.PollInterval),
 		Logger:             log,
 		Guard:              loginGuard,
 		MaxConnsPerIP:      max(cfg.Limits.ConnectionsPerIP, 0), // -1: no limit
@@ -198,7 +210,10 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		}
 		go func() {
 			if err := serveFn(ln); err != nil && !errors.Is(err, pop3.ErrServerClosed) && !errors.Is(err, http.ErrServerClosed) {
-				s.errc <- fmt.Errorf("%s: %w", name, err)
+				select {
+				case s.errc <- fmt.Errorf("%s: %w", name, err):
+				default: // Run reports the first failure only
+				}
 			}
 		}()
 		return nil
@@ -209,6 +224,25 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 	if err := listen("pop3s", cfg.Listen.POP3S, s.pop3.ServeTLS); err != nil {
 		s.pop3.Shutdown(context.Background())
 		return nil, err
+	}
+	// Each listener of the list with its own TLS configuration (nil:
+	// none); a door of another protocol takes the same.
+	for _, l := range cfg.Listeners {
+		tc := listeners[l.Name].config
+		var serveFn func(net.Listener) error
+		switch l.Protocol {
+		case config.ProtocolPOP3:
+			serveFn = func(ln net.Listener) error { return s.pop3.ServeListener(ln, tc, false) }
+		case config.ProtocolPOP3S:
+			serveFn = func(ln net.Listener) error { return s.pop3.ServeListener(ln, tc, true) }
+		default:
+			s.pop3.Shutdown(context.Background())
+			return nil, fmt.Errorf("listeners %s: protocol %s is not served", l.Name, l.Protocol)
+		}
+		if err := listen(l.Name, l.Address, serveFn); err != nil {
+			s.pop3.Shutdown(context.Background())
+			return nil, err
+		}
 	}
 	if cfg.Listen.HTTP != "" {
 		s.http = newHTTPServer(s.httpHandler())
@@ -266,6 +300,9 @@ func (s *Server) Reload() {
 	cfg, pc, err := s.setup.load()
 	if err == nil && cfg.TLS.CertFile != "" && s.pop3.TLSConfig != nil {
 		err = s.cert.load(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	}
+	if err == nil {
+		err = s.reloadListenerCerts(cfg)
 	}
 	if err != nil {
 		s.log.Error("reload failed; keeping the running configuration", "err", err)

@@ -28,16 +28,21 @@ import (
 func TestDemoServesSampleMail(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	addrc := make(chan string, 1)
+	addrc, httpc := make(chan string, 1), make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- Demo(ctx, "127.0.0.1:0", "test", slog.New(slog.DiscardHandler), func(addr string) { addrc <- addr })
+		done <- Demo(ctx, DemoOptions{Listen: "127.0.0.1:0", HTTP: "127.0.0.1:0", Version: "test", Logger: slog.New(slog.DiscardHandler),
+			Ready: func(addr, http string) { addrc <- addr; httpc <- http }})
 	}()
 	var addr string
 	select {
 	case addr = <-addrc:
 	case err := <-done:
 		t.Fatalf("demo stopped: %v", err)
+	}
+	// The demo answers a container's health check when asked to.
+	if err := Healthcheck("http://"+<-httpc+"/healthz", 5*time.Second, io.Discard); err != nil {
+		t.Errorf("demo health check: %v", err)
 	}
 	c, err := pop3client.Dial(addr)
 	if err != nil {

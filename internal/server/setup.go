@@ -252,14 +252,17 @@ func (c *certificate) load(certFile, keyFile string) error {
 	return nil
 }
 
-// serverTLS returns the listeners' TLS configuration, or nil when the file
-// configures none.
-func serverTLS(cfg *config.Config, cert *certificate) *tls.Config {
-	if cfg.TLS.CertFile == "" {
+// serverTLS returns a listener's TLS configuration, or nil when it has no
+// certificate. The cipher suites are listed explicitly (see
+// config.ServerTLS.CipherSuites), so the legacy suites one listener offers
+// never reach another, whatever GODEBUG says.
+func serverTLS(t config.ServerTLS, cert *certificate) *tls.Config {
+	if !t.Enabled() {
 		return nil
 	}
 	return &tls.Config{
-		MinVersion: cfg.MinTLSVersion(),
+		MinVersion:   t.MinVersion,
+		CipherSuites: t.CipherSuites(),
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return cert.current.Load(), nil
 		},

@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -64,14 +66,37 @@ type Leaf struct {
 // addresses, with a new serial number each time.
 func (ca *CA) Issue(t testing.TB, hosts ...string) *Leaf {
 	t.Helper()
-	key := newKey(t)
+	return ca.issue(t, newKey(t), hosts)
+}
+
+// IssueRSA is Issue with an RSA key, for the TLS cipher suites with RSA
+// key exchange that old clients need.
+func (ca *CA) IssueRSA(t testing.TB, hosts ...string) *Leaf {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.issue(t, key, hosts)
+}
+
+func (ca *CA) issue(t testing.TB, key interface {
+	Public() crypto.PublicKey
+}, hosts []string) *Leaf {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{CommonName: hosts[0]},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		// Key encipherment: RSA key exchange encrypts the premaster
+		// secret to the certificate's key.
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if _, ok := key.(*rsa.PrivateKey); ok {
+		// RSA key exchange encrypts the premaster secret to the key.
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -80,7 +105,7 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Leaf {
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +113,14 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Leaf {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
+	keyType := "PRIVATE KEY"
+	var keyDER []byte
+	if ec, ok := key.(*ecdsa.PrivateKey); ok {
+		keyType = "EC PRIVATE KEY"
+		keyDER, err = x509.MarshalECPrivateKey(ec)
+	} else {
+		keyDER, err = x509.MarshalPKCS8PrivateKey(key)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +128,7 @@ func (ca *CA) Issue(t testing.TB, hosts ...string) *Leaf {
 		TLS:     tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert},
 		Cert:    cert,
 		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: keyType, Bytes: keyDER}),
 	}
 }
 
