@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/mail"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -82,7 +83,8 @@ var (
 type Session struct {
 	client  *imapclient.Client
 	conn    *watchdogConn
-	address string // host:port, for OAUTHBEARER
+	split   *splitConn // under client: commands of the gateway's own
+	address string     // host:port, for OAUTHBEARER
 	observe func(op string, d time.Duration, err error)
 	mailbox string
 	info    Mailbox
@@ -123,6 +125,10 @@ type Entry struct {
 	// its UID changed with the UIDVALIDITY.
 	MessageID    string
 	InternalDate time.Time
+	// Identity is the permanent id the server gives the message (see
+	// IdentityEmailID, IdentityGmail), with its kind's prefix; "" when
+	// the server has none. Unlike UIDs it survives a UIDVALIDITY change.
+	Identity string
 }
 
 // Dial connects to srv and waits for its greeting; with starttls it also
@@ -175,30 +181,30 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 		TLSConfig:             tlsConfig,
 		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Fetch: s.strayFetch},
 	}
-	var client *imapclient.Client
-	if addr, ok := clientFrom(ctx); ok && srv.SendClientIP {
-		ic, err := introduce(wd, srv.Security == SecurityStartTLS, tlsConfig, addr)
+	// The connection under the IMAP client is the gateway's too (see
+	// splitConn), so the IMAP client must not wrap it in TLS itself:
+	// STARTTLS is done here.
+	var under net.Conn = wd
+	addr, introduceClient := clientFrom(ctx)
+	introduceClient = introduceClient && srv.SendClientIP
+	if introduceClient || srv.Security == SecurityStartTLS {
+		if !introduceClient {
+			addr = netip.AddrPort{}
+		}
+		under, err = introduce(wd, srv.Security == SecurityStartTLS, tlsConfig, addr)
 		if err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: introducing the client to %s: %w", srv.Address, err)
-		}
-		client = imapclient.New(ic, opts)
-		if err := client.WaitGreeting(); err != nil {
-			client.Close()
-			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
-		}
-	} else if srv.Security == SecurityStartTLS {
-		client, err = imapclient.NewStartTLS(wd, opts)
-		if err != nil {
-			raw.Close()
+			if introduceClient {
+				return nil, fmt.Errorf("upstream: introducing the client to %s: %w", srv.Address, err)
+			}
 			return nil, fmt.Errorf("upstream: STARTTLS with %s: %w", srv.Address, err)
 		}
-	} else {
-		client = imapclient.New(wd, opts)
-		if err := client.WaitGreeting(); err != nil {
-			client.Close()
-			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
-		}
+	}
+	s.split = newSplitConn(under)
+	client := imapclient.New(s.split, opts)
+	if err := client.WaitGreeting(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
 	}
 	if ctx.Err() != nil {
 		client.Close()
@@ -313,8 +319,8 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 }
 
 // Snapshot lists every message of the selected mailbox by UID with its
-// size, flags, arrival time and Message-ID, in UID order, with one UID
-// FETCH.
+// size, flags, arrival time and Message-ID, in UID order, with one FETCH;
+// and with one more, the server's permanent ids where it has them.
 func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.timed("list", time.Now(), &err)
 	if s.info.Messages == 0 {
@@ -323,7 +329,14 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.op(ctx)()
 	var all imap.SeqSet
 	all.AddRange(1, 0) // 1:*
-	return s.fetchEntries(all, int(s.info.Messages))
+	entries, err := s.fetchEntries(all, int(s.info.Messages))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.identify("1:*", entries); err != nil {
+		return nil, err
+	}
+	return entries, nil
 }
 
 // fetchEntries lists the messages of set by UID with size, flags,
@@ -773,5 +786,9 @@ func (s *Session) listFrom(first uint32) ([]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(entries, func(e Entry) bool { return e.UID < first }), nil
+	entries = slices.DeleteFunc(entries, func(e Entry) bool { return e.UID < first })
+	if err := s.identify(fmt.Sprintf("%d:*", first), entries); err != nil {
+		return nil, err
+	}
+	return entries, nil
 }

@@ -41,6 +41,9 @@ type Store struct {
 	// cutAfter makes the next whole body end after that many octets with
 	// the connection lost, as a server that drops mid-message.
 	cutAfter int64
+	// identities makes listings carry each message's permanent id.
+	identities bool
+	ids        int
 }
 
 type account struct {
@@ -52,6 +55,7 @@ type account struct {
 }
 
 type message struct {
+	id      string // permanent, given at delivery
 	uid     uint32
 	body    []byte
 	arrived time.Time
@@ -75,8 +79,29 @@ func (s *Store) Deliver(user string, bodies ...[]byte) {
 	defer s.mu.Unlock()
 	a := s.accounts[user]
 	for _, b := range bodies {
-		a.inbox = append(a.inbox, &message{uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
+		s.ids++
+		a.inbox = append(a.inbox, &message{id: fmt.Sprintf("memstore:%d", s.ids), uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
 		a.next++
+	}
+}
+
+// GiveIdentities makes every listing from now on carry each message's
+// permanent id (Entry.Identity), as a store that has them (RFC 8474
+// EMAILID, Gmail's X-GM-MSGID) does, or one that starts to.
+func (s *Store) GiveIdentities() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.identities = true
+}
+
+// Redate gives every message of the user's inbox a new arrival time, as
+// a mailbox rebuilt by copying its messages may: only a permanent id
+// then tells a message from its copy.
+func (s *Store) Redate(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.accounts[user].inbox {
+		m.arrived = m.arrived.Add(time.Hour)
 	}
 }
 
@@ -206,16 +231,20 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 	c.store.listings++
 	entries := make([]upstream.Entry, 0, len(c.acct.inbox))
 	for _, m := range c.acct.inbox {
-		entries = append(entries, m.entry())
+		entries = append(entries, c.store.entry(m))
 	}
 	return entries, nil
 }
 
-func (m *message) entry() upstream.Entry {
-	return upstream.Entry{
+func (s *Store) entry(m *message) upstream.Entry {
+	e := upstream.Entry{
 		UID: m.uid, Size: int64(len(m.body)), Deleted: m.deleted,
 		MessageID: messageID(m.body), InternalDate: m.arrived,
 	}
+	if s.identities {
+		e.Identity = m.id
+	}
+	return e
 }
 
 func messageID(body []byte) string {
@@ -388,7 +417,7 @@ func (c *session) Changes(ctx context.Context, since upstream.Mailbox) (upstream
 	var present []upstream.UIDRange
 	for _, m := range c.acct.inbox {
 		if m.uid >= since.UIDNext {
-			ch.Added = append(ch.Added, m.entry())
+			ch.Added = append(ch.Added, c.store.entry(m))
 			continue
 		}
 		if n := len(present); n > 0 && present[n-1].Last+1 == m.uid {
