@@ -175,7 +175,8 @@ func (c *splitConn) peekPrefix() ([]byte, error) {
 		}
 		if _, err := c.br.Peek(len(buf) + 1); err != nil {
 			if err == io.EOF && len(buf) > 0 {
-				err = io.ErrUnexpectedEOF
+				// What there is passes; the line's end never comes.
+				return buf, nil
 			}
 			return nil, err
 		}
@@ -203,8 +204,7 @@ func (c *splitConn) passLine(p []byte) (int, error) {
 	if end < 0 || n < len(buf) {
 		return n, nil
 	}
-	c.endOfLine()
-	return n, nil
+	return n, c.endOfLine()
 }
 
 // keepTail remembers the last octets of the line.
@@ -220,10 +220,13 @@ func (c *splitConn) keepTail(b []byte) {
 }
 
 // endOfLine follows a line's LF: a literal, or the next response.
-func (c *splitConn) endOfLine() {
-	n, ok := int64(-1), false
+func (c *splitConn) endOfLine() error {
+	n, ok := int64(0), false
 	if !c.status {
-		n, ok = literalAt(c.tail)
+		var err error
+		if n, ok, err = literalAt(c.tail); err != nil {
+			return err
+		}
 	}
 	c.tail = c.tail[:0]
 	switch {
@@ -234,33 +237,35 @@ func (c *splitConn) endOfLine() {
 	default:
 		c.state, c.literal = inLiteral, n
 	}
+	return nil
 }
 
+// maxLiteralDigits keeps a literal's size within an int64.
+const maxLiteralDigits = 18
+
 // literalAt reads the announcement ("{n}", "{n+}", "~{n}") that ends a
-// line (given with its CRLF or LF).
-func literalAt(line []byte) (int64, bool) {
+// line (given with its CRLF or LF). A size past any real literal is an
+// error: the stream cannot be followed beyond it.
+func literalAt(line []byte) (int64, bool, error) {
 	line = bytes.TrimSuffix(line, []byte("\n"))
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	rest, ok := bytes.CutSuffix(line, []byte("}"))
 	if !ok {
-		return 0, false
+		return 0, false, nil
 	}
 	open := bytes.LastIndexByte(rest, '{')
 	if open < 0 {
-		return 0, false
+		return 0, false, nil
 	}
 	digits := bytes.TrimSuffix(rest[open+1:], []byte("+"))
-	if len(digits) == 0 || len(digits) > 19 {
-		return 0, false
+	if !isDigits(digits) {
+		return 0, false, nil
 	}
-	n := int64(0)
-	for _, d := range digits {
-		if d < '0' || d > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(d-'0')
+	if len(digits) > maxLiteralDigits {
+		return 0, false, fmt.Errorf("a literal of %s octets announced", truncate(digits))
 	}
-	return n, n >= 0
+	n, _ := strconv.ParseInt(string(digits), 10, 64)
+	return n, true, nil
 }
 
 // responseKind is what the start of a response says it is.
@@ -378,7 +383,10 @@ func (c *splitConn) readHeld(status bool) ([]byte, error) {
 		if status {
 			return resp, nil
 		}
-		n, ok := literalAt(resp[max(0, len(resp)-maxTail):])
+		n, ok, err := literalAt(resp[max(0, len(resp)-maxTail):])
+		if err != nil {
+			return nil, err
+		}
 		if !ok {
 			return resp, nil
 		}
