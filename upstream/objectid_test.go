@@ -114,3 +114,38 @@ func TestSnapshotObjectIDRefused(t *testing.T) {
 		t.Fatalf("Snapshot = %+v, want an error", entries)
 	}
 }
+
+// TestChangesEmailID: the new messages a listing of changes finds get
+// their ids with one more UID FETCH of the same range.
+func TestChangesEmailID(t *testing.T) {
+	srv := imapscript.Start(t, `
+	S: * OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR OBJECTID] ready
+	C: {tag} AUTHENTICATE PLAIN AHUAcA==
+	S: {tag} OK [CAPABILITY IMAP4rev1 OBJECTID] logged in
+	C: {tag} SELECT INBOX
+	S: * 2 EXISTS
+	S: * OK [UIDVALIDITY 1] ok
+	S: * OK [UIDNEXT 8] ok
+	S: {tag} OK [READ-WRITE] selected
+	C: {tag} UID FETCH 7:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
+	S: * 2 FETCH (UID 7 FLAGS () RFC822.SIZE 10)
+	S: {tag} OK fetched
+	C: {tag} UID FETCH 7:* (UID EMAILID)
+	S: * 2 FETCH (UID 7 EMAILID (Mnew))
+	S: {tag} OK done
+	`)
+	s := dial(t, plain(srv.Addr()))
+	if err := s.Login(testCtx(t), "u", "p"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Select(testCtx(t), "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.Changes(testCtx(t), upstream.Mailbox{Name: "INBOX", UIDValidity: 1, UIDNext: 7, Messages: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ch.Added) != 1 || ch.Added[0].UID != 7 || ch.Added[0].Identity != upstream.IdentityEmailID+"Mnew" {
+		t.Fatalf("Changes = %+v", ch)
+	}
+}

@@ -15,6 +15,7 @@ package memstore
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +44,6 @@ type Store struct {
 	cutAfter int64
 	// identities makes listings carry each message's permanent id.
 	identities bool
-	ids        int
 }
 
 type account struct {
@@ -55,7 +55,7 @@ type account struct {
 }
 
 type message struct {
-	id      string // permanent, given at delivery
+	id      string // permanent: a hash of the octets, as Cyrus's EMAILID
 	uid     uint32
 	body    []byte
 	arrived time.Time
@@ -79,15 +79,17 @@ func (s *Store) Deliver(user string, bodies ...[]byte) {
 	defer s.mu.Unlock()
 	a := s.accounts[user]
 	for _, b := range bodies {
-		s.ids++
-		a.inbox = append(a.inbox, &message{id: fmt.Sprintf("memstore:%d", s.ids), uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
+		sum := sha256.Sum256(b)
+		a.inbox = append(a.inbox, &message{id: fmt.Sprintf("memstore:%x", sum[:12]), uid: a.next, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
 		a.next++
 	}
 }
 
 // GiveIdentities makes every listing from now on carry each message's
 // permanent id (Entry.Identity), as a store that has them (RFC 8474
-// EMAILID, Gmail's X-GM-MSGID) does, or one that starts to.
+// EMAILID, Gmail's X-GM-MSGID) does, or one that starts to. The id is a
+// hash of the message's octets, as Cyrus's EMAILID is: copies of one
+// message share it.
 func (s *Store) GiveIdentities() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
