@@ -72,7 +72,7 @@ const maxTail = 32
 var errSplit = errors.New("upstream: response stream")
 
 func newSplitConn(c net.Conn) *splitConn {
-	return &splitConn{Conn: c, br: bufio.NewReaderSize(c, 16<<10)}
+	return &splitConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10)}
 }
 
 // ownCommand is a command of ours under way.
