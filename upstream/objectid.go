@@ -68,8 +68,9 @@ func identityValue(item string, value []byte) (string, error) {
 	case "EMAILID":
 		// RFC 8474 §5.1: "(" objectid ")", objectid = 1*255(ALPHA /
 		// DIGIT / "_" / "-").
-		id, ok := bytes.CutPrefix(value, []byte("("))
-		if id, ok = bytes.CutSuffix(id, []byte(")")); !ok || len(id) == 0 || len(id) > 255 {
+		id, open := bytes.CutPrefix(value, []byte("("))
+		id, closed := bytes.CutSuffix(id, []byte(")"))
+		if !open || !closed || len(id) == 0 || len(id) > 255 {
 			return "", fmt.Errorf("upstream: EMAILID %q", truncate(value))
 		}
 		for _, b := range id {

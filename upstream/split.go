@@ -186,14 +186,13 @@ func (c *splitConn) peekPrefix() ([]byte, error) {
 // passLine copies the current line, up to its LF, into p; at the LF it
 // finds the literal that may follow.
 func (c *splitConn) passLine(p []byte) (int, error) {
-	buf, err := c.br.Peek(1)
-	if err != nil {
+	if _, err := c.br.Peek(1); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, err
 	}
-	buf, _ = c.br.Peek(c.br.Buffered())
+	buf, _ := c.br.Peek(c.br.Buffered())
 	end := bytes.IndexByte(buf, '\n')
 	if end >= 0 {
 		buf = buf[:end+1]

@@ -243,6 +243,7 @@ func TestIdentityValue(t *testing.T) {
 		{"EMAILID", "()", "", true},
 		{"EMAILID", "(" + strings.Repeat("a", 256) + ")", "", true},
 		{"EMAILID", "M1", "", true},
+		{"EMAILID", "M1)", "", true},
 		{"X-GM-MSGID", "1278455344230334865", "1278455344230334865", false},
 		{"X-GM-MSGID", "0", "", true},
 		{"X-GM-MSGID", "12a", "", true},
