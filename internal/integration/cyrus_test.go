@@ -10,6 +10,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/upstream"
@@ -20,7 +21,8 @@ import (
 // created again (a new UIDVALIDITY) and the same messages appended with
 // another arrival time, so that every digest of Message-ID, size and
 // INTERNALDATE changes: only the EMAILID still names each message, and
-// no UIDL changes. Two byte-identical messages, one EMAILID, keep two
+// no UIDL changes, and fetchmail, leaving mail on the server, downloads
+// nothing again. Two byte-identical messages, one EMAILID, keep two
 // UIDLs.
 func TestCyrusUIDLsFollowEmailID(t *testing.T) {
 	const user, pass = "alice", "secret"
@@ -39,6 +41,11 @@ func TestCyrusUIDLsFollowEmailID(t *testing.T) {
 	if len(before) != 4 || len(slices.Compact(slices.Sorted(slices.Values(before)))) != 4 {
 		t.Fatalf("UIDL = %v, want 4 distinct", before)
 	}
+	// A client leaving mail on the server.
+	fetchmail := clienttest.Fetchmail(t, addr, user, pass)
+	if got := fetchmail.Fetch(t, true); len(got) != 4 {
+		t.Fatalf("fetchmail fetched %d messages, want 4", len(got))
+	}
 
 	cy.Recreate(t, user)
 	cy.AppendDated(t, user, first.Add(48*time.Hour), msgs...)
@@ -48,6 +55,9 @@ func TestCyrusUIDLsFollowEmailID(t *testing.T) {
 	}
 	if after := popUIDLs(t, addr, user, pass); !slices.Equal(after, before) {
 		t.Fatalf("UIDL after the mailbox was rebuilt = %v, want %v", after, before)
+	}
+	if got := fetchmail.Fetch(t, true); len(got) != 0 {
+		t.Fatalf("fetchmail fetched %d messages again after the rebuild", len(got))
 	}
 }
 
