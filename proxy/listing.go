@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -70,11 +69,36 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 	if err != nil {
 		return listed{}, err
 	}
-	snap := &snapshot{state: state, entries: listedEntries(entries), ids: identities(entries)}
+	ids, previous := identitiesWithPrevious(entries)
+	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids}
 	if err := checkIDs(snap.entries); err != nil {
 		return listed{}, err
 	}
+	if err := g.adopt(ctx, maildrop, ids, previous); err != nil {
+		return listed{}, err
+	}
 	return g.assign(ctx, maildrop, snap, nil, shared)
+}
+
+// adopt carries the UIDLs of messages the state store knows by their
+// digest over to their store ids (see StateStore.Adopt): a store that
+// starts giving permanent ids, or a gateway that starts asking for them,
+// makes no client download anything again. Only a whole listing needs
+// it: a message merged in as new is new.
+func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []string) error {
+	if previous == nil {
+		return nil
+	}
+	var adopting, from []string
+	for i, p := range previous {
+		if p != "" {
+			adopting, from = append(adopting, ids[i]), append(from, p)
+		}
+	}
+	if err := g.state.Adopt(ctx, maildrop, adopting, from); err != nil {
+		return fmt.Errorf("recording UIDLs: %w", err)
+	}
+	return nil
 }
 
 // assign asks the state store for the UIDLs of the listing's messages:
@@ -206,7 +230,7 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 	} else {
 		for i, e := range last.entries {
 			if !stays[i] {
-				recount[identityDigestHex(last.ids[i])] = 0
+				recount[identityBase(last.ids[i])] = 0
 				continue
 			}
 			snap.entries = append(snap.entries, e)
@@ -224,46 +248,40 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 			}
 		}
 	}
-	digests := make([][16]byte, len(ch.Added))
+	bases := make([]string, len(ch.Added))
 	var buf []byte
 	for i, e := range ch.Added {
-		digests[i], buf = identityDigest(e, buf)
-		recount[hex.EncodeToString(digests[i][:])] = 0
+		var digest [16]byte
+		digest, buf = identityDigest(e, buf)
+		bases[i] = entryBase(e, digest)
+		recount[bases[i]] = 0
 	}
 	if len(recount) > 0 && len(snap.ids) > 0 {
 		for i, id := range snap.ids {
-			d := identityDigestHex(id)
-			rank, ok := recount[d]
+			base := identityBase(id)
+			rank, ok := recount[base]
 			if !ok {
 				continue
 			}
-			recount[d] = rank + 1
-			if now := identityHex(d, rank); now != id {
+			recount[base] = rank + 1
+			if now := rankedIdentity(base, rank); now != id {
 				snap.ids[i] = now
 				changed = append(changed, i)
 			}
 		}
 	}
 	for i, e := range ch.Added {
-		d := hex.EncodeToString(digests[i][:])
-		rank := recount[d]
-		recount[d] = rank + 1
+		rank := recount[bases[i]]
+		recount[bases[i]] = rank + 1
 		changed = append(changed, len(snap.entries))
 		snap.entries = append(snap.entries, listedEntryOf(e))
-		snap.ids = append(snap.ids, identity(digests[i], rank))
+		snap.ids = append(snap.ids, rankedIdentity(bases[i], rank))
 		if withUIDLs {
 			snap.uidls = append(snap.uidls, "")
 			snap.hidden = append(snap.hidden, false)
 		}
 	}
 	return snap, changed, ""
-}
-
-// identityHex is identity for a digest given in hex.
-func identityHex(digestHex string, rank int) string {
-	var digest [16]byte
-	hex.Decode(digest[:], []byte(digestHex))
-	return identity(digest, rank)
 }
 
 // checkIDs refuses a listing with a message the store gave no ID: it

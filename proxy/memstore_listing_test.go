@@ -27,11 +27,27 @@ func (s listAllStore) Login(ctx context.Context, login proxy.StoreLogin) (proxy.
 // byte, what a gateway in front of a store that lists everything, sharing
 // the state store, gives; that store is asked for every message each
 // time the mailbox changed.
+// With store ids (copies of one message sharing one, as with Cyrus's
+// EMAILID), the same holds.
 func TestSeamListingAfterChange(t *testing.T) {
+	for _, ids := range []bool{false, true} {
+		name := "digests"
+		if ids {
+			name = "store ids"
+		}
+		t.Run(name, func(t *testing.T) { seamListingAfterChange(t, ids) })
+	}
+}
+
+func seamListingAfterChange(t *testing.T, identities bool) {
 	changing := memstore.New()
 	changing.AddUser(seamAccount, "upstream secret")
 	listing := memstore.New()
 	listing.AddUser(seamAccount, "upstream secret")
+	if identities {
+		changing.GiveIdentities()
+		listing.GiveIdentities()
+	}
 	state := proxy.NewMemoryState()
 	merged := newSeamEnvOn(t, upstream.DeleteExpunge, changing, changing)
 	merged.gw.SetState(state)

@@ -376,3 +376,49 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSeamUIDLsFollowStoreIdentity: a gateway that starts to get
+// permanent ids from a store (a gateway upgraded to ask for RFC 8474
+// EMAILID, restarted on the same state) changes no UIDL and unhides
+// nothing: each message adopts the UIDL recorded under its digest. From
+// then on the id alone names it, so a rebuild that renumbers the messages
+// and changes their arrival times, and with them every digest, still
+// changes no UIDL.
+func TestSeamUIDLsFollowStoreIdentity(t *testing.T) {
+	state := proxy.NewMemoryState()
+	e := newSeamEnv(t, upstream.DeleteKeep)
+	e.gw.SetState(state)
+	e.deliver(seamCorpus...)
+	c := e.login()
+	before := uidlValues(t, c)
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{before[0], before[2]}
+
+	e.store.GiveIdentities()
+	e = newSeamEnvOn(t, upstream.DeleteKeep, e.store, e.store)
+	e.gw.SetState(state)
+	c = e.login()
+	if got := uidlValues(t, c); !slices.Equal(got, want) {
+		t.Fatalf("UIDL once the store gives ids = %v, want %v", got, want)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+
+	e.store.Renumber(seamAccount)
+	e.store.Redate(seamAccount)
+	e.deliver("Subject: four\r\nMessage-ID: <4@x>\r\n\r\nnew\r\n")
+	c = e.login()
+	after := uidlValues(t, c)
+	if len(after) != 3 || !slices.Equal(after[:2], want) {
+		t.Fatalf("UIDL after a rebuild = %v, want %v and one new", after, want)
+	}
+	if slices.Contains(before, after[2]) {
+		t.Fatalf("the new message got an old UIDL: %v", after)
+	}
+}

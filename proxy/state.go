@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/pop3gw/gateway/upstream"
@@ -32,6 +34,14 @@ type StateStore interface {
 	// hold that UIDL, the first of proposed[i]+"-1", proposed[i]+"-2", ...
 	// that none holds, so UIDLs stay unique within the maildrop.
 	Assign(ctx context.Context, maildrop string, ids, proposed []string) (uidls []string, hidden []bool, err error)
+	// Adopt lets a message keep its UIDL when the gateway starts naming
+	// it differently (a store that begins to give permanent ids): each
+	// ids[i] that has no UIDL yet takes the UIDL of previous[i], and its
+	// hidden mark, if previous[i] still holds that UIDL. The UIDL's holder
+	// becomes ids[i], so no other identity can adopt it again; previous[i]
+	// keeps its record, for a gateway of an older version sharing the
+	// store. An empty previous[i] adopts nothing.
+	Adopt(ctx context.Context, maildrop string, ids, previous []string) error
 	// Hide records that the client deleted these messages but the upstream
 	// keeps them (on_delete seen or keep): later listings leave them out.
 	Hide(ctx context.Context, maildrop string, ids []string) error
@@ -65,38 +75,63 @@ func (g *Gateway) hide(ctx context.Context, maildrop string, ids []string) error
 }
 
 // identities names each message of a listing by what survives a change of
-// epoch (IMAP: UIDVALIDITY): a digest of the permanent id the store gives
-// it (Entry.Identity: RFC 8474 EMAILID, Gmail's X-GM-MSGID), or, where it
-// gives none, of its Message-ID, size as the store reports it and arrival
-// time. Messages with the same digest (a message delivered twice, or mail
-// without Message-ID arriving in the same second) are told apart by their
-// rank among those in listing order, which a rebuild of the mailbox
+// epoch (IMAP: UIDVALIDITY): the permanent id the store gives it
+// (Entry.Identity), or else a digest of its Message-ID, size as the store
+// reports it and arrival time. Messages with the same id or digest (a
+// message delivered twice, mail without Message-ID arriving in the same
+// second, or two byte-identical messages where the id is a content hash,
+// as Cyrus's EMAILID is) are told apart by their rank among those in
+// listing order, which a rebuild of the mailbox
 // keeps; when the first of them goes, the next takes its rank, and so its
 // UIDL and whether it is hidden: harmless between copies of one message.
 func identities(entries []upstream.Entry) []string {
-	ids := make([]string, len(entries))
+	ids, _ := identitiesWithPrevious(entries)
+	return ids
+}
+
+// identitiesWithPrevious is identities, and for each message named by
+// its store id the digest identity it had before the gateway saw that id
+// ("" for the others; nil when no message has a store id), so the state
+// store can carry its UIDL over (StateStore.Adopt). Digests are ranked
+// among all messages, as when none had an id, so they are the identities
+// recorded then.
+func identitiesWithPrevious(entries []upstream.Entry) (ids, previous []string) {
+	ids = make([]string, len(entries))
+	// Digests are ranked among the messages named by them (as a merged
+	// listing ranks them), and for previous among all.
 	rank := make(map[[16]byte]int, len(entries))
+	var rankAll map[[16]byte]int
+	var idRank map[string]int
 	var buf []byte
 	for i, e := range entries {
 		var digest [16]byte
 		digest, buf = identityDigest(e, buf)
+		if rankAll != nil || e.Identity != "" {
+			if rankAll == nil {
+				rankAll = maps.Clone(rank)
+				previous = make([]string, len(entries))
+				idRank = make(map[string]int, len(entries))
+			}
+			r := rankAll[digest]
+			rankAll[digest] = r + 1
+			if e.Identity != "" {
+				previous[i] = identity(digest, r)
+				r = idRank[e.Identity]
+				idRank[e.Identity] = r + 1
+				ids[i] = rankedIdentity(e.Identity, r)
+				continue
+			}
+		}
 		r := rank[digest]
 		rank[digest] = r + 1
 		ids[i] = identity(digest, r)
 	}
-	return ids
+	return ids, previous
 }
 
-// identityDigest is what identifies a message but for its rank; buf is
-// scratch space, returned for reuse.
+// identityDigest is what identifies a message without a store id but for
+// its rank; buf is scratch space, returned for reuse.
 func identityDigest(e upstream.Entry, buf []byte) ([16]byte, []byte) {
-	if e.Identity != "" {
-		// The NUL first sets it apart from any digest of a Message-ID,
-		// which never starts with one.
-		buf = append(append(buf[:0], "\x00identity\x00"...), e.Identity...)
-		sum := sha256.Sum256(buf)
-		return [16]byte(sum[:16]), buf
-	}
 	buf = append(buf[:0], e.MessageID...)
 	buf = append(buf, 0)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(e.Size))
@@ -105,7 +140,8 @@ func identityDigest(e upstream.Entry, buf []byte) ([16]byte, []byte) {
 	return [16]byte(sum[:16]), buf
 }
 
-// identity is the identity of the message with the digest and rank.
+// identity is the identity of the message with the digest and rank:
+// "d:" and the digest in hex, then ":" and the rank.
 func identity(digest [16]byte, rank int) string {
 	id := make([]byte, 0, len(identityPrefix)+32+1+4)
 	id = append(id, identityPrefix...)
@@ -117,9 +153,24 @@ func identity(digest [16]byte, rank int) string {
 
 const identityPrefix = "d:"
 
-// identityDigestHex is the digest part of an identity, in hex.
-func identityDigestHex(id string) string {
-	return id[len(identityPrefix) : len(identityPrefix)+32]
+// rankedIdentity is the identity of the message of the given base (a
+// store id, or "d:" and a digest in hex) and rank.
+func rankedIdentity(base string, rank int) string {
+	return base + ":" + strconv.Itoa(rank)
+}
+
+// identityBase is an identity without its rank: a store id, or "d:" and
+// the digest in hex. Neither kind holds a colon after its prefix.
+func identityBase(id string) string {
+	return id[:strings.LastIndexByte(id, ':')]
+}
+
+// entryBase is the base of the identity of a message with the digest.
+func entryBase(e upstream.Entry, digest [16]byte) string {
+	if e.Identity != "" {
+		return e.Identity
+	}
+	return identityPrefix + hex.EncodeToString(digest[:])
 }
 
 // maxProposedUIDL is the longest UIDL the gateway takes from a store as
@@ -296,8 +347,8 @@ type MemoryState struct {
 }
 
 type memoryMaildrop struct {
-	uidls   map[string]string   // identity -> UIDL
-	holders map[string]struct{} // UIDLs given
+	uidls   map[string]string // identity -> UIDL
+	holders map[string]string // UIDL -> identity
 	hidden  map[string]bool
 	journal []byte
 }
@@ -310,7 +361,7 @@ func NewMemoryState() *MemoryState {
 func (s *MemoryState) maildrop(name string) *memoryMaildrop {
 	md := s.maildrops[name]
 	if md == nil {
-		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]struct{}{}, hidden: map[string]bool{}}
+		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]string{}, hidden: map[string]bool{}}
 		s.maildrops[name] = md
 	}
 	return md
@@ -334,11 +385,33 @@ func (s *MemoryState) Assign(_ context.Context, maildrop string, ids, proposed [
 				u = UIDLVariant(proposed[i], n)
 			}
 			md.uidls[id] = u
-			md.holders[u] = struct{}{}
+			md.holders[u] = id
 		}
 		uidls[i], hidden[i] = u, md.hidden[id]
 	}
 	return uidls, hidden, nil
+}
+
+// Adopt implements StateStore.
+func (s *MemoryState) Adopt(_ context.Context, maildrop string, ids, previous []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	for i, id := range ids {
+		if _, ok := md.uidls[id]; ok || previous[i] == "" {
+			continue
+		}
+		u, ok := md.uidls[previous[i]]
+		if !ok || md.holders[u] != previous[i] {
+			continue
+		}
+		md.uidls[id] = u
+		md.holders[u] = id
+		if md.hidden[previous[i]] {
+			md.hidden[id] = true
+		}
+	}
+	return nil
 }
 
 // Hide implements StateStore.

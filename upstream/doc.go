@@ -17,5 +17,10 @@
 // nothing of POP3, and is the store behind the gateway's seam
 // (proxy.Session) by its methods alone.
 //
-// It is built on the go-imap v2 client; no command text is built by hand.
+// It is built on the go-imap v2 client. Command text is written by hand
+// only where that client cannot say what is needed, on the same
+// connection: STARTTLS and the IMAP ID that introduces the client
+// (id.go), and the FETCH of the server's permanent message ids, whose
+// responses are taken out of the stream before the client sees them
+// (split.go, objectid.go).
 package upstream

@@ -30,8 +30,9 @@ func clientFrom(ctx context.Context) (netip.AddrPort, bool) {
 // maxIntroLine bounds each line read while introducing the client.
 const maxIntroLine = 64 << 10
 
-// introduce tells the server, before any login, which client the
-// connection is for: IMAP ID (RFC 2971) with x-originating-ip and
+// introduce starts TLS on a STARTTLS connection and tells the server,
+// before any login, which client the connection is for (when client is
+// valid): IMAP ID (RFC 2971) with x-originating-ip and
 // x-originating-port, which Dovecot honours from login_trusted_networks
 // and uses for its per-address login penalty and logs instead of the
 // gateway's address. go-imap's ID command has no field for these keys,
@@ -49,6 +50,11 @@ func introduce(nc net.Conn, startTLS bool, tlsConfig *tls.Config, client netip.A
 	switch {
 	case bytes.HasPrefix(greeting, []byte("* OK")):
 	case bytes.HasPrefix(greeting, []byte("* PREAUTH")):
+		if startTLS {
+			// RFC 9051 §7.1.4: a PREAUTH where STARTTLS was wanted may be
+			// a man in the middle keeping the connection in clear.
+			return nil, errors.New("greeting: PREAUTH on a connection that must start TLS")
+		}
 		// Nothing to log in to: the ID would change nothing.
 		return &replayConn{Conn: nc, r: io.MultiReader(bytes.NewReader(append(greeting, "\r\n"...)), br)}, nil
 	default:
@@ -72,6 +78,9 @@ func introduce(nc net.Conn, startTLS bool, tlsConfig *tls.Config, client netip.A
 		nc = tc
 		br = bufio.NewReader(nc)
 		caps = nil // RFC 9051 §6.2.1: ask again after STARTTLS
+	}
+	if !client.IsValid() {
+		return &replayConn{Conn: nc, r: io.MultiReader(bytes.NewReader([]byte("* OK Gateway: TLS started\r\n")), br)}, nil
 	}
 	if caps == nil {
 		untagged, err := command(nc, br, "g2 CAPABILITY", true)

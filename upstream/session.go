@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/mail"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,7 +72,8 @@ type Server struct {
 type Session struct {
 	client  *imapclient.Client
 	conn    *watchdogConn
-	address string // host:port, for OAUTHBEARER
+	split   *splitConn // under client: commands of the gateway's own
+	address string     // host:port, for OAUTHBEARER
 	observe func(op string, d time.Duration, err error)
 	mailbox string
 	info    Mailbox
@@ -144,30 +146,30 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 		TLSConfig:             tlsConfig,
 		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Fetch: s.strayFetch},
 	}
-	var client *imapclient.Client
-	if addr, ok := clientFrom(ctx); ok && srv.SendClientIP {
-		ic, err := introduce(wd, srv.Security == SecurityStartTLS, tlsConfig, addr)
+	// The connection under the IMAP client is the gateway's too (see
+	// splitConn), so the IMAP client must not wrap it in TLS itself:
+	// STARTTLS is done here.
+	var under net.Conn = wd
+	addr, introduceClient := clientFrom(ctx)
+	introduceClient = introduceClient && srv.SendClientIP
+	if introduceClient || srv.Security == SecurityStartTLS {
+		if !introduceClient {
+			addr = netip.AddrPort{}
+		}
+		under, err = introduce(wd, srv.Security == SecurityStartTLS, tlsConfig, addr)
 		if err != nil {
 			raw.Close()
-			return nil, fmt.Errorf("upstream: introducing the client to %s: %w", srv.Address, err)
-		}
-		client = imapclient.New(ic, opts)
-		if err := client.WaitGreeting(); err != nil {
-			client.Close()
-			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
-		}
-	} else if srv.Security == SecurityStartTLS {
-		client, err = imapclient.NewStartTLS(wd, opts)
-		if err != nil {
-			raw.Close()
+			if introduceClient {
+				return nil, fmt.Errorf("upstream: introducing the client to %s: %w", srv.Address, err)
+			}
 			return nil, fmt.Errorf("upstream: STARTTLS with %s: %w", srv.Address, err)
 		}
-	} else {
-		client = imapclient.New(wd, opts)
-		if err := client.WaitGreeting(); err != nil {
-			client.Close()
-			return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
-		}
+	}
+	s.split = newSplitConn(under)
+	client := imapclient.New(s.split, opts)
+	if err := client.WaitGreeting(); err != nil {
+		client.Close()
+		return nil, fmt.Errorf("upstream: greeting from %s: %w", srv.Address, err)
 	}
 	if ctx.Err() != nil {
 		client.Close()
@@ -351,8 +353,8 @@ func DovecotUIDL(uidValidity, uid uint32) string {
 }
 
 // Snapshot lists every message of the selected mailbox by UID with its
-// size, flags, arrival time and Message-ID, in UID order, with one UID
-// FETCH.
+// size, flags, arrival time and Message-ID, in UID order, with one FETCH;
+// and with one more, the server's permanent ids where it has them.
 func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	defer s.timed("list", time.Now(), &err)
 	if s.info.Messages == 0 {
@@ -363,6 +365,9 @@ func (s *Session) Snapshot(ctx context.Context) (_ []Entry, err error) {
 	all.AddRange(1, 0) // 1:*
 	listed, err := s.fetchEntries(all, s.info.Messages)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.identify("1:*", listed); err != nil {
 		return nil, err
 	}
 	return s.entries(listed), nil
@@ -870,5 +875,9 @@ func (s *Session) listFrom(first uint32) ([]uidEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(entries, func(e uidEntry) bool { return e.uid < first }), nil
+	entries = slices.DeleteFunc(entries, func(e uidEntry) bool { return e.uid < first })
+	if err := s.identify(fmt.Sprintf("%d:*", first), entries); err != nil {
+		return nil, err
+	}
+	return entries, nil
 }

@@ -12,6 +12,7 @@
 package boltstate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -172,6 +173,70 @@ func record(b *bolt.Bucket, ids, proposed, uidls []string) error {
 		uidls[i] = u
 	}
 	return nil
+}
+
+// Adopt implements proxy.StateStore. Nothing is written when no identity
+// has anything to adopt, the common case once a maildrop's messages are
+// known by their store ids.
+func (s *Store) Adopt(_ context.Context, maildrop string, ids, previous []string) error {
+	some := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b, _ := bucket(tx, maildrop, false)
+		if b == nil {
+			return nil
+		}
+		var err error
+		some, err = adopt(b, ids, previous, false)
+		return err
+	})
+	if err == nil && some {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			b, err := bucket(tx, maildrop, true)
+			if err != nil {
+				return err
+			}
+			_, err = adopt(b, ids, previous, true)
+			return err
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("boltstate: %w", err)
+	}
+	return nil
+}
+
+// adopt gives each identity without a UIDL the UIDL its previous identity
+// holds, with its hidden mark, and tells whether there was any; it
+// writes only when write is set.
+func adopt(b *bolt.Bucket, ids, previous []string, write bool) (bool, error) {
+	byID, holders, hid := b.Bucket(uidlBucket), b.Bucket(holderBucket), b.Bucket(hiddenBucket)
+	some := false
+	for i, id := range ids {
+		if previous[i] == "" || byID.Get([]byte(id)) != nil {
+			continue
+		}
+		u := byID.Get([]byte(previous[i]))
+		if u == nil || string(holders.Get(u)) != previous[i] {
+			continue
+		}
+		some = true
+		if !write {
+			return true, nil
+		}
+		u = bytes.Clone(u)
+		if err := byID.Put([]byte(id), u); err != nil {
+			return false, err
+		}
+		if err := holders.Put(u, []byte(id)); err != nil {
+			return false, err
+		}
+		if hid.Get([]byte(previous[i])) != nil {
+			if err := hid.Put([]byte(id), []byte{1}); err != nil {
+				return false, err
+			}
+		}
+	}
+	return some, nil
 }
 
 // Hide implements proxy.StateStore.

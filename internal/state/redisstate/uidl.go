@@ -51,6 +51,27 @@ end
 return out
 `)
 
+// adoptScript gives each identity (ARGV, in pairs with its previous
+// identity) that has no UIDL the UIDL of its previous identity, with its
+// hidden mark, if the previous identity still holds it (proxy.StateStore
+// Adopt). Atomic, so two replicas cannot both adopt one UIDL.
+var adoptScript = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+	local id, previous = ARGV[i], ARGV[i + 1]
+	if redis.call("HEXISTS", KEYS[1], id) == 0 then
+		local u = redis.call("HGET", KEYS[1], previous)
+		if u and redis.call("HGET", KEYS[2], u) == previous then
+			redis.call("HSET", KEYS[1], id, u)
+			redis.call("HSET", KEYS[2], u, id)
+			if redis.call("SISMEMBER", KEYS[3], previous) == 1 then
+				redis.call("SADD", KEYS[3], id)
+			end
+		end
+	end
+end
+return 0
+`)
+
 func (s *Store) stateKeys(maildrop string) (uidls, holders, hidden, journal string) {
 	h := s.hash(maildrop)
 	return s.prefix + "uidl:" + h, s.prefix + "uidl-holder:" + h, s.prefix + "hidden:" + h, s.prefix + "journal:" + h
@@ -82,6 +103,27 @@ func (s *Store) Assign(ctx context.Context, maildrop string, ids, proposed []str
 		}
 	}
 	return uidls, hidden, nil
+}
+
+// Adopt implements proxy.StateStore.
+func (s *Store) Adopt(ctx context.Context, maildrop string, ids, previous []string) error {
+	uidlKey, holderKey, hiddenKey, _ := s.stateKeys(maildrop)
+	for start := 0; start < len(ids); start += assignChunk {
+		end := min(start+assignChunk, len(ids))
+		args := make([]any, 0, 2*(end-start))
+		for i := start; i < end; i++ {
+			if previous[i] != "" {
+				args = append(args, ids[i], previous[i])
+			}
+		}
+		if len(args) == 0 {
+			continue
+		}
+		if err := adoptScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey}, args...).Err(); err != nil {
+			return fmt.Errorf("redisstate: carrying UIDLs over: %w", err)
+		}
+	}
+	return nil
 }
 
 // Hide implements proxy.StateStore.

@@ -48,6 +48,8 @@ type Store struct {
 	// cutAfter makes the next whole body end after that many octets with
 	// the connection lost, as a server that drops mid-message.
 	cutAfter int64
+	// identities makes listings carry each message's permanent id.
+	identities bool
 }
 
 type account struct {
@@ -65,6 +67,7 @@ type message struct {
 	id      upstream.ID
 	n       uint32 // its number within the epoch
 	added   uint64 // the seq that delivered it
+	hash    string // permanent: a hash of the octets, as Cyrus's EMAILID
 	body    []byte
 	arrived time.Time
 	deleted bool // \Deleted: gone at the next expunge
@@ -113,7 +116,8 @@ func (s *Store) Deliver(user string, bodies ...[]byte) {
 	a := s.accounts[user]
 	a.seq++
 	for _, b := range bodies {
-		a.inbox = append(a.inbox, &message{id: a.id(a.next), n: a.next, added: a.seq, body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
+		sum := sha256.Sum256(b)
+		a.inbox = append(a.inbox, &message{id: a.id(a.next), n: a.next, added: a.seq, hash: fmt.Sprintf("memstore:%x", sum[:12]), body: bytes.Clone(b), arrived: time.Unix(int64(1e9+a.next), 0)})
 		a.next++
 	}
 }
@@ -128,6 +132,28 @@ func (s *Store) IDs(user string) []upstream.ID {
 		ids = append(ids, m.id)
 	}
 	return ids
+}
+
+// GiveIdentities makes every listing from now on carry each message's
+// permanent id (Entry.Identity), as a store that has them (RFC 8474
+// EMAILID, Gmail's X-GM-MSGID) does, or one that starts to. The id is a
+// hash of the message's octets, as Cyrus's EMAILID is: copies of one
+// message share it.
+func (s *Store) GiveIdentities() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.identities = true
+}
+
+// Redate gives every message of the user's inbox a new arrival time, as
+// a mailbox rebuilt by copying its messages may: only a permanent id
+// then tells a message from its copy.
+func (s *Store) Redate(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.accounts[user].inbox {
+		m.arrived = m.arrived.Add(time.Hour)
+	}
 }
 
 // Count returns the number of messages in the user's inbox.
@@ -271,16 +297,20 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 	c.store.listings++
 	entries := make([]upstream.Entry, 0, len(c.acct.inbox))
 	for _, m := range c.acct.inbox {
-		entries = append(entries, m.entry())
+		entries = append(entries, c.store.entry(m))
 	}
 	return entries, nil
 }
 
-func (m *message) entry() upstream.Entry {
-	return upstream.Entry{
+func (s *Store) entry(m *message) upstream.Entry {
+	e := upstream.Entry{
 		ID: m.id, UIDL: string(m.id), Size: int64(len(m.body)), Deleted: m.deleted,
 		MessageID: messageID(m.body), InternalDate: m.arrived,
 	}
+	if s.identities {
+		e.Identity = m.hash
+	}
+	return e
 }
 
 func messageID(body []byte) string {
@@ -446,7 +476,7 @@ func (c *session) Changes(ctx context.Context, since upstream.Mailbox) (upstream
 	var ch upstream.Changes
 	for _, m := range c.acct.inbox {
 		if m.added > seq {
-			ch.Added = append(ch.Added, m.entry())
+			ch.Added = append(ch.Added, c.store.entry(m))
 		}
 	}
 	for _, r := range c.acct.gone {

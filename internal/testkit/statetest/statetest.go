@@ -20,6 +20,7 @@ func Run(t *testing.T, open func(t *testing.T) proxy.StateStore) {
 	t.Run("FirstUIDLSticks", func(t *testing.T) { firstUIDLSticks(t, open(t)) })
 	t.Run("UIDLsUnique", func(t *testing.T) { uidlsUnique(t, open(t)) })
 	t.Run("Hide", func(t *testing.T) { hide(t, open(t)) })
+	t.Run("Adopt", func(t *testing.T) { adopt(t, open(t)) })
 	t.Run("Journal", func(t *testing.T) { journal(t, open(t)) })
 	t.Run("Concurrent", func(t *testing.T) { concurrent(t, open(t)) })
 	t.Run("Large", func(t *testing.T) { large(t, open(t)) })
@@ -85,6 +86,41 @@ func hide(t *testing.T, s proxy.StateStore) {
 	}
 	if _, hidden := Assign(t, s, "other", []string{"b"}, []string{"1"}); hidden[0] {
 		t.Fatal("hidden in another maildrop")
+	}
+}
+
+// A message first known by one identity (a digest) keeps its UIDL and
+// hidden mark under another (a store id), once.
+func adopt(t *testing.T, s proxy.StateStore) {
+	Assign(t, s, "md", []string{"a", "b", "known"}, []string{"ua", "ub", "uk"})
+	if err := s.Hide(ctx(t), "md", []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Adopt(ctx(t), "md", []string{"x", "y", "z", "known", "n"}, []string{"a", "b", "", "a", "never"}); err != nil {
+		t.Fatal(err)
+	}
+	got, hidden := Assign(t, s, "md", []string{"x", "y", "z", "known", "n"}, []string{"px", "py", "pz", "pk", "pn"})
+	if want := []string{"ua", "ub", "pz", "uk", "pn"}; !slices.Equal(got, want) {
+		t.Fatalf("after Adopt, Assign = %v, want %v", got, want)
+	}
+	if want := []bool{false, true, false, false, false}; !slices.Equal(hidden, want) {
+		t.Fatalf("after Adopt, hidden = %v, want %v", hidden, want)
+	}
+	// A UIDL is adopted once: another identity claiming "a" gets a UIDL
+	// of its own, while "a" itself keeps its record.
+	if err := s.Adopt(ctx(t), "md", []string{"w"}, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = Assign(t, s, "md", []string{"w", "a"}, []string{"ua", "pa"})
+	if want := []string{proxy.UIDLVariant("ua", 1), "ua"}; !slices.Equal(got, want) {
+		t.Fatalf("second adoption of a UIDL: Assign = %v, want %v", got, want)
+	}
+	// Another maildrop adopts nothing of this one.
+	if err := s.Adopt(ctx(t), "other", []string{"x"}, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := Assign(t, s, "other", []string{"x"}, []string{"ox"}); got[0] != "ox" {
+		t.Fatalf("Adopt crossed maildrops: %v", got)
 	}
 }
 
