@@ -123,6 +123,10 @@ type Entry struct {
 	// its UID changed with the UIDVALIDITY.
 	MessageID    string
 	InternalDate time.Time
+	// Flags are the message's flags and keywords as the server gave them
+	// (RFC 9051 §2.3.2), for exports that keep \Seen, \Answered and the
+	// rest.
+	Flags []string
 }
 
 // Dial connects to srv and waits for its greeting; with starttls it also
@@ -348,6 +352,10 @@ func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]Entry, error) {
 				e.Size = item.Size
 			case imapclient.FetchItemDataFlags:
 				e.Deleted = slices.Contains(item.Flags, imap.FlagDeleted)
+				e.Flags = make([]string, len(item.Flags))
+				for i, f := range item.Flags {
+					e.Flags[i] = string(f)
+				}
 			case imapclient.FetchItemDataInternalDate:
 				e.InternalDate = item.Time
 			case imapclient.FetchItemDataBodySection:
