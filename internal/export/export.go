@@ -116,6 +116,10 @@ type exporter struct {
 	sources []*source
 
 	prog *progress
+
+	// jobs takes written messages to the committers; nil for mbox.
+	jobs       chan commitJob
+	committing sync.WaitGroup
 }
 
 func newExporter(opts Options) (*exporter, error) {
@@ -160,10 +164,17 @@ func newExporter(opts Options) (*exporter, error) {
 		return nil, fmt.Errorf("cannot write to the export directory: %w", err)
 	}
 	e.j = j
+	if opts.Format != MBox {
+		e.startCommitters()
+	}
 	return e, nil
 }
 
 func (e *exporter) close() {
+	if e.jobs != nil {
+		close(e.jobs)
+		e.committing.Wait()
+	}
 	for _, s := range e.sources {
 		if s != nil {
 			s.close()
@@ -485,14 +496,18 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 			continue
 		}
 		done := make(map[*message]bool)
+		pend := &pending{}
 		err = src.fetch(ctx, left, func(m *message, body io.Reader) error {
 			if done[m] {
 				return nil
 			}
-			err := e.save(ctx, l.folder, m, body)
+			err := e.save(ctx, l.folder, m, body, pend)
 			done[m] = err == nil
 			return err
 		})
+		if perr := pend.wait(); perr != nil {
+			return local(perr)
+		}
 		if errors.Is(err, ErrLocal) {
 			return local(err) // without what the store's layer added
 		}
@@ -514,8 +529,11 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 			case err != nil:
 				e.fail(l.folder, m, err.Error())
 			default:
-				err = e.save(ctx, l.folder, m, body)
+				err = e.save(ctx, l.folder, m, body, pend)
 				body.Close()
+				if perr := pend.wait(); perr != nil {
+					return local(perr)
+				}
 				if errors.Is(err, ErrLocal) {
 					return err
 				}
@@ -586,8 +604,9 @@ func (h *headCapture) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// written is a message in a temporary file, synced.
+// written is a message in a temporary file, still open.
 type written struct {
+	f       *os.File
 	tmp     string
 	size    int64 // octets in the file
 	digest  string
@@ -643,14 +662,28 @@ func (e *exporter) write(ctx context.Context, m *message, body io.Reader) (*writ
 	case rd.n == 0:
 		return nil, errEmpty
 	}
-	if err := f.Sync(); err != nil {
-		return nil, local(err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, local(err)
-	}
 	ok = true
-	return &written{tmp: f.Name(), size: cw.n, digest: hex.EncodeToString(h.Sum(nil)), subject: subjectOf(hc.head)}, nil
+	return &written{f: f, tmp: f.Name(), size: cw.n, digest: hex.EncodeToString(h.Sum(nil)), subject: subjectOf(hc.head)}, nil
+}
+
+// finish syncs and closes the temporary file: only a file whose octets
+// are on the disk is renamed into place.
+func (wr *written) finish() error {
+	err := wr.f.Sync()
+	if cerr := wr.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(wr.tmp)
+		return local(err)
+	}
+	return nil
+}
+
+// discard removes a temporary file that will not be committed.
+func (wr *written) discard() {
+	wr.f.Close()
+	os.Remove(wr.tmp)
 }
 
 type countWriter struct {
@@ -664,10 +697,17 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// save writes one message and records it. A failed read of the body is
-// returned as is (the batch is tried again); an empty body is a failure
-// of that message only; a failed write wraps ErrLocal.
-func (e *exporter) save(ctx context.Context, fo folder, m *message, body io.Reader) error {
+// save writes one message and has it committed: at once for mbox, whose
+// messages are appended in order, else by a committer, so that the next
+// message is read while this one is synced (syncs, not the network, bound
+// the rate of small messages). A failed read of the body is returned as
+// is (the batch is tried again); an empty body is a failure of that
+// message only; a failed write wraps ErrLocal, and so does a failed
+// commit of an earlier message of the batch.
+func (e *exporter) save(ctx context.Context, fo folder, m *message, body io.Reader, pend *pending) error {
+	if err := pend.failed(); err != nil {
+		return err
+	}
 	wr, err := e.write(ctx, m, body)
 	if errors.Is(err, errEmpty) {
 		e.fail(fo, m, err.Error())
@@ -677,8 +717,29 @@ func (e *exporter) save(ctx context.Context, fo folder, m *message, body io.Read
 		return err
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	e.sum.Fetched++
+	e.mu.Unlock()
+	if e.jobs == nil {
+		return e.commit(fo, m, wr)
+	}
+	pend.wg.Add(1)
+	select {
+	case e.jobs <- commitJob{fo: fo, m: m, wr: wr, pend: pend}:
+		return nil
+	case <-ctx.Done():
+		pend.wg.Done()
+		wr.discard()
+		return ctx.Err()
+	}
+}
+
+// commit syncs a written message, moves it into place and records it.
+func (e *exporter) commit(fo folder, m *message, wr *written) error {
+	if err := wr.finish(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if err := e.commitLocked(fo, m, wr); err != nil {
 		os.Remove(wr.tmp)
 		return local(err)
@@ -687,6 +748,60 @@ func (e *exporter) save(ctx context.Context, fo folder, m *message, body io.Read
 	e.sum.Bytes += wr.size
 	e.prog.exported(wr.size)
 	return nil
+}
+
+// committers is how many messages are synced at once.
+const committers = 8
+
+type commitJob struct {
+	fo   folder
+	m    *message
+	wr   *written
+	pend *pending
+}
+
+// pending is the commits of one fetch still under way, and the first
+// that failed.
+type pending struct {
+	wg  sync.WaitGroup
+	mu  sync.Mutex
+	err error
+}
+
+func (p *pending) fail(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+func (p *pending) failed() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// wait waits for the commits and returns the first failure.
+func (p *pending) wait() error {
+	p.wg.Wait()
+	return p.failed()
+}
+
+func (e *exporter) startCommitters() {
+	e.jobs = make(chan commitJob, committers)
+	for range committers {
+		e.committing.Add(1)
+		go func() {
+			defer e.committing.Done()
+			for j := range e.jobs {
+				if err := e.commit(j.fo, j.m, j.wr); err != nil {
+					j.pend.fail(err)
+				}
+				j.pend.wg.Done()
+			}
+		}()
+	}
 }
 
 // commitLocked moves a written message into place and records it.

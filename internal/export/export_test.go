@@ -78,7 +78,9 @@ type mailbox struct {
 	dc *dovecottest.Server
 }
 
-func startDovecot(t *testing.T, msgs [][]byte) *mailbox {
+func startDovecot(t *testing.T, msgs [][]byte) *mailbox { return startDovecotB(t, msgs) }
+
+func startDovecotB(t testing.TB, msgs [][]byte) *mailbox {
 	t.Helper()
 	dc := dovecottest.Start(t, map[string]string{user: pass})
 	dc.Deliver(t, user, msgs...)
