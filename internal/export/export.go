@@ -112,7 +112,7 @@ type exporter struct {
 	mu      sync.Mutex // guards what follows, and commits
 	j       *journal
 	sum     Summary
-	dirty   map[string]bool // directories with renames not yet synced
+	dirty   map[string]bool // directories with renames, and mbox files, not yet synced
 	sources []*source
 
 	prog *progress
@@ -517,6 +517,7 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 			continue
 		}
 		// What the batch did not give: ask for each alone, to learn why.
+		defer e.syncBatch()
 		for _, m := range left {
 			body, err := src.fetchOne(ctx, m)
 			switch {
@@ -666,10 +667,14 @@ func (e *exporter) write(ctx context.Context, m *message, body io.Reader) (*writ
 	return &written{f: f, tmp: f.Name(), size: cw.n, digest: hex.EncodeToString(h.Sum(nil)), subject: subjectOf(hc.head)}, nil
 }
 
-// finish syncs and closes the temporary file: only a file whose octets
-// are on the disk is renamed into place.
-func (wr *written) finish() error {
-	err := wr.f.Sync()
+// finish closes the temporary file, synced when sync is set: only a file
+// whose octets are on the disk is renamed into place. (A message bound
+// for an mbox is copied, and the mbox synced.)
+func (wr *written) finish(sync bool) error {
+	var err error
+	if sync {
+		err = wr.f.Sync()
+	}
 	if cerr := wr.f.Close(); err == nil {
 		err = cerr
 	}
@@ -735,7 +740,7 @@ func (e *exporter) save(ctx context.Context, fo folder, m *message, body io.Read
 
 // commit syncs a written message, moves it into place and records it.
 func (e *exporter) commit(fo folder, m *message, wr *written) error {
-	if err := wr.finish(); err != nil {
+	if err := wr.finish(e.opts.Format != MBox); err != nil {
 		return err
 	}
 	e.mu.Lock()
@@ -826,7 +831,7 @@ func (e *exporter) commitLocked(fo folder, m *message, wr *written) error {
 }
 
 // appendMBoxLocked appends a written message to its folder's mbox and
-// syncs it before recording it: the record says where the file ends.
+// records it: the record says where the file ends.
 func (e *exporter) appendMBoxLocked(r record, wr *written) error {
 	defer os.Remove(wr.tmp)
 	path := filepath.Join(e.opts.Dir, r.File)
@@ -852,15 +857,27 @@ func (e *exporter) appendMBoxLocked(r record, wr *written) error {
 		mb.Truncate(end) // the next run would cut it too
 		return err
 	}
-	if err := mb.Sync(); err != nil {
-		return err
-	}
+	// Synced with the others before the records are: should a power
+	// loss keep a record but not its octets, the next run sees the file
+	// short of the record's end and writes the message again.
+	e.dirty[path] = true
 	e.dirty[filepath.Dir(path)] = true
 	r.Offset, r.End = end, end+wr.size
 	return e.j.add(r)
 }
 
-// syncLocked makes the renames and the records so far durable.
+// syncBatch makes a batch's messages durable, bounding what a power loss
+// can take back to the batch under way.
+func (e *exporter) syncBatch() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.syncLocked(); err != nil {
+		e.log.Warn("syncing the export", "err", err)
+	}
+}
+
+// syncLocked makes the files, renames and records so far durable, the
+// records last.
 func (e *exporter) syncLocked() error {
 	for dir := range e.dirty {
 		if err := syncDir(dir); err != nil {

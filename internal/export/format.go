@@ -248,7 +248,7 @@ func isFromLine(line []byte) bool {
 	return bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From "))
 }
 
-// syncDir makes the renames in dir durable.
+// syncDir makes the renames in dir durable; given a file, its octets.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
