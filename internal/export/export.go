@@ -157,7 +157,7 @@ func newExporter(opts Options) (*exporter, error) {
 		os.Remove(p)
 	}
 	j, err := openJournal(opts.Dir, opts.Format)
-	if errors.Is(err, errFormatMismatch) {
+	if errors.Is(err, errFormatMismatch) || errors.Is(err, errBusy) {
 		return nil, err
 	}
 	if err != nil {

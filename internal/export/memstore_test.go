@@ -159,3 +159,22 @@ func TestThrottled(t *testing.T) {
 		}
 	}
 }
+
+// TestOneExportPerDirectory: a second export into a directory another is
+// writing to stops at once, with one line, touching nothing.
+func TestOneExportPerDirectory(t *testing.T) {
+	s := memMailbox(t, 3, 100)
+	dir := t.TempDir()
+	j, err := openJournal(dir, EML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(testCtx(t), Options{Open: memOpener(s), Mailbox: "INBOX", Dir: dir})
+	if !errors.Is(err, errBusy) {
+		t.Errorf("Run beside another = %v, want %v", err, errBusy)
+	}
+	j.close()
+	if sum := run(t, Options{Open: memOpener(s), Mailbox: "INBOX", Dir: dir}); sum.Exported != 3 {
+		t.Errorf("exported %d after the other, want 3", sum.Exported)
+	}
+}

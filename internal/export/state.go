@@ -52,11 +52,18 @@ func recordKey(folder, identity string) string { return folder + "\x00" + identi
 // errFormatMismatch: the directory holds an export in another format.
 var errFormatMismatch = errors.New("format mismatch")
 
+// errBusy: another export is writing to the directory.
+var errBusy = errors.New("another export is writing to this directory")
+
 // openJournal opens or creates the state file in dir.
 func openJournal(dir string, format Format) (*journal, error) {
 	path := filepath.Join(dir, stateName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
+		return nil, err
+	}
+	if err := lockState(f); err != nil {
+		f.Close()
 		return nil, err
 	}
 	j := &journal{f: f, format: format, records: make(map[string]*record)}
