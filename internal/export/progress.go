@@ -36,6 +36,8 @@ func newProgress(out io.Writer, terminal bool, interval time.Duration, total int
 		p.bar = progressbar.NewOptions64(totalBytes,
 			progressbar.OptionSetWriter(out),
 			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionUseIECUnits(true),
 			progressbar.OptionSetWidth(30),
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionShowElapsedTimeOnFinish(),
