@@ -109,11 +109,14 @@ type exporter struct {
 	limiter *rate.Limiter
 	start   time.Time
 
-	mu      sync.Mutex // guards what follows, and commits
-	j       *journal
-	sum     Summary
-	dirty   map[string]bool // directories with renames, and mbox files, not yet synced
-	sources []*source
+	mu    sync.Mutex // guards what follows, and commits
+	j     *journal
+	sum   Summary
+	dirty map[string]bool // directories with renames, and mbox files, not yet synced
+	// maildirNames are the Maildir files found at the start, by folder
+	// and the unique part of their name.
+	maildirNames map[string]string
+	sources      []*source
 
 	prog *progress
 
@@ -136,7 +139,7 @@ func newExporter(opts Options) (*exporter, error) {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
-	e := &exporter{opts: opts, log: opts.Log, dirty: make(map[string]bool), start: time.Now()}
+	e := &exporter{opts: opts, log: opts.Log, dirty: make(map[string]bool), maildirNames: make(map[string]string), start: time.Now()}
 	if opts.LimitRate > 0 {
 		burst := int(min(opts.LimitRate, 1<<20))
 		e.limiter = rate.NewLimiter(rate.Limit(opts.LimitRate), burst)
@@ -184,11 +187,10 @@ func (e *exporter) close() {
 }
 
 func (e *exporter) run(ctx context.Context) (*Summary, error) {
-	src, err := openSource(ctx, e.opts.Open, cmp.Or(e.opts.Folder, e.opts.Mailbox))
+	// The account's own mailbox: a mailbox asked for is looked up in the
+	// account's list first, which names the ones there are.
+	src, err := openSource(ctx, e.opts.Open, e.opts.Mailbox)
 	if err != nil {
-		if e.opts.Folder != "" && !e.opts.All && !isAuth(err) {
-			return nil, fmt.Errorf("%w %q (or the store refused it): %v", ErrNoMailbox, e.opts.Folder, err)
-		}
 		return nil, fmt.Errorf("logging in to the store: %w", err)
 	}
 	e.sources = append(e.sources, src)
@@ -354,7 +356,9 @@ func (e *exporter) checkFiles(fo folder) error {
 	for _, de := range ents {
 		n := de.Name()
 		if e.opts.Format == Maildir {
-			n, _, _ = strings.Cut(n, ":")
+			base, _, _ := strings.Cut(n, ":")
+			e.maildirNames[recordKey(fo.name, base)] = n
+			n = base
 		}
 		names[n] = true
 	}
@@ -638,13 +642,12 @@ func (e *exporter) write(ctx context.Context, m *message, body io.Reader) (*writ
 	}
 	h := sha256.New()
 	cw := &countWriter{w: io.MultiWriter(out, h)}
-	rd := &readErr{r: body}
-	var in io.Reader = rd
 	if e.limiter != nil {
-		in = limited{ctx: ctx, r: in, l: e.limiter}
+		body = limited{ctx: ctx, r: body, l: e.limiter}
 	}
-	hc := &headCapture{r: in}
-	in = hc
+	rd := &readErr{r: body}
+	hc := &headCapture{r: rd}
+	var in io.Reader = hc
 	if e.opts.Format == MBox {
 		if _, err := io.WriteString(cw, mboxFrom(m.date)); err != nil {
 			return nil, local(err)
@@ -818,6 +821,11 @@ func (e *exporter) commitLocked(fo folder, m *message, wr *written) error {
 		r.File = filepath.Join(rel, emlName(m, wr.subject))
 	case Maildir:
 		r.File = filepath.Join(rel, "cur", maildirName(m))
+		// A file of the message from a run whose record was lost, or
+		// that -verify found damaged, may carry other flags: it goes.
+		if old, ok := e.maildirNames[recordKey(fo.name, maildirBase(m))]; ok && old != filepath.Base(r.File) {
+			os.Remove(filepath.Join(e.opts.Dir, rel, "cur", old))
+		}
 	case MBox:
 		r.File = rel
 		return e.appendMBoxLocked(r, wr)

@@ -587,3 +587,39 @@ func TestFullDiskLeavesWholeFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestMaildirLostRecord: a message whose record was lost (a power loss
+// between the rename and the record) is written again, and its earlier
+// file goes even when its flags, and so its name, changed meanwhile.
+func TestMaildirLostRecord(t *testing.T) {
+	msgs := corpus(12)
+	mb := startDovecot(t, msgs)
+	dir := t.TempDir()
+	opts := Options{Open: mb.opener(nil), Mailbox: "INBOX", Dir: dir, Format: Maildir}
+	run(t, opts)
+	state := filepath.Join(dir, stateName)
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	os.WriteFile(state, bytes.Join(lines[:len(lines)-2], nil), 0o600) // the last record gone
+	mb.setFlags(t, []imap.Flag{imap.FlagSeen}, imap.UID(len(msgs)))
+	if sum := run(t, opts); sum.Exported != 1 {
+		t.Errorf("exported %d, want the message whose record was lost", sum.Exported)
+	}
+	got, flags := readMaildir(t, dir)
+	ents, _ := os.ReadDir(filepath.Join(dir, "cur"))
+	if len(got) != len(msgs) || len(ents) != len(msgs) {
+		t.Errorf("%d messages in %d files, want %d", len(got), len(ents), len(msgs))
+	}
+	n := 0
+	for _, f := range flags {
+		if f == "S" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d files flagged S, want 1: %v", n, flags)
+	}
+}

@@ -33,9 +33,6 @@ const (
 // Formats lists the formats, the default first.
 var Formats = []Format{EML, Maildir, MBox}
 
-// lf tells whether the format stores lines ending in LF alone.
-func (f Format) lf() bool { return f != EML }
-
 // folderPath is where a folder's messages go, relative to the export
 // directory: a directory for eml and Maildir, a file for mbox.
 func (f Format) folderPath(fo folder, inbox bool) string {

@@ -189,8 +189,3 @@ func isThrottled(err error) bool {
 		return strings.Contains(s, k)
 	})
 }
-
-// isAuth tells a refused login from other failures.
-func isAuth(err error) bool {
-	return errors.Is(err, upstream.ErrAuthFailed) || errors.Is(err, proxy.ErrNeedsAuthorization)
-}

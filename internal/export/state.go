@@ -180,18 +180,6 @@ func (j *journal) sync() error {
 	return j.f.Sync()
 }
 
-// mboxEnd is where the folder's mbox file ends after its last recorded
-// message, 0 when none is.
-func (j *journal) mboxEnd(folder string) int64 {
-	var end int64
-	for _, r := range j.records {
-		if r.Folder == folder && r.End > end {
-			end = r.End
-		}
-	}
-	return end
-}
-
 // folderRecords lists the folder's records.
 func (j *journal) folderRecords(folder string) []*record {
 	var out []*record
