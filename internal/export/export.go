@@ -57,6 +57,9 @@ type Options struct {
 
 	// wrapFile, set by tests, sits under every file written.
 	wrapFile func(io.Writer) io.Writer
+	// retryPause is the first pause before a batch is tried again; 1 s
+	// when zero (tests shorten it).
+	retryPause time.Duration
 }
 
 // Failure is a message that was not exported; the next run tries again.
@@ -477,7 +480,7 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 				}
 				return nil
 			}
-			pause := time.Second << (attempt - 1)
+			pause := cmp.Or(e.opts.retryPause, time.Second) << (attempt - 1)
 			if isThrottled(lastErr) {
 				pause *= 5
 			}
