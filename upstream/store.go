@@ -55,6 +55,10 @@ type Entry struct {
 	// §2.3.3).
 	MessageID    string
 	InternalDate time.Time
+	// Flags are the message's flags and keywords as the store gave them
+	// (IMAP: RFC 9051 §2.3.2), for exports that keep \Seen, \Answered
+	// and the rest.
+	Flags []string
 }
 
 // Changes is how a mailbox changed since an earlier state of it in the
