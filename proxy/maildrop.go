@@ -101,6 +101,11 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
 		m.sizes = append(m.sizes, size)
 	}
+	measured, err := m.measureUnknown(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g.snaps.sized(acct.maildrop(), list.snapshot, measured)
 	m.ahead = newFetcher(ctx, m)
 	return m, nil
 }

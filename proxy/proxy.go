@@ -46,7 +46,8 @@ type Upstream struct {
 	// session for the next login; 0 means DefaultPoolIdle, negative none.
 	KeepConnection time.Duration
 	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
-	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
+	// upstream.XOAuth2 or upstream.OAuthBearer, or upstream.Bearer for a
+	// store that sends them in HTTP; empty for passwords.
 	OAuth2 string
 	// Store is where the mail is, when it is not the IMAP server at
 	// Server: another kind of store, or one in memory for tests.
@@ -440,7 +441,7 @@ func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (Sessi
 		if err != nil {
 			return nil, err
 		}
-		login.OAuth2, login.Token, login.Password = up.OAuth2, token, ""
+		login.OAuth2, login.Token, login.Tokens, login.Password = up.OAuth2, token, acct.token, ""
 	}
 	return up.store().Login(ctx, login)
 }

@@ -33,8 +33,12 @@ type StoreLogin struct {
 	Password string
 	// OAuth2 is the SASL mechanism (upstream.XOAuth2 or
 	// upstream.OAuthBearer) for Token; empty for Password.
-	OAuth2  string
-	Token   string
+	OAuth2 string
+	Token  string
+	// Tokens, with OAuth2, is where Token came from, for a store that
+	// logs in at every request (HTTP APIs such as Graph): it asks for a
+	// fresh token (refresh set) when one is refused mid-session.
+	Tokens  func(ctx context.Context, refresh bool) (string, error)
 	Mailbox string
 }
 
@@ -51,7 +55,10 @@ type Session interface {
 	// found it.
 	Selected() upstream.Mailbox
 	// Snapshot lists every message with its ID, size as the store knows
-	// it, suggested UIDL and what identifies it across a change of IDs.
+	// it (or upstream.SizeUnknown), suggested UIDL and what identifies it
+	// across a change of IDs. A store that learns the mailbox's state
+	// only by listing it (Graph: the delta link) reports that state
+	// through Selected afterwards, and so after Changes.
 	Snapshot(ctx context.Context) ([]upstream.Entry, error)
 	// Open streams the raw octets of a message: whole when n < 0,
 	// otherwise at most n octets from offset on (TOP, resumed transfers).

@@ -48,6 +48,9 @@ type Store struct {
 	// cutAfter makes the next whole body end after that many octets with
 	// the connection lost, as a server that drops mid-message.
 	cutAfter int64
+	// sizeless lists every message with upstream.SizeUnknown, as a store
+	// that has no MIME size does (Graph).
+	sizeless bool
 }
 
 type account struct {
@@ -173,6 +176,14 @@ func (s *Store) Renumber(user string) {
 	}
 }
 
+// UnknownSizes makes the store list its messages without sizes
+// (upstream.SizeUnknown), as Graph does, or with them again.
+func (s *Store) UnknownSizes(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sizeless = on
+}
+
 // FailDeletes makes the next n deletes fail, changing nothing.
 func (s *Store) FailDeletes(n int) {
 	s.mu.Lock()
@@ -271,16 +282,21 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 	c.store.listings++
 	entries := make([]upstream.Entry, 0, len(c.acct.inbox))
 	for _, m := range c.acct.inbox {
-		entries = append(entries, m.entry())
+		entries = append(entries, c.store.entry(m))
 	}
 	return entries, nil
 }
 
-func (m *message) entry() upstream.Entry {
-	return upstream.Entry{
+// entry lists a message; s.mu must be held.
+func (s *Store) entry(m *message) upstream.Entry {
+	e := upstream.Entry{
 		ID: m.id, UIDL: string(m.id), Size: int64(len(m.body)), Deleted: m.deleted,
 		MessageID: messageID(m.body), InternalDate: m.arrived,
 	}
+	if s.sizeless {
+		e.Size = upstream.SizeUnknown
+	}
+	return e
 }
 
 func messageID(body []byte) string {
@@ -446,7 +462,7 @@ func (c *session) Changes(ctx context.Context, since upstream.Mailbox) (upstream
 	var ch upstream.Changes
 	for _, m := range c.acct.inbox {
 		if m.added > seq {
-			ch.Added = append(ch.Added, m.entry())
+			ch.Added = append(ch.Added, c.store.entry(m))
 		}
 	}
 	for _, r := range c.acct.gone {
