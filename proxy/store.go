@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/graph"
 )
 
 // The store seam. The POP3 rules every store shares (the listing fixed at
@@ -146,6 +148,35 @@ func (s imapStore) Login(ctx context.Context, login StoreLogin) (Session, error)
 	}
 	return sess, nil
 }
+
+// GraphStore joins a Microsoft Graph store to the seam. Graph takes
+// OAuth2 bearer tokens only, from the login's token source, which its
+// client asks again, once, when Graph refuses one mid-session.
+func GraphStore(s *graph.Store) Store { return graphStore{s} }
+
+type graphStore struct{ store *graph.Store }
+
+func (s graphStore) Login(ctx context.Context, login StoreLogin) (Session, error) {
+	if login.Tokens == nil {
+		return nil, fmt.Errorf("graph: %w: Microsoft Graph takes OAuth2 tokens, not passwords", upstream.ErrAuthFailed)
+	}
+	return s.store.Login(ctx, tokenFunc(login.Tokens), login.Mailbox)
+}
+
+// tokenFunc is a token source made of a function.
+type tokenFunc func(ctx context.Context, refresh bool) (string, error)
+
+func (f tokenFunc) AccessToken(ctx context.Context, refresh bool) (string, error) {
+	return f(ctx, refresh)
+}
+
+// The Graph session lists its changes and reads several messages at once.
+var (
+	_ Session      = (*graph.Session)(nil)
+	_ batchOpener  = (*graph.Session)(nil)
+	_ changeLister = (*graph.Session)(nil)
+	_ trashFinder  = (*graph.Session)(nil)
+)
 
 // store is the upstream's Store: its own, or its IMAP server.
 func (up *Upstream) store() Store {
