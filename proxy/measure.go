@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"slices"
 
@@ -15,8 +16,10 @@ import (
 // a message is read once, at the first login that lists it, through the
 // same CRLF normalisation RETR uses, and counted; a body the cache can
 // hold is kept there, so the RETR that follows costs nothing. The size is
-// then recorded in the cache's table of exact sizes and with the
-// remembered listing, so a later poll lists it without reading it again.
+// then recorded in the cache's table of exact sizes, with the remembered
+// listing, and in the state store where it keeps sizes (SizeStore), so a
+// later poll, or the first after a restart, lists it without reading it
+// again.
 // Reading happens up to four messages at once where the store reads
 // several at a time (FetchEach). A message gone while it is measured is
 // not listed.
@@ -28,6 +31,9 @@ const measureGuess = 64 << 10
 // returns their sizes by index; a message the store no longer has is
 // missing from the answer.
 func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, error) {
+	if len(unknown) == 0 {
+		return nil, nil
+	}
 	ids := make([]upstream.ID, len(unknown))
 	index := make(map[upstream.ID]int, len(unknown))
 	for j, i := range unknown {
@@ -84,14 +90,46 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 	if len(unknown) == 0 {
 		return nil, nil
 	}
+	byID := make(map[upstream.ID]int64, len(unknown))
+	found := func(i int, n int64) {
+		m.sizes[i], m.listing[i].Size = n, n
+		byID[m.msgs[i]] = n
+	}
+	recorded, _ := m.g.state.(SizeStore)
+	if recorded != nil {
+		sizes, err := m.recordedSizes(ctx, recorded, unknown)
+		if err != nil {
+			return nil, err
+		}
+		left := unknown[:0:0]
+		for j, i := range unknown {
+			if sizes[j] >= 0 {
+				found(i, sizes[j])
+				m.g.cache.SetSize(m.key(i), sizes[j])
+			} else {
+				left = append(left, i)
+			}
+		}
+		unknown = left
+	}
 	sizes, err := m.measure(ctx, unknown)
 	if err != nil {
 		return nil, err
 	}
-	byID := make(map[upstream.ID]int64, len(sizes))
 	for i, n := range sizes {
-		m.sizes[i], m.listing[i].Size = n, n
-		byID[m.msgs[i]] = n
+		found(i, n)
+	}
+	if recorded != nil && len(sizes) > 0 {
+		ids := make([]string, 0, len(sizes))
+		ns := make([]int64, 0, len(sizes))
+		for i, n := range sizes {
+			ids, ns = append(ids, m.ids[i]), append(ns, n)
+		}
+		if err := recorded.SetSizes(ctx, m.acct.maildrop(), ids, ns); err != nil {
+			// The sizes are measured: this session lists them; the next
+			// one after a restart reads those messages again.
+			m.log.Warn("recording measured sizes failed", "err", err)
+		}
 	}
 	if len(sizes) < len(unknown) {
 		m.log.Info("messages removed while they were measured are not listed", "count", len(unknown)-len(sizes))
@@ -107,6 +145,20 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 		m.msgs, m.ids, m.listing, m.sizes = m.msgs[:keep], m.ids[:keep], m.listing[:keep], m.sizes[:keep]
 	}
 	return byID, nil
+}
+
+// recordedSizes asks the state store for the sizes measured before of
+// the messages at the indices given, -1 where it has none.
+func (m *maildrop) recordedSizes(ctx context.Context, recorded SizeStore, at []int) ([]int64, error) {
+	ids := make([]string, len(at))
+	for j, i := range at {
+		ids[j] = m.ids[i]
+	}
+	sizes, err := recorded.Sizes(ctx, m.acct.maildrop(), ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading measured sizes: %w", err)
+	}
+	return sizes, nil
 }
 
 // sized records sizes measured for messages of the maildrop's listing
