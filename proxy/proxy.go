@@ -1,7 +1,8 @@
 // Package proxy holds the POP3 rules every mail store shares, once, above
 // the store seam (Store and Session): it decides which upstream account a
 // login maps to, logs in there, fixes the message list for the session,
-// corrects a size the store got wrong, serves messages through the cache,
+// measures a size the store does not know (measure.go) and corrects one it
+// got wrong, serves messages through the cache,
 // fetches ahead, resumes a transfer cut off, and applies deletions at QUIT
 // in the upstream's mode. What must outlive a session (each message's UIDL,
 // the messages deleted but kept upstream, deletes not finished yet) it keeps

@@ -12,7 +12,8 @@
 // message per request: fetching ahead takes them one by one. It lists its
 // changes since an earlier state with the IDs that went, as a store that
 // knows what it removed does (JMAP's Email/changes); wrap a session to
-// hide that, for a store that lists everything.
+// hide that, for a store that lists everything. UnknownSizes makes it list
+// no sizes, as Graph does.
 package memstore
 
 import (
