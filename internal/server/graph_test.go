@@ -21,8 +21,8 @@ import (
 // serving it: `gateway oauth2 login` with the microsoft365-graph preset
 // (its device grant, against a local provider) stores a token the Graph
 // store logs in with; `gateway check` lists the mailbox and says where
-// deletes go; `gateway serve` serves it over POP3 and reports the Graph
-// upstream ready. Graph is the double of Microsoft's documented API,
+// deletes go; `gateway serve` serves it over POP3, reports the Graph
+// upstream ready and its calls in the metrics. Graph is the double of Microsoft's documented API,
 // accepting the provider's tokens.
 func TestGraphUpstreamServed(t *testing.T) {
 	p := oauthtest.NewProvider(t)
@@ -111,6 +111,12 @@ secrets:
 			t.Fatalf("/readyz: %d %s", resp.StatusCode, body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	_, metrics := httpGet(t, "http://"+addrs["http"]+"/metrics")
+	for _, op := range []string{"select", "list", "fetch"} {
+		if !strings.Contains(metrics, `pop3gw_upstream_duration_seconds_count{operation="`+op+`"}`) {
+			t.Errorf("no %s operation in the metrics", op)
+		}
 	}
 	assertNoSecrets(t, logs.String(), []string{"bob-local", keyText, p.ClientSecret})
 }

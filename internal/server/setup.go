@@ -89,11 +89,15 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}
 		if u.Protocol == config.ProtocolGraph {
-			pc.Upstreams[name].Store = proxy.GraphStore(graph.NewStore(graph.Options{
+			opts := graph.Options{
 				BaseURL:    u.Address,
 				HTTPClient: graphHTTP(tlsConfig, time.Duration(u.Timeout)),
 				Timeout:    time.Duration(u.Timeout),
-			}))
+			}
+			if st.observe != nil {
+				opts.Observe = st.observe(name)
+			}
+			pc.Upstreams[name].Store = proxy.GraphStore(graph.NewStore(opts))
 		}
 		if u.OAuthEnabled() {
 			pc.Upstreams[name].OAuth2 = map[string]string{

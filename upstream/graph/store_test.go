@@ -91,3 +91,45 @@ func TestStoreFetchEach(t *testing.T) {
 		t.Fatalf("Open from offset 1: %q", b)
 	}
 }
+
+// Every call is reported under the IMAP store's operation names, failed
+// ones with their error.
+func TestStoreObserve(t *testing.T) {
+	srv := graphdouble.New(t)
+	srv.Grant("token-1", user)
+	mb := srv.Mailbox(user)
+	id := mb.Add("inbox", graphdouble.Msg{MIME: []byte("Subject: x\r\n\r\n")})
+	var ops []string
+	s := graph.NewStore(graph.Options{BaseURL: srv.URL, Observe: func(op string, d time.Duration, err error) {
+		if err != nil {
+			op += " failed"
+		}
+		ops = append(ops, op)
+	}})
+	sess, err := s.Login(ctx(t), &tokens{first: "token-1"}, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Snapshot(ctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Changes(ctx(t), sess.Selected()); err != nil {
+		t.Fatal(err)
+	}
+	body, err := sess.Open(ctx(t), upstream.ID(id), 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body.Close()
+	if err := sess.DeleteJournaled(ctx(t), []upstream.ID{upstream.ID(id)}, upstream.DeleteExpunge, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	mb.Remove(id)
+	if _, err := sess.Open(ctx(t), upstream.ID(id), 0, -1); err == nil {
+		t.Fatal("a removed message opened")
+	}
+	want := []string{"select", "list", "list-changes", "fetch", "delete", "fetch failed"}
+	if !slices.Equal(ops, want) {
+		t.Fatalf("observed %q, want %q", ops, want)
+	}
+}
