@@ -207,7 +207,7 @@ func TestGraphSession(t *testing.T) {
 		t.Fatalf("UIDLs %v, then %v", uidls, got)
 	}
 	check[string](t)(c.OK("QUIT"))
-	if kinds, n = e.requests(n); countOf(kinds, "list") != 0 || countOf(kinds, "value") != 1 {
+	if kinds, _ = e.requests(n); countOf(kinds, "list") != 0 || countOf(kinds, "value") != 1 {
 		t.Fatalf("one new message: requests %v, want the changes and one body", kinds)
 	}
 }
