@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
@@ -29,7 +30,8 @@ const measureGuess = 64 << 10
 
 // measure reads the messages of the listing whose size is unknown and
 // returns their sizes by index; a message the store no longer has is
-// missing from the answer.
+// missing from the answer. On an error it returns the sizes it found
+// before.
 func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, error) {
 	if len(unknown) == 0 {
 		return nil, nil
@@ -72,9 +74,8 @@ func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, e
 	})
 	if err != nil {
 		m.broken = true
-		return nil, err
 	}
-	return sizes, nil
+	return sizes, err
 }
 
 // measureUnknown gives every message listed with an unknown size its
@@ -113,23 +114,28 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 		unknown = left
 	}
 	sizes, err := m.measure(ctx, unknown)
-	if err != nil {
-		return nil, err
-	}
-	for i, n := range sizes {
-		found(i, n)
-	}
 	if recorded != nil && len(sizes) > 0 {
+		// Recorded even when the login fails (a client that gave up on a
+		// first login to a large mailbox): the next one goes on from
+		// there.
 		ids := make([]string, 0, len(sizes))
 		ns := make([]int64, 0, len(sizes))
 		for i, n := range sizes {
 			ids, ns = append(ids, m.ids[i]), append(ns, n)
 		}
-		if err := recorded.SetSizes(ctx, m.acct.maildrop(), ids, ns); err != nil {
-			// The sizes are measured: this session lists them; the next
-			// one after a restart reads those messages again.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if err := recorded.SetSizes(rctx, m.acct.maildrop(), ids, ns); err != nil {
+			// This session lists them; the next one after a restart
+			// reads those messages again.
 			m.log.Warn("recording measured sizes failed", "err", err)
 		}
+		cancel()
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range sizes {
+		found(i, n)
 	}
 	if len(sizes) < len(unknown) {
 		m.log.Info("messages removed while they were measured are not listed", "count", len(unknown)-len(sizes))

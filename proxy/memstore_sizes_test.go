@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pop3gw/gateway/internal/testkit/memstore"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -127,4 +128,33 @@ func retrieved(wire string) string {
 		return wire
 	}
 	return wire + "\r\n"
+}
+
+// TestSeamMeasuringGoesOnAfterAFailedLogin: a first login that fails while
+// measuring (the store's connection lost) keeps the sizes it found, so
+// the next one, even on a restarted gateway, reads only the rest.
+func TestSeamMeasuringGoesOnAfterAFailedLogin(t *testing.T) {
+	state := proxy.NewMemoryState()
+	first := newSeamEnv(t, upstream.DeleteExpunge)
+	first.gw.SetState(state)
+	restarted := newSeamEnvOn(t, upstream.DeleteExpunge, first.store, first.store)
+	restarted.gw.SetState(state)
+	first.store.UnknownSizes(true)
+	long := "Subject: long\r\n\r\n" + strings.Repeat("line\r\n", 1000)
+	first.deliver(seamCorpus[0], long, seamCorpus[1])
+	first.store.CutAfter(int64(len(seamCorpus[0]) + 1)) // the second body
+	c, err := pop3client.Dial(first.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(seamUser, seamPassword); err == nil || !strings.Contains(err.Error(), "[SYS/TEMP]") {
+		t.Fatalf("login while the store drops: %v, want -ERR [SYS/TEMP]", err)
+	}
+	before := first.store.Bodies()
+	c2 := restarted.login()
+	reply(t, c2, "STAT", fmt.Sprintf("+OK 3 %d", len(seamWire[0])+len(long)+len(seamWire[1])))
+	if sent := first.store.Bodies() - before; sent != 2 {
+		t.Fatalf("the store sent %d bodies at the second login, want 2: the first was measured before the failure", sent)
+	}
 }
