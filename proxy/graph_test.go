@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"regexp"
 	"runtime"
 	"slices"
@@ -334,6 +335,32 @@ func TestGraphExpiredTokenMidSession(t *testing.T) {
 		t.Fatalf("RETR 1: %d octets, want %d", len(body), len(large))
 	}
 	check[string](t)(c.OK("QUIT"))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.refreshes != 1 {
+		t.Fatalf("%d token refreshes, want 1", e.refreshes)
+	}
+}
+
+// TestGraphRefusedTokenRefreshedOnce: a token Graph keeps refusing is
+// refreshed once at login, then the client gets -ERR [AUTH].
+func TestGraphRefusedTokenRefreshedOnce(t *testing.T) {
+	e := newGraphEnv(t, upstream.DeleteExpunge)
+	e.add(seamCorpus[0])
+	e.double.Override(func(w http.ResponseWriter, r *http.Request) bool {
+		// Every token is refused, fresh ones too.
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	c, err := pop3client.Dial(e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(seamUser, seamPassword); err == nil || !strings.Contains(err.Error(), "[AUTH]") {
+		t.Fatalf("login with refused tokens: %v, want -ERR [AUTH]", err)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.refreshes != 1 {

@@ -424,9 +424,10 @@ func (g *Gateway) reuse(ctx context.Context, acct *account) Session {
 // open logs in to the account's store and opens the mailbox.
 func (g *Gateway) open(ctx context.Context, acct *account) (Session, error) {
 	sess, err := g.login(ctx, acct, false)
-	if acct.token != nil && errors.Is(err, upstream.ErrAuthFailed) {
+	if acct.token != nil && acct.upstream.OAuth2 != upstream.Bearer && errors.Is(err, upstream.ErrAuthFailed) {
 		// The provider may have revoked the access token before its
-		// expiry; one more try with a fresh token tells.
+		// expiry; one more try with a fresh token tells. A store that
+		// takes the token source (Bearer) has tried that already.
 		sess, err = g.login(ctx, acct, true)
 	}
 	return sess, err
