@@ -119,6 +119,10 @@ type Limits struct {
 	MaxConnections int `yaml:"max_connections"`
 	// LoginTimeout bounds the time from connect to login.
 	LoginTimeout Duration `yaml:"login_timeout"`
+	// MaxRecipients and MessagesPerHour bound what one SMTP submission
+	// login may send (see submission.go).
+	MaxRecipients   int `yaml:"max_recipients"`
+	MessagesPerHour int `yaml:"messages_per_hour"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -127,6 +131,10 @@ type Listen struct {
 	POP3  string `yaml:"pop3"`  // cleartext POP3, STLS offered when TLS is configured
 	POP3S string `yaml:"pop3s"` // implicit TLS POP3
 	HTTP  string `yaml:"http"`  // health and metrics
+	// Submission (STARTTLS) and Submissions (implicit TLS) are the SMTP
+	// submission relay's listeners.
+	Submission  string `yaml:"submission"`
+	Submissions string `yaml:"submissions"`
 }
 
 // TLS is the server certificate used for POP3S and STLS.
@@ -201,6 +209,9 @@ type Upstream struct {
 	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
 	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
+	// Submission is where the SMTP relay sends this upstream's users'
+	// mail; a provider preset fills it in.
+	Submission *Submission `yaml:"submission"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the
@@ -249,6 +260,9 @@ type User struct {
 	// an upstream with auth xoauth2 or oauthbearer; `gateway oauth2 login`
 	// writes it and the gateway rewrites it when the token rotates.
 	OAuth2TokenFile string `yaml:"oauth2_token_file"`
+	// Addresses are the envelope senders the user may use through the
+	// SMTP relay, besides upstream_user.
+	Addresses []string `yaml:"addresses"`
 
 	config *Config // for the sealing key; set by SetDefaults
 }
@@ -393,6 +407,7 @@ func (c *Config) SetDefaults() {
 	if c.Limits.LoginDelayMax == 0 {
 		c.Limits.LoginDelayMax = max(DefaultLoginDelayMax, c.Limits.LoginDelay)
 	}
+	c.setSubmissionDefaults()
 	if p := c.ProxyProtocol; p != nil && p.HeaderTimeout == 0 {
 		p.HeaderTimeout = DefaultHeaderTimeout
 	}
@@ -411,6 +426,7 @@ func (c *Config) SetDefaults() {
 		}
 		u.Name = name
 		applyPreset(u)
+		applySubmissionPreset(u, c.Listen)
 		if u.Auth == "" {
 			u.Auth = AuthPassword
 		}

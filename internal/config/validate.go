@@ -77,6 +77,7 @@ func (c *Config) Validate() error {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
 		{"pop3", c.Listen.POP3}, {"pop3s", c.Listen.POP3S}, {"http", c.Listen.HTTP},
+		{"submission", c.Listen.Submission}, {"submissions", c.Listen.Submissions},
 	} {
 		if l.addr == "" {
 			continue
@@ -267,11 +268,12 @@ func (c *Config) Validate() error {
 		}
 		for _, l := range pp.Listeners {
 			switch {
-			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "":
-			case l == "pop3" || l == "pop3s":
+			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "",
+				l == "submission" && c.Listen.Submission != "", l == "submissions" && c.Listen.Submissions != "":
+			case l == "pop3" || l == "pop3s" || l == "submission" || l == "submissions":
 				p.add("proxy_protocol.listeners", "%s is not configured in listen", l)
 			default:
-				p.add("proxy_protocol.listeners", "%q is not pop3 or pop3s", l)
+				p.add("proxy_protocol.listeners", "%q is not pop3, pop3s, submission or submissions", l)
 			}
 		}
 		if len(pp.Trusted) == 0 {
@@ -353,6 +355,7 @@ func (c *Config) Validate() error {
 	if l.LoginDelayMax > Duration(5*time.Minute) {
 		p.add("limits.login_delay_max", "%v is more than 5m; clients give up long before", l.LoginDelayMax)
 	}
+	c.validateSubmission(&p)
 
 	if len(p) > 0 {
 		return &Error{Problems: p}
