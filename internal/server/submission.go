@@ -1,0 +1,104 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/internal/username"
+	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/submission"
+)
+
+// relay is the submission door's Backend: a login is resolved by the
+// gateway exactly as a POP3 login, and its mail goes to its upstream's
+// submission endpoint with the same upstream credentials.
+type relay struct {
+	gateway *proxy.Gateway
+	routes  atomic.Pointer[relayRoutes] // replaced on reload
+}
+
+// relayRoutes is what the relay takes from the config file.
+type relayRoutes struct {
+	upstreams  map[string]*submission.Upstream // by upstream name; absent: no submission endpoint
+	mechanisms map[string]string               // upstream name -> XOAUTH2 or OAUTHBEARER, for OAuth2 upstreams
+	addresses  map[string][]string             // canonical mapped user name -> its further sender addresses
+}
+
+func newRelayRoutes(cfg *config.Config) (*relayRoutes, error) {
+	r := &relayRoutes{
+		upstreams:  make(map[string]*submission.Upstream),
+		mechanisms: make(map[string]string),
+		addresses:  make(map[string][]string),
+	}
+	for name, u := range cfg.Upstreams {
+		if u.Submission == nil {
+			continue
+		}
+		tlsConfig, err := clientTLS(u.CAFile, u.ServerName, u.TLSSkipVerify)
+		if err != nil {
+			return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+		}
+		r.upstreams[name] = &submission.Upstream{
+			Name:      name,
+			Address:   u.Submission.Address,
+			Security:  submission.Security(u.Submission.TLS),
+			TLSConfig: tlsConfig,
+			Timeout:   time.Duration(u.Timeout),
+		}
+		switch u.Auth {
+		case config.AuthXOAuth2:
+			r.mechanisms[name] = submission.XOAuth2
+		case config.AuthOAuthBearer:
+			r.mechanisms[name] = submission.OAuthBearer
+		}
+	}
+	for name, u := range cfg.Users {
+		r.addresses[username.Canonical(name)] = u.Addresses
+	}
+	return r, nil
+}
+
+func (r *relay) Login(ctx context.Context, login *submission.LoginInfo) (*submission.Account, error) {
+	cred, err := r.gateway.Credentials(login.Username, login.Password)
+	if errors.Is(err, proxy.ErrLoginRefused) {
+		return nil, submission.ErrAuthFailed
+	}
+	if err != nil {
+		return nil, err
+	}
+	routes := r.routes.Load()
+	name := cred.Upstream.Name
+	up := routes.upstreams[name]
+	if up == nil {
+		return nil, fmt.Errorf("upstreams.%s has no submission endpoint", name)
+	}
+	acct := &submission.Account{
+		Key:      name + "/" + username.Canonical(cred.Username),
+		Upstream: up,
+		Username: cred.Username,
+		Password: cred.Password,
+		// The upstream account is the sender the provider itself allows;
+		// a passthrough login's name is that account.
+		Senders: []string{cred.Username},
+	}
+	if !cred.Forwarded() {
+		acct.Senders = append(acct.Senders, routes.addresses[username.Canonical(cred.User)]...)
+	}
+	if cred.Token != nil {
+		acct.Mechanism = routes.mechanisms[name]
+		acct.Token = func(ctx context.Context, refresh bool) (string, error) {
+			tok, err := cred.Token(ctx, refresh)
+			if errors.Is(err, proxy.ErrNeedsAuthorization) {
+				// Refused like bad credentials, as for POP3; the log says
+				// what the operator must do.
+				return "", fmt.Errorf("%w: %w", submission.ErrAuthFailed, err)
+			}
+			return tok, err
+		}
+	}
+	return acct, nil
+}
