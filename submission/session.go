@@ -385,6 +385,12 @@ func (s *session) data(r io.Reader) error {
 			return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "No reply from the upstream; the message may not have been sent"}
 		}
 		s.srv.observeMessage(outcome(err))
+		// RFC 5321 §4.1.1.4 ends the transaction with the reply to the
+		// final ".", but Postfix keeps it after an end-of-data refusal
+		// (503 to the next MAIL): RSET makes sure.
+		if rerr := s.up.Reset(); rerr != nil {
+			s.dropUpstream()
+		}
 		return s.carry(err, "DATA", "Message refused by the upstream")
 	}
 	s.srv.rate.add(s.account.Key)
