@@ -1,6 +1,9 @@
 package submission
 
-import "io"
+import (
+	"bytes"
+	"io"
+)
 
 // lineWriter passes a message body on with every line ending made CRLF:
 // a bare LF or a bare CR becomes CRLF. go-smtp's DATA reader ends the
@@ -25,37 +28,36 @@ func newLineWriter(w io.Writer) *lineWriter {
 }
 
 // Write implements io.Writer; it reports len(p) on success, though it may
-// write more octets.
+// write more octets. Runs without CR or LF go through as they are.
 func (l *lineWriter) Write(p []byte) (int, error) {
 	out := l.buf[:0]
-	for _, b := range p {
-		switch {
-		case l.cr && b == '\n':
+	for i := 0; i < len(p); {
+		if l.cr {
 			l.cr = false
-			out = append(out, '\n')
-			continue
-		case l.cr:
+			if p[i] == '\n' {
+				out = append(out, '\n')
+				i++
+				continue
+			}
 			// A CR not followed by LF ends a line: finish it.
-			l.cr = false
 			l.repaired++
 			out = append(out, '\n')
 		}
-		switch b {
-		case '\r':
+		j := bytes.IndexAny(p[i:], "\r\n")
+		if j < 0 {
+			out = append(out, p[i:]...)
+			break
+		}
+		out = append(out, p[i:i+j]...)
+		i += j
+		if p[i] == '\r' {
 			l.cr = true
 			out = append(out, '\r')
-		case '\n':
+		} else {
 			l.repaired++
 			out = append(out, '\r', '\n')
-		default:
-			out = append(out, b)
 		}
-		if len(out) >= cap(l.buf)-2 {
-			if _, err := l.w.Write(out); err != nil {
-				return 0, err
-			}
-			out = l.buf[:0]
-		}
+		i++
 	}
 	l.buf = out[:0]
 	if len(out) > 0 {
