@@ -35,6 +35,7 @@ type fakeUpstream struct {
 	dataErr    error // returned after reading the whole message
 	dropAfter  int64 // > 0: close the connection after this many DATA octets
 	sizeLimit  int64
+	smtputf8   bool
 }
 
 type fakeMessage struct {
@@ -54,6 +55,7 @@ func newFakeUpstream(t *testing.T, configure func(*fakeUpstream)) *fakeUpstream 
 	}))
 	f.srv.AllowInsecureAuth = true
 	f.srv.MaxMessageBytes = f.sizeLimit
+	f.srv.EnableSMTPUTF8 = f.smtputf8
 	f.srv.ErrorLog = errorLog{slog.New(slog.DiscardHandler)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

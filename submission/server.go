@@ -97,6 +97,10 @@ type Server struct {
 	// relayed per account in any hour. Negative: no limit; zero: default.
 	MaxRecipients   int
 	MessagesPerHour int
+	// Capabilities are the upstreams' extensions EHLO passes on (see
+	// Probe): SIZE with their least limit, which DATA also enforces, and
+	// SMTPUTF8 only when all have it.
+	Capabilities Capabilities
 
 	once     sync.Once
 	smtp     *smtp.Server
@@ -118,7 +122,8 @@ func (s *Server) init() {
 		s.smtp.ReadTimeout = s.idleTimeout()
 		s.smtp.WriteTimeout = s.idleTimeout()
 		s.smtp.MaxLineLength = 2000 // RFC 5321 §4.5.3.1.6, doubled as go-smtp does
-		s.smtp.EnableSMTPUTF8 = true
+		s.smtp.EnableSMTPUTF8 = s.Capabilities.SMTPUTF8
+		s.smtp.MaxMessageBytes = s.Capabilities.Size
 		s.smtp.ErrorLog = errorLog{s.logger()}
 		s.rate = newRateLimit(s.MessagesPerHour)
 		s.ipConns = make(map[string]int)

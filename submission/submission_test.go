@@ -342,3 +342,39 @@ func TestUpstreamSizeEnforced(t *testing.T) {
 		t.Fatal("delivered")
 	}
 }
+
+// TestCapabilitiesFromUpstreams: EHLO offers the least SIZE of the
+// upstreams and SMTPUTF8 only when all have it, and an upstream that
+// cannot be asked leaves the least of all.
+func TestCapabilitiesFromUpstreams(t *testing.T) {
+	a := newFakeUpstream(t, func(f *fakeUpstream) { f.sizeLimit = 5000; f.smtputf8 = true })
+	b := newFakeUpstream(t, func(f *fakeUpstream) { f.sizeLimit = 3000; f.smtputf8 = true })
+	c := newFakeUpstream(t, func(f *fakeUpstream) { f.sizeLimit = 9000 })
+	up := func(f *fakeUpstream) *Upstream {
+		return &Upstream{Name: f.addr, Address: f.addr, Security: SecurityNone, Timeout: 5 * time.Second}
+	}
+	ctx := context.Background()
+	caps, err := Probe(ctx, []*Upstream{up(a), up(b)})
+	if err != nil || caps != (Capabilities{Size: 3000, SMTPUTF8: true}) {
+		t.Errorf("a, b: %+v, %v", caps, err)
+	}
+	caps, err = Probe(ctx, []*Upstream{up(a), up(c)})
+	if err != nil || caps != (Capabilities{Size: 5000}) {
+		t.Errorf("a, c: %+v, %v", caps, err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	if caps, err := Probe(ctx, []*Upstream{up(a), {Name: "dead", Address: dead, Security: SecurityNone}}); err == nil || caps != (Capabilities{}) {
+		t.Errorf("with an unreachable upstream: %+v, %v", caps, err)
+	}
+
+	h := newRelay(t, a, func(s *Server) { s.Capabilities = Capabilities{Size: 3000, SMTPUTF8: true} })
+	if ehlo := h.dial().cmd("EHLO device.example", "250-"); !strings.Contains(ehlo, "SIZE 3000") || !strings.Contains(ehlo, "SMTPUTF8") {
+		t.Errorf("EHLO = %q", ehlo)
+	}
+	h = newRelay(t, a, nil)
+	if ehlo := h.dial().cmd("EHLO device.example", "250-"); strings.Contains(ehlo, "SIZE 3000") || strings.Contains(ehlo, "SMTPUTF8") {
+		t.Errorf("EHLO without capabilities = %q", ehlo)
+	}
+}

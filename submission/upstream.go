@@ -142,6 +142,9 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Until the greeting is done, ctx can cut the connection short.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
 	nc := &deadlineConn{Conn: raw, timeout: u.timeout()}
 	tlsConfig := u.tlsConfig()
 	var c *smtp.Client

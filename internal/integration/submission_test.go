@@ -280,6 +280,20 @@ func TestRelay(t *testing.T) {
 	t.Run("UpstreamDropsMidData", func(t *testing.T) { testRelayUpstreamDropsMidData(t, f) })
 	t.Run("Smuggling", func(t *testing.T) { testRelaySmuggling(t, f) })
 	t.Run("AuthNeedsTLSBehindBalancer", func(t *testing.T) { testRelayAuthNeedsTLSBehindBalancer(t, f) })
+	t.Run("EHLOFromUpstream", func(t *testing.T) {
+		// Postfix announces SIZE 10240000 (message_size_limit) and SMTPUTF8.
+		nc, err := net.Dial("tcp", f.submission)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		r := newLineReader(nc)
+		r.reply(t)
+		fmt.Fprintf(nc, "EHLO device\r\n")
+		if got := r.reply(t); !strings.Contains(got, "SIZE 10240000") || !strings.Contains(got, "SMTPUTF8") {
+			t.Errorf("EHLO = %q", got)
+		}
+	})
 }
 
 // gatewayClient logs in to the relay's submission listener (loopback: no

@@ -236,6 +236,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			LoginTimeout:         time.Duration(cfg.Limits.LoginTimeout),
 			MaxRecipients:        cfg.Limits.MaxRecipients,
 			MessagesPerHour:      cfg.Limits.MessagesPerHour,
+			Capabilities:         submissionCapabilities(ctx, routes, log),
 		}
 		for _, l := range []struct {
 			name, addr string

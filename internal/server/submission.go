@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -101,4 +104,27 @@ func (r *relay) Login(ctx context.Context, login *submission.LoginInfo) (*submis
 		}
 	}
 	return acct, nil
+}
+
+// submissionCapabilities asks the submission upstreams what the relay's
+// EHLO may offer, for at most 10 seconds: an upstream that cannot be
+// asked delays the start by no more, and EHLO then offers SIZE without a
+// limit and no SMTPUTF8. Upstreams added by a reload are not asked.
+func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logger) submission.Capabilities {
+	if len(r.upstreams) == 0 {
+		return submission.Capabilities{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var ups []*submission.Upstream
+	for _, name := range slices.Sorted(maps.Keys(r.upstreams)) {
+		ups = append(ups, r.upstreams[name])
+	}
+	caps, err := submission.Probe(ctx, ups)
+	if err != nil {
+		log.Warn("submission upstreams' capabilities unknown: EHLO offers SIZE without a limit and no SMTPUTF8", "err", err)
+		return caps
+	}
+	log.Info("submission upstreams' capabilities", "size", caps.Size, "smtputf8", caps.SMTPUTF8)
+	return caps
 }
