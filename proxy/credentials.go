@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 )
 
@@ -53,4 +54,19 @@ func (g *Gateway) Credentials(name, password string) (*Credentials, error) {
 		Token:    acct.token,
 		User:     acct.user,
 	}, nil
+}
+
+// UserCredentials returns a mapped user's upstream credentials without
+// a local password, for `gateway check`.
+func (g *Gateway) UserCredentials(name string) (*Credentials, error) {
+	cfg := g.config.Load()
+	u := cfg.Users[username.Canonical(name)]
+	if u == nil {
+		return nil, errors.New("no such user")
+	}
+	acct, err := userAccount(u, cfg.Upstreams[u.Upstream])
+	if err != nil {
+		return nil, err
+	}
+	return &Credentials{Upstream: acct.upstream, Username: acct.username, Password: acct.password, Token: acct.token, User: acct.user}, nil
 }

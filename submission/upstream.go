@@ -225,3 +225,15 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 }
 
 func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
+
+// Check logs in to the account's upstream and out again, for `gateway
+// check`.
+func Check(ctx context.Context, acct *Account) error {
+	uc, err := dial(ctx, acct)
+	if err != nil {
+		return err
+	}
+	uc.Quit()
+	uc.Close()
+	return nil
+}

@@ -41,6 +41,8 @@ type relayFixture struct {
 	submissions string // implicit TLS listener
 	logs        *testenv.Buffer
 	secrets     []string
+	config      string // the gateway's config file
+	passFile    string // the upstream password of scanner and cutter
 }
 
 const (
@@ -165,7 +167,7 @@ secrets:
 		t.Fatal(err)
 	}
 	f := &relayFixture{pf: pf, submission: s.Addrs()["submission"], submissions: s.Addrs()["submissions"], logs: logs,
-		secrets: []string{localPass, upstreamPass, refresh, keyText, p.ClientSecret}}
+		secrets: []string{localPass, upstreamPass, refresh, keyText, p.ClientSecret}, config: path, passFile: passFile}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -280,6 +282,7 @@ func TestRelay(t *testing.T) {
 	t.Run("UpstreamDropsMidData", func(t *testing.T) { testRelayUpstreamDropsMidData(t, f) })
 	t.Run("Smuggling", func(t *testing.T) { testRelaySmuggling(t, f) })
 	t.Run("AuthNeedsTLSBehindBalancer", func(t *testing.T) { testRelayAuthNeedsTLSBehindBalancer(t, f) })
+	t.Run("Check", func(t *testing.T) { testRelayCheck(t, f) })
 	t.Run("EHLOFromUpstream", func(t *testing.T) {
 		// Postfix announces SIZE 10240000 (message_size_limit) and SMTPUTF8.
 		nc, err := net.Dial("tcp", f.submission)
@@ -552,3 +555,32 @@ func newByteCutter(t *testing.T, target string, limit int64) *byteCutter {
 }
 
 func (c *byteCutter) addr() string { return c.ln.Addr().String() }
+
+// testRelayCheck: `gateway check` logs in to each mapped user's
+// submission endpoint, and reports one that refuses.
+func testRelayCheck(t *testing.T, f *relayFixture) {
+	t.Helper()
+	var out bytes.Buffer
+	server.Check(context.Background(), f.config, &out)
+	for _, user := range []string{"cutter", "printer", "scanner"} {
+		if !strings.Contains(out.String(), "user "+user+" (submission ") || !hasOKLine(out.String(), user) {
+			t.Errorf("check output lacks an ok for %s's submission:\n%s", user, &out)
+		}
+	}
+	os.WriteFile(f.passFile, []byte("wrong\n"), 0o600)
+	defer os.WriteFile(f.passFile, []byte(upstreamPass+"\n"), 0o600)
+	out.Reset()
+	if err := server.Check(context.Background(), f.config, &out); !errors.Is(err, server.ErrCheckFailed) ||
+		!strings.Contains(out.String(), "user scanner (submission "+f.pf.Addr()+"): FAILED: submission: the upstream refused the credentials") {
+		t.Errorf("check with a wrong upstream password: %v\n%s", err, &out)
+	}
+}
+
+func hasOKLine(out, user string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "user "+user+" (submission ") && strings.HasSuffix(line, "): ok") {
+			return true
+		}
+	}
+	return false
+}

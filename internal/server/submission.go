@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -73,6 +74,11 @@ func (r *relay) Login(ctx context.Context, login *submission.LoginInfo) (*submis
 	if err != nil {
 		return nil, err
 	}
+	return r.account(cred)
+}
+
+// account is where a resolved login's mail goes.
+func (r *relay) account(cred *proxy.Credentials) (*submission.Account, error) {
 	routes := r.routes.Load()
 	name := cred.Upstream.Name
 	up := routes.upstreams[name]
@@ -127,4 +133,37 @@ func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logge
 	}
 	log.Info("submission upstreams' capabilities", "size", caps.Size, "smtputf8", caps.SMTPUTF8)
 	return caps
+}
+
+// checkSubmission logs in to the submission endpoint of each mapped
+// user whose upstream has one, for `gateway check`.
+func checkSubmission(ctx context.Context, cfg *config.Config, gw *proxy.Gateway, stdout io.Writer) (failed int) {
+	routes, err := newRelayRoutes(cfg)
+	if err != nil {
+		fmt.Fprintf(stdout, "submission: FAILED: %v\n", err)
+		return 1
+	}
+	r := &relay{gateway: gw}
+	r.routes.Store(routes)
+	for _, name := range slices.Sorted(maps.Keys(cfg.Users)) {
+		u := cfg.Users[name]
+		up := routes.upstreams[u.Upstream]
+		if up == nil {
+			continue
+		}
+		cred, err := gw.UserCredentials(name)
+		if err == nil {
+			var acct *submission.Account
+			if acct, err = r.account(cred); err == nil {
+				err = submission.Check(ctx, acct)
+			}
+		}
+		if err != nil {
+			failed++
+			fmt.Fprintf(stdout, "user %s (submission %s): FAILED: %v\n", name, up.Address, err)
+			continue
+		}
+		fmt.Fprintf(stdout, "user %s (submission %s): ok\n", name, up.Address)
+	}
+	return failed
 }
