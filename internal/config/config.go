@@ -513,6 +513,7 @@ func (c *Config) Warnings() []string {
 	} else if c.Listen.POP3 != "" && !c.TLSEnabled() && !isLoopback(c.Listen.POP3) {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}
+	w = append(w, c.submissionWarnings()...)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		if u != nil && u.TLS == upstream.SecurityNone && u.Address != "" && !isLoopback(u.Address) {

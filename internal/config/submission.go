@@ -123,3 +123,25 @@ func (c *Config) validateSubmission(p *problems) {
 		}
 	}
 }
+
+// submissionWarnings are the relay's settings that leave it unusable or
+// weak, for Warnings.
+func (c *Config) submissionWarnings() []string {
+	if !c.Listen.SubmissionEnabled() {
+		return nil
+	}
+	var w []string
+	endpoint := false
+	for _, u := range c.Upstreams {
+		if u != nil && u.Submission != nil {
+			endpoint = true
+		}
+	}
+	if !endpoint {
+		w = append(w, "listen.submission or listen.submissions is set, but no upstream has a submission endpoint (upstreams.NAME.submission, or a provider): every login is refused for now")
+	}
+	if l := c.Listen.Submission; l != "" && !c.TLSEnabled() && !c.Auth.AllowInsecure && !isLoopback(l) {
+		w = append(w, "listen.submission has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
+	}
+	return w
+}

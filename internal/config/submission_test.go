@@ -93,3 +93,25 @@ users:
 		}
 	}
 }
+
+func TestSubmissionWarnings(t *testing.T) {
+	c, err := Parse([]byte(`
+listen:
+  pop3: "127.0.0.1:0"
+  submission: "0.0.0.0:587"
+upstreams:
+  own:
+    address: "imap.example.com:993"
+passthrough:
+  upstream: own
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := strings.Join(c.Warnings(), "\n")
+	for _, want := range []string{"no upstream has a submission endpoint", "listen.submission has no TLS"} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warnings:\n%s\nwant one containing %q", w, want)
+		}
+	}
+}
