@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
 // TestConnectionsPerIP: one connection more than MaxConnsPerIP is told
@@ -104,4 +106,20 @@ func TestShutdownDrains(t *testing.T) {
 	if len(up.delivered()) != 1 {
 		t.Fatal("the last message was not delivered")
 	}
+}
+
+// TestSessionsPerUser: a login past MaxSessionsPerUser for one name, in
+// any case, is refused with 454 before the backend is asked; a session
+// that ends frees its place.
+func TestSessionsPerUser(t *testing.T) {
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, func(s *Server) { s.MaxSessionsPerUser = 1 })
+	first := h.dial()
+	first.login()
+	second := h.dial()
+	second.cmd("EHLO device.example", "250-")
+	second.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00SCANNER\x00local")), "454 4.7.0")
+	first.cmd("QUIT", "221 ")
+	testenv.WaitFor(t, func() bool { h.srv.mu.Lock(); defer h.srv.mu.Unlock(); return len(h.srv.users) == 0 })
+	second.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00scanner\x00local")), "235 ")
 }

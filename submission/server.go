@@ -88,6 +88,9 @@ type Server struct {
 	// MaxConnsPerIP those from one address. Zero: no limit.
 	MaxConnections int
 	MaxConnsPerIP  int
+	// MaxSessionsPerUser bounds the sessions logging in or logged in
+	// under one name (by its CanonicalName key); zero: no limit.
+	MaxSessionsPerUser int
 	// LoginTimeout bounds the time from connect to a successful AUTH.
 	LoginTimeout time.Duration
 	// IdleTimeout bounds the wait for each command.
@@ -108,6 +111,7 @@ type Server struct {
 	mu       sync.Mutex
 	admitted int
 	ipConns  map[string]int
+	users    map[string]int // sessions per login key
 	nextID   atomic.Uint64
 }
 
@@ -127,6 +131,7 @@ func (s *Server) init() {
 		s.smtp.ErrorLog = errorLog{s.logger()}
 		s.rate = newRateLimit(s.MessagesPerHour)
 		s.ipConns = make(map[string]int)
+		s.users = make(map[string]int)
 	})
 }
 
@@ -226,6 +231,26 @@ func (s *Server) admit(ip string) bool {
 	s.admitted++
 	s.ipConns[ip]++
 	return true
+}
+
+// admitUser counts a session for the login key against
+// MaxSessionsPerUser; the session releases it with releaseUser.
+func (s *Server) admitUser(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.MaxSessionsPerUser > 0 && s.users[key] >= s.MaxSessionsPerUser {
+		return false
+	}
+	s.users[key]++
+	return true
+}
+
+func (s *Server) releaseUser(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users[key]--; s.users[key] <= 0 {
+		delete(s.users, key)
+	}
 }
 
 func (s *Server) release(ip string) {

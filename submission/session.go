@@ -26,11 +26,12 @@ var (
 	errNeedTLS = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
 	errSender  = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender address not allowed for this login (rule: allowed senders)"}
 	// RFC 5321 §4.5.3.1.10: 452 for too many recipients.
-	errRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients (rule: limits.max_recipients)"}
-	errRate       = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Too many messages this hour, please try again later (rule: limits.messages_per_hour)"}
-	errSMTPUTF8   = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "SMTPUTF8 is not supported by the upstream"}
-	errTooBig     = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for the upstream"}
-	errUpstream   = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
+	errRecipients      = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients (rule: limits.max_recipients)"}
+	errRate            = &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "Too many messages this hour, please try again later (rule: limits.messages_per_hour)"}
+	errSMTPUTF8        = &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 6, 7}, Message: "SMTPUTF8 is not supported by the upstream"}
+	errTooBig          = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for the upstream"}
+	errTooManySessions = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many sessions for this user, please try again later (rule: limits.sessions_per_user)"}
+	errUpstream        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
 )
 
 type backend struct{ srv *Server }
@@ -70,6 +71,7 @@ type session struct {
 	account   *Account
 	up        *upstreamConn
 	authFails int
+	userKey   string // counted in Server.users while logged in
 
 	// The transaction under way.
 	inMail bool
@@ -176,6 +178,17 @@ func (s *session) login(user, pass, method string) error {
 	if !valid || strings.ContainsAny(pass, "\x00\r\n") {
 		return refuse("malformed credentials")
 	}
+	if !s.srv.admitUser(key) {
+		s.srv.observeLogin(method, "too-many-sessions")
+		s.log.Info("login refused", "method", method, "reason", "too many sessions")
+		return errTooManySessions
+	}
+	admitted := false
+	defer func() {
+		if !admitted {
+			s.srv.releaseUser(key)
+		}
+	}()
 	acct, err := s.srv.Backend.Login(s.ctx, &LoginInfo{
 		Username: user, Key: key, Password: pass,
 		Remote: s.cc.Conn.RemoteAddr(), TLS: s.tls, Method: method,
@@ -208,6 +221,7 @@ func (s *session) login(user, pass, method string) error {
 		g.Succeeded(s.ctx, ip, key)
 	}
 	s.cc.loggedIn.Store(true)
+	admitted, s.userKey = true, key
 	s.account, s.up = acct, up
 	s.log = log.With("user", user)
 	s.log.Info("logged in", "method", method)
@@ -473,6 +487,10 @@ func (s *session) Logout() error {
 		s.up.Quit()
 		s.up.Close()
 		s.up = nil
+	}
+	if s.account != nil {
+		s.srv.releaseUser(s.userKey)
+		s.account = nil
 	}
 	s.cancel()
 	return nil

@@ -233,6 +233,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			MinRefusalTime:       s.pop3.MinRefusalTime,
 			MaxConnections:       max(cfg.Limits.MaxConnections, 0),
 			MaxConnsPerIP:        max(cfg.Limits.ConnectionsPerIP, 0),
+			MaxSessionsPerUser:   max(cfg.Limits.SessionsPerUser, 0),
 			LoginTimeout:         time.Duration(cfg.Limits.LoginTimeout),
 			MaxRecipients:        cfg.Limits.MaxRecipients,
 			MessagesPerHour:      cfg.Limits.MessagesPerHour,
