@@ -326,8 +326,12 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 }
 
 func (s *session) rcpt(to string) error {
-	if s.account == nil || !s.inMail {
+	if s.account == nil {
 		return errAuthRequired
+	}
+	if !s.inMail || s.up == nil {
+		// The upstream connection was lost in this transaction.
+		return errUpstream
 	}
 	if max := s.srv.maxRecipients(); max > 0 && s.rcpts >= max {
 		s.log.Info("too many recipients", "limit", max)
@@ -354,8 +358,11 @@ func (s *session) Data(r io.Reader) error {
 }
 
 func (s *session) data(r io.Reader) error {
-	if s.account == nil || !s.inMail || s.rcpts == 0 {
+	if s.account == nil {
 		return errAuthRequired
+	}
+	if !s.inMail || s.rcpts == 0 || s.up == nil {
+		return errUpstream
 	}
 	s.inMail = false
 	w, err := s.up.Data()
