@@ -224,16 +224,16 @@ func testMessage(from, id string) string {
 		"Page one\r\n.leading dot\r\n..two dots\r\n\r\n" + strings.Repeat("0123456789", 70) + "\r\nend\r\n"
 }
 
-// testRelayRealClients: swaks (STARTTLS, AUTH PLAIN, a password upstream)
-// and msmtp (implicit TLS, a token upstream by XOAUTH2) send through the
-// gateway to Postfix, and each message arrives once, octet for octet
+// testRelayRealClients: swaks and curl (STARTTLS, AUTH PLAIN, a password
+// upstream) and msmtp (implicit TLS, a token upstream by XOAUTH2) send
+// through the gateway to Postfix, and each message arrives once, octet for octet
 // apart from the Received line Postfix adds.
 func testRelayRealClients(t *testing.T, f *relayFixture) {
 	t.Helper()
 	base := len(f.delivered(t))
-	for _, bin := range []string{"swaks", "msmtp"} {
+	for _, bin := range []string{"swaks", "msmtp", "curl"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			testenv.Missing(t, bin+" not found: install the Debian packages swaks msmtp libnet-ssleay-perl libio-socket-ssl-perl")
+			testenv.Missing(t, bin+" not found: install the Debian packages swaks msmtp curl libnet-ssleay-perl libio-socket-ssl-perl")
 		}
 	}
 	_, port, _ := net.SplitHostPort(f.submission)
@@ -254,16 +254,23 @@ func testRelayRealClients(t *testing.T, f *relayFixture) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("msmtp: %v\n%s", err, out)
 	}
+	curlMsg := testMessage("scanner@example.com", "curl")
+	cmd = exec.Command("curl", "-sS", "--ssl-reqd", "-k", "smtp://"+f.submission, "--user", "scanner:"+localPass,
+		"--mail-from", "scanner@example.com", "--mail-rcpt", "bob@example.org", "--upload-file", "-")
+	cmd.Stdin = strings.NewReader(curlMsg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v\n%s", err, out)
+	}
 	msgs := f.deliveredSince(t, base)
-	if len(msgs) != 2 {
-		t.Fatalf("%d messages delivered, want 2", len(msgs))
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages delivered, want 3", len(msgs))
 	}
 	got := map[string]bool{}
 	for _, m := range msgs {
 		got[withoutReceived(t, m)] = true
 	}
 	// swaks ends the data it is given with one more CRLF of its own.
-	for name, want := range map[string]string{"swaks": swaksMsg + "\r\n", "msmtp": msmtpMsg} {
+	for name, want := range map[string]string{"swaks": swaksMsg + "\r\n", "msmtp": msmtpMsg, "curl": curlMsg} {
 		if !got[want] {
 			t.Errorf("the %s message did not arrive unchanged; delivered:\n%q", name, msgs)
 		}
