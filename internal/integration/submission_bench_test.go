@@ -29,10 +29,9 @@ import (
 func BenchmarkSubmission(b *testing.B) {
 	pf, err := postfix.Start(postfix.Options{Users: map[string]string{"alice@example.com": upstreamPass}, Discard: true})
 	switch {
-	case errors.Is(err, postfix.ErrNotInstalled):
+	case errors.Is(err, postfix.ErrNotInstalled), errors.Is(err, postfix.ErrNotRoot):
+		// CI runs as root with every package installed: there this fails.
 		testenv.Missing(b, err.Error())
-	case errors.Is(err, postfix.ErrNotRoot):
-		b.Skip(err)
 	case err != nil:
 		b.Fatal(err)
 	}

@@ -66,10 +66,9 @@ func startRelay(t *testing.T) *relayFixture {
 		},
 	})
 	switch {
-	case errors.Is(err, postfix.ErrNotInstalled):
+	case errors.Is(err, postfix.ErrNotInstalled), errors.Is(err, postfix.ErrNotRoot):
+		// CI runs as root with every package installed: there this fails.
 		testenv.Missing(t, err.Error())
-	case errors.Is(err, postfix.ErrNotRoot):
-		t.Skip(err)
 	case err != nil:
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ import (
 var ErrNotInstalled = errors.New("postfix or dovecot not found: install the Debian packages postfix and dovecot-core")
 
 // ErrNotRoot: Postfix's master refuses to run as another user.
-var ErrNotRoot = errors.New("postfix: a private Postfix needs root")
+var ErrNotRoot = errors.New("postfix: a private Postfix needs root: run the tests as root")
 
 // Options configures an instance.
 type Options struct {

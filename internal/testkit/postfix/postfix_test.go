@@ -19,10 +19,9 @@ func start(t *testing.T, opts Options) *Instance {
 	t.Helper()
 	s, err := Start(opts)
 	switch {
-	case errors.Is(err, ErrNotInstalled):
+	case errors.Is(err, ErrNotInstalled), errors.Is(err, ErrNotRoot):
+		// CI runs as root with every package installed: there this fails.
 		testenv.Missing(t, err.Error())
-	case errors.Is(err, ErrNotRoot):
-		t.Skip(err)
 	case err != nil:
 		t.Fatal(err)
 	}
