@@ -81,6 +81,12 @@ func TestExample(t *testing.T) {
 		MaxRecipients: DefaultMaxRecipients, MessagesPerHour: DefaultMessagesPerHour}) {
 		t.Errorf("limits = %+v", c.Limits)
 	}
+	if c.Listen.Submission != "0.0.0.0:587" || c.Listen.Submissions != "0.0.0.0:465" ||
+		c.Upstreams["corp"].Submission == nil || *c.Upstreams["corp"].Submission != (Submission{Address: "smtp.example.com:587", TLS: upstream.SecurityStartTLS}) ||
+		c.Upstreams["gmail"].Submission == nil || c.Upstreams["gmail"].Submission.Address != "smtp.gmail.com:465" ||
+		c.Upstreams["partner"].Submission != nil || len(c.Users["alice"].Addresses) != 1 {
+		t.Errorf("submission: listen %+v, corp %+v, gmail %+v, partner %+v", c.Listen, c.Upstreams["corp"].Submission, c.Upstreams["gmail"].Submission, c.Upstreams["partner"].Submission)
+	}
 	alice := c.Users["alice"]
 	if alice == nil || alice.Name != "alice" || alice.Upstream != "corp" || alice.UpstreamUser != "alice@example.com" ||
 		alice.UpstreamPasswordFile != "/run/secrets/alice" {
