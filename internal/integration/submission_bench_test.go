@@ -49,6 +49,7 @@ func BenchmarkSubmission(b *testing.B) {
 limits:
   messages_per_hour: -1
   connections_per_ip: -1
+  sessions_per_user: -1
 upstreams:
   pf:
     address: "127.0.0.1:9"
@@ -67,7 +68,11 @@ users:
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { s.Shutdown(context.Background()) })
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
 	relay := s.Addrs()["submission"]
 
 	const conns, perConn = 10, 100
@@ -83,10 +88,11 @@ users:
 			if err != nil {
 				b.Fatal(err)
 			}
+			clients[i] = c
+			b.Cleanup(func() { c.Close() })
 			if err := c.Auth(sasl.NewPlainClient("", user, pass)); err != nil {
 				b.Fatal(err)
 			}
-			clients[i] = c
 		}
 		var wg sync.WaitGroup
 		errs := make(chan error, conns)
