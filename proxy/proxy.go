@@ -254,11 +254,17 @@ var errTemporary = &pop3.Error{Code: pop3.CodeSysTemp, Text: "Temporary failure,
 // A case variant of a mapped name is that user: it is checked against the
 // local hash and never forwarded.
 func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
+	return g.resolveName(login.Username, login.Password)
+}
+
+// resolveName is resolve for any door: the name and password as the
+// client gave them.
+func (g *Gateway) resolveName(name, password string) (*account, error) {
 	cfg := g.config.Load()
 	// The gateway folds names itself, whatever key the door used for its
 	// own limits: which account a name means is a rule of the gateway.
-	if u, ok := cfg.Users[username.Canonical(login.Username)]; ok {
-		ok, err := passwd.Verify(u.PasswordHash, login.Password)
+	if u, ok := cfg.Users[username.Canonical(name)]; ok {
+		ok, err := passwd.Verify(u.PasswordHash, password)
 		if err != nil {
 			g.log.Error("checking password hash", "user", u.Name, "err", err)
 		}
@@ -274,21 +280,21 @@ func (g *Gateway) resolve(login *pop3.LoginInfo) (*account, error) {
 	}
 	pt := cfg.Passthrough
 	if pt == nil {
-		passwd.DummyVerify(login.Password)
+		passwd.DummyVerify(password)
 		return nil, pop3.ErrAuthFailed
 	}
-	name := pt.Upstream
-	if _, domain, ok := strings.Cut(login.Username, "@"); ok {
+	upName := pt.Upstream
+	if _, domain, ok := strings.Cut(name, "@"); ok {
 		if d, ok := pt.Domains[strings.ToLower(domain)]; ok {
-			name = d
+			upName = d
 		}
 	}
-	up := cfg.Upstreams[name]
+	up := cfg.Upstreams[upName]
 	if up == nil {
-		passwd.DummyVerify(login.Password)
+		passwd.DummyVerify(password)
 		return nil, pop3.ErrAuthFailed
 	}
-	return &account{upstream: up, username: login.Username, password: login.Password, forwarded: true}, nil
+	return &account{upstream: up, username: name, password: password, forwarded: true}, nil
 }
 
 // Login implements pop3.Backend.

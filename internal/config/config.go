@@ -125,6 +125,10 @@ type Limits struct {
 	// which spares the upstream's quota. Announced, not enforced; 0 (the
 	// default) announces nothing.
 	PollInterval Duration `yaml:"poll_interval"`
+	// MaxRecipients and MessagesPerHour bound what one SMTP submission
+	// login may send (see submission.go).
+	MaxRecipients   int `yaml:"max_recipients"`
+	MessagesPerHour int `yaml:"messages_per_hour"`
 }
 
 // Listen holds the listening addresses (host:port). An empty address means
@@ -133,6 +137,10 @@ type Listen struct {
 	POP3  string `yaml:"pop3"`  // cleartext POP3, STLS offered when TLS is configured
 	POP3S string `yaml:"pop3s"` // implicit TLS POP3
 	HTTP  string `yaml:"http"`  // health and metrics
+	// Submission (STARTTLS) and Submissions (implicit TLS) are the SMTP
+	// submission relay's listeners.
+	Submission  string `yaml:"submission"`
+	Submissions string `yaml:"submissions"`
 }
 
 // TLS is the server certificate used for POP3S and STLS.
@@ -210,6 +218,9 @@ type Upstream struct {
 	// budget refills. 0 means proxy.DefaultPassthroughFailures, -1 no
 	// limit.
 	PassthroughFailures int `yaml:"passthrough_failures"`
+	// Submission is where the SMTP relay sends this upstream's users'
+	// mail; a provider preset fills it in.
+	Submission *Submission `yaml:"submission"`
 }
 
 // OAuth2 describes the OAuth2 client the gateway is registered as, and the
@@ -258,6 +269,9 @@ type User struct {
 	// an upstream with auth xoauth2 or oauthbearer; `gateway oauth2 login`
 	// writes it and the gateway rewrites it when the token rotates.
 	OAuth2TokenFile string `yaml:"oauth2_token_file"`
+	// Addresses are the envelope senders the user may use through the
+	// SMTP relay, besides upstream_user.
+	Addresses []string `yaml:"addresses"`
 
 	config *Config // for the sealing key; set by SetDefaults
 }
@@ -402,6 +416,7 @@ func (c *Config) SetDefaults() {
 	if c.Limits.LoginDelayMax == 0 {
 		c.Limits.LoginDelayMax = max(DefaultLoginDelayMax, c.Limits.LoginDelay)
 	}
+	c.setSubmissionDefaults()
 	if p := c.ProxyProtocol; p != nil && p.HeaderTimeout == 0 {
 		p.HeaderTimeout = DefaultHeaderTimeout
 	}
@@ -420,6 +435,7 @@ func (c *Config) SetDefaults() {
 		}
 		u.Name = name
 		applyPreset(u)
+		applySubmissionPreset(u, c.Listen)
 		if u.Auth == "" {
 			u.Auth = AuthPassword
 		}
@@ -510,6 +526,7 @@ func (c *Config) Warnings() []string {
 		w = append(w, "listen.pop3 has no TLS (no tls.cert_file) and auth.allow_insecure is false: only loopback clients can log in")
 	}
 	w = append(w, c.listenerWarnings()...)
+	w = append(w, c.submissionWarnings()...)
 	for _, name := range slices.Sorted(maps.Keys(c.Upstreams)) {
 		u := c.Upstreams[name]
 		if u != nil && u.TLS == upstream.SecurityNone && u.Address != "" && !isLoopback(u.Address) {

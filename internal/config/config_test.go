@@ -77,8 +77,15 @@ func TestExample(t *testing.T) {
 		t.Errorf("proxy_protocol = %+v, redis = %+v", c.ProxyProtocol, c.Redis)
 	}
 	if c.Limits != (Limits{ConnectionsPerIP: 20, SessionsPerUser: 4, LoginDelay: DefaultLoginDelay, LoginDelayMax: DefaultLoginDelayMax,
-		MaxConnections: DefaultMaxConnections, LoginTimeout: DefaultLoginTimeout}) {
+		MaxConnections: DefaultMaxConnections, LoginTimeout: DefaultLoginTimeout,
+		MaxRecipients: DefaultMaxRecipients, MessagesPerHour: DefaultMessagesPerHour}) {
 		t.Errorf("limits = %+v", c.Limits)
+	}
+	if c.Listen.Submission != "0.0.0.0:587" || c.Listen.Submissions != "0.0.0.0:465" ||
+		c.Upstreams["corp"].Submission == nil || *c.Upstreams["corp"].Submission != (Submission{Address: "smtp.example.com:587", TLS: upstream.SecurityStartTLS}) ||
+		c.Upstreams["gmail"].Submission == nil || c.Upstreams["gmail"].Submission.Address != "smtp.gmail.com:465" ||
+		c.Upstreams["partner"].Submission != nil || len(c.Users["alice"].Addresses) != 1 {
+		t.Errorf("submission: listen %+v, corp %+v, gmail %+v, partner %+v", c.Listen, c.Upstreams["corp"].Submission, c.Upstreams["gmail"].Submission, c.Upstreams["partner"].Submission)
 	}
 	alice := c.Users["alice"]
 	if alice == nil || alice.Name != "alice" || alice.Upstream != "corp" || alice.UpstreamUser != "alice@example.com" ||
@@ -230,7 +237,7 @@ func TestValidation(t *testing.T) {
 		}, "proxy_protocol.listeners: pop3s is not configured in listen"},
 		{"proxy protocol listener name", func(c *Config) {
 			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"http"}, Trusted: []string{"10.0.0.1"}, HeaderTimeout: Duration(time.Second)}
-		}, `proxy_protocol.listeners: "http" is not pop3 or pop3s`},
+		}, `proxy_protocol.listeners: "http" is not pop3, pop3s, submission or submissions`},
 		{"proxy protocol no trusted", func(c *Config) {
 			c.ProxyProtocol = &ProxyProtocol{Listeners: []string{"pop3"}, HeaderTimeout: Duration(time.Second)}
 		}, "proxy_protocol.trusted: list the load balancers' networks"},
@@ -331,7 +338,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"empty", "", []string{"config: the file is empty"}},
 		{"comments only", "# nothing\n", []string{"config: the file is empty"}},
 		{"unknown key", strings.Replace(minimal, "imap.example.com:993\"\n", "imap.example.com:993\"\n    provder: gmail\n", 1), []string{
-			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, protocol, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures)`}},
+			`config: line 7: upstreams.corp: unknown key "provder" (valid keys: address, tls, ca_file, server_name, mailbox, on_delete, timeout, provider, protocol, trash_mailbox, fetch_ahead, keep_connection, auth, tls_skip_verify, oauth2, send_client_ip, passthrough_failures, submission)`}},
 		{"unknown top-level key", "listen: {pop3: ':110'}\nlisten_http: x\n", []string{
 			`config: line 2: unknown key "listen_http" (valid keys: listen, listeners, data_dir, tls, auth, upstreams, users, passthrough, cache, secrets, limits, proxy_protocol, redis)`}},
 		{"unknown key and bad size", "listen:\n  pop3: ':110'\n  pop4: ':111'\ncache:\n  memory: 1TB\n", []string{

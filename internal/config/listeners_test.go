@@ -104,7 +104,7 @@ func TestListenerValidation(t *testing.T) {
 		{"listeners:\n  - name: a\n    protocol: pop3\n    address: \"127.0.0.1:2110\"\n    tls: {cert_file: /c.pem, key_file: /k.pem, min_version: \"0.9\"}\n", `listeners[0].tls.min_version (line 17): "0.9" is not one of 1.0, 1.1, 1.2, 1.3`},
 		{"listeners:\n  - name: a\n    protocol: pop3\n    address: \"127.0.0.1:2110\"\n    tls: {ciphers: all}\n", `unknown key "ciphers" (valid keys: cert_file, key_file, min_version, legacy_ciphers)`},
 		{"tls:\n  cert_file: /c.pem\n  key_file: /k.pem\n  legacy_ciphers: true\n", `unknown key "legacy_ciphers"`},
-		{"proxy_protocol:\n  listeners: [lan]\n  trusted: [10.0.0.0/8]\n", `"lan" is not pop3 or pop3s, nor the name of a listener in listeners`},
+		{"proxy_protocol:\n  listeners: [lan]\n  trusted: [10.0.0.0/8]\n", `"lan" is not pop3, pop3s, submission or submissions, nor the name of a listener in listeners`},
 		{"limits:\n  poll_interval: 1500ms\n", "limits.poll_interval (line 14): must be whole seconds from 0s to 24h, not 1.5s"},
 		{"limits:\n  poll_interval: 25h\n", "limits.poll_interval (line 14): must be whole seconds"},
 	} {

@@ -77,6 +77,7 @@ func (c *Config) Validate() error {
 	seen := map[string]string{}
 	for _, l := range []struct{ key, addr string }{
 		{"pop3", c.Listen.POP3}, {"pop3s", c.Listen.POP3S}, {"http", c.Listen.HTTP},
+		{"submission", c.Listen.Submission}, {"submissions", c.Listen.Submissions},
 	} {
 		if l.addr == "" {
 			continue
@@ -263,12 +264,13 @@ func (c *Config) Validate() error {
 		}
 		for _, l := range pp.Listeners {
 			switch {
-			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "":
-			case l == "pop3" || l == "pop3s":
+			case l == "pop3" && c.Listen.POP3 != "", l == "pop3s" && c.Listen.POP3S != "",
+				l == "submission" && c.Listen.Submission != "", l == "submissions" && c.Listen.Submissions != "":
+			case l == "pop3" || l == "pop3s" || l == "submission" || l == "submissions":
 				p.add("proxy_protocol.listeners", "%s is not configured in listen", l)
 			case c.listener(l) != nil:
 			default:
-				p.add("proxy_protocol.listeners", "%q is not pop3 or pop3s, nor the name of a listener in listeners", l)
+				p.add("proxy_protocol.listeners", "%q is not pop3, pop3s, submission or submissions, nor the name of a listener in listeners", l)
 			}
 		}
 		if len(pp.Trusted) == 0 {
@@ -353,6 +355,7 @@ func (c *Config) Validate() error {
 	if l.PollInterval < 0 || l.PollInterval > Duration(24*time.Hour) || time.Duration(l.PollInterval)%time.Second != 0 {
 		p.add(c.key("limits.poll_interval"), "must be whole seconds from 0s to 24h, not %v", l.PollInterval)
 	}
+	c.validateSubmission(&p)
 
 	if len(p) > 0 {
 		return &Error{Problems: p}

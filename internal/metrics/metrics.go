@@ -32,6 +32,7 @@ type Metrics struct {
 	deleted        *prometheus.CounterVec
 	upstream       *prometheus.HistogramVec
 	upstreamErrors *prometheus.CounterVec
+	smtp           submissionCollectors
 }
 
 var _ pop3.Observer = (*Metrics)(nil)

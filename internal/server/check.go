@@ -55,6 +55,9 @@ func Check(ctx context.Context, path string, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "user %s (upstream %s): ok, %d messages; deleted messages are %s\n", r.User, r.Upstream, r.Messages, r.Deletes)
 	}
+	if cfg.Listen.SubmissionEnabled() {
+		failed += checkSubmission(ctx, cfg, gw, stdout)
+	}
 	if failed > 0 {
 		return ErrCheckFailed
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/submission"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -57,6 +58,8 @@ type Server struct {
 	setup   *setup
 	gateway *proxy.Gateway
 	pop3    *pop3.Server
+	smtp    *submission.Server // nil: no submission listener
+	relay   *relay
 	cert    certificate
 	// listenerCerts are the certificates of the listeners list, by
 	// listener name.
@@ -244,10 +247,50 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	if cfg.Listen.SubmissionEnabled() {
+		routes, err := newRelayRoutes(cfg)
+		if err != nil {
+			s.pop3.Shutdown(context.Background())
+			return nil, err
+		}
+		s.relay = &relay{gateway: s.gateway}
+		s.relay.routes.Store(routes)
+		s.smtp = &submission.Server{
+			Backend:              s.relay,
+			TLSConfig:            tlsConfig,
+			AllowInsecureAuth:    cfg.Auth.AllowInsecure,
+			RequireTLSOnLoopback: cfg.Auth.RequireTLSOnLoopback,
+			Logger:               log,
+			Observer:             s.metrics,
+			Guard:                loginGuard, // one count of failures for both doors
+			CanonicalName:        username.Canonical,
+			MinRefusalTime:       s.pop3.MinRefusalTime,
+			MaxConnections:       max(cfg.Limits.MaxConnections, 0),
+			MaxConnsPerIP:        max(cfg.Limits.ConnectionsPerIP, 0),
+			MaxSessionsPerUser:   max(cfg.Limits.SessionsPerUser, 0),
+			LoginTimeout:         time.Duration(cfg.Limits.LoginTimeout),
+			MaxRecipients:        cfg.Limits.MaxRecipients,
+			MessagesPerHour:      cfg.Limits.MessagesPerHour,
+			Capabilities:         submissionCapabilities(ctx, routes, log),
+		}
+		for _, l := range []struct {
+			name, addr string
+			serve      func(net.Listener) error
+		}{{"submission", cfg.Listen.Submission, s.smtp.Serve}, {"submissions", cfg.Listen.Submissions, s.smtp.ServeTLS}} {
+			if err := listen(l.name, l.addr, l.serve); err != nil {
+				s.pop3.Shutdown(context.Background())
+				s.smtp.Shutdown(context.Background())
+				return nil, err
+			}
+		}
+	}
 	if cfg.Listen.HTTP != "" {
 		s.http = newHTTPServer(s.httpHandler())
 		if err := listen("http", cfg.Listen.HTTP, s.http.Serve); err != nil {
 			s.pop3.Shutdown(context.Background())
+			if s.smtp != nil {
+				s.smtp.Shutdown(context.Background())
+			}
 			return nil, err
 		}
 	}
@@ -309,6 +352,14 @@ func (s *Server) Reload() {
 		return
 	}
 	s.setup.warn(cfg)
+	if s.relay != nil {
+		routes, err := newRelayRoutes(cfg)
+		if err != nil {
+			s.log.Error("reload failed; keeping the running configuration", "err", err)
+			return
+		}
+		s.relay.routes.Store(routes)
+	}
 	s.setUpstreams(pc)
 	s.gateway.Reload(pc)
 	s.log.Info("configuration reloaded", "users", len(pc.Users), "upstreams", len(pc.Upstreams))
@@ -366,7 +417,17 @@ func (s *Server) drain() {
 // HTTP listener and the state stores.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.health.draining.Store(true)
+	smtpDone := make(chan struct{})
+	go func() {
+		defer close(smtpDone)
+		if s.smtp != nil {
+			if err := s.smtp.Shutdown(ctx); err != nil {
+				s.log.Warn("submission sessions closed at the drain deadline", "err", err)
+			}
+		}
+	}()
 	err := s.pop3.Shutdown(ctx)
+	<-smtpDone
 	if err != nil {
 		s.log.Warn("sessions closed at the drain deadline", "err", err)
 	}

@@ -139,6 +139,7 @@ func NewProvider(t testing.TB) *Provider {
 	mux.HandleFunc("/authorize", p.handleAuthorize)
 	mux.HandleFunc("/device", p.handleDevice)
 	mux.HandleFunc("/activate", p.handleActivate)
+	mux.HandleFunc("/introspect", p.handleIntrospect)
 	p.srv = httptest.NewServer(mux)
 	t.Cleanup(p.srv.Close)
 	return p
@@ -155,6 +156,33 @@ func (p *Provider) AuthURL() string { return p.srv.URL + "/authorize" }
 
 // DeviceAuthURL is the device authorization endpoint, URL()+"/device".
 func (p *Provider) DeviceAuthURL() string { return p.srv.URL + "/device" }
+
+// IntrospectionURL is the token introspection endpoint (RFC 7662),
+// URL()+"/introspect", as a mail server (Dovecot's oauth2 passdb) asks
+// it about the bearer tokens of XOAUTH2 and OAUTHBEARER logins.
+func (p *Provider) IntrospectionURL() string { return p.srv.URL + "/introspect" }
+
+// handleIntrospect answers RFC 7662 §2: an access token that is valid is
+// active, with its user as "username"; any other is inactive.
+func (p *Provider) handleIntrospect(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, "bad form", http.StatusBadRequest)
+		return
+	}
+	p.mu.Lock()
+	p.requests["introspect"]++
+	g := p.validLocked(r.PostForm.Get("token"))
+	p.mu.Unlock()
+	if g == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"active": false})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"active": true, "username": g.user, "scope": g.scope})
+}
 
 // Endpoint describes the provider to golang.org/x/oauth2, with
 // AuthStyleAutoDetect.

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/internal/username"
+	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/submission"
+)
+
+// relay is the submission door's Backend: a login is resolved by the
+// gateway exactly as a POP3 login, and its mail goes to its upstream's
+// submission endpoint with the same upstream credentials.
+type relay struct {
+	gateway *proxy.Gateway
+	routes  atomic.Pointer[relayRoutes] // replaced on reload
+}
+
+// relayRoutes is what the relay takes from the config file.
+type relayRoutes struct {
+	upstreams  map[string]*submission.Upstream // by upstream name; absent: no submission endpoint
+	mechanisms map[string]string               // upstream name -> XOAUTH2 or OAUTHBEARER, for OAuth2 upstreams
+	addresses  map[string][]string             // canonical mapped user name -> its further sender addresses
+}
+
+func newRelayRoutes(cfg *config.Config) (*relayRoutes, error) {
+	r := &relayRoutes{
+		upstreams:  make(map[string]*submission.Upstream),
+		mechanisms: make(map[string]string),
+		addresses:  make(map[string][]string),
+	}
+	for name, u := range cfg.Upstreams {
+		if u.Submission == nil {
+			continue
+		}
+		tlsConfig, err := clientTLS(u.CAFile, u.ServerName, u.TLSSkipVerify)
+		if err != nil {
+			return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+		}
+		r.upstreams[name] = &submission.Upstream{
+			Name:      name,
+			Address:   u.Submission.Address,
+			Security:  submission.Security(u.Submission.TLS),
+			TLSConfig: tlsConfig,
+			Timeout:   time.Duration(u.Timeout),
+		}
+		switch u.Auth {
+		case config.AuthXOAuth2:
+			r.mechanisms[name] = submission.XOAuth2
+		case config.AuthOAuthBearer:
+			r.mechanisms[name] = submission.OAuthBearer
+		}
+	}
+	for name, u := range cfg.Users {
+		r.addresses[username.Canonical(name)] = u.Addresses
+	}
+	return r, nil
+}
+
+func (r *relay) Login(ctx context.Context, login *submission.LoginInfo) (*submission.Account, error) {
+	cred, err := r.gateway.Credentials(login.Username, login.Password)
+	if errors.Is(err, proxy.ErrLoginRefused) {
+		return nil, submission.ErrAuthFailed
+	}
+	if err != nil {
+		return nil, err
+	}
+	return r.account(cred)
+}
+
+// account is where a resolved login's mail goes.
+func (r *relay) account(cred *proxy.Credentials) (*submission.Account, error) {
+	routes := r.routes.Load()
+	name := cred.Upstream.Name
+	up := routes.upstreams[name]
+	if up == nil {
+		return nil, fmt.Errorf("upstreams.%s has no submission endpoint", name)
+	}
+	acct := &submission.Account{
+		Key:      name + "/" + username.Canonical(cred.Username),
+		Upstream: up,
+		Username: cred.Username,
+		Password: cred.Password,
+		// The upstream account is the sender the provider itself allows;
+		// a passthrough login's name is that account.
+		Senders: []string{cred.Username},
+	}
+	if !cred.Forwarded() {
+		acct.Senders = append(acct.Senders, routes.addresses[username.Canonical(cred.User)]...)
+	}
+	if cred.Token != nil {
+		acct.Mechanism = routes.mechanisms[name]
+		acct.Token = func(ctx context.Context, refresh bool) (string, error) {
+			tok, err := cred.Token(ctx, refresh)
+			if errors.Is(err, proxy.ErrNeedsAuthorization) {
+				// Refused like bad credentials, as for POP3; the log says
+				// what the operator must do.
+				return "", fmt.Errorf("%w: %w", submission.ErrAuthFailed, err)
+			}
+			return tok, err
+		}
+	}
+	return acct, nil
+}
+
+// submissionCapabilities asks the submission upstreams what the relay's
+// EHLO may offer, for at most 10 seconds: an upstream that cannot be
+// asked delays the start by no more, and EHLO then offers SIZE without a
+// limit and no SMTPUTF8. Upstreams added by a reload are not asked.
+func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logger) submission.Capabilities {
+	if len(r.upstreams) == 0 {
+		return submission.Capabilities{}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var ups []*submission.Upstream
+	for _, name := range slices.Sorted(maps.Keys(r.upstreams)) {
+		ups = append(ups, r.upstreams[name])
+	}
+	caps, err := submission.Probe(ctx, ups)
+	if err != nil {
+		log.Warn("submission upstreams' capabilities unknown: EHLO offers SIZE without a limit and no SMTPUTF8", "err", err)
+		return caps
+	}
+	log.Info("submission upstreams' capabilities", "size", caps.Size, "smtputf8", caps.SMTPUTF8)
+	return caps
+}
+
+// checkSubmission logs in to the submission endpoint of each mapped
+// user whose upstream has one, for `gateway check`.
+func checkSubmission(ctx context.Context, cfg *config.Config, gw *proxy.Gateway, stdout io.Writer) (failed int) {
+	routes, err := newRelayRoutes(cfg)
+	if err != nil {
+		fmt.Fprintf(stdout, "submission: FAILED: %v\n", err)
+		return 1
+	}
+	r := &relay{gateway: gw}
+	r.routes.Store(routes)
+	for _, name := range slices.Sorted(maps.Keys(cfg.Users)) {
+		u := cfg.Users[name]
+		up := routes.upstreams[u.Upstream]
+		if up == nil {
+			continue
+		}
+		cred, err := gw.UserCredentials(name)
+		if err == nil {
+			var acct *submission.Account
+			if acct, err = r.account(cred); err == nil {
+				err = submission.Check(ctx, acct)
+			}
+		}
+		if err != nil {
+			failed++
+			fmt.Fprintf(stdout, "user %s (submission %s): FAILED: %v\n", name, up.Address, err)
+			continue
+		}
+		fmt.Fprintf(stdout, "user %s (submission %s): ok\n", name, up.Address)
+	}
+	return failed
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package submission
+
+const raceEnabled = false

@@ -1,0 +1,239 @@
+package submission
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Security is how the connection to an upstream submission server is
+// protected.
+type Security string
+
+const (
+	SecurityImplicit Security = "implicit" // TLS from the first octet (port 465, RFC 8314 §3.3)
+	SecurityStartTLS Security = "starttls" // STARTTLS before AUTH (port 587, RFC 3207)
+	SecurityNone     Security = "none"     // cleartext; for loopback and tests
+)
+
+// Upstream SASL mechanisms for OAuth2 access tokens.
+const (
+	XOAuth2     = "XOAUTH2"     // Google's and Microsoft's XOAUTH2
+	OAuthBearer = "OAUTHBEARER" // RFC 7628
+)
+
+// DefaultTimeout bounds each exchange with an upstream when
+// Upstream.Timeout is 0.
+const DefaultTimeout = 60 * time.Second
+
+// Upstream is a submission server the relay sends to.
+type Upstream struct {
+	Name     string // for logs
+	Address  string // host:port
+	Security Security
+	// TLSConfig verifies the server; its ServerName, when empty, is the
+	// host of Address.
+	TLSConfig *tls.Config
+	// Timeout bounds each read and write: an upstream silent for this
+	// long ends the transaction with a temporary failure.
+	Timeout time.Duration
+	// LocalName is sent in EHLO; default "localhost".
+	LocalName string
+}
+
+// Account is where a login's mail goes: the upstream, its credentials
+// there, and the envelope senders the login may use.
+type Account struct {
+	// Key names the account once for the hourly message limit, whatever
+	// case the client typed.
+	Key      string
+	Upstream *Upstream
+	Username string
+	Password string
+	// Token, when set, gives an OAuth2 access token, a fresh one when
+	// refresh is set; Mechanism is then XOAuth2 or OAuthBearer.
+	Token     func(ctx context.Context, refresh bool) (string, error)
+	Mechanism string
+	// Senders are the addresses MAIL FROM may name, compared without
+	// regard to case.
+	Senders []string
+}
+
+// errUpstreamAuth: the upstream refused the account's credentials.
+var errUpstreamAuth = errors.New("submission: the upstream refused the credentials")
+
+func (u *Upstream) timeout() time.Duration {
+	if u.Timeout > 0 {
+		return u.Timeout
+	}
+	return DefaultTimeout
+}
+
+// dial connects, greets and logs in to the account's upstream. A token
+// refused by the upstream is refreshed once: the provider may have
+// revoked it before its expiry.
+func dial(ctx context.Context, acct *Account) (*upstreamConn, error) {
+	uc, err := dialOnce(ctx, acct, false)
+	if acct.Token != nil && errors.Is(err, errUpstreamAuth) {
+		uc, err = dialOnce(ctx, acct, true)
+	}
+	return uc, err
+}
+
+func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, error) {
+	u := acct.Upstream
+	var sc sasl.Client
+	switch {
+	case acct.Token != nil:
+		token, err := acct.Token(ctx, refresh)
+		if err != nil {
+			return nil, err
+		}
+		if acct.Mechanism == OAuthBearer {
+			host, port, _ := net.SplitHostPort(u.Address)
+			p, _ := strconv.Atoi(port)
+			sc = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Username, Token: token, Host: host, Port: p})
+		} else {
+			sc = &xoauth2Client{username: acct.Username, token: token}
+		}
+	default:
+		sc = sasl.NewPlainClient("", acct.Username, acct.Password)
+	}
+	uc, err := u.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if acct.Token == nil && !uc.SupportsAuth(sasl.Plain) && uc.SupportsAuth(sasl.Login) {
+		sc = sasl.NewLoginClient(acct.Username, acct.Password)
+	}
+	if err := uc.Auth(sc); err != nil {
+		uc.Close()
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code == 535 {
+			return nil, fmt.Errorf("%w: %d %v", errUpstreamAuth, se.Code, se.EnhancedCode)
+		}
+		return nil, fmt.Errorf("upstream AUTH: %w", err)
+	}
+	return uc, nil
+}
+
+// upstreamConn is a logged-in connection to an upstream.
+type upstreamConn struct {
+	*smtp.Client
+	nc *deadlineConn
+}
+
+// abort drops the connection without ending a transaction under way: an
+// upstream that did not receive the final "." delivers nothing
+// (RFC 5321 §4.1.1.4).
+func (uc *upstreamConn) abort() { uc.nc.Close() }
+
+// connect opens the connection, with TLS as configured, and says EHLO.
+func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
+	d := net.Dialer{Timeout: u.timeout()}
+	raw, err := d.DialContext(ctx, "tcp", u.Address)
+	if err != nil {
+		return nil, err
+	}
+	// Until the greeting is done, ctx can cut the connection short.
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	nc := &deadlineConn{Conn: raw, timeout: u.timeout()}
+	tlsConfig := u.tlsConfig()
+	var c *smtp.Client
+	switch u.Security {
+	case SecurityImplicit:
+		tc := tls.Client(nc, tlsConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, err
+		}
+		c = smtp.NewClient(tc)
+	case SecurityStartTLS:
+		if c, err = smtp.NewClientStartTLS(nc, tlsConfig); err != nil {
+			raw.Close()
+			return nil, err
+		}
+	default:
+		c = smtp.NewClient(nc)
+	}
+	c.CommandTimeout = u.timeout()
+	c.SubmissionTimeout = u.timeout()
+	if err := c.Hello(cmpOr(u.LocalName, "localhost")); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &upstreamConn{Client: c, nc: nc}, nil
+}
+
+func (u *Upstream) tlsConfig() *tls.Config {
+	c := u.TLSConfig.Clone()
+	if c == nil {
+		c = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if c.ServerName == "" {
+		host, _, err := net.SplitHostPort(u.Address)
+		if err != nil {
+			host = u.Address
+		}
+		c.ServerName = host
+	}
+	return c
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// deadlineConn gives every read and write the upstream's timeout, so a
+// silent upstream ends the transaction instead of holding it.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(b)
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+// xoauth2Client is the XOAUTH2 mechanism of Google and Microsoft: the
+// user and the bearer token in one initial response. A refusal comes as
+// a challenge carrying an error document, answered with an empty
+// response so that the server ends the exchange with its error reply.
+type xoauth2Client struct {
+	username, token string
+}
+
+func (c *xoauth2Client) Start() (string, []byte, error) {
+	return XOAuth2, []byte("user=" + c.username + "\x01auth=Bearer " + c.token + "\x01\x01"), nil
+}
+
+func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
+
+// Check logs in to the account's upstream and out again, for `gateway
+// check`.
+func Check(ctx context.Context, acct *Account) error {
+	uc, err := dial(ctx, acct)
+	if err != nil {
+		return err
+	}
+	uc.Quit()
+	uc.Close()
+	return nil
+}
