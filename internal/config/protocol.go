@@ -24,14 +24,12 @@ const AuthOAuth2 = "oauth2"
 
 // Served returns nil when this version of the gateway can serve the
 // upstream's protocol, and otherwise an error naming the key. The
-// configuration accepts every protocol of the contract; the stores for
-// JMAP and Graph are not joined to the POP3 side yet.
+// configuration accepts every protocol of the contract; the Graph store
+// is not joined to the POP3 side yet.
 func (u *Upstream) Served() error {
 	switch u.Protocol {
-	case ProtocolIMAP, "":
+	case ProtocolIMAP, ProtocolJMAP, "":
 		return nil
-	case ProtocolJMAP:
-		return fmt.Errorf("upstreams.%s.protocol: jmap is not served yet: this version of the gateway has no JMAP store; use protocol imap with the server's IMAP address", u.Name)
 	default:
 		return fmt.Errorf("upstreams.%s.protocol: %s is not served yet: this version of the gateway has no %s store joined to POP3; use protocol imap where the mailbox allows IMAP", u.Name, u.Protocol, u.Protocol)
 	}

@@ -8,13 +8,12 @@ import (
 	"github.com/pop3gw/gateway/internal/config"
 )
 
-// The configuration accepts protocol jmap and graph, but until their
-// stores are joined to POP3 the gateway refuses to start with them, and
-// says which key; it never dials an API URL as an IMAP server.
+// The configuration accepts protocol graph, but until its store is
+// joined to POP3 the gateway refuses to start with it, and says which
+// key; it never dials an API URL as an IMAP server.
 func TestUnservedProtocolsRefused(t *testing.T) {
 	for _, tc := range []struct{ upstream, want string }{
 		{"    provider: microsoft365-graph\n    oauth2:\n      client_id: \"abc\"\n", "upstreams.m365.protocol: graph is not served yet"},
-		{"    protocol: jmap\n    auth: oauth2\n    address: \"https://api.fastmail.com/jmap/session\"\n    oauth2:\n      client_id: \"abc\"\n      token_url: \"https://login.example.com/token\"\n      device_auth_url: \"https://login.example.com/device\"\n", "upstreams.m365.protocol: jmap is not served yet"},
 	} {
 		text := "listen:\n  pop3: \"127.0.0.1:0\"\nsecrets:\n  key_env: GATEWAY_TEST_KEY\nupstreams:\n  m365:\n" + tc.upstream +
 			"users:\n  scanner:\n    password_hash: \"$2a$04$sx8nCOq5d3Xt0IM.BOo/j.EWqnvRpkhrDA1SmJSsViNG9Z.hXmn4.\"\n    upstream: m365\n    upstream_user: scans@example.com\n    oauth2_token_file: /nonexistent/scanner.token\n"

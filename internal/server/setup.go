@@ -59,8 +59,8 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	var key *secrets.Key
 	clients := make(map[string]*oauth.Client)
 	for name, u := range cfg.Upstreams {
-		// The JMAP and Graph stores are not joined to POP3 yet: refuse at
-		// start rather than dial an API URL as an IMAP server.
+		// The Graph store is not joined to POP3 yet: refuse at start
+		// rather than dial an API URL as an IMAP server.
 		if err := u.Served(); err != nil {
 			return nil, err
 		}
@@ -91,6 +91,12 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 				config.AuthXOAuth2: upstream.XOAuth2, config.AuthOAuthBearer: upstream.OAuthBearer,
 			}[u.Auth]
 			if clients[name], err = oauthClient(u); err != nil {
+				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+			}
+		}
+		switch u.Protocol {
+		case config.ProtocolJMAP:
+			if err := jmapUpstream(pc.Upstreams[name], u, tlsConfig); err != nil {
 				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
 			}
 		}

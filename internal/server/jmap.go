@@ -1,0 +1,32 @@
+package server
+
+import (
+	"crypto/tls"
+	"net/http"
+	"time"
+
+	"github.com/pop3gw/gateway/internal/config"
+	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/upstream/jmap"
+)
+
+// jmapUpstream makes the upstream a JMAP store (RFC 8620/8621): address
+// is its session URL, or the server's base URL; auth password is HTTP
+// Basic, oauth2 a bearer token.
+func jmapUpstream(pu *proxy.Upstream, u *config.Upstream, tlsConfig *tls.Config) error {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConfig
+	timeout := time.Duration(u.Timeout)
+	tr.ResponseHeaderTimeout = timeout
+	store, err := jmap.New(jmap.Options{SessionURL: u.Address, HTTPClient: &http.Client{Transport: tr}, Timeout: timeout})
+	if err != nil {
+		return err
+	}
+	pu.Store = proxy.JMAPStore(store)
+	if u.Auth == config.AuthOAuth2 {
+		// Any non-empty mechanism makes the proxy fetch the user's
+		// access token; the JMAP store sends it as a bearer token.
+		pu.OAuth2 = config.AuthOAuth2
+	}
+	return nil
+}
