@@ -121,9 +121,7 @@ type Session struct {
 	mailbox   string
 	mailboxID string
 	info      upstream.Mailbox
-	// blobs are the listed messages' blobs, as the session learnt them.
-	blobs  map[upstream.ID]blobInfo
-	closed bool
+	closed    bool
 }
 
 type blobInfo struct {
@@ -337,11 +335,8 @@ func (c *Session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 }
 
 // entries turns Emails into the listing's entries, sorted by (receivedAt,
-// id), and remembers their blobs.
+// id).
 func (c *Session) entries(emails []emailJSON) []upstream.Entry {
-	if c.blobs == nil {
-		c.blobs = make(map[upstream.ID]blobInfo, len(emails))
-	}
 	slices.SortFunc(emails, func(a, b emailJSON) int {
 		return cmp.Or(a.ReceivedAt.Compare(b.ReceivedAt), cmp.Compare(a.ID, b.ID))
 	})
@@ -351,7 +346,6 @@ func (c *Session) entries(emails []emailJSON) []upstream.Entry {
 			continue
 		}
 		id := upstream.ID(e.ID)
-		c.blobs[id] = blobInfo{id: e.BlobID, size: e.Size}
 		entry := upstream.Entry{
 			ID: id, Size: e.Size,
 			// The Email id is immutable and never reused (RFC 8620
@@ -369,13 +363,11 @@ func (c *Session) entries(emails []emailJSON) []upstream.Entry {
 	return entries
 }
 
-// blob finds a message's blob: from the listing, or with an Email/get
-// when the gateway served the listing it remembered. A message no longer
-// in the mailbox is gone.
+// blob finds a message's blob with an Email/get, asked at each Open: a
+// server may keep serving the blob of an Email destroyed since the
+// listing (Cyrus does, until its clean-up), and a message no longer in
+// the mailbox is gone, as it is over IMAP.
 func (c *Session) blob(ctx context.Context, id upstream.ID) (blobInfo, error) {
-	if b, ok := c.blobs[id]; ok {
-		return b, nil
-	}
 	var got getEmails
 	err := c.c.call(ctx, "open", []invocation{{"Email/get", map[string]any{
 		"accountId": c.c.sess.accountID, "ids": []string{string(id)}, "properties": []string{"id", "blobId", "size", "mailboxIds"},
@@ -386,12 +378,7 @@ func (c *Session) blob(ctx context.Context, id upstream.ID) (blobInfo, error) {
 	if len(got.List) != 1 || got.List[0].ID != string(id) || !got.List[0].MailboxIDs[c.mailboxID] {
 		return blobInfo{}, fmt.Errorf("jmap: Email %s: %w", id, upstream.ErrMessageGone)
 	}
-	if c.blobs == nil {
-		c.blobs = make(map[upstream.ID]blobInfo)
-	}
-	b := blobInfo{id: got.List[0].BlobID, size: got.List[0].Size}
-	c.blobs[id] = b
-	return b, nil
+	return blobInfo{id: got.List[0].BlobID, size: got.List[0].Size}, nil
 }
 
 // Open streams the message's raw octets, its blob (RFC 8621 §4.1.1:
