@@ -3,11 +3,16 @@ package jmap_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
 	"github.com/pop3gw/gateway/upstream"
@@ -139,5 +144,87 @@ func TestCyrus(t *testing.T) {
 	}
 	if sess.Selected().Messages != 2 {
 		t.Errorf("after the changes: %+v", sess.Selected())
+	}
+}
+
+// imapFlags returns, per mailbox, the flags of its messages as Cyrus's
+// IMAP shows them, to see what the JMAP deletes did from the other side.
+func imapFlags(t *testing.T, srv *cyrustest.Server, user, pass string, mailboxes ...string) map[string][][]imap.Flag {
+	t.Helper()
+	c, err := imapclient.DialInsecure(srv.IMAPAddr(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][][]imap.Flag{}
+	for _, mbox := range mailboxes {
+		sel, err := c.Select(mbox, nil).Wait()
+		if err != nil {
+			t.Fatalf("SELECT %s: %v", mbox, err)
+		}
+		out[mbox] = [][]imap.Flag{}
+		if sel.NumMessages == 0 {
+			continue
+		}
+		var all imap.SeqSet
+		all.AddRange(1, sel.NumMessages)
+		msgs, err := c.Fetch(all, &imap.FetchOptions{Flags: true}).Collect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			out[mbox] = append(out[mbox], m.Flags)
+		}
+	}
+	return out
+}
+
+// The delete modes on Cyrus, seen from its IMAP: seen sets \Seen and
+// keeps the message; trash moves it into the configured trash, made at
+// the first delete since no Mailbox has role trash, and calls copied;
+// keep changes nothing.
+func TestCyrusDeleteModes(t *testing.T) {
+	srv := cyrustest.Start(t, map[string]string{"bob": "secret"})
+	for i := 1; i <= 3; i++ {
+		srv.AppendDated(t, "bob", time.Unix(int64(1_700_000_000+i), 0), []byte(fmt.Sprintf("Subject: %d\r\n\r\nbody %d\r\n", i, i)))
+	}
+	store, _ := newCyrusStore(t, srv)
+	ctx := context.Background()
+	sess, err := store.Login(ctx, jmap.Credentials{Username: "bob", Password: "secret"}, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := sess.Snapshot(ctx)
+	if err != nil || len(entries) != 3 {
+		t.Fatalf("Snapshot: %v, %d", err, len(entries))
+	}
+	if err := sess.DeleteJournaled(ctx, []upstream.ID{entries[0].ID}, upstream.DeleteKeep, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.DeleteJournaled(ctx, []upstream.ID{entries[0].ID}, upstream.DeleteSeen, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := sess.FindTrash(ctx, "Bin"); err != nil || tr.Exists || tr.Mailbox != "Bin" {
+		t.Fatalf("FindTrash before the first move: %+v, %v", tr, err)
+	}
+	copied := 0
+	if err := sess.DeleteJournaled(ctx, []upstream.ID{entries[1].ID, entries[2].ID}, upstream.DeleteTrash, "Bin", func() error { copied++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if copied != 1 {
+		t.Errorf("copied called %d times, want once", copied)
+	}
+	flags := imapFlags(t, srv, "bob", "secret", "INBOX", "Bin")
+	if len(flags["INBOX"]) != 1 || !slices.Contains(flags["INBOX"][0], imap.FlagSeen) || len(flags["Bin"]) != 2 {
+		t.Fatalf("after seen and trash: %v", flags)
+	}
+	if tr, err := sess.FindTrash(ctx, "Bin"); err != nil || !tr.Exists || tr.Served {
+		t.Fatalf("FindTrash after the first move: %+v, %v", tr, err)
+	}
+	if _, err := sess.Refresh(ctx); err != nil || sess.Selected().Messages != 1 {
+		t.Fatalf("Refresh: %+v, %v", sess.Selected(), err)
 	}
 }

@@ -41,7 +41,7 @@ func (d *double) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer d.mu.Unlock()
 	d.requests = append(d.requests, r.Method+" "+r.URL.Path)
 	d.times = append(d.times, time.Now())
-	if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != "secret" {
+	if u, p, ok := r.BasicAuth(); (!ok || u != "alice" || p != "secret") && r.Header.Get("Authorization") != "Bearer tok-1" {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
@@ -264,4 +264,44 @@ func TestDoubleCannotCalculateChanges(t *testing.T) {
 	if err != nil || len(entries) != 4 {
 		t.Fatalf("Snapshot: %v, %d entries", err, len(entries))
 	}
+}
+
+// A bearer token logs in as a password does; at most
+// maxConcurrentRequests (2 here) requests are in flight, a body being
+// read counting as one until it is closed.
+func TestDoubleBearerAndConcurrency(t *testing.T) {
+	d := &double{msgs: []string{"a\r\n", "b\r\n", "c\r\n"}}
+	s := startDouble(t, d, jmap.Options{})
+	ctx := context.Background()
+	if _, err := s.Login(ctx, jmap.Credentials{Username: "alice", Token: "tok-2"}, "INBOX"); !errors.Is(err, upstream.ErrAuthFailed) {
+		t.Fatalf("a refused token: %v", err)
+	}
+	sess, err := s.Login(ctx, jmap.Credentials{Username: "alice", Token: "tok-1"}, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := sess.Snapshot(ctx)
+	if err != nil || len(entries) != 3 {
+		t.Fatalf("Snapshot: %v, %d", err, len(entries))
+	}
+	var open []io.ReadCloser
+	for _, e := range entries[:2] {
+		body, err := sess.Open(ctx, e.ID, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, body)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := sess.Open(short, entries[2].ID, 0, -1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a third request with two bodies open: %v, want it to wait", err)
+	}
+	open[0].Close()
+	body, err := sess.Open(ctx, entries[2].ID, 0, -1)
+	if err != nil {
+		t.Fatalf("after a body was closed: %v", err)
+	}
+	body.Close()
+	open[1].Close()
 }
