@@ -75,6 +75,34 @@ users:
 	}
 }
 
+// Preset fastmail-jmap: Fastmail's JMAP session URL and an app password,
+// deletes into the trash; protocol jmap is served.
+func TestFastmailJMAPPreset(t *testing.T) {
+	c := mustParse(t, `
+listen:
+  pop3: "127.0.0.1:1110"
+upstreams:
+  fm:
+    provider: fastmail-jmap
+users:
+  alice:
+    password_hash: "`+testHash+`"
+    upstream: fm
+    upstream_user: alice@fastmail.com
+    upstream_password_env: ALICE_PW
+`)
+	u := c.Upstreams["fm"]
+	if u.Protocol != ProtocolJMAP || u.Address != "https://api.fastmail.com/jmap/session" || u.Auth != AuthPassword || u.OAuthEnabled() {
+		t.Errorf("upstream %+v", u)
+	}
+	if u.OnDelete != upstream.DeleteTrash || u.TrashMailbox != "Trash" || u.Mailbox != "INBOX" {
+		t.Errorf("on_delete %s into %q from %q", u.OnDelete, u.TrashMailbox, u.Mailbox)
+	}
+	if err := u.Served(); err != nil {
+		t.Errorf("Served() = %v", err)
+	}
+}
+
 func TestProtocolProblems(t *testing.T) {
 	oauth := `
     oauth2:
