@@ -34,6 +34,11 @@ type double struct {
 	short int
 	// noChanges answers Email/queryChanges with cannotCalculateChanges.
 	noChanges bool
+	// pageCap, when set, returns at most that many ids per Email/query,
+	// whatever the limit (RFC 8620 §5.5 allows a server to).
+	pageCap int
+	// churn changes the state at every Email/query.
+	churn bool
 }
 
 func (d *double) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -108,6 +113,13 @@ func (d *double) api(w http.ResponseWriter, r *http.Request) {
 			page := ids[min(int(pos), len(ids)):]
 			if l, ok := args["limit"].(float64); ok && int(l) < len(page) {
 				page = page[:int(l)]
+			}
+			if d.pageCap > 0 && len(page) > d.pageCap {
+				page = page[:d.pageCap]
+			}
+			if d.churn {
+				d.state++
+				state = fmt.Sprint(d.state)
 			}
 			queried = page
 			res = map[string]any{"queryState": state, "canCalculateChanges": true, "position": pos, "ids": page, "total": len(ids)}
@@ -263,6 +275,22 @@ func TestDoubleCannotCalculateChanges(t *testing.T) {
 	entries, err := sess.Snapshot(ctx)
 	if err != nil || len(entries) != 4 {
 		t.Fatalf("Snapshot: %v, %d entries", err, len(entries))
+	}
+	// A server returning fewer ids than asked for: the total ends the
+	// listing, not a short page.
+	d.mu.Lock()
+	d.pageCap = 1
+	d.mu.Unlock()
+	if entries, err := sess.Snapshot(ctx); err != nil || len(entries) != 4 {
+		t.Fatalf("Snapshot by pages of one: %v, %d entries", err, len(entries))
+	}
+	// A mailbox that changes between every two pages is never listed
+	// from pages of different states.
+	d.mu.Lock()
+	d.churn = true
+	d.mu.Unlock()
+	if entries, err := sess.Snapshot(ctx); !errors.Is(err, jmap.ErrTemporary) {
+		t.Fatalf("Snapshot of a churning mailbox: %v, %d entries; want ErrTemporary", err, len(entries))
 	}
 }
 

@@ -300,13 +300,36 @@ func (c *Session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 		return nil, errClosed
 	}
 	page := min(maxPage, c.c.sess.maxGet)
-	var emails []emailJSON
+	// Pages of one listing must come from one state: a change between
+	// two pages shifts the positions (RFC 8620 §5.5), so the listing
+	// starts again, a few times at most.
+	for attempt := 0; ; attempt++ {
+		emails, state, err := c.pages(ctx, page)
+		if err != nil {
+			return nil, err
+		}
+		if state != "" {
+			if state != c.info.State && c.info.State != "" {
+				// The mailbox changed since its state was taken: the
+				// listing is of now, and so is the state from here on.
+				c.info.State, c.info.Messages = state, len(emails)
+			}
+			return c.entries(emails), nil
+		}
+		if attempt == 2 {
+			return nil, fmt.Errorf("%w: the mailbox changed while it was listed, three times", ErrTemporary)
+		}
+	}
+}
+
+// pages lists the mailbox page by page; state is its queryState, or ""
+// when it changed between two pages.
+func (c *Session) pages(ctx context.Context, page int) (emails []emailJSON, state string, err error) {
 	for position := 0; ; {
 		args := c.query()
 		args["position"], args["limit"] = position, page
 		var q queryJSON
 		var got getEmails
-		var err error
 		if c.c.sess.maxCalls >= 2 {
 			err = c.c.call(ctx, "list", []invocation{
 				{"Email/query", args, "q"},
@@ -318,20 +341,24 @@ func (c *Session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 			}
 		}
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
-		if position == 0 && q.QueryState != c.info.State && c.info.State != "" && q.Total != nil {
-			// The mailbox changed since the state was taken: the listing
-			// is of now, and so is the state from here on.
-			c.info.State, c.info.Messages = q.QueryState, *q.Total
+		if q.QueryState == "" {
+			return nil, "", &Error{Op: "list", Type: "no queryState", kind: ErrBadResponse}
 		}
+		if position > 0 && q.QueryState != state {
+			return nil, "", nil
+		}
+		state = q.QueryState
 		emails = append(emails, got.List...)
 		position += len(q.IDs)
-		if len(q.IDs) < page || len(q.IDs) == 0 || (q.Total != nil && position >= *q.Total) {
-			break
+		// A server may return fewer ids than the limit asked for
+		// (RFC 8620 §5.5): only the total, or an empty page, ends the
+		// listing.
+		if len(q.IDs) == 0 || (q.Total != nil && position >= *q.Total) || (q.Total == nil && len(q.IDs) < page) {
+			return emails, state, nil
 		}
 	}
-	return c.entries(emails), nil
 }
 
 // entries turns Emails into the listing's entries, sorted by (receivedAt,
