@@ -14,7 +14,9 @@ var (
 )
 
 // JMAPStore is a JMAP server (RFC 8620/8621) as an upstream's Store: an
-// OAuth2 login sends its token as a bearer token, any other HTTP Basic.
+// OAuth2 login (upstream.Bearer) sends its token as a bearer token and
+// asks the token source again when one is refused; any other login is
+// HTTP Basic.
 func JMAPStore(s *jmap.Store) Store { return jmapStore{s} }
 
 type jmapStore struct{ s *jmap.Store }
@@ -22,7 +24,7 @@ type jmapStore struct{ s *jmap.Store }
 func (s jmapStore) Login(ctx context.Context, login StoreLogin) (Session, error) {
 	creds := jmap.Credentials{Username: login.Username, Password: login.Password}
 	if login.OAuth2 != "" {
-		creds.Token = login.Token
+		creds.Token, creds.Tokens = login.Token, login.Tokens
 	}
 	sess, err := s.s.Login(ctx, creds, login.Mailbox)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -62,13 +63,15 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 		snap := &snapshot{state: state, entries: last.entries, ids: last.ids}
 		return g.assign(ctx, maildrop, snap, nil, shared)
 	}
-	if snap, changed := g.merged(ctx, sess, last, state, shared, log); snap != nil {
+	if snap, changed := g.merged(ctx, sess, last, shared, log); snap != nil {
 		return g.assign(ctx, maildrop, snap, changed, shared)
 	}
 	entries, err := sess.Snapshot(ctx)
 	if err != nil {
 		return listed{}, err
 	}
+	// A store may learn the mailbox's state only by listing it (Graph).
+	state = sess.Selected()
 	ids, previous := identitiesWithPrevious(entries)
 	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids}
 	if err := checkIDs(snap.entries); err != nil {
@@ -147,16 +150,26 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 // the store cannot say, or its answer does not add up. With the state
 // store's answer remembered and not shared, the merged listing carries it
 // for every message but those.
-func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, state upstream.Mailbox, shared bool, log *slog.Logger) (*snapshot, []int) {
+func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, shared bool, log *slog.Logger) (*snapshot, []int) {
 	cl, ok := sess.(changeLister)
-	if !ok || last == nil || state.State == "" || last.state.Epoch != state.Epoch {
+	state := sess.Selected()
+	if !ok || last == nil || last.state.Epoch != state.Epoch {
 		return nil, nil
 	}
 	ch, err := cl.Changes(ctx, last.state)
 	if err != nil {
-		log.Warn("listing the mailbox's changes failed; listing every message", "err", err)
+		if state.State == "" {
+			// A store that cannot tell its state (IMAP without UIDNEXT)
+			// cannot tell its changes either: no news.
+			log.Debug("listing the mailbox's changes failed; listing every message", "err", err)
+		} else {
+			log.Warn("listing the mailbox's changes failed; listing every message", "err", err)
+		}
 		return nil, nil
 	}
+	// A store that learns its state only while listing its changes
+	// (Graph: the delta round's link) reports it now.
+	state = sess.Selected()
 	snap, changed, why := mergeChanges(last, ch, state, last.uidls != nil && !shared)
 	if snap == nil {
 		log.Warn("the mailbox's changes do not add up; listing every message", "why", why)
@@ -170,6 +183,20 @@ func (g *Gateway) merged(ctx context.Context, sess Session, last *snapshot, stat
 // to the mailbox in state; why says what did not. withUIDLs copies the
 // state store's answer for the messages that stay.
 func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, withUIDLs bool) (snap *snapshot, changed []int, why string) {
+	if len(ch.Changed) > 0 {
+		// Of the messages that came or changed, those the last listing
+		// does not hold came.
+		listed := make(map[upstream.ID]bool, len(last.entries))
+		for _, e := range last.entries {
+			listed[e.ID] = true
+		}
+		ch.Added = slices.Clip(ch.Added)
+		for _, e := range ch.Changed {
+			if !listed[e.ID] {
+				ch.Added = append(ch.Added, e)
+			}
+		}
+	}
 	added := make(map[upstream.ID]bool, len(ch.Added))
 	for _, e := range ch.Added {
 		if e.ID == "" || added[e.ID] {

@@ -23,7 +23,8 @@ import (
 // that has none (RFC 1939 §11; Dovecot's pop3d counts the same). The
 // listing starts from the server's RFC822.SIZE, which is that count for a
 // correct server, or from the exact size the cache recorded when the
-// message was last read through this gateway. A server
+// message was last read through this gateway; a store that knows no size
+// has each such message read once at login (measure.go). A server
 // can be wrong (bare LF stored as is, or a provider's estimate), and the
 // only proof is the message itself: every read counts the octets it
 // produces, and when the count differs, the exact one is recorded, so
@@ -101,6 +102,11 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
 		m.sizes = append(m.sizes, size)
 	}
+	measured, err := m.measureUnknown(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g.snaps.sized(acct.maildrop(), list.snapshot, measured)
 	m.ahead = newFetcher(ctx, m)
 	return m, nil
 }

@@ -1,7 +1,8 @@
 // Package proxy holds the POP3 rules every mail store shares, once, above
 // the store seam (Store and Session): it decides which upstream account a
 // login maps to, logs in there, fixes the message list for the session,
-// corrects a size the store got wrong, serves messages through the cache,
+// measures a size the store does not know (measure.go) and corrects one it
+// got wrong, serves messages through the cache,
 // fetches ahead, resumes a transfer cut off, and applies deletions at QUIT
 // in the upstream's mode. What must outlive a session (each message's UIDL,
 // the messages deleted but kept upstream, deletes not finished yet) it keeps
@@ -46,7 +47,8 @@ type Upstream struct {
 	// session for the next login; 0 means DefaultPoolIdle, negative none.
 	KeepConnection time.Duration
 	// OAuth2 is the SASL mechanism for mapped users' OAuth2 access tokens,
-	// upstream.XOAuth2 or upstream.OAuthBearer; empty for passwords.
+	// upstream.XOAuth2 or upstream.OAuthBearer, or upstream.Bearer for a
+	// store that sends them in HTTP; empty for passwords.
 	OAuth2 string
 	// Store is where the mail is, when it is not the IMAP server at
 	// Server: another kind of store, or one in memory for tests.
@@ -422,9 +424,10 @@ func (g *Gateway) reuse(ctx context.Context, acct *account) Session {
 // open logs in to the account's store and opens the mailbox.
 func (g *Gateway) open(ctx context.Context, acct *account) (Session, error) {
 	sess, err := g.login(ctx, acct, false)
-	if acct.token != nil && errors.Is(err, upstream.ErrAuthFailed) {
+	if acct.token != nil && acct.upstream.OAuth2 != upstream.Bearer && errors.Is(err, upstream.ErrAuthFailed) {
 		// The provider may have revoked the access token before its
-		// expiry; one more try with a fresh token tells.
+		// expiry; one more try with a fresh token tells. A store that
+		// takes the token source (Bearer) has tried that already.
 		sess, err = g.login(ctx, acct, true)
 	}
 	return sess, err
@@ -440,7 +443,7 @@ func (g *Gateway) login(ctx context.Context, acct *account, refresh bool) (Sessi
 		if err != nil {
 			return nil, err
 		}
-		login.OAuth2, login.Token, login.Password = up.OAuth2, token, ""
+		login.OAuth2, login.Token, login.Tokens, login.Password = up.OAuth2, token, acct.token, ""
 	}
 	return up.store().Login(ctx, login)
 }

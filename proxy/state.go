@@ -62,6 +62,17 @@ type SharedStateStore interface {
 	SharedWithOtherProcesses()
 }
 
+// SizeStore is a StateStore that also keeps the exact sizes the gateway
+// measured for messages their store lists without one
+// (upstream.SizeUnknown: Graph), by identity, so that a restarted gateway
+// does not read them again. The message an identity names never changes.
+type SizeStore interface {
+	// Sizes returns the size recorded for each of ids, -1 where none is.
+	Sizes(ctx context.Context, maildrop string, ids []string) ([]int64, error)
+	// SetSizes records sizes[i] as the size of ids[i].
+	SetSizes(ctx context.Context, maildrop string, ids []string, sizes []int64) error
+}
+
 // SetState replaces the in-memory state store, for instance by one on disk
 // or shared among replicas. A store must be used by one Gateway only,
 // unless it is a SharedStateStore. Call it before serving.
@@ -350,6 +361,7 @@ type memoryMaildrop struct {
 	uidls   map[string]string // identity -> UIDL
 	holders map[string]string // UIDL -> identity
 	hidden  map[string]bool
+	sizes   map[string]int64
 	journal []byte
 }
 
@@ -361,7 +373,7 @@ func NewMemoryState() *MemoryState {
 func (s *MemoryState) maildrop(name string) *memoryMaildrop {
 	md := s.maildrops[name]
 	if md == nil {
-		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]string{}, hidden: map[string]bool{}}
+		md = &memoryMaildrop{uidls: map[string]string{}, holders: map[string]string{}, hidden: map[string]bool{}, sizes: map[string]int64{}}
 		s.maildrops[name] = md
 	}
 	return md
@@ -421,6 +433,33 @@ func (s *MemoryState) Hide(_ context.Context, maildrop string, ids []string) err
 	md := s.maildrop(maildrop)
 	for _, id := range ids {
 		md.hidden[id] = true
+	}
+	return nil
+}
+
+// Sizes implements SizeStore.
+func (s *MemoryState) Sizes(_ context.Context, maildrop string, ids []string) ([]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	sizes := make([]int64, len(ids))
+	for i, id := range ids {
+		n, ok := md.sizes[id]
+		if !ok {
+			n = -1
+		}
+		sizes[i] = n
+	}
+	return sizes, nil
+}
+
+// SetSizes implements SizeStore.
+func (s *MemoryState) SetSizes(_ context.Context, maildrop string, ids []string, sizes []int64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	md := s.maildrop(maildrop)
+	for i, id := range ids {
+		md.sizes[id] = sizes[i]
 	}
 	return nil
 }

@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/graph"
 )
 
 // The store seam. The POP3 rules every store shares (the listing fixed at
@@ -33,8 +35,12 @@ type StoreLogin struct {
 	Password string
 	// OAuth2 is the SASL mechanism (upstream.XOAuth2 or
 	// upstream.OAuthBearer) for Token; empty for Password.
-	OAuth2  string
-	Token   string
+	OAuth2 string
+	Token  string
+	// Tokens, with OAuth2, is where Token came from, for a store that
+	// logs in at every request (HTTP APIs such as Graph): it asks for a
+	// fresh token (refresh set) when one is refused mid-session.
+	Tokens  func(ctx context.Context, refresh bool) (string, error)
 	Mailbox string
 }
 
@@ -51,7 +57,10 @@ type Session interface {
 	// found it.
 	Selected() upstream.Mailbox
 	// Snapshot lists every message with its ID, size as the store knows
-	// it, suggested UIDL and what identifies it across a change of IDs.
+	// it (or upstream.SizeUnknown), suggested UIDL and what identifies it
+	// across a change of IDs. A store that learns the mailbox's state
+	// only by listing it (Graph: the delta link) reports that state
+	// through Selected afterwards, and so after Changes.
 	Snapshot(ctx context.Context) ([]upstream.Entry, error)
 	// Open streams the raw octets of a message: whole when n < 0,
 	// otherwise at most n octets from offset on (TOP, resumed transfers).
@@ -139,6 +148,35 @@ func (s imapStore) Login(ctx context.Context, login StoreLogin) (Session, error)
 	}
 	return sess, nil
 }
+
+// GraphStore joins a Microsoft Graph store to the seam. Graph takes
+// OAuth2 bearer tokens only, from the login's token source, which its
+// client asks again, once, when Graph refuses one mid-session.
+func GraphStore(s *graph.Store) Store { return graphStore{s} }
+
+type graphStore struct{ store *graph.Store }
+
+func (s graphStore) Login(ctx context.Context, login StoreLogin) (Session, error) {
+	if login.Tokens == nil {
+		return nil, fmt.Errorf("graph: %w: Microsoft Graph takes OAuth2 tokens, not passwords", upstream.ErrAuthFailed)
+	}
+	return s.store.Login(ctx, tokenFunc(login.Tokens), login.Mailbox)
+}
+
+// tokenFunc is a token source made of a function.
+type tokenFunc func(ctx context.Context, refresh bool) (string, error)
+
+func (f tokenFunc) AccessToken(ctx context.Context, refresh bool) (string, error) {
+	return f(ctx, refresh)
+}
+
+// The Graph session lists its changes and reads several messages at once.
+var (
+	_ Session      = (*graph.Session)(nil)
+	_ batchOpener  = (*graph.Session)(nil)
+	_ changeLister = (*graph.Session)(nil)
+	_ trashFinder  = (*graph.Session)(nil)
+)
 
 // store is the upstream's Store: its own, or its IMAP server.
 func (up *Upstream) store() Store {

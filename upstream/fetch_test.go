@@ -16,19 +16,25 @@ import (
 	"github.com/pop3gw/gateway/upstream"
 )
 
-func entriesOf(uids ...uint32) []upstream.Entry {
-	var out []upstream.Entry
+// uidSize is what these tests compare of an entry.
+type uidSize struct {
+	ID   upstream.ID
+	Size int64
+}
+
+func entriesOf(uids ...uint32) []uidSize {
+	var out []uidSize
 	for _, uid := range uids {
-		out = append(out, upstream.Entry{ID: idOf(uid), Size: int64(len(message(int(uid))))})
+		out = append(out, uidSize{ID: idOf(uid), Size: int64(len(message(int(uid))))})
 	}
 	return out
 }
 
 // uidSizes keeps only the ID and size of each entry.
-func uidSizes(entries []upstream.Entry) []upstream.Entry {
-	out := make([]upstream.Entry, len(entries))
+func uidSizes(entries []upstream.Entry) []uidSize {
+	out := make([]uidSize, len(entries))
 	for i, e := range entries {
-		out[i] = upstream.Entry{ID: e.ID, Size: e.Size}
+		out[i] = uidSize{ID: e.ID, Size: e.Size}
 	}
 	return out
 }
@@ -125,12 +131,21 @@ func TestSnapshotOrder(t *testing.T) {
 	}
 	// IDs are the UIDs in decimal; the UIDLs are Dovecot's default
 	// format, as they were before IDs were strings.
-	want := []upstream.Entry{
+	type idSizeUIDL struct {
+		ID   upstream.ID
+		Size int64
+		UIDL string
+	}
+	want := []idSizeUIDL{
 		{ID: "5", Size: 10, UIDL: "0000000500000007"},
 		{ID: "3000000000", Size: 20, UIDL: "b2d05e0000000007"},
 		{ID: "4000000000", Size: 30, UIDL: "ee6b280000000007"},
 	}
-	if !slices.Equal(got, want) {
+	var gotIDs []idSizeUIDL
+	for _, e := range got {
+		gotIDs = append(gotIDs, idSizeUIDL{e.ID, e.Size, e.UIDL})
+	}
+	if !slices.Equal(gotIDs, want) {
 		t.Errorf("Snapshot = %v, want %v", got, want)
 	}
 }

@@ -17,6 +17,9 @@ const (
 	XOAuth2 = "XOAUTH2"
 	// OAuthBearer is the standard mechanism of RFC 7628.
 	OAuthBearer = "OAUTHBEARER"
+	// Bearer is no SASL mechanism: a store spoken to over HTTP (Graph)
+	// sends the token in the Authorization header (RFC 6750 §2.1).
+	Bearer = "BEARER"
 )
 
 // LoginOAuth2 authenticates with an OAuth2 access token through mech,

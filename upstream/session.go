@@ -412,6 +412,10 @@ func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]uidEntry, error
 				e.Size = item.Size
 			case imapclient.FetchItemDataFlags:
 				e.Deleted = slices.Contains(item.Flags, imap.FlagDeleted)
+				e.Flags = make([]string, len(item.Flags))
+				for i, f := range item.Flags {
+					e.Flags[i] = string(f)
+				}
 			case imapclient.FetchItemDataInternalDate:
 				e.InternalDate = item.Time
 			case imapclient.FetchItemDataBodySection:

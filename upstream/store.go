@@ -36,8 +36,11 @@ type Mailbox struct {
 
 // Entry is one message of a listing.
 type Entry struct {
-	ID   ID
-	Size int64 // the size as the store reports it, which may be wrong
+	ID ID
+	// Size is the size as the store reports it, which may be wrong, or
+	// SizeUnknown from a store that has none to give (Graph: the message
+	// resource has no MIME size); the gateway then measures the message.
+	Size int64
 	// Deleted is set when the store will remove the message at its next
 	// clean-up by anyone (IMAP: \Deleted, RFC 9051 §2.3.2).
 	Deleted bool
@@ -55,7 +58,16 @@ type Entry struct {
 	// §2.3.3).
 	MessageID    string
 	InternalDate time.Time
+	// Flags are the message's flags and keywords as the store gave them
+	// (IMAP: RFC 9051 §2.3.2), for exports that keep \Seen, \Answered
+	// and the rest.
+	Flags []string
 }
+
+// SizeUnknown is the Size of an Entry whose store does not know it. POP3
+// lists exact sizes (RFC 1939 §11), so the gateway reads such a message
+// once, counting what RETR would send, before it lists it.
+const SizeUnknown = -1
 
 // Changes is how a mailbox changed since an earlier state of it in the
 // same Epoch.
@@ -66,6 +78,11 @@ type Changes struct {
 	// Removed lists the IDs of messages of the earlier listing that
 	// went, for a store that knows them (JMAP: Email/changes destroyed).
 	Removed []ID
+	// Changed lists messages that came or changed, for a store that
+	// cannot tell which (Graph's delta query reports both alike): those
+	// of the earlier listing stay as they were, the others came, in the
+	// order given, after Added.
+	Changed []Entry
 	// Kept, when not nil, tells whether a message of the earlier
 	// listing is still there, for a store that knows what is present
 	// rather than what went (IMAP: the UIDs a UID SEARCH finds).

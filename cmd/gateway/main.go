@@ -9,6 +9,8 @@
 //	gateway oauth2 login -config FILE -user NAME
 //	                              authorise the gateway for a user's OAuth2 upstream
 //	gateway secrets new-key       create the key that seals stored secrets
+//	gateway export -config FILE -user NAME -to DIR
+//	                              copy a user's mail to .eml files, a Maildir or mbox
 //	gateway version               print version information
 package main
 
@@ -40,6 +42,10 @@ commands:
                        create the key that seals stored tokens and passwords
   secrets set-password -config FILE -user NAME
                        seal a user's upstream password into its upstream_password_file
+  export -config FILE -user NAME -to DIR [-format eml|maildir|mbox] [-mailbox NAME | -all]
+         [-since DATE] [-limit-rate BYTES/s] [-connections N] [-verify]
+  export -provider NAME -login ADDRESS -to DIR [...]
+                       copy an account's mail to .eml files, a Maildir or mbox (incremental, resumable)
   healthcheck [-url URL]
                        exit 0 if a running gateway's /healthz answers 200 (for containers)
   version              print version, commit and Go version
@@ -65,6 +71,8 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 		return secretsCmd(args[1:], stdin, stdout, stderr)
 	case "healthcheck":
 		return healthcheckCmd(args[1:], stdout, stderr)
+	case "export":
+		return exportCmd(args[1:], stdin, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return 0

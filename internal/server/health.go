@@ -113,12 +113,36 @@ func (h *health) probe(ctx context.Context, servers map[string]upstream.Server) 
 		if srv.Timeout <= 0 {
 			srv.Timeout = probeTimeout
 		}
+		if strings.HasPrefix(srv.Address, "https://") || strings.HasPrefix(srv.Address, "http://") {
+			h.record(name, probeHTTP(ctx, srv))
+			continue
+		}
 		obs := srv.Observe
 		srv.Observe = h.observe(name, obs)
 		if sess, err := upstream.Dial(ctx, &srv); err == nil {
 			sess.Close()
 		}
 	}
+}
+
+// probeHTTP asks an API store (Graph) for its base URL without a token:
+// any HTTP answer, a 401 included, shows the service reachable.
+func probeHTTP(ctx context.Context, srv upstream.Server) error {
+	ctx, cancel := context.WithTimeout(ctx, srv.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.Address, nil)
+	if err != nil {
+		return err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = srv.TLSConfig
+	tr.DisableKeepAlives = true
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	return resp.Body.Close()
 }
 
 // run probes until ctx is done; servers returns the current upstreams.

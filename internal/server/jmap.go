@@ -12,7 +12,8 @@ import (
 
 // jmapUpstream makes the upstream a JMAP store (RFC 8620/8621): address
 // is its session URL, or the server's base URL; auth password is HTTP
-// Basic, oauth2 a bearer token.
+// Basic, oauth2 a bearer token (upstream.Bearer: the store asks the
+// token source again when one is refused).
 func jmapUpstream(pu *proxy.Upstream, u *config.Upstream, tlsConfig *tls.Config) error {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConfig
@@ -23,10 +24,5 @@ func jmapUpstream(pu *proxy.Upstream, u *config.Upstream, tlsConfig *tls.Config)
 		return err
 	}
 	pu.Store = proxy.JMAPStore(store)
-	if u.Auth == config.AuthOAuth2 {
-		// Any non-empty mechanism makes the proxy fetch the user's
-		// access token; the JMAP store sends it as a bearer token.
-		pu.OAuth2 = config.AuthOAuth2
-	}
 	return nil
 }

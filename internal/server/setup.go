@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/pop3gw/gateway/internal/state/redisstate"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/graph"
 )
 
 // setup turns the file's settings into the proxy's. It outlives reloads:
@@ -59,7 +61,8 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	var key *secrets.Key
 	clients := make(map[string]*oauth.Client)
 	for name, u := range cfg.Upstreams {
-		// The Graph store is not joined to POP3 yet: refuse at start
+		// A protocol without its store is refused at start rather than
+		// an API URL dialled as an IMAP server.
 		// rather than dial an API URL as an IMAP server.
 		if err := u.Served(); err != nil {
 			return nil, err
@@ -86,17 +89,28 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 		if st.observe != nil {
 			pc.Upstreams[name].Server.Observe = st.observe(name)
 		}
-		if u.OAuthEnabled() {
-			pc.Upstreams[name].OAuth2 = map[string]string{
-				config.AuthXOAuth2: upstream.XOAuth2, config.AuthOAuthBearer: upstream.OAuthBearer,
-			}[u.Auth]
-			if clients[name], err = oauthClient(u); err != nil {
+		if u.Protocol == config.ProtocolGraph {
+			opts := graph.Options{
+				BaseURL:    u.Address,
+				HTTPClient: graphHTTP(tlsConfig, time.Duration(u.Timeout)),
+				Timeout:    time.Duration(u.Timeout),
+			}
+			if st.observe != nil {
+				opts.Observe = st.observe(name)
+			}
+			pc.Upstreams[name].Store = proxy.GraphStore(graph.NewStore(opts))
+		}
+		if u.Protocol == config.ProtocolJMAP {
+			if err := jmapUpstream(pc.Upstreams[name], u, tlsConfig); err != nil {
 				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
 			}
 		}
-		switch u.Protocol {
-		case config.ProtocolJMAP:
-			if err := jmapUpstream(pc.Upstreams[name], u, tlsConfig); err != nil {
+		if u.OAuthEnabled() {
+			pc.Upstreams[name].OAuth2 = map[string]string{
+				config.AuthXOAuth2: upstream.XOAuth2, config.AuthOAuthBearer: upstream.OAuthBearer,
+				config.AuthOAuth2: upstream.Bearer,
+			}[u.Auth]
+			if clients[name], err = oauthClient(u); err != nil {
 				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
 			}
 		}
@@ -134,6 +148,19 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 		pc.Passthrough = &proxy.Passthrough{Upstream: pt.Upstream, Domains: domains}
 	}
 	return pc, nil
+}
+
+// graphHTTP is the HTTP client of a Graph upstream: its TLS settings
+// (ca_file, tls_skip_verify) and timeout.
+func graphHTTP(tlsConfig *tls.Config, timeout time.Duration) *http.Client {
+	if timeout <= 0 {
+		timeout = graph.DefaultTimeout
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConfig
+	tr.ResponseHeaderTimeout = timeout
+	tr.MaxIdleConnsPerHost = graph.DefaultConcurrency
+	return &http.Client{Transport: tr}
 }
 
 // oauthClient is the upstream's registered OAuth2 application.

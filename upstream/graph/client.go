@@ -66,6 +66,19 @@ type Options struct {
 	// NoBatch sends each delete as a request of its own rather than in
 	// JSON batches.
 	NoBatch bool
+	// Observe, when set, is told how long each call took until Graph's
+	// answer began, and how it ended, under the operation names of the
+	// IMAP store's (upstream.Server.Observe): select (the folder), list
+	// (a delta round from the start, or a listing), list-changes (a delta
+	// round from a link), fetch (a body), delete (moves, deletes,
+	// isRead, batches).
+	Observe func(op string, d time.Duration, err error)
+}
+
+// observed names each call's operation for Options.Observe.
+var observed = map[string]string{
+	"folder": "select", "list": "list", "delta": "list-changes", "open": "fetch",
+	"move": "delete", "delete": "delete", "mark-read": "delete", "batch": "delete",
 }
 
 // Client talks to one mailbox (/me of the token's user). It is safe for
@@ -178,7 +191,14 @@ type request struct {
 // do sends the request, with a fresh token once after a 401 and again
 // after throttling, and returns a response with a 2xx status whose body
 // the caller must close; the concurrency slot it holds is given back then.
-func (c *Client) do(ctx context.Context, req request) (*http.Response, error) {
+func (c *Client) do(ctx context.Context, req request) (resp *http.Response, err error) {
+	if obs := c.opts.Observe; obs != nil {
+		defer func(start time.Time) {
+			if op, ok := observed[req.op]; ok {
+				obs(op, time.Since(start), err)
+			}
+		}(time.Now())
+	}
 	target, err := c.resolve(req.path)
 	if err != nil {
 		return nil, &Error{Op: req.op, kind: err}

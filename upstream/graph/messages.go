@@ -185,7 +185,9 @@ type Delta struct {
 // longer knows gives ErrDeltaExpired: list the folder again and start a
 // new round.
 func (c *Client) Delta(ctx context.Context, folderID, link string) (*Delta, error) {
+	op := "delta"
 	if link == "" {
+		op = "list" // the whole folder
 		q := url.Values{"$select": {selected}, "$top": {strconv.Itoa(c.opts.PageSize)}}
 		link = "/me/mailFolders/" + url.PathEscape(folderID) + "/messages/delta?" + q.Encode()
 	}
@@ -194,7 +196,7 @@ func (c *Client) Delta(ctx context.Context, folderID, link string) (*Delta, erro
 	var order []string
 	changed := map[string]*Message{}
 	removed := map[string]bool{}
-	next, err := c.pages(ctx, "delta", link, ErrFolderNotFound, func(p *page) error {
+	next, err := c.pages(ctx, op, link, ErrFolderNotFound, func(p *page) error {
 		for _, m := range p.Value {
 			if m.ID == "" {
 				return fmt.Errorf("%w: a delta entry without id", ErrBadResponse)

@@ -137,6 +137,10 @@ type Credentials struct {
 	Username string
 	Password string
 	Token    string
+	// Tokens, when set, is where Token came from: a token refused
+	// (401, RFC 6750 §3.1 invalid_token) is replaced by a fresh one from
+	// it, once per request.
+	Tokens func(ctx context.Context, refresh bool) (string, error)
 }
 
 func (c Credentials) authorize(r *http.Request) {
@@ -188,7 +192,7 @@ type client struct {
 
 // discover fetches the session resource (RFC 8620 §2), following the
 // well-known URI's redirect (§2.2).
-func discover(ctx context.Context, opts *Options, creds Credentials) (*session, error) {
+func discover(ctx context.Context, opts *Options, creds *Credentials) (*session, error) {
 	var sj sessionJSON
 	final, err := getJSON(ctx, opts, creds, "session", opts.SessionURL, &sj)
 	if err != nil {
@@ -240,16 +244,15 @@ func sameOrigin(a, b *url.URL) bool {
 
 // getJSON GETs a JSON resource, following redirects on the same origin
 // only, and returns the URL it was finally read from.
-func getJSON(ctx context.Context, opts *Options, creds Credentials, op, target string, v any) (*url.URL, error) {
+func getJSON(ctx context.Context, opts *Options, creds *Credentials, op, target string, v any) (*url.URL, error) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, err
 	}
 	for hops := 0; ; hops++ {
-		resp, err := send(ctx, opts, nil, op, func() (*http.Request, error) {
+		resp, err := send(ctx, opts, nil, op, creds, func() (*http.Request, error) {
 			r, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 			if err == nil {
-				creds.authorize(r)
 				r.Header.Set("Accept", "application/json")
 			}
 			return r, err
@@ -274,11 +277,14 @@ func getJSON(ctx context.Context, opts *Options, creds Credentials, op, target s
 	}
 }
 
-// send makes an HTTP exchange, again after 429 and 503 within the
-// Retry-After cap (RFC 9110 §10.2.3, §15.6.4; RFC 6585 §4), and turns
-// 401 into upstream.ErrAuthFailed. Redirects are returned, not followed.
-// slots, when not nil, is held until the response body is closed.
-func send(ctx context.Context, opts *Options, slots chan struct{}, op string, build func() (*http.Request, error)) (*http.Response, error) {
+// send makes an HTTP exchange with the credentials, again after 429 and
+// 503 within the Retry-After cap (RFC 9110 §10.2.3, §15.6.4; RFC 6585
+// §4), and once with a fresh token after a 401 where the credentials have
+// a token source; another 401 is upstream.ErrAuthFailed. Redirects are
+// returned, not followed. slots, when not nil, is held until the response
+// body is closed.
+func send(ctx context.Context, opts *Options, slots chan struct{}, op string, creds *Credentials, build func() (*http.Request, error)) (*http.Response, error) {
+	refreshed := false
 	for attempt := 0; ; attempt++ {
 		if slots != nil {
 			select {
@@ -300,6 +306,7 @@ func send(ctx context.Context, opts *Options, slots chan struct{}, op string, bu
 			return nil, err
 		}
 		req = req.WithContext(rctx)
+		creds.authorize(req)
 		hc := *opts.HTTPClient
 		hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 		resp, err := hc.Do(req)
@@ -316,6 +323,17 @@ func send(ctx context.Context, opts *Options, slots chan struct{}, op string, bu
 			release(resp)
 			cancel()
 			free()
+			if s == http.StatusUnauthorized && creds.Token != "" && creds.Tokens != nil && !refreshed {
+				// The token expired or was revoked since it was handed
+				// out: ask for a fresh one, once.
+				refreshed = true
+				tok, err := creds.Tokens(ctx, true)
+				if err != nil {
+					return nil, &Error{Op: op, Status: s, kind: fmt.Errorf("%w: %w", upstream.ErrAuthFailed, err)}
+				}
+				creds.Token = tok
+				continue
+			}
 			return nil, &Error{Op: op, Status: s, kind: upstream.ErrAuthFailed}
 		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
 			release(resp)
@@ -494,10 +512,9 @@ func (c *client) call(ctx context.Context, op string, calls []invocation, out ..
 	if err != nil {
 		return err
 	}
-	resp, err := send(ctx, c.opts, c.sess.slots, op, func() (*http.Request, error) {
+	resp, err := send(ctx, c.opts, c.sess.slots, op, &c.creds, func() (*http.Request, error) {
 		r, err := http.NewRequestWithContext(ctx, http.MethodPost, c.sess.apiURL.String(), bytes.NewReader(body))
 		if err == nil {
-			c.creds.authorize(r)
 			r.Header.Set("Content-Type", "application/json")
 			r.Header.Set("Accept", "application/json")
 		}
@@ -575,10 +592,9 @@ func (c *client) download(ctx context.Context, blobID string, want, offset, n in
 	if err != nil || !sameOrigin(u, c.sess.apiURL) {
 		return nil, &Error{Op: "download", kind: ErrForeignURL}
 	}
-	resp, err := send(ctx, c.opts, c.sess.slots, "download", func() (*http.Request, error) {
+	resp, err := send(ctx, c.opts, c.sess.slots, "download", &c.creds, func() (*http.Request, error) {
 		r, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 		if err == nil {
-			c.creds.authorize(r)
 			if offset > 0 || n >= 0 {
 				rng := "bytes=" + strconv.FormatInt(offset, 10) + "-"
 				if n >= 0 {

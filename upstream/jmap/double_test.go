@@ -294,7 +294,8 @@ func TestDoubleCannotCalculateChanges(t *testing.T) {
 	}
 }
 
-// A bearer token logs in as a password does; at most
+// A bearer token logs in as a password does, a refused one is replaced
+// from the token source once; at most
 // maxConcurrentRequests (2 here) requests are in flight, a body being
 // read counting as one until it is closed.
 func TestDoubleBearerAndConcurrency(t *testing.T) {
@@ -304,9 +305,15 @@ func TestDoubleBearerAndConcurrency(t *testing.T) {
 	if _, err := s.Login(ctx, jmap.Credentials{Username: "alice", Token: "tok-2"}, "INBOX"); !errors.Is(err, upstream.ErrAuthFailed) {
 		t.Fatalf("a refused token: %v", err)
 	}
-	sess, err := s.Login(ctx, jmap.Credentials{Username: "alice", Token: "tok-1"}, "INBOX")
-	if err != nil {
-		t.Fatal(err)
+	// An expired token is replaced from the token source, once.
+	var asked []bool
+	tokens := func(ctx context.Context, refresh bool) (string, error) {
+		asked = append(asked, refresh)
+		return "tok-1", nil
+	}
+	sess, err := s.Login(ctx, jmap.Credentials{Username: "alice", Token: "tok-expired", Tokens: tokens}, "INBOX")
+	if err != nil || len(asked) != 1 || !asked[0] {
+		t.Fatalf("login with an expired token: %v; token source asked %v, want once for a fresh one", err, asked)
 	}
 	entries, err := sess.Snapshot(ctx)
 	if err != nil || len(entries) != 3 {

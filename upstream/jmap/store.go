@@ -63,7 +63,7 @@ func (s *Store) Login(ctx context.Context, creds Credentials, mailbox string) (*
 	fresh := sess == nil
 	if fresh {
 		var err error
-		if sess, err = discover(ctx, &s.opts, creds); err != nil {
+		if sess, err = discover(ctx, &s.opts, &creds); err != nil {
 			return nil, err
 		}
 	}

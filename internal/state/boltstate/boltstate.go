@@ -1,7 +1,8 @@
 // Package boltstate keeps the gateway's persistent state (a
 // proxy.StateStore) in a bbolt file under the configured data_dir: the
 // UIDL given to each message, the messages hidden after a delete that
-// kept them upstream, and the journal of deletes under way.
+// kept them upstream, the journal of deletes under way, and the sizes
+// measured of messages their store lists without one (Graph).
 //
 // Every write is one bbolt transaction, which is on disk (fsync) when it
 // returns, so a UIDL the proxy shows a client survives a crash or a kill
@@ -15,6 +16,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -38,6 +40,7 @@ var (
 	uidlBucket      = []byte("uidl")   // identity -> UIDL
 	holderBucket    = []byte("holder") // UIDL -> identity
 	hiddenBucket    = []byte("hidden") // identity -> 1
+	sizeBucket      = []byte("size")   // identity -> measured size, 8 octets big-endian
 	journalKey      = []byte("journal")
 )
 
@@ -47,7 +50,10 @@ type Store struct {
 	db *bolt.DB
 }
 
-var _ proxy.StateStore = (*Store)(nil)
+var (
+	_ proxy.StateStore = (*Store)(nil)
+	_ proxy.SizeStore  = (*Store)(nil)
+)
 
 // Open opens, or creates, the state file in dir, creating dir (mode 0700)
 // if needed.
@@ -96,7 +102,7 @@ func bucket(tx *bolt.Tx, maildrop string, create bool) (*bolt.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range [][]byte{uidlBucket, holderBucket, hiddenBucket} {
+	for _, name := range [][]byte{uidlBucket, holderBucket, hiddenBucket, sizeBucket} {
 		if _, err := b.CreateBucketIfNotExists(name); err != nil {
 			return nil, err
 		}
@@ -249,6 +255,52 @@ func (s *Store) Hide(_ context.Context, maildrop string, ids []string) error {
 		hid := b.Bucket(hiddenBucket)
 		for _, id := range ids {
 			if err := hid.Put([]byte(id), []byte{1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("boltstate: %w", err)
+	}
+	return nil
+}
+
+// Sizes implements proxy.SizeStore.
+func (s *Store) Sizes(_ context.Context, maildrop string, ids []string) ([]int64, error) {
+	sizes := make([]int64, len(ids))
+	for i := range sizes {
+		sizes[i] = -1
+	}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b, _ := bucket(tx, maildrop, false)
+		if b == nil || b.Bucket(sizeBucket) == nil {
+			return nil // a file from before sizes were kept
+		}
+		sb := b.Bucket(sizeBucket)
+		for i, id := range ids {
+			if v := sb.Get([]byte(id)); len(v) == 8 {
+				sizes[i] = int64(binary.BigEndian.Uint64(v))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("boltstate: %w", err)
+	}
+	return sizes, nil
+}
+
+// SetSizes implements proxy.SizeStore.
+func (s *Store) SetSizes(_ context.Context, maildrop string, ids []string, sizes []int64) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := bucket(tx, maildrop, true)
+		if err != nil {
+			return err
+		}
+		sb := b.Bucket(sizeBucket)
+		for i, id := range ids {
+			if err := sb.Put([]byte(id), binary.BigEndian.AppendUint64(nil, uint64(sizes[i]))); err != nil {
 				return err
 			}
 		}

@@ -150,3 +150,27 @@ func TestKillDuringWrites(t *testing.T) {
 		}
 	}
 }
+
+// Sizes measured for messages listed without one are found again after a
+// restart; an identity never measured has none.
+func TestSizesSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	s := open(t, dir)
+	if sizes, err := s.Sizes(ctx, "md", []string{"a"}); err != nil || !slices.Equal(sizes, []int64{-1}) {
+		t.Fatalf("sizes of a new maildrop: %v, %v", sizes, err)
+	}
+	if err := s.SetSizes(ctx, "md", []string{"a", "b"}, []int64{0, 150 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = open(t, dir)
+	defer s.Close()
+	sizes, err := s.Sizes(ctx, "md", []string{"b", "c", "a"})
+	if err != nil || !slices.Equal(sizes, []int64{150 << 20, -1, 0}) {
+		t.Fatalf("sizes after reopening: %v, %v", sizes, err)
+	}
+	if sizes, _ := s.Sizes(ctx, "other", []string{"a"}); sizes[0] != -1 {
+		t.Fatal("a size is shared between maildrops")
+	}
+}

@@ -21,6 +21,7 @@ var (
 	_ proxy.HeldChecker = (*Store)(nil)
 	// The package stays free of proxy, whose tests use it.
 	_ proxy.SharedStateStore = (*Store)(nil)
+	_ proxy.SizeStore        = (*Store)(nil)
 	_ pop3.LoginGuard        = (*Guard)(nil)
 )
 
@@ -437,5 +438,23 @@ func TestHeld(t *testing.T) {
 	rel()
 	if held, _ := a.Held(ctx, "alice"); held {
 		t.Fatal("held after release")
+	}
+}
+
+// Sizes one replica measured are the other's; an identity never measured
+// has none.
+func TestSizesShared(t *testing.T) {
+	addr := redistest.Start(t)
+	a, b := replica(t, addr, 30*time.Second, nil), replica(t, addr, 30*time.Second, nil)
+	ctx := context.Background()
+	if err := a.SetSizes(ctx, "md", []string{"x", "y"}, []int64{0, 150 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	sizes, err := b.Sizes(ctx, "md", []string{"y", "z", "x"})
+	if err != nil || len(sizes) != 3 || sizes[0] != 150<<20 || sizes[1] != -1 || sizes[2] != 0 {
+		t.Fatalf("sizes on the other replica: %v, %v", sizes, err)
+	}
+	if sizes, _ := b.Sizes(ctx, "other", []string{"x"}); sizes[0] != -1 {
+		t.Fatal("a size is shared between maildrops")
 	}
 }

@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // The UIDL store (a proxy.StateStore) that replicas share. Per maildrop,
 // under the hash of its name: a hash identity -> UIDL, a hash UIDL ->
-// identity (so a UIDL is given once), a set of hidden identities and a
-// string holding the pending-delete journal. The keys never expire.
+// identity (so a UIDL is given once), a set of hidden identities, a
+// string holding the pending-delete journal, and a hash identity -> size
+// of the sizes measured for messages listed without one (Graph). The keys never expire.
 //
 // A write is acknowledged by Redis before the proxy shows a UIDL; that it
 // survives a restart of Redis depends on Redis's own persistence
@@ -138,6 +140,46 @@ func (s *Store) Hide(ctx context.Context, maildrop string, ids []string) error {
 	}
 	if err := s.rdb.SAdd(ctx, hiddenKey, members...).Err(); err != nil {
 		return fmt.Errorf("redisstate: hiding messages: %w", err)
+	}
+	return nil
+}
+
+// sizeKey names the maildrop's hash identity -> size measured, for
+// messages their store lists without one (Graph).
+func (s *Store) sizeKey(maildrop string) string { return s.prefix + "size:" + s.hash(maildrop) }
+
+// Sizes implements proxy.SizeStore.
+func (s *Store) Sizes(ctx context.Context, maildrop string, ids []string) ([]int64, error) {
+	sizes := make([]int64, len(ids))
+	for start := 0; start < len(ids); start += assignChunk {
+		end := min(start+assignChunk, len(ids))
+		vals, err := s.rdb.HMGet(ctx, s.sizeKey(maildrop), ids[start:end]...).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redisstate: reading measured sizes: %w", err)
+		}
+		for i, v := range vals {
+			sizes[start+i] = -1
+			if str, ok := v.(string); ok {
+				if n, err := strconv.ParseInt(str, 10, 64); err == nil && n >= 0 {
+					sizes[start+i] = n
+				}
+			}
+		}
+	}
+	return sizes, nil
+}
+
+// SetSizes implements proxy.SizeStore.
+func (s *Store) SetSizes(ctx context.Context, maildrop string, ids []string, sizes []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	fields := make([]any, 0, 2*len(ids))
+	for i, id := range ids {
+		fields = append(fields, id, strconv.FormatInt(sizes[i], 10))
+	}
+	if err := s.rdb.HSet(ctx, s.sizeKey(maildrop), fields...).Err(); err != nil {
+		return fmt.Errorf("redisstate: recording measured sizes: %w", err)
 	}
 	return nil
 }

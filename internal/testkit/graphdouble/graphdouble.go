@@ -28,7 +28,8 @@
 //     token is 401 InvalidAuthenticationToken "Access token has expired or
 //     is not yet valid." with a WWW-Authenticate: Bearer header
 //
-// Knobs for the faults: PageSize, Throttle, ThrottleBatchItems, Expire, ExpireDeltaLinks,
+// Tokens are granted one by one (Grant), or checked by an authorization
+// server of the test kit (TokensFrom). Knobs for the faults: PageSize, Throttle, ThrottleBatchItems, Expire, ExpireDeltaLinks,
 // Mailbox.Remove (another client deletes a message), messages of any
 // bytes (bare LF) and generated messages of any size (Mailbox.AddLarge),
 // Delay and Override.
@@ -72,6 +73,7 @@ type Server struct {
 	delay         time.Duration
 	override      func(w http.ResponseWriter, r *http.Request) bool
 	deltas        map[string]*deltaState // by $deltatoken or $skiptoken
+	issuer        func(token string) (user string, ok bool)
 	requests      []string
 	inFlight      map[string]int
 	maxFlight     map[string]int
@@ -129,6 +131,15 @@ func (s *Server) Grant(tok, user string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens[tok] = token{user: user}
+}
+
+// TokensFrom makes the double accept, besides granted tokens, those an
+// authorization server issued: valid names the user of a token it
+// issued (an oauthtest provider's), or refuses it.
+func (s *Server) TokensFrom(valid func(token string) (user string, ok bool)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issuer = valid
 }
 
 // Expire makes a granted token expired: requests with it get 401.
@@ -429,7 +440,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	auth, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	s.mu.Lock()
 	tok, known := s.tokens[auth]
+	issuer := s.issuer
 	s.mu.Unlock()
+	if !known && issuer != nil {
+		if user, ok := issuer(auth); ok {
+			s.Mailbox(user)
+			tok, known = token{user: user}, true
+		}
+	}
 	switch {
 	case !known:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"`)

@@ -12,7 +12,8 @@
 // message per request: fetching ahead takes them one by one. It lists its
 // changes since an earlier state with the IDs that went, as a store that
 // knows what it removed does (JMAP's Email/changes); wrap a session to
-// hide that, for a store that lists everything.
+// hide that, for a store that lists everything. UnknownSizes makes it list
+// no sizes, as Graph does.
 package memstore
 
 import (
@@ -50,6 +51,9 @@ type Store struct {
 	cutAfter int64
 	// identities makes listings carry each message's permanent id.
 	identities bool
+	// sizeless lists every message with upstream.SizeUnknown, as a store
+	// that has no MIME size does (Graph).
+	sizeless bool
 }
 
 type account struct {
@@ -199,6 +203,14 @@ func (s *Store) Renumber(user string) {
 	}
 }
 
+// UnknownSizes makes the store list its messages without sizes
+// (upstream.SizeUnknown), as Graph does, or with them again.
+func (s *Store) UnknownSizes(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sizeless = on
+}
+
 // FailDeletes makes the next n deletes fail, changing nothing.
 func (s *Store) FailDeletes(n int) {
 	s.mu.Lock()
@@ -302,6 +314,7 @@ func (c *session) Snapshot(ctx context.Context) ([]upstream.Entry, error) {
 	return entries, nil
 }
 
+// entry lists a message; s.mu must be held.
 func (s *Store) entry(m *message) upstream.Entry {
 	e := upstream.Entry{
 		ID: m.id, UIDL: string(m.id), Size: int64(len(m.body)), Deleted: m.deleted,
@@ -309,6 +322,9 @@ func (s *Store) entry(m *message) upstream.Entry {
 	}
 	if s.identities {
 		e.Identity = m.hash
+	}
+	if s.sizeless {
+		e.Size = upstream.SizeUnknown
 	}
 	return e
 }
