@@ -68,6 +68,13 @@ var Presets = map[string]Preset{
 		Address: "imap.fastmail.com:993", TLS: upstream.SecurityImplicit, Auth: AuthPassword,
 		OnDelete: upstream.DeleteTrash, Trash: "Trash",
 	},
+	// Fastmail through JMAP (RFC 8620/8621), its own API, with an app
+	// password (HTTP Basic). Trash is used when no mailbox has role
+	// trash.
+	"fastmail-jmap": {
+		Protocol: ProtocolJMAP, Address: "https://api.fastmail.com/jmap/session", Auth: AuthPassword,
+		OnDelete: upstream.DeleteTrash, Trash: "Trash",
+	},
 	// Microsoft 365 mailboxes through Microsoft Graph, for tenants that
 	// turned IMAP off. Trash is the well-known name of Deleted Items
 	// (graph/api/message-move). Mail.Send is for the submission relay.
@@ -89,7 +96,7 @@ func (p Preset) protocol() string {
 }
 
 // Providers lists the accepted values of an upstream's provider key.
-var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol", "microsoft365-graph"}
+var Providers = []string{"gmail", "outlook", "yahoo", "icloud", "fastmail", "aol", "fastmail-jmap", "microsoft365-graph"}
 
 // fill sets *dst to v when it is empty.
 func fill[T ~string](dst *T, v T) {

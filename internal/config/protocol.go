@@ -24,14 +24,13 @@ const AuthOAuth2 = "oauth2"
 
 // Served returns nil when this version of the gateway can serve the
 // upstream's protocol, and otherwise an error naming the key. The
-// configuration accepts every protocol of the contract; the JMAP store is
-// not joined to the POP3 side yet.
+// configuration accepts every protocol of the contract, and each has
+// its store; a protocol added to the contract before its store stays
+// refused here.
 func (u *Upstream) Served() error {
 	switch u.Protocol {
-	case ProtocolIMAP, ProtocolGraph, "":
+	case ProtocolIMAP, ProtocolJMAP, ProtocolGraph, "":
 		return nil
-	case ProtocolJMAP:
-		return fmt.Errorf("upstreams.%s.protocol: jmap is not served yet: this version of the gateway has no JMAP store; use protocol imap with the server's IMAP address", u.Name)
 	default:
 		return fmt.Errorf("upstreams.%s.protocol: %s is not served yet: this version of the gateway has no %s store joined to POP3; use protocol imap where the mailbox allows IMAP", u.Name, u.Protocol, u.Protocol)
 	}

@@ -55,7 +55,7 @@ func TestGraphPreset(t *testing.T) {
 	}
 }
 
-func TestJMAPAcceptedNotServed(t *testing.T) {
+func TestJMAPServed(t *testing.T) {
 	c := mustParse(t, `
 listen:
   pop3: "127.0.0.1:1110"
@@ -70,8 +70,35 @@ users:
     upstream_user: alice@example.com
     upstream_password_env: ALICE_PW
 `)
-	err := c.Upstreams["fm"].Served()
-	if err == nil || !strings.Contains(err.Error(), "upstreams.fm.protocol: jmap is not served yet") {
+	if err := c.Upstreams["fm"].Served(); err != nil {
+		t.Errorf("Served() = %v", err)
+	}
+}
+
+// Preset fastmail-jmap: Fastmail's JMAP session URL and an app password,
+// deletes into the trash; protocol jmap is served.
+func TestFastmailJMAPPreset(t *testing.T) {
+	c := mustParse(t, `
+listen:
+  pop3: "127.0.0.1:1110"
+upstreams:
+  fm:
+    provider: fastmail-jmap
+users:
+  alice:
+    password_hash: "`+testHash+`"
+    upstream: fm
+    upstream_user: alice@fastmail.com
+    upstream_password_env: ALICE_PW
+`)
+	u := c.Upstreams["fm"]
+	if u.Protocol != ProtocolJMAP || u.Address != "https://api.fastmail.com/jmap/session" || u.Auth != AuthPassword || u.OAuthEnabled() {
+		t.Errorf("upstream %+v", u)
+	}
+	if u.OnDelete != upstream.DeleteTrash || u.TrashMailbox != "Trash" || u.Mailbox != "INBOX" {
+		t.Errorf("on_delete %s into %q from %q", u.OnDelete, u.TrashMailbox, u.Mailbox)
+	}
+	if err := u.Served(); err != nil {
 		t.Errorf("Served() = %v", err)
 	}
 }

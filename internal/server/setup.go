@@ -61,7 +61,8 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 	var key *secrets.Key
 	clients := make(map[string]*oauth.Client)
 	for name, u := range cfg.Upstreams {
-		// The JMAP store is not joined to POP3 yet: refuse at start
+		// A protocol without its store is refused at start rather than
+		// an API URL dialled as an IMAP server.
 		// rather than dial an API URL as an IMAP server.
 		if err := u.Served(); err != nil {
 			return nil, err
@@ -98,6 +99,11 @@ func (st *setup) gatewayConfig(cfg *config.Config) (*proxy.Config, error) {
 				opts.Observe = st.observe(name)
 			}
 			pc.Upstreams[name].Store = proxy.GraphStore(graph.NewStore(opts))
+		}
+		if u.Protocol == config.ProtocolJMAP {
+			if err := jmapUpstream(pc.Upstreams[name], u, tlsConfig); err != nil {
+				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+			}
 		}
 		if u.OAuthEnabled() {
 			pc.Upstreams[name].OAuth2 = map[string]string{
