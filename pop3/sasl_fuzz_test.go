@@ -101,7 +101,9 @@ func FuzzAuth(f *testing.F) {
 		a.SetDeadline(time.Now().Add(5 * time.Second))
 		go func() {
 			a.Write([]byte(input))
-			a.Write([]byte("\r\nQUIT\r\n"))
+			// "*" cancels an exchange still under way (RFC 5034 §4),
+			// which would otherwise take QUIT as its next response.
+			a.Write([]byte("\r\n*\r\nQUIT\r\n"))
 		}()
 		out, err := io.ReadAll(a)
 		a.Close()
