@@ -253,16 +253,34 @@ func (s *Session) Login(ctx context.Context, username, password string) (err err
 	return nil
 }
 
+// classifyLoginError keeps the server's text for the logs, printable
+// only: a control character in it could forge a log line.
 func classifyLoginError(err error) error {
 	var ie *imap.Error
 	if errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo {
 		switch ie.Code {
 		case imap.ResponseCodeUnavailable, imap.ResponseCodeServerBug, imap.ResponseCodeLimit:
-			return fmt.Errorf("upstream: login: %w", err)
+			return fmt.Errorf("upstream: login: %w", printableError{err})
 		}
-		return fmt.Errorf("%w: %s", ErrAuthFailed, ie.Text)
+		return fmt.Errorf("%w: %s", ErrAuthFailed, printable(ie.Text))
 	}
-	return fmt.Errorf("upstream: login: %w", err)
+	return fmt.Errorf("upstream: login: %w", printableError{err})
+}
+
+// printableError is err with control characters left out of its text.
+type printableError struct{ err error }
+
+func (e printableError) Error() string { return printable(e.err.Error()) }
+func (e printableError) Unwrap() error { return e.err }
+
+// printable drops the control characters of s.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
 }
 
 // Select opens the mailbox read-write. The Mailbox it reports has the

@@ -3,7 +3,10 @@ package config
 import (
 	"errors"
 	"os"
+	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // FuzzParse feeds arbitrary files to Parse: it must return a config or an
@@ -40,8 +43,39 @@ func FuzzParse(f *testing.F) {
 		if !errors.As(err, &ce) || len(ce.Problems) == 0 {
 			t.Fatalf("Parse error %#v is not an *Error with problems", err)
 		}
+		// A file YAML cannot read is always reported at a line.
+		var node yaml.Node
+		if yaml.Unmarshal(data, &node) != nil {
+			for _, p := range ce.Problems {
+				if !lineRE.MatchString(p) {
+					t.Fatalf("a YAML problem without a line: %q", p)
+				}
+			}
+		}
 		if _, again := Parse(data); again == nil || again.Error() != err.Error() {
 			t.Fatalf("Parse said %q, then %v", err, again)
 		}
 	})
+}
+
+// TestUnreadableYAMLNamesALine: yaml.v3 names no line for a bad octet or
+// for a problem on the first line; the loader still does.
+func TestUnreadableYAMLNamesALine(t *testing.T) {
+	for _, tc := range []struct{ file, line string }{
+		{"a: b: c\n", "line 1: "},
+		{"listen:\n  pop3: \"x\"\n  http: \x01\n", "line 3: "},
+		{"data_dir: /var\n\xff\n", "line 2: "},
+		{"cache: {memory: \"\xc3\"}\n", "line 1: "},
+		{"[", "line 1: "},
+	} {
+		_, err := Parse([]byte(tc.file))
+		var ce *Error
+		if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+			t.Errorf("%q: %v, want one problem", tc.file, err)
+			continue
+		}
+		if !strings.HasPrefix(ce.Problems[0], tc.line) {
+			t.Errorf("%q: %q, want it at %q", tc.file, ce.Problems[0], tc.line)
+		}
+	}
 }

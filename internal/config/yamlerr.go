@@ -1,12 +1,14 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -33,7 +35,11 @@ type keyPos struct {
 func decodeError(data []byte, err error) error {
 	te, ok := errors.AsType[*yaml.TypeError](err)
 	if !ok {
-		return &Error{Problems: []string{strings.TrimPrefix(err.Error(), "yaml: ")}}
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if !lineRE.MatchString(msg) {
+			msg = fmt.Sprintf("line %d: %s", problemLine(data, msg), msg)
+		}
+		return &Error{Problems: []string{msg}}
 	}
 	var root yaml.Node
 	var keys []keyPos
@@ -147,3 +153,43 @@ var knownKeys = func() map[string]string {
 	}
 	return m
 }()
+
+// problemLine finds the line of a yaml.v3 error that names none: its
+// reader reports a bad octet without a position, and its parser leaves
+// the line out for a problem on the first line. The line of the first
+// octet YAML does not allow (YAML 1.2 §5.1: printable Unicode in UTF-8,
+// with tab, CR and LF), or of the first alias for an aliasing problem,
+// otherwise the first line.
+func problemLine(data []byte, msg string) int {
+	at := -1
+	if strings.Contains(msg, "alias") {
+		at = bytes.IndexByte(data, '*')
+	} else {
+		for i := 0; i < len(data); {
+			r, n := utf8.DecodeRune(data[i:])
+			if (r == utf8.RuneError && n <= 1) || !yamlPrintable(r) {
+				at = i
+				break
+			}
+			i += n
+		}
+	}
+	if at < 0 {
+		return 1
+	}
+	return 1 + bytes.Count(data[:at], []byte("\n"))
+}
+
+func yamlPrintable(r rune) bool {
+	switch {
+	case r == '\t' || r == '\n' || r == '\r' || r == 0x85:
+		return true
+	case r >= 0x20 && r <= 0x7e:
+		return true
+	case r >= 0xa0 && r <= 0xd7ff, r >= 0xe000 && r <= 0xfffd && r != 0xfeff, r >= 0x10000 && r <= 0x10ffff:
+		return true
+	case r == 0xfeff:
+		return true // a byte order mark
+	}
+	return false
+}
