@@ -97,6 +97,11 @@ var hostileCases = []struct {
 		c.send(fmt.Sprintf("* 1 FETCH (UID 1 BODY[] {%d}\r\n%s)\r\n%s OK fetched\r\n", len(hostileMessage), hostileMessage, tag))
 		c.serveWell()
 	}},
+	{name: "untagged flood without end", pop3: retrRefused, heap: loginHeap + 32<<20, serve: func(c *imapConn) {
+		c.greet()
+		c.serveUntil("UID FETCH")
+		c.flood("* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n* OK [ALERT] still here\r\n* 1 EXISTS\r\n")
+	}},
 }
 
 type hostileOutcome int

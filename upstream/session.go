@@ -303,6 +303,7 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 		State:    imapState(s.uidNext, data.NumMessages),
 		Messages: int(data.NumMessages),
 	}
+	s.split.setMailboxSize(s.info.Messages)
 	return &s.info, nil
 }
 

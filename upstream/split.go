@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 )
 
 // splitConn is the connection the IMAP client reads and writes through.
@@ -40,6 +41,10 @@ type splitConn struct {
 	tail    []byte // the last octets of the current line, for {n}
 	pending []byte // held octets to give the IMAP client first
 	readErr error
+	// untagged counts the untagged responses since the last tagged one;
+	// past maxUntagged the server is flooding (see setMailboxSize).
+	untagged    int64
+	maxUntagged atomic.Int64
 
 	mu     sync.Mutex
 	own    *ownCommand // the command of ours under way, nil when none
@@ -72,7 +77,23 @@ const maxTail = 32
 var errSplit = errors.New("upstream: response stream")
 
 func newSplitConn(c net.Conn) *splitConn {
-	return &splitConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10)}
+	s := &splitConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10)}
+	s.setMailboxSize(0)
+	return s
+}
+
+// Every response counts as progress to the upstream timeout, so a server
+// that sends untagged responses for ever would hold a command, and the
+// POP3 session waiting on it, for ever. A command's untagged responses
+// are bounded instead: a listing of the whole mailbox gives one per
+// message, a flag change another, and the server's notices a few more;
+// beyond twice the mailbox and a margin the session ends.
+const untaggedMargin = 100_000
+
+// setMailboxSize bounds the untagged responses of one command for a
+// mailbox of n messages.
+func (c *splitConn) setMailboxSize(n int) {
+	c.maxUntagged.Store(2*int64(n) + untaggedMargin)
 }
 
 // ownCommand is a command of ours under way.
@@ -152,6 +173,15 @@ func (c *splitConn) step(p []byte) (int, error) {
 		return 0, err
 	}
 	kind := classify(prefix)
+	switch kind {
+	case kindTagged:
+		c.untagged = 0
+	case kindContinue:
+	default:
+		if c.untagged++; c.untagged > c.maxUntagged.Load() {
+			return 0, fmt.Errorf("%w: more than %d untagged responses to one command", errSplit, c.maxUntagged.Load())
+		}
+	}
 	c.mu.Lock()
 	own := c.own
 	c.mu.Unlock()
