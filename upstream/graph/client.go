@@ -8,12 +8,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/internal/web"
 )
 
 // DefaultBaseURL is Microsoft Graph's v1.0 endpoint in the global cloud.
@@ -306,7 +306,7 @@ func (c *Client) send(ctx context.Context, method string, target *url.URL, body 
 		}
 		return nil, err
 	}
-	resp.Body = &slotBody{body: resp.Body, release: func() { cancel(); <-c.slots }, idle: c.opts.Timeout, cancel: cancel}
+	resp.Body = &web.Body{Body: resp.Body, Release: func() { cancel(); <-c.slots }, Idle: c.opts.Timeout, Cancel: cancel}
 	return resp, nil
 }
 
@@ -350,27 +350,8 @@ func (c *Client) resolve(p string) (*url.URL, error) {
 	return u, nil
 }
 
-// retryAfter reads a Retry-After value: seconds, or an HTTP date (RFC 9110
-// §10.2.3).
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 {
-			return 0, false
-		}
-		if n > int64(365*24*time.Hour/time.Second) {
-			n = int64(365 * 24 * time.Hour / time.Second)
-		}
-		return time.Duration(n) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
-	}
-	return 0, false
-}
+// retryAfter reads a Retry-After value (see web.RetryAfter).
+func retryAfter(v string, now time.Time) (time.Duration, bool) { return web.RetryAfter(v, now) }
 
 // errorCode reads Graph's error code from a refused response (errors:
 // {"error":{"code":...}}), "" when there is none.
@@ -387,48 +368,4 @@ func errorCode(resp *http.Response) string {
 }
 
 // printable keeps at most n printable ASCII characters of s.
-func printable(s string, n int) string {
-	out := make([]byte, 0, min(len(s), n))
-	for i := 0; i < len(s) && len(out) < n; i++ {
-		if c := s[i]; c >= 0x20 && c < 0x7f {
-			out = append(out, c)
-		}
-	}
-	return string(out)
-}
-
-// slotBody is a response body holding a concurrency slot until it is
-// closed. A body that stalls for idle is cut, as the IMAP store's watchdog
-// cuts a silent connection.
-type slotBody struct {
-	body    io.ReadCloser
-	release func()
-	idle    time.Duration
-	cancel  func()
-	once    sync.Once
-	timer   *time.Timer
-	n       int64
-}
-
-func (b *slotBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		b.timer = time.AfterFunc(b.idle, b.cancel)
-	} else {
-		b.timer.Reset(b.idle)
-	}
-	n, err := b.body.Read(p)
-	b.timer.Stop()
-	b.n += int64(n)
-	return n, err
-}
-
-func (b *slotBody) Close() error {
-	err := b.body.Close()
-	b.once.Do(func() {
-		if b.timer != nil {
-			b.timer.Stop()
-		}
-		b.release()
-	})
-	return err
-}
+func printable(s string, n int) string { return web.Printable(s, n) }

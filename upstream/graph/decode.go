@@ -1,10 +1,10 @@
 package graph
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
+
+	"github.com/pop3gw/gateway/upstream/internal/web"
 )
 
 // Bounds on what the client reads of a JSON response. A page of 1,000
@@ -26,57 +26,13 @@ var ErrBadResponse = errors.New("graph: unreadable response")
 
 // decode reads at most limit octets of JSON from r into v.
 func decode(r io.Reader, limit int64, v any) error {
-	data, err := io.ReadAll(io.LimitReader(r, limit+1))
-	if err != nil {
-		return err
-	}
-	return decodeBytes(data, limit, v)
+	return web.Decode(r, limit, maxDepth, v, ErrBadResponse)
 }
 
 func decodeBytes(data []byte, limit int64, v any) error {
-	if int64(len(data)) > limit {
-		return fmt.Errorf("%w: more than %d octets", ErrBadResponse, limit)
-	}
-	if d := depth(data); d > maxDepth {
-		return fmt.Errorf("%w: nested %d levels deep, more than %d", ErrBadResponse, d, maxDepth)
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("%w: %v", ErrBadResponse, err)
-	}
-	return nil
+	return web.DecodeBytes(data, limit, maxDepth, v, ErrBadResponse)
 }
 
-// depth is the deepest nesting of objects and arrays in data, counted
-// without decoding: brackets inside strings do not count. It stops
-// counting once past maxDepth. Malformed JSON is left for json.Unmarshal
-// to refuse.
-func depth(data []byte) int {
-	deepest, level := 0, 0
-	inString, escaped := false, false
-	for _, c := range data {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
-		case c == '{' || c == '[':
-			level++
-			if level > deepest {
-				deepest = level
-				if deepest > maxDepth {
-					return deepest
-				}
-			}
-		case c == '}' || c == ']':
-			level--
-		}
-	}
-	return deepest
-}
+// depth is the deepest nesting of objects and arrays in data (see
+// web.Depth).
+func depth(data []byte) int { return web.Depth(data, maxDepth) }

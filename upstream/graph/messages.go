@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/internal/web"
 )
 
 // Folder is a mail folder (api/resources/mailfolder).
@@ -236,7 +237,7 @@ func (c *Client) Delta(ctx context.Context, folderID, link string) (*Delta, erro
 // Body is a message's MIME octets as Graph serves them, streamed: it holds
 // one of the mailbox's concurrency slots until closed.
 type Body struct {
-	body *slotBody
+	body *web.Body
 }
 
 func (b *Body) Read(p []byte) (int, error) { return b.body.Read(p) }
@@ -246,7 +247,7 @@ func (b *Body) Close() error               { return b.body.Close() }
 // message as served. Graph announces no size before (no property of the
 // message resource is the MIME size, and $value may come chunked), so the
 // exact size of a message is only known by reading it once.
-func (b *Body) N() int64 { return b.body.n }
+func (b *Body) N() int64 { return b.body.N() }
 
 // Open streams a message's MIME content (outlook-get-mime-message: GET
 // /me/messages/{id}/$value), octet for octet: bare LF stays bare LF. It is
@@ -258,7 +259,7 @@ func (c *Client) Open(ctx context.Context, id string) (*Body, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Body{body: resp.Body.(*slotBody)}, nil
+	return &Body{body: resp.Body.(*web.Body)}, nil
 }
 
 // Remove applies a delete mode to messages: in JSON batches of up to 20

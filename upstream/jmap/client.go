@@ -11,10 +11,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/internal/web"
 )
 
 // Capability URIs (RFC 8620 §2, RFC 8621 §1.3.1).
@@ -359,7 +359,7 @@ func send(ctx context.Context, opts *Options, slots chan struct{}, op string, cr
 			}
 			continue
 		}
-		resp.Body = &heldBody{body: resp.Body, idle: opts.Timeout, cancel: cancel, release: func() { cancel(); free() }}
+		resp.Body = &web.Body{Body: resp.Body, Idle: opts.Timeout, Cancel: cancel, Release: func() { cancel(); free() }}
 		return resp, nil
 	}
 }
@@ -383,68 +383,10 @@ func problemType(resp *http.Response) string {
 }
 
 // printable keeps at most n printable ASCII characters of s.
-func printable(s string, n int) string {
-	out := make([]byte, 0, min(len(s), n))
-	for i := 0; i < len(s) && len(out) < n; i++ {
-		if c := s[i]; c >= 0x20 && c < 0x7f {
-			out = append(out, c)
-		}
-	}
-	return string(out)
-}
+func printable(s string, n int) string { return web.Printable(s, n) }
 
-// retryAfter reads a Retry-After value: seconds, or an HTTP date (RFC 9110
-// §10.2.3).
-func retryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n < 0 {
-			return 0, false
-		}
-		n = min(n, int64(365*24*time.Hour/time.Second))
-		return time.Duration(n) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0), true
-	}
-	return 0, false
-}
-
-// heldBody is a response body that holds a concurrency slot until it is
-// closed, and is cut when it stalls for idle.
-type heldBody struct {
-	body    io.ReadCloser
-	idle    time.Duration
-	cancel  func()
-	release func()
-	once    sync.Once
-	timer   *time.Timer
-}
-
-func (b *heldBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		b.timer = time.AfterFunc(b.idle, b.cancel)
-	} else {
-		b.timer.Reset(b.idle)
-	}
-	n, err := b.body.Read(p)
-	b.timer.Stop()
-	return n, err
-}
-
-func (b *heldBody) Close() error {
-	err := b.body.Close()
-	b.once.Do(func() {
-		if b.timer != nil {
-			b.timer.Stop()
-		}
-		b.release()
-	})
-	return err
-}
+// retryAfter reads a Retry-After value (see web.RetryAfter).
+func retryAfter(v string, now time.Time) (time.Duration, bool) { return web.RetryAfter(v, now) }
 
 // invocation is one method call (RFC 8620 §3.2): name, arguments, id.
 type invocation struct {
