@@ -75,6 +75,10 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	if e.gw.pool.len() != 1 {
 		t.Fatalf("%d connections kept, want 1", e.gw.pool.len())
 	}
+	// The kept connection idles (IDLE, RFC 2177): Close must end that too.
+	if e.proxy.idles.Load() == 0 {
+		t.Fatal("the kept connection does not idle")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -125,6 +125,15 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 		sess.Close()
 		return
 	}
+	// A kept connection waits for changes where the store can, so the
+	// next login finds a change already applied (see upstream.Session.Idle);
+	// the login's Refresh ends the wait.
+	if w, ok := sess.(waiter); ok {
+		if err := w.Idle(); err != nil {
+			sess.Close()
+			return
+		}
+	}
 	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
 	if old := p.entries[maildrop]; old != nil {

@@ -87,6 +87,10 @@ type Session struct {
 	// strayFetch, which hands a body for the UID awaited to stray.
 	awaiting atomic.Uint32
 	stray    chan strayBody
+
+	// idle is the IDLE command the connection waits in while it is kept
+	// between sessions (see Idle); nil otherwise.
+	idle *imapclient.IdleCommand
 }
 
 // strayBody is a body section that reached strayFetch, with the rest of
@@ -289,9 +293,16 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 }
 
 // Refresh selects the mailbox again: it checks the connection and
-// reports the mailbox's state now.
+// reports the mailbox's state now. A connection in IDLE leaves it first;
+// DONE and SELECT go out together, and both replies are read after.
 func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
+	done := s.op(ctx)
+	waitIdle := s.stopIdle()
+	done()
 	mb, err := s.Select(ctx, s.mailbox)
+	if werr := waitIdle(); err == nil && werr != nil {
+		err = werr
+	}
 	if err != nil {
 		return Mailbox{}, err
 	}
@@ -630,7 +641,9 @@ func (s *Session) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	done := s.op(ctx)
+	waitIdle := s.stopIdle()
 	s.client.Logout().Wait()
+	waitIdle()
 	done()
 	return s.client.Close()
 }
