@@ -144,13 +144,12 @@ func TestKeptConnectionSyncsDeliveryWhileIdle(t *testing.T) {
 // login answers that login's DONE as a bad command, which the IMAP client
 // takes for a broken connection; the login is then served on a new one.
 func TestServerEndsIdle(t *testing.T) {
-	withIdle := func(dialogue string) string { return strings.ReplaceAll(dialogue, "UIDPLUS]", "UIDPLUS IDLE]") }
 	e := newScriptedEnv(t, withIdle(loginAndList(100))+`
 		C: {tag} IDLE
 		S: + idling
 		S: {tag} OK IDLE ended by the server
 		C: DONE
-		C: {tag} SELECT INBOX
+		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
 		S: DONE BAD no command
 	`, withIdle(loginAndSelect(1))+`
 		C: {tag} IDLE
@@ -172,5 +171,70 @@ func TestServerEndsIdle(t *testing.T) {
 	}
 	if n := e.imap.Accepted(); n != 2 {
 		t.Errorf("%d upstream connections, want 2", n)
+	}
+}
+
+// withIdle makes a scripted server offer IDLE.
+func withIdle(dialogue string) string {
+	return strings.ReplaceAll(dialogue, "UIDPLUS]", "UIDPLUS IDLE]")
+}
+
+// TestRefreshAfterIdle: after IDLE, the next login asks for the state with
+// STATUS, sent with DONE, instead of selecting the mailbox again; an
+// answer that disagrees with the EXISTS and EXPUNGE responses the server
+// sent while idling is not taken, and the mailbox is selected again.
+func TestRefreshAfterIdle(t *testing.T) {
+	const newFetch = `
+		C: {tag} UID FETCH 2:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
+		S: * 2 FETCH (UID 2 FLAGS () RFC822.SIZE 120)
+		S: {tag} OK fetched
+		C: {tag} IDLE
+		S: + idling
+		C: DONE
+		S: {tag} OK idle done
+	`
+	for _, tc := range []struct {
+		name, dialogue string
+	}{
+		{"status", withIdle(loginAndList(100)) + `
+			C: {tag} IDLE
+			S: + idling
+			S: * 2 EXISTS
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
+		` + newFetch},
+		{"status disagrees", withIdle(loginAndList(100)) + `
+			C: {tag} IDLE
+			S: + idling
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
+			C: {tag} SELECT INBOX
+			S: * 2 EXISTS
+			S: * OK [UIDVALIDITY 1] ok
+			S: * OK [UIDNEXT 3] ok
+			S: {tag} OK [READ-WRITE] selected
+		` + newFetch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newScriptedEnv(t, tc.dialogue)
+			e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
+			e.gw.pool.waitAfter = 0
+			t.Cleanup(e.gw.Close)
+			for i, want := range []int{1, 2} {
+				c := e.login()
+				if n, _ := must2(t)(c.Stat()); n != want {
+					t.Fatalf("session %d: STAT counted %d messages, want %d", i+1, n, want)
+				}
+				if err := c.Quit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }
