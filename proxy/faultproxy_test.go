@@ -20,6 +20,7 @@ type faultProxy struct {
 	listings  atomic.Int64           // RFC822.SIZE requests seen
 	fullLists atomic.Int64           // listings of every message (FETCH 1:*) seen
 	searches  atomic.Int64           // UID SEARCH requests seen
+	idles     atomic.Int64           // IDLE commands seen
 	sizesSent atomic.Int64           // RFC822.SIZE items the server sent
 	accepted  atomic.Int64           // connections from the gateway
 	toClient  atomic.Int64           // octets forwarded from the server
@@ -96,6 +97,7 @@ func (p *faultProxy) upstream(client, server net.Conn, done chan struct{}) {
 			p.listings.Add(int64(bytes.Count(buf[:n], []byte("RFC822.SIZE"))))
 			p.fullLists.Add(int64(bytes.Count(buf[:n], []byte(" FETCH 1:* "))))
 			p.searches.Add(int64(bytes.Count(buf[:n], []byte("UID SEARCH"))))
+			p.idles.Add(int64(bytes.Count(buf[:n], []byte(" IDLE\r\n"))))
 			server.Write(buf[:n])
 		}
 		if err != nil {
@@ -141,6 +143,16 @@ func (p *faultProxy) downstream(client, server net.Conn, done chan struct{}) {
 		if err != nil {
 			return
 		}
+	}
+}
+
+// cutAll closes every connection open now, both sides, as a server
+// that drops its clients would.
+func (p *faultProxy) cutAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
 	}
 }
 

@@ -75,6 +75,8 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	if e.gw.pool.len() != 1 {
 		t.Fatalf("%d connections kept, want 1", e.gw.pool.len())
 	}
+	// The kept connection idles (IDLE, RFC 2177): Close must end that too.
+	waitFor(t, func() bool { return e.proxy.idles.Load() > 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

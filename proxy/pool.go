@@ -21,6 +21,14 @@ const (
 	DefaultPoolSize = 1000
 )
 
+// waitAfter is how long a kept connection sits before it waits for
+// changes (see waiter). A client that logs in again within it, as a
+// batch of sessions does, gains nothing from the wait and would pay a
+// round trip to start it; a poller's next login, minutes later, finds a
+// change applied. A change made before the wait starts is applied when it
+// starts (RFC 2177 §3: the server may send updates at once).
+const waitAfter = time.Second
+
 // pool keeps logged-in upstream sessions after their POP3 session ends,
 // for the next login to the same maildrop. A session is handed out again
 // only to a login that presents the same credentials, so the pool never
@@ -29,7 +37,10 @@ const (
 type pool struct {
 	idle time.Duration
 	size int
-	key  []byte // HMAC key for credential digests, random per process
+	// waitAfter is the constant waitAfter; 0 starts the wait before put
+	// returns, for tests that script the upstream's every line.
+	waitAfter time.Duration
+	key       []byte // HMAC key for credential digests, random per process
 	// goroutines counts the logouts and idle timers under way, for the
 	// gateway's Close to wait for.
 	goroutines *goroutines
@@ -43,12 +54,42 @@ type pooled struct {
 	upstream *Upstream // the configuration it was opened with
 	digest   []byte
 	timer    *time.Timer
+	// wait starts the session's wait for changes, for a waiter kept
+	// waitAfter.
+	wait *time.Timer
+
+	mu      sync.Mutex // held while the wait starts
+	claimed bool       // taken or being closed: the wait must not start
+	broken  bool       // starting the wait failed: the session is unfit
 }
 
 func newPool(idle time.Duration, size int, goroutines *goroutines) *pool {
 	key := make([]byte, 32)
 	rand.Read(key)
-	return &pool{idle: idle, size: size, key: key, goroutines: goroutines, entries: make(map[string]*pooled)}
+	return &pool{idle: idle, size: size, waitAfter: waitAfter, key: key, goroutines: goroutines, entries: make(map[string]*pooled)}
+}
+
+// claim takes e, already out of the pool's map, for its taker or its
+// closer: the timers stop, a wait not started never starts, and one
+// starting is waited for. It reports whether the session is still fit.
+func (p *pool) claim(e *pooled) bool {
+	p.stopTimer(e)
+	if e.wait != nil && e.wait.Stop() {
+		p.goroutines.done()
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.claimed = true
+	return !e.broken
+}
+
+// startWait starts the session's wait for changes, unless e was claimed.
+func (e *pooled) startWait(w waiter) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.claimed && w.Idle() != nil {
+		e.broken = true
+	}
 }
 
 // logout closes sess in a goroutine of its own, since a logout waits a
@@ -102,8 +143,7 @@ func (p *pool) take(maildrop string, acct *account) Session {
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
-	p.stopTimer(e)
-	if !e.sess.Alive() {
+	if !p.claim(e) || !e.sess.Alive() {
 		p.logout(e.sess)
 		return nil
 	}
@@ -125,16 +165,25 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 		sess.Close()
 		return
 	}
+	// A kept connection waits for changes where the store can, so the
+	// next login finds a change already applied (see upstream.Session.Idle);
+	// the login's Refresh ends the wait.
+	w, waits := sess.(waiter)
+	if waits && p.waitAfter <= 0 {
+		if err := w.Idle(); err != nil {
+			sess.Close()
+			return
+		}
+		waits = false
+	}
 	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
-	if old := p.entries[maildrop]; old != nil {
-		p.stopTimer(old)
-		p.logout(old.sess)
-		delete(p.entries, maildrop)
-	}
+	old := p.entries[maildrop]
+	delete(p.entries, maildrop)
 	// A full pool keeps nothing more, and a closing gateway nothing at all.
 	if len(p.entries) >= p.size || !p.goroutines.add() {
 		p.mu.Unlock()
+		p.drop(old)
 		sess.Close()
 		return
 	}
@@ -143,7 +192,23 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 		defer p.goroutines.done()
 		p.expire(maildrop, e)
 	})
+	if waits && p.goroutines.add() {
+		e.wait = time.AfterFunc(p.waitAfter, func() {
+			defer p.goroutines.done()
+			e.startWait(w)
+		})
+	}
 	p.mu.Unlock()
+	p.drop(old)
+}
+
+// drop logs out of a session the pool no longer holds, if any.
+func (p *pool) drop(e *pooled) {
+	if e == nil {
+		return
+	}
+	p.claim(e)
+	p.logout(e.sess)
 }
 
 func (p *pool) expire(maildrop string, e *pooled) {
@@ -155,6 +220,7 @@ func (p *pool) expire(maildrop string, e *pooled) {
 	}
 	p.mu.Unlock()
 	if e != nil {
+		p.claim(e)
 		e.sess.Close()
 	}
 }
@@ -170,8 +236,10 @@ func (p *pool) closeAll() {
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, e := range entries {
-		p.stopTimer(e)
-		wg.Go(func() { e.sess.Close() })
+		wg.Go(func() {
+			p.claim(e)
+			e.sess.Close()
+		})
 	}
 	wg.Wait()
 }

@@ -78,11 +78,21 @@ type Session interface {
 	Close() error
 }
 
-// The IMAP session is a Session that fetches in batches.
+// The IMAP session is a Session that fetches in batches and waits for
+// changes while it is kept.
 var (
 	_ Session     = (*upstream.Session)(nil)
 	_ batchOpener = (*upstream.Session)(nil)
+	_ waiter      = (*upstream.Session)(nil)
 )
+
+// waiter is a Session that can wait for changes to its mailbox while the
+// pool keeps it between sessions (IMAP: IDLE), so the store applies a
+// change when it comes rather than when the next login asks. Refresh and
+// Close end the wait; nothing learnt while waiting is trusted.
+type waiter interface {
+	Idle() error
+}
 
 // batchOpener is a Session that reads several messages whole in one
 // request (IMAP: one UID FETCH), calling each for every body it gets, in

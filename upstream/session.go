@@ -87,6 +87,10 @@ type Session struct {
 	// strayFetch, which hands a body for the UID awaited to stray.
 	awaiting atomic.Uint32
 	stray    chan strayBody
+
+	// idle is the IDLE command the connection waits in while it is kept
+	// between sessions (see Idle); nil otherwise.
+	idle *imapclient.IdleCommand
 }
 
 // strayBody is a body section that reached strayFetch, with the rest of
@@ -307,14 +311,57 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 	return &s.info, nil
 }
 
-// Refresh selects the mailbox again: it checks the connection and
-// reports the mailbox's state now.
+// Refresh checks the connection and reports the mailbox's state now:
+// after IDLE, from a STATUS of the selected mailbox where its answer
+// agrees with what the server said while idling (see refreshAfterIdle),
+// otherwise by selecting the mailbox again.
 func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
+	if s.idle != nil {
+		mb, ok, err := s.refreshAfterIdle(ctx)
+		if err != nil {
+			return Mailbox{}, err
+		}
+		if ok {
+			return mb, nil
+		}
+	}
 	mb, err := s.Select(ctx, s.mailbox)
 	if err != nil {
 		return Mailbox{}, err
 	}
 	return *mb, nil
+}
+
+// refreshAfterIdle ends IDLE and asks for UIDVALIDITY, UIDNEXT and
+// MESSAGES of the selected mailbox (RFC 9051 §6.3.11 allows STATUS on it),
+// DONE and STATUS going out together. A SELECT would cost the same
+// answer, but a maildir server such as Dovecot opens the mailbox again
+// for it, which costs time linear in the mailbox even when IDLE has
+// already applied every change. The answer is taken only if the
+// UIDVALIDITY is the selected one and MESSAGES is the count the server's
+// EXISTS and EXPUNGE responses left (RFC 9051 §7.4.1, §7.5.1); ok is
+// false otherwise, and the caller selects the mailbox again. The listing
+// merged from it is checked as after a SELECT.
+func (s *Session) refreshAfterIdle(ctx context.Context) (_ Mailbox, ok bool, err error) {
+	defer s.timed("select", time.Now(), &err)
+	defer s.op(ctx)()
+	waitIdle := s.stopIdle()
+	data, err := s.client.Status(s.mailbox, &imap.StatusOptions{NumMessages: true, UIDNext: true, UIDValidity: true}).Wait()
+	if werr := waitIdle(); err == nil && werr != nil {
+		err = werr
+	}
+	if err != nil {
+		return Mailbox{}, false, fmt.Errorf("upstream: status %q: %w", s.mailbox, err)
+	}
+	selected := s.client.Mailbox()
+	if data.NumMessages == nil || data.UIDNext == 0 || data.UIDValidity != s.uidValidity ||
+		selected == nil || selected.NumMessages != *data.NumMessages {
+		return Mailbox{}, false, nil
+	}
+	s.uidNext = uint32(data.UIDNext)
+	s.info.State = imapState(s.uidNext, *data.NumMessages)
+	s.info.Messages = int(*data.NumMessages)
+	return s.info, true, nil
 }
 
 // imapState is a Mailbox's State: UIDNEXT and EXISTS; "" when the server
@@ -649,7 +696,9 @@ func (s *Session) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	done := s.op(ctx)
+	waitIdle := s.stopIdle()
 	s.client.Logout().Wait()
+	waitIdle()
 	done()
 	return s.client.Close()
 }

@@ -20,8 +20,8 @@
 // literal whose message has no final line break. Blank lines and lines
 // starting with # are skipped.
 //
-// A FETCH's list of items matches in any order: clients send them in no
-// fixed order, and RFC 9051 §6.4.5 gives them none.
+// A FETCH's or STATUS's list of items matches in any order: clients send
+// them in no fixed order, and RFC 9051 §6.4.5 and §6.3.11 give them none.
 //
 // Each connection plays the next dialogue given to Start; a connection
 // beyond them, a client line that differs from the script, or a dialogue
@@ -228,11 +228,15 @@ func (s *Server) Failures() []string {
 	return append([]string(nil), s.failures...)
 }
 
-// fetchItems returns a FETCH command line with the items of its
+// fetchItems returns a FETCH or STATUS command line with the items of its
 // parenthesised list sorted, so two lists that differ only in order are
 // equal; any other line is returned as it is.
 func fetchItems(line string) string {
-	i := strings.Index(strings.ToUpper(line), "FETCH ")
+	upper := strings.ToUpper(line)
+	i := strings.Index(upper, "FETCH ")
+	if i < 0 {
+		i = strings.Index(upper, "STATUS ")
+	}
 	if i < 0 || !strings.HasSuffix(line, ")") {
 		return line
 	}

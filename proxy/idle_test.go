@@ -1,0 +1,240 @@
+package proxy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+)
+
+// poll is one poller's session: login, UIDL, QUIT.
+func (e *env) poll(user, pass string) ([]pop3client.Entry, error) {
+	c := e.dial()
+	defer c.Close()
+	if err := c.Login(user, pass); err != nil {
+		return nil, err
+	}
+	uidls, err := c.UIDL()
+	if err != nil {
+		return nil, err
+	}
+	return uidls, c.Quit()
+}
+
+// TestKeptConnectionIdles: a connection kept between sessions waits in
+// IDLE (RFC 2177); the next session ends it, on the same connection, and
+// lists what came meanwhile.
+func TestKeptConnectionIdles(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus...)
+	if uidls, err := e.poll("alice", localPassword); err != nil || len(uidls) != 3 {
+		t.Fatalf("first poll: %v, %d messages", err, len(uidls))
+	}
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
+	e.deliver("alice@example.com", "Subject: new\r\n\r\nnew\r\n")
+	if uidls, err := e.poll("alice", localPassword); err != nil || len(uidls) != 4 {
+		t.Fatalf("poll after delivery: %v, %d messages, want 4", err, len(uidls))
+	}
+	if n := e.proxy.accepted.Load(); n != 1 {
+		t.Errorf("2 polls opened %d upstream connections, want 1", n)
+	}
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 2 })
+}
+
+// TestIdlingConnectionDroppedIsReplaced: the server drops a kept
+// connection while it idles; the next login gets a new one and is served.
+func TestIdlingConnectionDroppedIsReplaced(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus...)
+	if _, err := e.poll("alice", localPassword); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
+	e.proxy.cutAll()
+	e.deliver("alice@example.com", "Subject: new\r\n\r\nnew\r\n")
+	uidls, err := e.poll("alice", localPassword)
+	if err != nil || len(uidls) != 4 {
+		t.Fatalf("poll after the drop: %v, %d messages, want 4", err, len(uidls))
+	}
+	if n := e.proxy.accepted.Load(); n != 2 {
+		t.Errorf("%d upstream connections, want 2", n)
+	}
+}
+
+// TestServerWithoutIdle: the exact dialogue with a server that
+// does not offer IDLE: the kept connection waits silently, and the next
+// session selects the mailbox again and asks for what is new.
+func TestServerWithoutIdle(t *testing.T) {
+	e := newScriptedEnv(t, loginAndList(100, 100)+`
+		C: {tag} SELECT INBOX
+		S: * 3 EXISTS
+		S: * OK [UIDVALIDITY 1] ok
+		S: * OK [UIDNEXT 4] ok
+		S: {tag} OK [READ-WRITE] selected
+		C: {tag} UID FETCH 3:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
+		S: * 3 FETCH (UID 3 FLAGS () RFC822.SIZE 120)
+		S: {tag} OK fetched
+	`)
+	e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
+	e.gw.pool.waitAfter = 0 // the wait starts before QUIT is answered
+	t.Cleanup(e.gw.Close)   // logs out of the kept connection, ending the dialogue
+	for i, want := range []int{2, 3} {
+		c := e.login()
+		if n, _ := must2(t)(c.Stat()); n != want {
+			t.Fatalf("session %d: STAT counted %d messages, want %d", i+1, n, want)
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.imap.Accepted(); n != 1 {
+		t.Errorf("%d upstream connections, want 1", n)
+	}
+}
+
+// TestKeptConnectionSyncsDeliveryWhileIdle: Dovecot applies a delivery
+// to a mailbox a kept connection idles on when it happens (the message
+// leaves the maildir's new/ with no client command), and the next session
+// lists it.
+func TestKeptConnectionSyncsDeliveryWhileIdle(t *testing.T) {
+	dc := dovecottest.Start(t, map[string]string{"idler": "pass"})
+	dc.Deliver(t, "idler", []byte("Subject: 1\r\n\r\none\r\n"), []byte("Subject: 2\r\n\r\ntwo\r\n"))
+	_, addr := serveDovecot(t, dc.IMAPAddr(), cache.New(1<<20, 1<<20), cache.NewBudget(8<<20))
+	poll := func() []pop3client.Entry {
+		t.Helper()
+		c, err := pop3client.Dial(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if err := c.Login("idler", "pass"); err != nil {
+			t.Fatal(err)
+		}
+		uidls := must[[]pop3client.Entry](t)(c.UIDL())
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		return uidls
+	}
+	if n := len(poll()); n != 2 {
+		t.Fatalf("first session: %d messages, want 2", n)
+	}
+	newDir := filepath.Join(dc.Maildir("idler"), "new")
+	if left := must[[]os.DirEntry](t)(os.ReadDir(newDir)); len(left) != 0 {
+		t.Fatalf("%d messages left in new/ after a session", len(left))
+	}
+	dc.Deliver(t, "idler", []byte("Subject: 3\r\n\r\nthree\r\n"))
+	waitFor(t, func() bool {
+		left, err := os.ReadDir(newDir)
+		return err == nil && len(left) == 0
+	})
+	uidls := poll()
+	if len(uidls) != 3 || uidls[2].Value[:8] != "00000003" {
+		t.Fatalf("second session: %+v, want 3 messages, the last with UID 3", uidls)
+	}
+}
+
+// TestServerEndsIdle: a server that ends IDLE on its own before the next
+// login answers that login's DONE as a bad command, which the IMAP client
+// takes for a broken connection; the login is then served on a new one.
+func TestServerEndsIdle(t *testing.T) {
+	e := newScriptedEnv(t, withIdle(loginAndList(100))+`
+		C: {tag} IDLE
+		S: + idling
+		S: {tag} OK IDLE ended by the server
+		C: DONE
+		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+		S: DONE BAD no command
+	`, withIdle(loginAndSelect(1))+`
+		C: {tag} IDLE
+		S: + idling
+		C: DONE
+		S: {tag} OK idle done
+	`)
+	e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
+	e.gw.pool.waitAfter = 0 // the wait starts before QUIT is answered
+	t.Cleanup(e.gw.Close)   // ends the second connection's IDLE and logs out
+	for i := range 2 {
+		c := e.login()
+		if n, _ := must2(t)(c.Stat()); n != 1 {
+			t.Fatalf("session %d: STAT counted %d messages, want 1", i+1, n)
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.imap.Accepted(); n != 2 {
+		t.Errorf("%d upstream connections, want 2", n)
+	}
+}
+
+// withIdle makes a scripted server offer IDLE.
+func withIdle(dialogue string) string {
+	return strings.ReplaceAll(dialogue, "UIDPLUS]", "UIDPLUS IDLE]")
+}
+
+// TestRefreshAfterIdle: after IDLE, the next login asks for the state with
+// STATUS, sent with DONE, instead of selecting the mailbox again; an
+// answer that disagrees with the EXISTS and EXPUNGE responses the server
+// sent while idling is not taken, and the mailbox is selected again.
+func TestRefreshAfterIdle(t *testing.T) {
+	const newFetch = `
+		C: {tag} UID FETCH 2:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
+		S: * 2 FETCH (UID 2 FLAGS () RFC822.SIZE 120)
+		S: {tag} OK fetched
+		C: {tag} IDLE
+		S: + idling
+		C: DONE
+		S: {tag} OK idle done
+	`
+	for _, tc := range []struct {
+		name, dialogue string
+	}{
+		{"status", withIdle(loginAndList(100)) + `
+			C: {tag} IDLE
+			S: + idling
+			S: * 2 EXISTS
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
+		` + newFetch},
+		{"status disagrees", withIdle(loginAndList(100)) + `
+			C: {tag} IDLE
+			S: + idling
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
+			C: {tag} SELECT INBOX
+			S: * 2 EXISTS
+			S: * OK [UIDVALIDITY 1] ok
+			S: * OK [UIDNEXT 3] ok
+			S: {tag} OK [READ-WRITE] selected
+		` + newFetch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newScriptedEnv(t, tc.dialogue)
+			e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
+			e.gw.pool.waitAfter = 0
+			t.Cleanup(e.gw.Close)
+			for i, want := range []int{1, 2} {
+				c := e.login()
+				if n, _ := must2(t)(c.Stat()); n != want {
+					t.Fatalf("session %d: STAT counted %d messages, want %d", i+1, n, want)
+				}
+				if err := c.Quit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
