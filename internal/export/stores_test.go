@@ -2,6 +2,7 @@ package export
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -337,5 +338,28 @@ func TestExportJMAPCyrus(t *testing.T) {
 	sameMessages(t, readEML(t, filepath.Join(dir, "INBOX", "Work")), imapServes(t, srv.IMAPAddr(), login, password, "INBOX/Work"), func(b []byte) []byte { return b })
 	if _, err := os.Stat(filepath.Join(dir, "INBOX")); err != nil {
 		t.Error(err)
+	}
+}
+
+// A mailbox the store opens by a name its list does not use (Graph's
+// well-known names, JMAP's own name of the inbox) is exported under the
+// name it was asked by.
+func TestExportGraphWellKnownName(t *testing.T) {
+	double := graphdouble.New(t)
+	const login, token = "bob@example.com", "graph-token"
+	double.Grant(token, login)
+	box := double.Mailbox(login)
+	msgs := storeCorpus(3, false)
+	for _, m := range msgs {
+		box.Add("archive", graphdouble.Msg{MIME: m})
+	}
+	open, mailbox := mappedUser(t, proxy.GraphStore(graph.NewStore(graph.Options{BaseURL: double.URL, Backoff: 10 * time.Millisecond})), login, token, true)
+	dir := t.TempDir()
+	if sum := run(t, Options{Open: open, Mailbox: mailbox, Folder: "archive", Dir: dir}); sum.Exported != len(msgs) {
+		t.Errorf("exported %d, want %d", sum.Exported, len(msgs))
+	}
+	sameMessages(t, readEML(t, filepath.Join(dir, "archive")), storeServes(t, open, "archive"), func(b []byte) []byte { return b })
+	if _, err := Run(testCtx(t), Options{Open: open, Mailbox: mailbox, Folder: "No Such Folder", Dir: t.TempDir()}); !errors.Is(err, ErrNoMailbox) {
+		t.Errorf("an unknown folder: %v, want ErrNoMailbox", err)
 	}
 }
