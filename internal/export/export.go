@@ -276,6 +276,13 @@ func (e *exporter) folders(ctx context.Context, src *source) ([]folder, error) {
 			return []folder{fo}, nil
 		}
 	}
+	// A store may open a mailbox by a name its list does not use (Graph's
+	// well-known names, a JMAP inbox by its own name): what opens is
+	// there.
+	if sess, err := e.opts.Open(ctx, want); err == nil {
+		sess.Close()
+		return []folder{{name: want}}, nil
+	}
 	names := make([]string, len(all))
 	for i, fo := range all {
 		names[i] = fo.name

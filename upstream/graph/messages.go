@@ -61,12 +61,35 @@ func WellKnownFolder(name string) string {
 }
 
 // Folder finds a folder: by its well-known name (api/mailfolder-get), or
-// among the top-level folders by display name (api/user-list-mailfolders
-// with $filter=displayName eq '...'). Subfolders are not searched.
+// by display name among the top-level folders (api/user-list-mailfolders
+// with $filter=displayName eq '...'); "parent/child" is a child folder of
+// a top-level one (api/mailfolder-list-childfolders), as Mailboxes names
+// it.
 func (c *Client) Folder(ctx context.Context, name string) (Folder, error) {
+	f, err := c.folder(ctx, "/me/mailFolders", name)
+	if !errors.Is(err, ErrFolderNotFound) || !strings.Contains(name, "/") {
+		return f, err
+	}
+	// A display name may hold a "/" itself: the whole name was tried
+	// first.
+	parts := strings.Split(name, "/")
+	if f, err = c.folder(ctx, "/me/mailFolders", parts[0]); err != nil {
+		return Folder{}, err
+	}
+	for _, part := range parts[1:] {
+		if f, err = c.folder(ctx, "/me/mailFolders/"+url.PathEscape(f.ID)+"/childFolders", part); err != nil {
+			return Folder{}, fmt.Errorf("%w: %q", ErrFolderNotFound, name)
+		}
+	}
+	return f, nil
+}
+
+// folder finds a folder of the collection at path by its display name, or
+// a top-level one by its well-known name.
+func (c *Client) folder(ctx context.Context, path, name string) (Folder, error) {
 	sel := url.Values{"$select": {"id,displayName,totalItemCount"}}
-	if wk := WellKnownFolder(name); wk != "" {
-		resp, err := c.do(ctx, request{op: "folder", method: "GET", path: "/me/mailFolders/" + wk + "?" + sel.Encode(), notFound: ErrFolderNotFound})
+	if wk := WellKnownFolder(name); wk != "" && path == "/me/mailFolders" {
+		resp, err := c.do(ctx, request{op: "folder", method: "GET", path: path + "/" + wk + "?" + sel.Encode(), notFound: ErrFolderNotFound})
 		if err != nil {
 			return Folder{}, err
 		}
@@ -79,7 +102,7 @@ func (c *Client) Folder(ctx context.Context, name string) (Folder, error) {
 	}
 	// OData string literals double their single quotes.
 	sel.Set("$filter", "displayName eq '"+strings.ReplaceAll(name, "'", "''")+"'")
-	resp, err := c.do(ctx, request{op: "folder", method: "GET", path: "/me/mailFolders?" + sel.Encode()})
+	resp, err := c.do(ctx, request{op: "folder", method: "GET", path: path + "?" + sel.Encode(), notFound: ErrFolderNotFound})
 	if err != nil {
 		return Folder{}, err
 	}
@@ -96,6 +119,55 @@ func (c *Client) Folder(ctx context.Context, name string) (Folder, error) {
 		}
 	}
 	return Folder{}, fmt.Errorf("%w: %q", ErrFolderNotFound, name)
+}
+
+// maxFolders bounds the folders Folders lists.
+const maxFolders = 10000
+
+// Folders lists the account's folders (api/user-list-mailfolders, then
+// api/mailfolder-list-childfolders under each folder that has children)
+// with their paths: display names from the top, joined by "/".
+func (c *Client) Folders(ctx context.Context) (paths []string, folders []Folder, err error) {
+	type listed struct {
+		Folder
+		ChildFolderCount int `json:"childFolderCount"`
+	}
+	var walk func(collection, prefix string, depth int) error
+	walk = func(collection, prefix string, depth int) error {
+		link := collection + "?" + url.Values{"$select": {"id,displayName,totalItemCount,childFolderCount"}, "$top": {"100"}}.Encode()
+		for n := 0; link != ""; n++ {
+			if n == maxPages || len(folders) > maxFolders || depth > 32 {
+				return fmt.Errorf("%w: the folder list does not end", ErrBadResponse)
+			}
+			resp, err := c.do(ctx, request{op: "folder", method: "GET", path: link})
+			if err != nil {
+				return err
+			}
+			var p struct {
+				Value    []listed `json:"value"`
+				NextLink string   `json:"@odata.nextLink"`
+			}
+			err = decode(resp.Body, maxJSON, &p)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			for _, f := range p.Value {
+				paths, folders = append(paths, prefix+f.DisplayName), append(folders, f.Folder)
+				if f.ChildFolderCount > 0 {
+					if err := walk("/me/mailFolders/"+url.PathEscape(f.ID)+"/childFolders", prefix+f.DisplayName+"/", depth+1); err != nil {
+						return err
+					}
+				}
+			}
+			link = p.NextLink
+		}
+		return nil
+	}
+	if err := walk("/me/mailFolders", "", 0); err != nil {
+		return nil, nil, err
+	}
+	return paths, folders, nil
 }
 
 // page is one page of a collection (paging), a listing's or a delta

@@ -263,6 +263,33 @@ feed:
 	return first
 }
 
+// Mailboxes lists the account's folders by path (see Client.Folders),
+// which Login and Folder take; the inbox is "INBOX", as IMAP names it
+// (RFC 9051 §5.1). Graph has no hierarchy delimiter: "/" is the
+// delimiter.
+func (s *Session) Mailboxes(ctx context.Context) ([]upstream.MailboxName, error) {
+	if s.closed {
+		return nil, errClosed
+	}
+	inbox, err := s.c.Folder(ctx, "inbox")
+	if err != nil {
+		return nil, err
+	}
+	paths, folders, err := s.c.Folders(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]upstream.MailboxName, len(paths))
+	for i, p := range paths {
+		if folders[i].ID == inbox.ID {
+			p = "INBOX"
+		}
+		names[i] = upstream.MailboxName{Name: p, Delim: '/'}
+	}
+	slices.SortFunc(names, func(a, b upstream.MailboxName) int { return strings.Compare(a.Name, b.Name) })
+	return names, nil
+}
+
 // DeleteJournaled applies a delete mode (see Client.Remove). A move to
 // the trash is one request per message that keeps the immutable id, with
 // no copy that could be whole while the original stays: copied is never

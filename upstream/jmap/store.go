@@ -174,26 +174,72 @@ func (c *Session) findMailbox(ctx context.Context, name string) (string, error) 
 }
 
 // byPath finds the Mailbox whose names from the top, joined by "/", are
-// path.
+// path; the inbox may be named by its own name or as "INBOX" (see
+// Mailboxes).
 func byPath(list []mailboxJSON, path string) string {
-	byID := make(map[string]mailboxJSON, len(list))
+	paths := mailboxPaths(list)
 	for _, m := range list {
-		byID[m.ID] = m
-	}
-	for _, m := range list {
-		full, cur := m.Name, m
-		for depth := 0; cur.ParentID != nil && depth < len(list); depth++ {
-			parent, ok := byID[*cur.ParentID]
-			if !ok {
-				break
-			}
-			full, cur = parent.Name+"/"+full, parent
-		}
-		if full == path {
+		if paths[m.ID] == path || pathOf(list, m, false) == path {
 			return m.ID
 		}
 	}
 	return ""
+}
+
+// pathOf is the names of m and its parents from the top, joined by "/";
+// with inboxAsINBOX the Mailbox of role inbox is named "INBOX".
+func pathOf(list []mailboxJSON, m mailboxJSON, inboxAsINBOX bool) string {
+	byID := make(map[string]mailboxJSON, len(list))
+	for _, m := range list {
+		byID[m.ID] = m
+	}
+	name := func(m mailboxJSON) string {
+		if inboxAsINBOX && m.Role != nil && *m.Role == "inbox" {
+			return "INBOX"
+		}
+		return m.Name
+	}
+	full, cur := name(m), m
+	// A parent chain longer than the list is a loop the server made.
+	for depth := 0; cur.ParentID != nil && depth < len(list); depth++ {
+		parent, ok := byID[*cur.ParentID]
+		if !ok {
+			break
+		}
+		full, cur = name(parent)+"/"+full, parent
+	}
+	return full
+}
+
+// mailboxPaths names every Mailbox as Mailboxes does.
+func mailboxPaths(list []mailboxJSON) map[string]string {
+	out := make(map[string]string, len(list))
+	for _, m := range list {
+		out[m.ID] = pathOf(list, m, true)
+	}
+	return out
+}
+
+// Mailboxes lists every Mailbox of the account (RFC 8621 §2.1, Mailbox/get
+// with ids null) by path: its name and its parents' from the top, joined
+// by "/", which Login takes. The inbox (role inbox, RFC 8621 §2) is
+// "INBOX", as IMAP names it (RFC 9051 §5.1), whatever the server calls
+// it; JMAP has no hierarchy delimiter, so "/" is the delimiter.
+func (c *Session) Mailboxes(ctx context.Context) ([]upstream.MailboxName, error) {
+	if c.closed {
+		return nil, errClosed
+	}
+	list, err := c.mailboxes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	paths := mailboxPaths(list)
+	names := make([]upstream.MailboxName, 0, len(list))
+	for _, p := range paths {
+		names = append(names, upstream.MailboxName{Name: p, Delim: '/'})
+	}
+	slices.SortFunc(names, func(a, b upstream.MailboxName) int { return strings.Compare(a.Name, b.Name) })
+	return names, nil
 }
 
 // query is the Email/query that lists the mailbox (RFC 8621 §4.4): the

@@ -36,6 +36,7 @@
 package graphdouble
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -229,6 +230,7 @@ type Mailbox struct {
 
 type folder struct {
 	id, wellKnown, name string
+	parent              string // the parent folder's id; "" at the top
 }
 
 type message struct {
@@ -263,6 +265,16 @@ func (m *Mailbox) AddFolder(name string) string {
 	m.s.mu.Lock()
 	defer m.s.mu.Unlock()
 	return m.addFolder("", name).id
+}
+
+// AddChildFolder creates a folder with that display name under the folder
+// whose id is parent (mailfolder-post-childfolders) and returns its id.
+func (m *Mailbox) AddChildFolder(parent, name string) string {
+	m.s.mu.Lock()
+	defer m.s.mu.Unlock()
+	f := m.addFolder("", name)
+	f.parent = parent
+	return f.id
 }
 
 // Add puts a message in the folder (a well-known name or a display name)
@@ -545,7 +557,16 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, user, escaped str
 	imm := immutableIDs(r)
 	switch {
 	case r.Method == "GET" && len(segs) == 1 && segs[0] == "mailFolders":
-		s.listFolders(w, r, m)
+		s.listFolders(w, r, m, "")
+	case r.Method == "GET" && len(segs) == 3 && segs[0] == "mailFolders" && segs[2] == "childFolders":
+		s.mu.Lock()
+		f := m.folderFor(segs[1])
+		s.mu.Unlock()
+		if f == nil {
+			graphError(w, http.StatusNotFound, "ErrorItemNotFound", "The specified object was not found in the store.")
+			return
+		}
+		s.listFolders(w, r, m, f.id)
 	case r.Method == "GET" && len(segs) == 2 && segs[0] == "mailFolders":
 		s.getFolder(w, m, segs[1])
 	case r.Method == "GET" && len(segs) == 3 && segs[0] == "mailFolders" && segs[2] == "messages":
@@ -579,8 +600,15 @@ func (m *Mailbox) folderFor(ref string) *folder {
 	return nil
 }
 
-func folderJSON(f *folder, count int) map[string]any {
-	return map[string]any{"id": f.id, "displayName": f.name, "totalItemCount": count, "parentFolderId": "AAMkRoot="}
+func (m *Mailbox) folderJSON(f *folder) map[string]any {
+	children := 0
+	for _, c := range m.folders {
+		if c.parent == f.id {
+			children++
+		}
+	}
+	return map[string]any{"id": f.id, "displayName": f.name, "totalItemCount": m.count(f),
+		"parentFolderId": cmp.Or(f.parent, "AAMkRoot="), "childFolderCount": children}
 }
 
 func (m *Mailbox) count(f *folder) int {
@@ -601,12 +629,13 @@ func (s *Server) getFolder(w http.ResponseWriter, m *Mailbox, ref string) {
 		graphError(w, http.StatusNotFound, "ErrorItemNotFound", "The specified object was not found in the store.")
 		return
 	}
-	writeJSON(w, http.StatusOK, folderJSON(f, m.count(f)))
+	writeJSON(w, http.StatusOK, m.folderJSON(f))
 }
 
 // listFolders answers $filter=displayName eq '...' (the one filter the
-// client uses), or lists every folder.
-func (s *Server) listFolders(w http.ResponseWriter, r *http.Request, m *Mailbox) {
+// client uses), or lists every folder, of the folders under parent (""
+// for the top-level ones).
+func (s *Server) listFolders(w http.ResponseWriter, r *http.Request, m *Mailbox, parent string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	filter := r.URL.Query().Get("$filter")
@@ -623,8 +652,8 @@ func (s *Server) listFolders(w http.ResponseWriter, r *http.Request, m *Mailbox)
 	}
 	var value []map[string]any
 	for _, f := range m.sortedFolders() {
-		if !byName || f.name == want {
-			value = append(value, folderJSON(f, m.count(f)))
+		if f.parent == parent && (!byName || f.name == want) {
+			value = append(value, m.folderJSON(f))
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"value": value})
