@@ -2,6 +2,7 @@ package submission
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -219,6 +220,10 @@ func (s *session) dataAPI(r io.Reader) error {
 		err = lw.Flush()
 	}
 	switch {
+	case errors.Is(src.err, smtp.ErrDataTooLarge):
+		// go-smtp stopped at the SIZE EHLO offered.
+		s.srv.observeMessage("too-big")
+		return tooBigFor(min(limit, cmp.Or(s.srv.Capabilities.Size, limit)))
 	case src.err != nil:
 		s.log.Info("message not finished by the client: nothing sent", "err", src.err)
 		s.srv.observeMessage("client-aborted")

@@ -1,8 +1,11 @@
 package submission
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -65,5 +68,46 @@ func TestMailerReply(t *testing.T) {
 		if r.Code != tc.code || !strings.Contains(r.Message, tc.text) {
 			t.Errorf("%v: %d %s, want %d with %q", tc.err, r.Code, r.Message, tc.code, tc.text)
 		}
+	}
+}
+
+// fakeMailer records what it is given.
+type fakeMailer struct {
+	limit int64
+	mu    sync.Mutex
+	sent  [][]byte
+}
+
+func (m *fakeMailer) MaxSize() int64 { return m.limit }
+
+func (m *fakeMailer) Send(_ context.Context, msg []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sent = append(m.sent, bytes.Clone(msg))
+	return nil
+}
+
+// TestMailerSizeBound: without a SIZE in EHLO, DATA is still read no
+// further than the Mailer's limit, refused with 552 naming it, and nothing
+// is sent; the session goes on.
+func TestMailerSizeBound(t *testing.T) {
+	m := &fakeMailer{limit: 100}
+	h := newRelay(t, newFakeUpstream(t, nil), func(s *Server) {
+		s.Backend = backendFunc(func(_ context.Context, l *LoginInfo) (*Account, error) {
+			return &Account{Key: "api/alice", Upstream: &Upstream{Name: "api"}, Senders: []string{"alice@example.com"}, Mailer: m}, nil
+		})
+	})
+	c := h.dial()
+	c.login()
+	if got := c.send("alice@example.com", []string{"b@example.com"}, "To: b@example.com\r\n\r\n"+strings.Repeat("x", 200)); !strings.HasPrefix(got, "552 5.3.4 ") || !strings.Contains(got, "limit 100 octets") {
+		t.Fatalf("over the limit: %q", got)
+	}
+	if got := c.send("alice@example.com", []string{"b@example.com"}, "To: b@example.com\r\n\r\nsmall"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("within the limit: %q", got)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.sent) != 1 || string(m.sent[0]) != "To: b@example.com\r\n\r\nsmall\r\n" {
+		t.Fatalf("sent %q", m.sent)
 	}
 }
