@@ -36,6 +36,7 @@ const sendmailUser = "adele@contoso.example"
 type sendmailEnv struct {
 	double *graphdouble.Server
 	addr   string
+	client *smtp.Client
 
 	mu        sync.Mutex
 	refreshes int
@@ -88,7 +89,9 @@ users:
 	}
 	r := &relay{gateway: gw}
 	r.routes.Store(routes)
-	srv := &submission.Server{Backend: r, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MessagesPerHour: -1}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := &submission.Server{Backend: r, Logger: log, MessagesPerHour: -1,
+		Capabilities: submissionCapabilities(context.Background(), routes, log)}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +99,9 @@ users:
 	e.addr = ln.Addr().String()
 	go srv.Serve(ln)
 	t.Cleanup(func() {
+		if e.client != nil {
+			e.client.Close()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
@@ -116,19 +122,23 @@ func (e *sendmailEnv) token(_ context.Context, refresh bool) (string, error) {
 	return "token-0", nil
 }
 
-// send submits msg with go-smtp's client and returns the reply to the
-// first refused command, nil when DATA was accepted.
+// send submits msg with go-smtp's client, on one logged-in connection
+// for the whole test, and returns the reply to the first refused command,
+// nil when DATA was accepted.
 func (e *sendmailEnv) send(t *testing.T, from string, to []string, msg []byte) *smtp.SMTPError {
 	t.Helper()
-	c, err := smtp.Dial(e.addr)
-	if err != nil {
-		t.Fatal(err)
+	if e.client == nil {
+		c, err := smtp.Dial(e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Auth(sasl.NewPlainClient("", "bob", "bob-local")); err != nil {
+			t.Fatal(err)
+		}
+		e.client = c
 	}
-	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", "bob", "bob-local")); err != nil {
-		t.Fatal(err)
-	}
-	err = c.Mail(from, nil)
+	c := e.client
+	err := c.Mail(from, nil)
 	for _, rcpt := range to {
 		if err == nil {
 			err = c.Rcpt(rcpt, nil)
@@ -143,9 +153,9 @@ func (e *sendmailEnv) send(t *testing.T, from string, to []string, msg []byte) *
 		}
 	}
 	if err == nil {
-		c.Quit()
 		return nil
 	}
+	c.Reset()
 	var se *smtp.SMTPError
 	if !errors.As(err, &se) {
 		t.Fatalf("not an SMTP reply: %v", err)
@@ -270,6 +280,28 @@ func TestRelayThroughGraphSendMail(t *testing.T) {
 			e.sent(t, n)
 		})
 	}
+
+	t.Run("SIZE offered and enforced at MAIL", func(t *testing.T) {
+		c, err := smtp.Dial(e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Hello("device"); err != nil {
+			t.Fatal(err)
+		}
+		if size, ok := c.MaxMessageSize(); !ok || size != graph.MaxSendMIME {
+			t.Fatalf("EHLO SIZE %d (%v), want %d", size, ok, graph.MaxSendMIME)
+		}
+		if err := c.Auth(sasl.NewPlainClient("", "bob", "bob-local")); err != nil {
+			t.Fatal(err)
+		}
+		var se *smtp.SMTPError
+		err = c.Mail(sendmailUser, &smtp.MailOptions{Size: graph.MaxSendMIME + 1})
+		if !errors.As(err, &se) || se.Code != 552 || se.EnhancedCode != (smtp.EnhancedCode{5, 3, 4}) {
+			t.Fatalf("MAIL with SIZE over the limit: %v", err)
+		}
+	})
 
 	t.Run("token refreshed once after a 401", func(t *testing.T) {
 		e.mu.Lock()

@@ -198,8 +198,16 @@ func (m graphMailer) Send(ctx context.Context, msg []byte) error {
 // EHLO may offer, for at most 10 seconds: an upstream that cannot be
 // asked delays the start by no more, and EHLO then offers SIZE without a
 // limit and no SMTPUTF8. Upstreams added by a reload are not asked.
+//
+// Where every route is Graph's sendMail, EHLO offers SIZE with its limit
+// (RFC 1870), so a device learns it before sending. Beside SMTP
+// upstreams, the SMTP upstreams' limit is offered and sendMail's is
+// enforced at DATA.
 func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logger) submission.Capabilities {
 	if len(r.upstreams) == 0 {
+		if len(r.graph) > 0 {
+			return submission.Capabilities{Size: graph.MaxSendMIME}
+		}
 		return submission.Capabilities{}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
