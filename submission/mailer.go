@@ -47,8 +47,11 @@ func (r *MailerRefusal) Error() string {
 // §4.2.1: 4yz for a refusal that may pass, 5yz for one that will not;
 // RFC 3463 codes for why.
 func mailerReply(err error, limit int64) *smtp.SMTPError {
+	// Only a refusal of this message as it stands is permanent: bad
+	// content (400), not permitted (403), too large (413). Any other
+	// status, throttling and authentication included, may pass.
 	var r *MailerRefusal
-	if !errors.As(err, &r) || r.Temporary || r.Status == 401 || r.Status == 408 || r.Status == 429 || r.Status >= 500 {
+	if !errors.As(err, &r) || r.Temporary || (r.Status != 400 && r.Status != 403 && r.Status != 413) {
 		text := "Upstream busy or unavailable; nothing was sent, please try again later"
 		if r != nil && r.RetryAfter > 0 {
 			text += fmt.Sprintf(" (the upstream asked to wait %d seconds)", int64((r.RetryAfter+time.Second-1)/time.Second))
@@ -64,7 +67,7 @@ func mailerReply(err error, limit int64) *smtp.SMTPError {
 		return tooBigFor(limit)
 	case 403:
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Message refused by the upstream: not permitted" + reason}
-	default:
+	default: // 400
 		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message refused by the upstream" + reason}
 	}
 }

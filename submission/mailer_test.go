@@ -60,6 +60,7 @@ func TestMailerReply(t *testing.T) {
 		{&MailerRefusal{Status: 503, Temporary: true}, 451, "try again later"},
 		{&MailerRefusal{Status: 401, Code: "InvalidAuthenticationToken"}, 451, "try again later"},
 		{errors.New("connection reset"), 451, "nothing was sent"},
+		{&MailerRefusal{Status: 404, Code: "ErrorItemNotFound"}, 451, "try again later"},
 		{&MailerRefusal{Status: 403, Code: "ErrorSendAsDenied"}, 554, "(ErrorSendAsDenied)"},
 		{&MailerRefusal{Status: 400, Code: "ErrorInvalidRecipients"}, 550, "(ErrorInvalidRecipients)"},
 		{&MailerRefusal{Status: 413}, 552, "limit 100 octets"},
