@@ -8,5 +8,8 @@
 //
 // The package knows nothing of POP3, IMAP or the gateway's configuration:
 // a Backend turns a login into an Account (an upstream endpoint, its
-// credentials and the senders the login may use).
+// credentials and the senders the login may use). An Account may carry a
+// Mailer instead, an API that takes whole messages (Microsoft Graph's
+// sendMail): DATA is then read whole, up to the API's limit, and
+// answered with the API's answer.
 package submission

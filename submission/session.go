@@ -77,6 +77,8 @@ type session struct {
 	inMail bool
 	rcpts  int
 	size   int64 // upstream SIZE, 0: none announced
+	// rcptTo are the transaction's recipients, kept for a Mailer.
+	rcptTo []string
 }
 
 func (s *session) trace(cmd string, reply error) {
@@ -202,7 +204,12 @@ func (s *session) login(user, pass, method string) error {
 		return errTempAuth
 	}
 	log := s.log.With("upstream", acct.Upstream.Name)
-	up, err := dial(s.ctx, acct)
+	var up *upstreamConn
+	if acct.Mailer != nil {
+		err = checkToken(s.ctx, acct)
+	} else {
+		up, err = dial(s.ctx, acct)
+	}
 	switch {
 	case errors.Is(err, errUpstreamAuth):
 		log.Info("upstream refused the credentials", "err", err)
@@ -266,11 +273,14 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		s.srv.observeMessage("rate-limited")
 		return errRate
 	}
-	if err := s.ensureUpstream(); err != nil {
-		return err
-	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
+	}
+	if s.account.Mailer != nil {
+		return s.mailAPI(opts)
+	}
+	if err := s.ensureUpstream(); err != nil {
+		return err
 	}
 	if opts.UTF8 {
 		if ok, _ := s.up.Extension("SMTPUTF8"); !ok {
@@ -329,7 +339,7 @@ func (s *session) rcpt(to string) error {
 	if s.account == nil {
 		return errAuthRequired
 	}
-	if !s.inMail || s.up == nil {
+	if !s.inMail || (s.up == nil && s.account.Mailer == nil) {
 		// The upstream connection was lost in this transaction.
 		return errUpstream
 	}
@@ -339,6 +349,11 @@ func (s *session) rcpt(to string) error {
 			s.srv.observeMessage("too-many-recipients")
 		}
 		return errRecipients
+	}
+	if s.account.Mailer != nil {
+		s.rcptTo = append(s.rcptTo, to)
+		s.rcpts++
+		return nil
 	}
 	if err := s.up.Rcpt(to, nil); err != nil {
 		return s.carry(err, "RCPT", "Recipient refused by the upstream")
@@ -360,6 +375,9 @@ func (s *session) Data(r io.Reader) error {
 func (s *session) data(r io.Reader) error {
 	if s.account == nil {
 		return errAuthRequired
+	}
+	if s.account.Mailer != nil && s.inMail && s.rcpts > 0 {
+		return s.dataAPI(r)
 	}
 	if !s.inMail || s.rcpts == 0 || s.up == nil {
 		return errUpstream
@@ -475,6 +493,7 @@ func (s *session) dropUpstream() {
 	}
 	s.inMail = false
 	s.rcpts = 0
+	s.rcptTo = nil
 }
 
 // Reset ends the transaction here and upstream (RFC 5321 §4.1.1.5).
@@ -486,6 +505,7 @@ func (s *session) Reset() {
 	}
 	s.inMail = false
 	s.rcpts = 0
+	s.rcptTo = nil
 }
 
 // Logout ends the upstream session too.

@@ -64,6 +64,11 @@ type Account struct {
 	// Senders are the addresses MAIL FROM may name, compared without
 	// regard to case.
 	Senders []string
+	// Mailer, when set, sends the account's mail in place of an SMTP
+	// exchange with Upstream, which then only names the upstream in logs.
+	// Token, when set, is asked for a token at login, so that an account
+	// without one is refused then rather than at DATA.
+	Mailer Mailer
 }
 
 // errUpstreamAuth: the upstream refused the account's credentials.

@@ -15,11 +15,15 @@ import (
 	"github.com/pop3gw/gateway/internal/username"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/submission"
+	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/graph"
 )
 
 // relay is the submission door's Backend: a login is resolved by the
 // gateway exactly as a POP3 login, and its mail goes to its upstream's
-// submission endpoint with the same upstream credentials.
+// submission endpoint with the same upstream credentials, or, for a
+// Graph upstream without one, through Graph's sendMail with the token
+// the Graph store uses.
 type relay struct {
 	gateway *proxy.Gateway
 	routes  atomic.Pointer[relayRoutes] // replaced on reload
@@ -30,6 +34,9 @@ type relayRoutes struct {
 	upstreams  map[string]*submission.Upstream // by upstream name; absent: no submission endpoint
 	mechanisms map[string]string               // upstream name -> XOAUTH2 or OAUTHBEARER, for OAuth2 upstreams
 	addresses  map[string][]string             // canonical mapped user name -> its further sender addresses
+	// graph are the Graph upstreams without a submission endpoint: their
+	// mail goes through sendMail, with these client options.
+	graph map[string]graph.Options
 }
 
 func newRelayRoutes(cfg *config.Config) (*relayRoutes, error) {
@@ -37,8 +44,21 @@ func newRelayRoutes(cfg *config.Config) (*relayRoutes, error) {
 		upstreams:  make(map[string]*submission.Upstream),
 		mechanisms: make(map[string]string),
 		addresses:  make(map[string][]string),
+		graph:      make(map[string]graph.Options),
 	}
 	for name, u := range cfg.Upstreams {
+		if u.Submission == nil && u.Protocol == config.ProtocolGraph {
+			tlsConfig, err := upstreamTLS(u)
+			if err != nil {
+				return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+			}
+			r.graph[name] = graph.Options{
+				BaseURL:    u.Address,
+				HTTPClient: graphHTTP(tlsConfig, time.Duration(u.Timeout)),
+				Timeout:    time.Duration(u.Timeout),
+			}
+			continue
+		}
 		if u.Submission == nil {
 			continue
 		}
@@ -81,6 +101,9 @@ func (r *relay) Login(ctx context.Context, login *submission.LoginInfo) (*submis
 func (r *relay) account(cred *proxy.Credentials) (*submission.Account, error) {
 	routes := r.routes.Load()
 	name := cred.Upstream.Name
+	if opts, ok := routes.graph[name]; ok {
+		return graphAccount(name, cred, opts)
+	}
 	up := routes.upstreams[name]
 	if up == nil {
 		return nil, fmt.Errorf("upstreams.%s has no submission endpoint", name)
@@ -99,25 +122,92 @@ func (r *relay) account(cred *proxy.Credentials) (*submission.Account, error) {
 	}
 	if cred.Token != nil {
 		acct.Mechanism = routes.mechanisms[name]
-		acct.Token = func(ctx context.Context, refresh bool) (string, error) {
-			tok, err := cred.Token(ctx, refresh)
-			if errors.Is(err, proxy.ErrNeedsAuthorization) {
-				// Refused like bad credentials, as for POP3; the log says
-				// what the operator must do.
-				return "", fmt.Errorf("%w: %w", submission.ErrAuthFailed, err)
-			}
-			return tok, err
-		}
+		acct.Token = relayToken(cred)
 	}
 	return acct, nil
+}
+
+// relayToken gives the login's OAuth2 tokens, an account the operator
+// must authorise first refused like bad credentials, as for POP3; the
+// log says what the operator must do.
+func relayToken(cred *proxy.Credentials) func(ctx context.Context, refresh bool) (string, error) {
+	return func(ctx context.Context, refresh bool) (string, error) {
+		tok, err := cred.Token(ctx, refresh)
+		if errors.Is(err, proxy.ErrNeedsAuthorization) {
+			return "", fmt.Errorf("%w: %w", submission.ErrAuthFailed, err)
+		}
+		return tok, err
+	}
+}
+
+// graphAccount sends a Graph user's mail through sendMail as the token's
+// user, the account POP3 reads. Graph itself allows that user's own
+// address and those it may send as; the relay allows the same senders
+// as for an SMTP upstream.
+func graphAccount(name string, cred *proxy.Credentials, opts graph.Options) (*submission.Account, error) {
+	if cred.Token == nil {
+		return nil, fmt.Errorf("upstreams.%s: sendMail needs an OAuth2 token", name)
+	}
+	acct := &submission.Account{
+		Key:      name + "/" + username.Canonical(cred.Username),
+		Upstream: &submission.Upstream{Name: name},
+		Username: cred.Username,
+		Senders:  []string{cred.Username},
+		Token:    relayToken(cred),
+	}
+	opts.Tokens = tokenFunc(acct.Token)
+	c, err := graph.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("upstreams.%s: %w", name, err)
+	}
+	acct.Mailer = graphMailer{c}
+	return acct, nil
+}
+
+type tokenFunc func(ctx context.Context, refresh bool) (string, error)
+
+func (f tokenFunc) AccessToken(ctx context.Context, refresh bool) (string, error) {
+	return f(ctx, refresh)
+}
+
+// graphMailer is Graph's sendMail as the relay's Mailer.
+type graphMailer struct{ c *graph.Client }
+
+func (graphMailer) MaxSize() int64 { return graph.MaxSendMIME }
+
+// Send tells the relay Graph's answer: its status and error code (the
+// code is printable and Graph's own vocabulary, such as
+// ErrorSendAsDenied, never its message text).
+func (m graphMailer) Send(ctx context.Context, msg []byte) error {
+	err := m.c.SendMail(ctx, msg)
+	var ge *graph.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ge):
+		return &submission.MailerRefusal{
+			Status: ge.Status, Code: ge.Code, RetryAfter: ge.RetryAfter,
+			Temporary: errors.Is(err, graph.ErrTemporary) || errors.Is(err, upstream.ErrAuthFailed),
+		}
+	default:
+		return err
+	}
 }
 
 // submissionCapabilities asks the submission upstreams what the relay's
 // EHLO may offer, for at most 10 seconds: an upstream that cannot be
 // asked delays the start by no more, and EHLO then offers SIZE without a
 // limit and no SMTPUTF8. Upstreams added by a reload are not asked.
+//
+// Where every route is Graph's sendMail, EHLO offers SIZE with its limit
+// (RFC 1870), so a device learns it before sending. Beside SMTP
+// upstreams, the SMTP upstreams' limit is offered and sendMail's is
+// enforced at DATA.
 func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logger) submission.Capabilities {
 	if len(r.upstreams) == 0 {
+		if len(r.graph) > 0 {
+			return submission.Capabilities{Size: graph.MaxSendMIME}
+		}
 		return submission.Capabilities{}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -162,7 +162,9 @@ type Error struct {
 	Op     string // what the client was doing: list, delta, open, move, ...
 	Status int
 	Code   string
-	kind   error // a sentinel of this package or of upstream, or nil
+	// RetryAfter is the wait a throttled answer asked for, 0 when none.
+	RetryAfter time.Duration
+	kind       error // a sentinel of this package or of upstream, or nil
 }
 
 func (e *Error) Error() string {
@@ -186,6 +188,12 @@ type request struct {
 	path     string // "/me/..." with its query, or an absolute link
 	body     any    // sent as JSON when not nil
 	notFound error  // the kind of a 404
+	// text, when not nil, is sent as the body with Content-Type
+	// text/plain instead of body (outlook-send-mime-message).
+	text []byte
+	// once: a throttled answer is returned, not waited out and sent
+	// again, for a caller that has someone to pass the wait on to.
+	once bool
 }
 
 // do sends the request, with a fresh token once after a 401 and again
@@ -209,13 +217,17 @@ func (c *Client) do(ctx context.Context, req request) (resp *http.Response, err 
 			return nil, err
 		}
 	}
+	contentType := "application/json"
+	if req.text != nil {
+		body, contentType = req.text, "text/plain"
+	}
 	refreshed := false
 	for attempt := 0; ; attempt++ {
 		token, err := c.accessToken(ctx, "")
 		if err != nil {
 			return nil, err
 		}
-		resp, err := c.send(ctx, req.method, target, body, token)
+		resp, err := c.send(ctx, req.method, target, body, contentType, token)
 		if err != nil {
 			return nil, err
 		}
@@ -245,8 +257,14 @@ func (c *Client) do(ctx context.Context, req request) (resp *http.Response, err 
 			if !ok {
 				wait = c.opts.Backoff << attempt
 			}
-			if attempt >= c.opts.Retries || wait > c.opts.MaxRetryAfter {
+			if req.once || attempt >= c.opts.Retries || wait > c.opts.MaxRetryAfter {
 				e := &Error{Op: req.op, Status: s, Code: code, kind: ErrTemporary}
+				if ok {
+					e.RetryAfter = wait
+				}
+				if req.once {
+					return nil, e
+				}
 				if wait > c.opts.MaxRetryAfter {
 					return nil, fmt.Errorf("%w: Retry-After %v is longer than the %v the gateway waits", e, wait, c.opts.MaxRetryAfter)
 				}
@@ -271,7 +289,7 @@ func (c *Client) do(ctx context.Context, req request) (resp *http.Response, err 
 
 // send makes one HTTP exchange within a concurrency slot; the slot stays
 // taken until the response body is closed.
-func (c *Client) send(ctx context.Context, method string, target *url.URL, body []byte, token string) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, method string, target *url.URL, body []byte, contentType, token string) (*http.Response, error) {
 	select {
 	case c.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -295,7 +313,7 @@ func (c *Client) send(ctx context.Context, method string, target *url.URL, body 
 	hr.Header.Set("Prefer", `IdType="ImmutableId"`)
 	hr.Header.Set("Accept", "application/json")
 	if body != nil {
-		hr.Header.Set("Content-Type", "application/json")
+		hr.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.http.Do(hr)
 	if err != nil {

@@ -24,12 +24,15 @@
 //     with 429 "ApplicationThrottled"
 //   - json-batching: POST /$batch of up to 20 requests, each answered as if
 //     sent alone, inside {"responses":[{"id","status","headers","body"}]}
+//   - user-sendmail with MIME (outlook-send-mime-message): POST
+//     /me/sendMail, text/plain, base64 MIME, 202; the messages are kept
+//     for Sent
 //   - errors: {"error":{"code","message","innerError":{...}}}; an expired
 //     token is 401 InvalidAuthenticationToken "Access token has expired or
 //     is not yet valid." with a WWW-Authenticate: Bearer header
 //
 // Tokens are granted one by one (Grant), or checked by an authorization
-// server of the test kit (TokensFrom). Knobs for the faults: PageSize, Throttle, ThrottleBatchItems, Expire, ExpireDeltaLinks,
+// server of the test kit (TokensFrom). Knobs for the faults: PageSize, Throttle, RefuseSend, Unauthorized, ThrottleBatchItems, Expire, ExpireDeltaLinks,
 // Mailbox.Remove (another client deletes a message), messages of any
 // bytes (bare LF) and generated messages of any size (Mailbox.AddLarge),
 // Delay and Override.
@@ -38,6 +41,7 @@ package graphdouble
 import (
 	"cmp"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -79,6 +83,20 @@ type Server struct {
 	inFlight      map[string]int
 	maxFlight     map[string]int
 	seq           int
+	sent          []Sent
+	refuseSend    []sendRefusal
+	unauthorized  int
+}
+
+// Sent is a message sendMail took.
+type Sent struct {
+	User string // whose token sent it
+	MIME []byte // the decoded MIME, as posted
+}
+
+type sendRefusal struct {
+	status int
+	code   string
 }
 
 type token struct {
@@ -202,6 +220,31 @@ func (s *Server) ExpireDeltaLinks() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	clear(s.deltas)
+}
+
+// Sent returns the messages sendMail took, in order.
+func (s *Server) Sent() []Sent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.sent)
+}
+
+// RefuseSend makes the next sendMail request fail with status and Graph's
+// error code, such as 400 ErrorMimeContentInvalidBase64String or 403
+// ErrorSendAsDenied.
+func (s *Server) RefuseSend(status int, code string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuseSend = append(s.refuseSend, sendRefusal{status, code})
+}
+
+// Unauthorized makes the next n requests answer 401 InvalidAuthenticationToken
+// whatever their token, as Graph does with a token revoked before its
+// expiry.
+func (s *Server) Unauthorized(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unauthorized += n
 }
 
 // Requests returns "METHOD path?query" of every request so far, the path
@@ -453,6 +496,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	tok, known := s.tokens[auth]
 	issuer := s.issuer
+	if s.unauthorized > 0 {
+		s.unauthorized--
+		tok.expired = true
+	}
 	s.mu.Unlock()
 	if !known && issuer != nil {
 		if user, ok := issuer(auth); ok {
@@ -541,6 +588,10 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, user, escaped str
 			continue
 		}
 		segs = append(segs, u)
+	}
+	if r.Method == "POST" && len(segs) == 2 && segs[0] == "me" && segs[1] == "sendMail" {
+		s.sendMail(w, r, user)
+		return
 	}
 	if r.Method == "POST" && len(segs) == 1 && segs[0] == "$batch" {
 		s.batch(w, r, user)
@@ -985,4 +1036,47 @@ func (s *Server) batch(w http.ResponseWriter, r *http.Request, user string) {
 		responses = append(responses, answer)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"responses": responses})
+}
+
+// maxSendRequest is Graph's 4 MB request limit (user-sendmail).
+const maxSendRequest = 4 << 20
+
+// sendMail is user-sendmail with a MIME body ("Send a new message using
+// MIME format"; outlook-send-mime-message): Content-Type text/plain, the
+// MIME in base64, 202 Accepted with no body. A JSON message is not
+// served by the double.
+func (s *Server) sendMail(w http.ResponseWriter, r *http.Request, user string) {
+	s.mu.Lock()
+	var refusal *sendRefusal
+	if len(s.refuseSend) > 0 {
+		refusal = &s.refuseSend[0]
+		s.refuseSend = s.refuseSend[1:]
+	}
+	s.mu.Unlock()
+	if refusal != nil {
+		graphError(w, refusal.status, refusal.code, "Refused by the test.")
+		return
+	}
+	if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); !strings.EqualFold(strings.TrimSpace(ct), "text/plain") {
+		graphError(w, http.StatusBadRequest, "ErrorInvalidRequest", "The double serves MIME sendMail only.")
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxSendRequest+1))
+	if err != nil {
+		graphError(w, http.StatusBadRequest, "BadRequest", "Unreadable body.")
+		return
+	}
+	if len(body) > maxSendRequest {
+		graphError(w, http.StatusRequestEntityTooLarge, "ErrorRequestEntityTooLarge", "The request is too large.")
+		return
+	}
+	mime, err := base64.StdEncoding.DecodeString(string(body))
+	if err != nil || len(mime) == 0 {
+		graphError(w, http.StatusBadRequest, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+		return
+	}
+	s.mu.Lock()
+	s.sent = append(s.sent, Sent{User: user, MIME: mime})
+	s.mu.Unlock()
+	w.WriteHeader(http.StatusAccepted)
 }
