@@ -55,7 +55,8 @@ func TestArchitecture(t *testing.T) {
 		"upstream":   {},
 		"submission": {}, // the SMTP door knows nothing of POP3, IMAP or the gateway
 		// A kit that runs a real server knows nothing of the gateway.
-		"internal/testkit/cyrus": {},
+		"internal/testkit/cyrus":    {"internal/testkit/freeport"},
+		"internal/testkit/freeport": {},
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps[pkg] {

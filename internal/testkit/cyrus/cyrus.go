@@ -44,6 +44,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/pop3gw/gateway/internal/testkit/freeport"
 )
 
 // ErrNotInstalled is returned by Start when a program Cyrus needs is
@@ -141,10 +143,11 @@ func Start(opts Options) (*Instance, error) {
 	}
 
 	for attempt := 0; ; attempt++ {
-		imapPort, httpPort, err := freePorts()
+		ports, err := freeport.Ports(2)
 		if err != nil {
 			return nil, fmt.Errorf("cyrus: %w", err)
 		}
+		imapPort, httpPort := ports[0], ports[1]
 		s.imapAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(imapPort))
 		s.httpAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 		if err := s.writeConfig(imapd); err != nil {
@@ -340,20 +343,6 @@ func (s *Instance) chownTree() error {
 		}
 		return os.Lchown(p, uid, gid)
 	})
-}
-
-func freePorts() (int, int, error) {
-	l1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer l1.Close()
-	l2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer l2.Close()
-	return l1.Addr().(*net.TCPAddr).Port, l2.Addr().(*net.TCPAddr).Port, nil
 }
 
 // launch starts the master in daemon mode and waits until both services

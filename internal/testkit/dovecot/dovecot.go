@@ -27,6 +27,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pop3gw/gateway/internal/testkit/freeport"
 )
 
 // ErrNotInstalled is returned by Start when the dovecot binary is missing.
@@ -243,10 +245,11 @@ func Start(opts Options) (*Instance, error) {
 	}
 
 	for attempt := 0; ; attempt++ {
-		imapPort, pop3Port, err := freePorts()
+		ports, err := freeport.Ports(2)
 		if err != nil {
 			return nil, fmt.Errorf("dovecot: %w", err)
 		}
+		imapPort, pop3Port := ports[0], ports[1]
 		s.pop3Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(pop3Port))
 		if opts.IMAPC == "" {
 			s.imapAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(imapPort))
@@ -401,21 +404,6 @@ service pop3 {
 %[3]s}
 `, chroot, pop3Port, mailLimits, loginLimits)
 	return b.String()
-}
-
-// freePorts returns two distinct ports that were free on 127.0.0.1.
-func freePorts() (int, int, error) {
-	l1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer l1.Close()
-	l2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer l2.Close()
-	return l1.Addr().(*net.TCPAddr).Port, l2.Addr().(*net.TCPAddr).Port, nil
 }
 
 // launch starts the master process and waits for the greetings. On

@@ -32,6 +32,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pop3gw/gateway/internal/testkit/freeport"
 )
 
 // ErrNotInstalled: postfix or dovecot is missing.
@@ -130,10 +132,11 @@ func Start(opts Options) (*Instance, error) {
 	if err := os.Chmod(s.outDir, 0o777); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return nil, err
 	}
+	port := ports[0]
 	s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	if err := s.writeFiles(opts, port, nobody); err != nil {
 		return nil, err
@@ -498,15 +501,6 @@ func readPID(path string) int {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return pid
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func greets(addr string) bool {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pop3gw/gateway/internal/testkit/freeport"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 )
 
@@ -82,10 +83,11 @@ type server struct {
 // launch starts redis-server on a port that was just free and waits until
 // it answers PING. On failure the process has exited.
 func launch(bin, dir string) (*server, error) {
-	port, err := freePort()
+	ports, err := freeport.Ports(1)
 	if err != nil {
 		return nil, err
 	}
+	port := ports[0]
 	logPath := filepath.Join(dir, "redis.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -161,14 +163,4 @@ func ping(addr string) bool {
 	}
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return err == nil && strings.HasPrefix(line, "+PONG")
-}
-
-// freePort returns a port that was free on 127.0.0.1.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
