@@ -482,8 +482,11 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 		}
 		if attempt > 0 {
 			if attempt >= maxAttempts {
+				// Said so, the line tells a store that keeps failing from
+				// one that failed once.
+				reason := fmt.Sprintf("not read in %d tries: %v", maxAttempts, lastErr)
 				for _, m := range left {
-					e.fail(l.folder, m, lastErr.Error())
+					e.fail(l.folder, m, reason)
 				}
 				return nil
 			}
