@@ -89,13 +89,15 @@ func exportedFiles(t *testing.T, dir string, format Format, want map[string]serv
 		got, _ := readMaildir(t, dir)
 		return got, lf
 	case MBox:
+		uidls := make(map[string]string, len(want))
+		for uidl, sm := range want {
+			uidls[string(mboxForm(sm.body))] = uidl
+		}
 		got := make(map[string][]byte)
 		for i, b := range readMBox(t, filepath.Join(dir, "INBOX.mbox")) {
-			key := fmt.Sprintf("unknown-%d", i)
-			for uidl, sm := range want {
-				if bytes.Equal(mboxForm(sm.body), b) {
-					key = uidl
-				}
+			key, ok := uidls[string(b)]
+			if !ok {
+				key = fmt.Sprintf("unknown-%d", i)
 			}
 			if _, twice := got[key]; twice {
 				key += "-again"
