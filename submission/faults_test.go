@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,6 +42,8 @@ const (
 	// a stalled device is cut off within the test, and shorter than the
 	// slow device's DATA, which must not be.
 	faultIdle = time.Second
+	// faultUpstreamTimeout is the relay's wait for Postfix.
+	faultUpstreamTimeout = 3 * time.Second
 )
 
 // faultRig is one row's relay: device -> dev proxy -> relay -> up proxy
@@ -77,7 +80,7 @@ func newFaultRig(t *testing.T, pf *postfix.Instance) *faultRig {
 	r := &faultRig{pf: pf, logs: &syncBuffer{}}
 	r.base = len(r.delivered(t))
 	r.up = faultproxy.Start(t, pf.Addr())
-	upstream := &Upstream{Name: "postfix", Address: r.up.Addr(), Security: SecurityNone, Timeout: 5 * time.Second}
+	upstream := &Upstream{Name: "postfix", Address: r.up.Addr(), Security: SecurityNone, Timeout: faultUpstreamTimeout}
 	r.srv = &Server{
 		Backend: backendFunc(func(_ context.Context, l *LoginInfo) (*Account, error) {
 			if l.Key != "scanner" || l.Password != "local" {
@@ -345,6 +348,41 @@ func TestRelayFaults(t *testing.T) {
 			if r.up.Fired() != 1 {
 				t.Fatalf("the reset did not fire")
 			}
+			r.finish(t, msg)
+		}},
+		{"UpstreamStallsAfterFinalDot", func(t *testing.T, r *faultRig) {
+			// The same, but Postfix's reply is held rather than the
+			// connection reset: the relay's upstream timeout ends the
+			// wait.
+			c, err := r.device(t)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			var seen []byte
+			watching := true
+			r.up.Watch(func(toServer bool, chunk []byte) {
+				mu.Lock()
+				defer mu.Unlock()
+				if !toServer || !watching {
+					return
+				}
+				seen = append(seen[max(0, len(seen)-4):], chunk...)
+				if strings.HasSuffix(string(seen), "\r\n.\r\n") {
+					r.up.Stall(true)
+				}
+			})
+			msg := faultMessage("final-dot-stall", 16<<10)
+			start := time.Now()
+			err = send(c, msg, nil)
+			wantReply(t, "DATA", err, 451, smtp.EnhancedCode{4, 4, 2}, "may not have been sent")
+			if d := time.Since(start); d < faultUpstreamTimeout {
+				t.Errorf("answered after %v, before the upstream timeout (%v)", d, faultUpstreamTimeout)
+			}
+			mu.Lock()
+			watching = false
+			mu.Unlock()
+			r.up.Stall(false)
 			r.finish(t, msg)
 		}},
 		// The device side.
