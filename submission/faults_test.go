@@ -43,7 +43,7 @@ const (
 	// slow device's DATA, which must not be.
 	faultIdle = time.Second
 	// faultUpstreamTimeout is the relay's wait for Postfix.
-	faultUpstreamTimeout = 3 * time.Second
+	faultUpstreamTimeout = 5 * time.Second
 )
 
 // faultRig is one row's relay: device -> dev proxy -> relay -> up proxy
