@@ -112,8 +112,8 @@ func exportedFiles(t *testing.T, dir string, format Format, want map[string]serv
 // TestExportUpstreamCutMidMessage: the connection to the store is cut in
 // the middle of a message's body. Cut once, the run goes on, on a new
 // connection, and exports everything once. Cut on every try, the run
-// ends with that message listed as failed, in one printable line each,
-// and every file it left is whole; the next run exports the rest, and
+// ends with that message, and only it, listed as failed, in one printable
+// line, and every file it left is whole; the next run exports the rest, and
 // then every message is there once, byte for byte as IMAP serves it.
 func TestExportUpstreamCutMidMessage(t *testing.T) {
 	msgs := faultCorpus()
@@ -176,6 +176,11 @@ func TestExportUpstreamCutMidMessage(t *testing.T) {
 					}
 					if _, ok := got[bigUIDL]; ok {
 						t.Fatalf("the message cut on every try was written")
+					}
+					// Only it: the messages after it in its batch are not
+					// held hostage.
+					if len(sum.Failures) != 1 {
+						t.Errorf("%d failures, want only the message cut on every try: %v", len(sum.Failures), sum.Failures)
 					}
 					if sum.Exported+len(sum.Failures) != len(msgs) || len(got) != sum.Exported {
 						t.Fatalf("exported %d, %d failures, %d files; want %d in all", sum.Exported, len(sum.Failures), len(got), len(msgs))
