@@ -230,7 +230,10 @@ func (s *session) dataAPI(r io.Reader) error {
 	case src.err != nil:
 		s.log.Info("message not finished by the client: nothing sent", "err", src.err)
 		s.srv.observeMessage("client-aborted")
-		return src.err
+		if isSMTPError(src.err) {
+			return src.err
+		}
+		return errClientData
 	case errors.Is(err, errTooBig):
 		s.log.Info("message too big for the upstream: nothing sent", "limit", limit)
 		s.srv.observeMessage("too-big")

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestReconcile: the recipient headers are made to agree with the
@@ -110,5 +112,52 @@ func TestMailerSizeBound(t *testing.T) {
 	defer m.mu.Unlock()
 	if len(m.sent) != 1 || string(m.sent[0]) != "To: b@example.com\r\n\r\nsmall\r\n" {
 		t.Fatalf("sent %q", m.sent)
+	}
+}
+
+// TestMailerSlowAndStalledDevices: through a Mailer too, the idle timeout
+// bounds each silence in DATA, not the whole message: a device that sends
+// its message in pieces over several idle timeouts has it sent once; one
+// that stops halfway is told 451 (never a 5xx, never connection details)
+// and nothing is sent.
+func TestMailerSlowAndStalledDevices(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	m := &fakeMailer{limit: 1 << 20}
+	h := newRelay(t, newFakeUpstream(t, nil), func(s *Server) {
+		s.IdleTimeout = idle
+		s.Backend = backendFunc(func(_ context.Context, l *LoginInfo) (*Account, error) {
+			return &Account{Key: "api/alice", Upstream: &Upstream{Name: "api"}, Senders: []string{"alice@example.com"}, Mailer: m}, nil
+		})
+	})
+	body := "To: b@example.com\r\nSubject: slow\r\n\r\n" + strings.Repeat("a line of the slow message\r\n", 10)
+	c := h.dial()
+	c.login()
+	c.cmd("MAIL FROM:<alice@example.com>", "250 ")
+	c.cmd("RCPT TO:<b@example.com>", "250 ")
+	c.cmd("DATA", "354 ")
+	start := time.Now()
+	for i := 0; i < len(body); i += len(body) / 8 {
+		io.WriteString(c.nc, body[i:min(i+len(body)/8, len(body))])
+		time.Sleep(idle / 2)
+	}
+	io.WriteString(c.nc, "\r\n.\r\n")
+	c.expect("250 ")
+	if d := time.Since(start); d < 3*idle {
+		t.Fatalf("DATA took %v, not several idle timeouts: the test proves nothing", d)
+	}
+
+	c = h.dial()
+	c.login()
+	c.cmd("MAIL FROM:<alice@example.com>", "250 ")
+	c.cmd("RCPT TO:<b@example.com>", "250 ")
+	c.cmd("DATA", "354 ")
+	io.WriteString(c.nc, body[:len(body)/2])
+	if got := c.reply(); !strings.HasPrefix(got, "451 4.4.2 ") || strings.Contains(got, "127.0.0.1") {
+		t.Fatalf("stalled device: %q, want 451 4.4.2 without connection details", got)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.sent) != 1 || !strings.Contains(string(m.sent[0]), "Subject: slow") {
+		t.Fatalf("sent %d messages, want the slow one once", len(m.sent))
 	}
 }

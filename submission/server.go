@@ -293,6 +293,11 @@ type clientConn struct {
 	timer     *time.Timer
 	closeOnce sync.Once
 	loggedIn  atomic.Bool
+	// inData: a message is being read. go-smtp sets one read deadline at
+	// the DATA command for the whole message, which would cut off a slow
+	// but live device; the idle timeout bounds each read instead, the
+	// silence between blocks (RFC 5321 §4.5.3.2.6, §4.5.3.2.7).
+	inData atomic.Bool
 }
 
 var errRefused = errors.New("submission: connection refused by the connection limits")
@@ -324,6 +329,9 @@ func (c *clientConn) admit() error {
 func (c *clientConn) Read(b []byte) (int, error) {
 	if err := c.admit(); err != nil {
 		return 0, err
+	}
+	if c.inData.Load() {
+		c.Conn.SetReadDeadline(time.Now().Add(c.srv.idleTimeout()))
 	}
 	return c.Conn.Read(b)
 }

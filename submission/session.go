@@ -32,6 +32,9 @@ var (
 	errTooBig          = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for the upstream"}
 	errTooManySessions = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many sessions for this user, please try again later (rule: limits.sessions_per_user)"}
 	errUpstream        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
+	// A message the client stopped sending (a timeout, a reset) is a
+	// temporary failure: the client may send it again, whole.
+	errClientData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
 )
 
 type backend struct{ srv *Server }
@@ -376,6 +379,8 @@ func (s *session) data(r io.Reader) error {
 	if s.account == nil {
 		return errAuthRequired
 	}
+	s.cc.inData.Store(true)
+	defer s.cc.inData.Store(false)
 	if s.account.Mailer != nil && s.inMail && s.rcpts > 0 {
 		return s.dataAPI(r)
 	}
@@ -402,10 +407,15 @@ func (s *session) data(r io.Reader) error {
 		s.dropUpstream()
 		switch {
 		case src.err != nil:
-			// The client is gone or broke the DATA rules; go-smtp answers it.
+			// The client is gone, silent or broke the DATA rules.
 			s.log.Info("message not finished by the client: nothing sent", "err", src.err)
 			s.srv.observeMessage("client-aborted")
-			return src.err
+			if isSMTPError(src.err) {
+				return src.err // go-smtp's own reply, such as too big
+			}
+			// go-smtp would answer any other error with a 554 carrying
+			// its text: a permanent failure, and connection details.
+			return errClientData
 		case errors.Is(err, errTooBig):
 			s.srv.observeMessage("too-big")
 			return errTooBig

@@ -378,3 +378,57 @@ func TestCapabilitiesFromUpstreams(t *testing.T) {
 		t.Errorf("EHLO without capabilities = %q", ehlo)
 	}
 }
+
+// TestSlowDeviceOverImplicitTLS: the idle timeout bounds each silence in
+// DATA under TLS too (the deadline is renewed below the TLS layer): a
+// message sent in pieces over several idle timeouts is relayed once, and
+// a device that stops halfway gets 451 4.4.2 and nothing is relayed.
+func TestSlowDeviceOverImplicitTLS(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, nil)
+	srv := &Server{Backend: h.srv.Backend, Logger: h.srv.Logger, TLSConfig: testenv.ServerTLS(t, "127.0.0.1"),
+		CanonicalName: strings.ToLower, IdleTimeout: idle}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeTLS(ln)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	dial := func() *rawClient {
+		nc, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		nc.SetDeadline(time.Now().Add(20 * time.Second))
+		c := &rawClient{t: t, nc: nc, r: newReader(nc)}
+		c.expect("220 ")
+		c.login()
+		c.cmd("MAIL FROM:<alice@example.com>", "250 ")
+		c.cmd("RCPT TO:<b@example.org>", "250 ")
+		c.cmd("DATA", "354 ")
+		return c
+	}
+	body := "Subject: slow\r\n\r\n" + strings.Repeat("a line of the slow message\r\n", 10)
+	c := dial()
+	start := time.Now()
+	for i := 0; i < len(body); i += len(body) / 8 {
+		io.WriteString(c.nc, body[i:min(i+len(body)/8, len(body))])
+		time.Sleep(idle / 2)
+	}
+	io.WriteString(c.nc, "\r\n.\r\n")
+	c.expect("250 ")
+	if d := time.Since(start); d < 3*idle {
+		t.Fatalf("DATA took %v, not several idle timeouts: the test proves nothing", d)
+	}
+
+	c = dial()
+	io.WriteString(c.nc, body[:len(body)/2])
+	if got := c.reply(); !strings.HasPrefix(got, "451 4.4.2 ") {
+		t.Fatalf("stalled device: %q, want 451 4.4.2", got)
+	}
+	if msgs := up.delivered(); len(msgs) != 1 || !strings.Contains(string(msgs[0].body), "Subject: slow") {
+		t.Fatalf("relayed %d messages, want the slow one once", len(msgs))
+	}
+}

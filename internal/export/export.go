@@ -476,14 +476,31 @@ const maxAttempts = 6
 func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*message) error {
 	left := slices.Clone(batch)
 	var lastErr error
+	// suspect is the message whose body the last tries were cut in,
+	// cuts of them in a row.
+	var suspect *message
+	var cuts int
 	for attempt := 0; len(left) > 0; attempt++ {
 		if ctx.Err() != nil {
 			return nil
 		}
 		if attempt > 0 {
 			if attempt >= maxAttempts {
+				// Said so, the line tells a store that keeps failing from
+				// one that failed once.
+				reason := fmt.Sprintf("not read in %d tries: %v", maxAttempts, lastErr)
+				if suspect != nil && cuts >= 2 && len(left) > 1 {
+					// One message the store cannot send whole (or a link
+					// that cannot carry it) fails alone: the messages
+					// after it in the batch would otherwise fail with it
+					// on every run. The rest get tries of their own.
+					e.fail(l.folder, suspect, reason)
+					left = slices.DeleteFunc(left, func(m *message) bool { return m == suspect })
+					suspect, cuts, attempt = nil, 0, -1
+					continue
+				}
 				for _, m := range left {
-					e.fail(l.folder, m, lastErr.Error())
+					e.fail(l.folder, m, reason)
 				}
 				return nil
 			}
@@ -507,14 +524,17 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 		}
 		if err != nil {
 			lastErr = err
+			suspect, cuts = nil, 0
 			continue
 		}
 		done := make(map[*message]bool)
 		pend := &pending{}
+		var reading *message
 		err = src.fetch(ctx, left, func(m *message, body io.Reader) error {
 			if done[m] {
 				return nil
 			}
+			reading = m
 			err := e.save(ctx, l.folder, m, body, pend)
 			done[m] = err == nil
 			return err
@@ -528,6 +548,14 @@ func (e *exporter) exportBatch(ctx context.Context, w int, l *listing, batch []*
 		left = slices.DeleteFunc(left, func(m *message) bool { return done[m] })
 		if err != nil {
 			lastErr = err
+			switch {
+			case reading == nil || done[reading]:
+				suspect, cuts = nil, 0 // not inside a body
+			case reading == suspect:
+				cuts++
+			default:
+				suspect, cuts = reading, 1
+			}
 			continue
 		}
 		// What the batch did not give: ask for each alone, to learn why.
