@@ -40,11 +40,13 @@ type Proxy struct {
 	nextID        atomic.Int64
 
 	mu         sync.Mutex
+	closing    bool
 	conns      map[*pair]struct{}
 	resetOn    []byte // non-nil: armed, once
 	resetAfter []byte // non-nil: armed, once
 	cutServer  cutPlan
 	cutClient  cutPlan
+	stallAt    int64 // >0: Stall after this many more server->client octets
 	watch      func(id int64, toServer bool, chunk []byte)
 	wg         sync.WaitGroup
 }
@@ -89,6 +91,9 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // proxy's goroutines have ended. Start arranges it at the end of the test.
 func (p *Proxy) Close() {
 	p.ln.Close()
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
 	p.ResetAll()
 	p.wg.Wait()
 }
@@ -150,6 +155,19 @@ func (p *Proxy) CutClientAfter(n int64) {
 // is off, unless a side hangs up first.
 func (p *Proxy) Stall(on bool) { p.stallToClient.Store(on) }
 
+// StallServerAfter forwards n more server->client octets and then turns
+// Stall on: a server that hangs in the middle of a reply.
+func (p *Proxy) StallServerAfter(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n <= 0 {
+		p.stallAt = 0
+		p.stallToClient.Store(true)
+		return
+	}
+	p.stallAt = n
+}
+
 // StallCommands is Stall for client->server data: a client that stops
 // sending halfway.
 func (p *Proxy) StallCommands(on bool) { p.stallToServer.Store(on) }
@@ -175,6 +193,20 @@ func (p *Proxy) ResetAll() {
 	}
 }
 
+// CloseAll ends every connection open now in order, both sides, as a
+// server that exits does: what was sent already arrives, then the end.
+func (p *Proxy) CloseAll() {
+	p.mu.Lock()
+	open := make([]*pair, 0, len(p.conns))
+	for c := range p.conns {
+		open = append(open, c)
+	}
+	p.mu.Unlock()
+	for _, c := range open {
+		c.close()
+	}
+}
+
 // Accepted is the number of connections accepted so far, refused ones
 // (Down) included.
 func (p *Proxy) Accepted() int64 { return p.accepted.Load() }
@@ -194,8 +226,9 @@ func (p *Proxy) Open() int {
 // after a command and cuts (not Down, Stall, Drip or ResetAll).
 func (p *Proxy) Fired() int64 { return p.fired.Load() }
 
-// Watch calls f with every chunk of data as it is forwarded, from the
-// proxy's goroutines, possibly concurrently. A token may be split across
+// Watch calls f with every chunk of data just before it is forwarded
+// (data a fault stops is not shown), from the proxy's goroutines, possibly
+// concurrently. A token may be split across
 // two chunks; putting it together is the observer's business (WatchConns
 // tells the connections apart).
 func (p *Proxy) Watch(f func(toServer bool, chunk []byte)) {
@@ -238,6 +271,11 @@ func (p *Proxy) connect(id int64, client net.Conn) {
 	}
 	c := &pair{id: id, client: client, server: server, done: make(chan struct{})}
 	p.mu.Lock()
+	if p.closing { // dialled while Close reset the others
+		p.mu.Unlock()
+		c.reset()
+		return
+	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
 	var both sync.WaitGroup
@@ -280,6 +318,17 @@ func (p *Proxy) pump(c *pair, toServer bool) {
 				return
 			}
 			chunk, cut := p.cut(toServer, chunk)
+			if !toServer {
+				if k := p.stallPoint(chunk); k >= 0 {
+					// The octets before the stall go through now.
+					if !p.forward(c, dst, toServer, chunk[:k]) {
+						c.reset()
+						return
+					}
+					chunk = chunk[k:]
+					p.stallToClient.Store(true)
+				}
+			}
 			if !p.forward(c, dst, toServer, chunk) {
 				c.reset()
 				return
@@ -349,6 +398,23 @@ func (p *Proxy) cut(toServer bool, chunk []byte) ([]byte, bool) {
 	return chunk, true
 }
 
+// stallPoint is where in server->client chunk an armed StallServerAfter
+// falls; -1 if not in chunk.
+func (p *Proxy) stallPoint(chunk []byte) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stallAt <= 0 {
+		return -1
+	}
+	if int64(len(chunk)) < p.stallAt {
+		p.stallAt -= int64(len(chunk))
+		return -1
+	}
+	k := int(p.stallAt)
+	p.stallAt = 0
+	return k
+}
+
 // forward writes chunk to dst, held while stalled and in drips when
 // dripping, and shows what went through to the observer. It reports false
 // when the connection ended meanwhile.
@@ -366,14 +432,16 @@ func (p *Proxy) forward(c *pair, dst net.Conn, toServer bool, chunk []byte) bool
 			case <-time.After(time.Duration(p.dripEvery.Load())):
 			}
 		}
-		if _, err := dst.Write(piece); err != nil {
-			return false
-		}
+		// The observer sees the data before the peer can answer it, so a
+		// counter read after the reply includes it.
 		p.mu.Lock()
 		watch := p.watch
 		p.mu.Unlock()
 		if watch != nil {
 			watch(c.id, toServer, piece)
+		}
+		if _, err := dst.Write(piece); err != nil {
+			return false
 		}
 		chunk = chunk[len(piece):]
 	}

@@ -304,6 +304,34 @@ func TestStall(t *testing.T) {
 	}
 }
 
+func TestCloseAll(t *testing.T) {
+	s := startLineServer(t)
+	p := Start(t, s.ln.Addr().String())
+	c := dial(t, p)
+	send(t, c, "HI\n")
+	readN(t, c, 6)
+	p.CloseAll()
+	if got, err := io.ReadAll(c); err != nil || len(got) != 0 {
+		t.Fatalf("read %q, %v after CloseAll; want an orderly end", got, err)
+	}
+}
+
+func TestStallServerAfter(t *testing.T) {
+	s := startLineServer(t)
+	p := Start(t, s.ln.Addr().String())
+	c := dial(t, p)
+	p.StallServerAfter(300)
+	send(t, c, "SEND 1000\n")
+	readN(t, c, 300)
+	c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 10)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read %d octets past the stall (%v)", n, err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p.Stall(false)
+	readN(t, c, 700)
+}
+
 func TestDrip(t *testing.T) {
 	s := startLineServer(t)
 	p := Start(t, s.ln.Addr().String())

@@ -32,8 +32,23 @@ type Baseline struct {
 
 // Take records the baseline. Take it after the servers the test keeps
 // for its whole length have started, and before the sessions it checks.
+//
+// Goroutines that are ending as it is called (those of the sessions of an
+// earlier test) would raise the baseline and hide as many leaked ones, so
+// Take first waits, up to a second, for the count to stop falling.
 func Take() Baseline {
-	return Baseline{goroutines: runtime.NumGoroutine(), fds: openFDs()}
+	n := runtime.NumGoroutine()
+	for stable, tries := 0, 0; stable < 5 && tries < 100; tries++ {
+		time.Sleep(10 * time.Millisecond)
+		m := runtime.NumGoroutine()
+		if m < n {
+			stable = 0
+		} else {
+			stable++
+		}
+		n = m
+	}
+	return Baseline{goroutines: n, fds: openFDs()}
 }
 
 // Check waits up to a few seconds for the goroutines to come back to the

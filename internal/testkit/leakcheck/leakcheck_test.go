@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -32,8 +33,10 @@ func TestCleanPasses(t *testing.T) {
 	b := Take()
 	// Goroutines and a file that end before Check are no leak.
 	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait() // gone before the next test takes its baseline
 	for range 5 {
-		go func() { <-done }()
+		wg.Go(func() { <-done })
 	}
 	f, err := os.Open(os.Args[0])
 	if err != nil {
@@ -52,9 +55,11 @@ func TestLeakedGoroutineFails(t *testing.T) {
 	shortWait(t)
 	b := Take()
 	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait() // gone before the next test takes its baseline
 	defer close(stop)
 	for range slack + 1 {
-		go leakyWorker(stop)
+		wg.Go(func() { leakyWorker(stop) })
 	}
 	var ft fakeT
 	b.Check(&ft)
