@@ -612,7 +612,7 @@ func (l *loadRun) session(ctx context.Context, rng *rand.Rand, mb *loadMailbox) 
 		case !ok:
 			return fmt.Errorf("RETR %d: a message the bench did not deliver (Message-ID %q)", n, messageID(body))
 		case info.size != int64(len(body)) || info.sum != sha256.Sum256(body):
-			return fmt.Errorf("RETR %d: %d octets differ from the %d delivered", n, len(body), info.size)
+			return fmt.Errorf("RETR %d: %d octets, not the bytes delivered (%d octets, SHA-256 compared)", n, len(body), info.size)
 		}
 		l.stats.retrs.Add(1)
 		l.stats.octets.Add(int64(len(body)))
