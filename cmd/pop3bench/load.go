@@ -209,6 +209,8 @@ type loadResult struct {
 	logErrors, logWarnings       int
 	logSamples                   []string
 	fileLimit                    string
+	peaks                        map[string]float64 // of the metrics named in peaks
+	metrics                      map[string]float64 // after the run
 }
 
 // failures are the goals the run missed.
@@ -360,7 +362,7 @@ func (l *loadRun) seed(ctx context.Context) error {
 }
 
 func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
-	r := &loadResult{opts: l.opts, fileLimit: fileLimitNote(l.opts)}
+	r := &loadResult{opts: l.opts, fileLimit: fileLimitNote(l.opts), peaks: map[string]float64{}}
 	// Warm up: one session and one submission, then a baseline once the
 	// upstream connection they left idle has been logged out.
 	if err := l.session(ctx, rand.New(rand.NewPCG(0, 0)), l.boxes[0]); err != nil {
@@ -406,8 +408,11 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 				return
 			case <-t.C:
 			}
-			if n, err := l.goroutines(); err == nil {
-				r.gorPeak = max(r.gorPeak, n)
+			if m, err := l.metricsSnapshot(); err == nil {
+				for _, k := range peaks {
+					r.peaks[k] = max(r.peaks[k], m[k])
+				}
+				r.gorPeak = max(r.gorPeak, int(m["go_goroutines"]))
 			}
 			if n, err := l.fds(); err == nil {
 				r.fdPeak = max(r.fdPeak, n)
@@ -458,6 +463,9 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	r.settle = time.Since(settleStart)
+	if r.metrics, err = l.metricsSnapshot(); err != nil {
+		return nil, err
+	}
 	if hwm, err := l.b.gw.peakRSS(); err == nil {
 		r.rssPeak = hwm
 	}
@@ -888,24 +896,51 @@ func (l *loadRun) checkDelivered(want int) (delivered, copies int) {
 	return delivered, len(msgs)
 }
 
-// goroutines reads go_goroutines from the gateway's metrics, on a
-// connection of its own that is closed after the answer, so the reading
-// leaves nothing open in the gateway.
-func (l *loadRun) goroutines() (int, error) {
+// metricsSnapshot reads the gateway's metrics, on a connection of its
+// own that is closed after the answer, so the reading leaves nothing open
+// in the gateway. It maps each sample's name with its labels to its value.
+func (l *loadRun) metricsSnapshot() (map[string]float64, error) {
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := client.Get("http://" + l.metrics + "/metrics")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
+	m := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			return int(f), err
+		line := sc.Text()
+		i := strings.LastIndexByte(line, ' ')
+		if strings.HasPrefix(line, "#") || i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
 		}
 	}
-	return 0, errors.New("no go_goroutines in the gateway's metrics")
+	return m, sc.Err()
+}
+
+// goroutines reads go_goroutines from the gateway's metrics.
+func (l *loadRun) goroutines() (int, error) {
+	m, err := l.metricsSnapshot()
+	if err != nil {
+		return 0, err
+	}
+	n, ok := m["go_goroutines"]
+	if !ok {
+		return 0, errors.New("no go_goroutines in the gateway's metrics")
+	}
+	return int(n), nil
+}
+
+// peaks are the metrics whose highest value the load report shows.
+var peaks = []string{
+	"go_goroutines",
+	"go_memstats_heap_inuse_bytes",
+	"go_memstats_stack_inuse_bytes",
+	"pop3gw_cache_bytes",
+	"pop3gw_memory_budget_used_bytes",
 }
 
 // fds counts the gateway's open file descriptors.
