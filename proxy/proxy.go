@@ -347,6 +347,10 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 				g.pool.put(lockKey, acct, sess)
 				return nil, err
 			}
+			if acct.token == nil {
+				forget, unlock := g.holders.hold(lockKey, acct), release
+				release = func() { forget(); unlock() }
+			}
 		}
 	} else {
 		// The local password was checked: a busy maildrop is told at once,
@@ -389,12 +393,7 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		log.Warn("listing messages failed", "err", err)
 		return nil, errTemporary
 	}
-	if acct.forwarded && acct.token == nil {
-		forget := g.holders.hold(lockKey, acct)
-		md.unlock = func() { forget(); release() }
-	} else {
-		md.unlock = release
-	}
+	md.unlock = release
 	return md, nil
 }
 
