@@ -209,6 +209,8 @@ type loadResult struct {
 	logErrors, logWarnings       int
 	logSamples                   []string
 	fileLimit                    string
+	dovecotProblems              int // warnings, errors and fatal errors in Dovecot's log
+	dovecotSamples               []string
 	peaks                        map[string]float64 // of the metrics named in peaks
 	metrics                      map[string]float64 // after the run
 }
@@ -426,6 +428,7 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 		return nil, ctx.Err()
 	}
 	l.b.logf("load: ran %v; checking", r.elapsed.Round(time.Millisecond))
+	checkStart := time.Now()
 
 	// Every accepted submission delivered once.
 	l.pf.Flush(time.Minute)
@@ -471,6 +474,8 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 	}
 	r.rssPeak = max(r.rssPeak, l.b.gw.rss.max())
 	r.logErrors, r.logWarnings, r.logSamples = logLevels(l.b.gw.logPath)
+	r.dovecotProblems, r.dovecotSamples = dovecotProblems(filepath.Join(l.b.dc.Dir(), "dovecot.log"))
+	l.b.logf("load: checked in %v", time.Since(checkStart).Round(time.Millisecond))
 
 	s := &l.stats
 	r.sessions, r.inUse = s.sessions.Load(), s.inUse.Load()
@@ -974,6 +979,25 @@ func logLevels(path string) (errs, warns int, samples []string) {
 		}
 	}
 	return errs, warns, samples
+}
+
+// dovecotProblems counts the warnings, errors and fatal errors in
+// Dovecot's log, such as a process or client limit reached, and returns
+// the first few.
+func dovecotProblems(path string) (n int, samples []string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, []string{err.Error()}
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if strings.Contains(line, " Warning: ") || strings.Contains(line, " Error: ") || strings.Contains(line, " Fatal: ") || strings.Contains(line, " Panic: ") {
+			n++
+			if len(samples) < 5 {
+				samples = append(samples, line)
+			}
+		}
+	}
+	return n, samples
 }
 
 // fileLimitNote says whether the open file limit is enough for the run.

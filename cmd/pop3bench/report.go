@@ -127,6 +127,7 @@ func (b *bench) loadReport(out io.Writer) {
 		{"gateway goroutines: baseline / peak / after", fmt.Sprintf("%d / %d / %d", r.gorBase, r.gorPeak, r.gorAfter)},
 		{"gateway file descriptors: baseline / peak / after", fmt.Sprintf("%d / %d / %d (after %.1f s)", r.fdBase, r.fdPeak, r.fdAfter, r.settle.Seconds())},
 		{"gateway log records ERROR / WARN", fmt.Sprintf("%d / %d", r.logErrors, r.logWarnings)},
+		{"Dovecot log warnings and errors", fmt.Sprint(r.dovecotProblems)},
 		{"open file limit", r.fileLimit},
 	}
 	fmt.Fprintln(out, "| load | |")
@@ -136,11 +137,16 @@ func (b *bench) loadReport(out io.Writer) {
 	}
 	fmt.Fprintf(out, "\nbudget: the gateway runs as in a container of %d MiB (GOMEMLIMIT %d MiB, 85 %% of it, cache.memory %d MiB, cache.in_flight derived, limits.max_connections %d); the peak is VmHWM, the whole process\n",
 		loadBudget>>20, loadGoMemLimit>>20, loadCache>>20, o.sessions+o.slowloris+100)
+	fmt.Fprintf(out, "Dovecot: process and client limits raised for %s connections (-load-sessions + 200); limits.login_timeout %v, keep_connection %v\n",
+		thousands(o.sessions+200), loadLoginTimeout, loadKeep)
 	for _, s := range r.samples {
 		fmt.Fprintln(out, "unexpected:", s)
 	}
 	for _, s := range r.logSamples {
 		fmt.Fprintln(out, "gateway log:", s)
+	}
+	for _, s := range r.dovecotSamples {
+		fmt.Fprintln(out, "Dovecot log:", s)
 	}
 	if f := r.failures(); len(f) > 0 {
 		fmt.Fprintln(out, "goals missed:", strings.Join(f, "; "))
