@@ -209,7 +209,8 @@ type loadResult struct {
 	logErrors, logWarnings       int
 	logSamples                   []string
 	fileLimit                    string
-	dovecotProblems              int // warnings, errors and fatal errors in Dovecot's log
+	loadBefore, loadAfter        string // the machine's load averages
+	dovecotProblems              int    // warnings, errors and fatal errors in Dovecot's log
 	dovecotSamples               []string
 	peaks                        map[string]float64 // of the metrics named in peaks
 	metrics                      map[string]float64 // after the run
@@ -387,6 +388,7 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 	l.b.logf("load: baseline %d goroutines, %d fds, %.1f MiB; running %v: %d sessions over %d mailboxes, %d slow-loris, %d submissions a minute",
 		r.gorBase, r.fdBase, float64(r.rssBase)/(1<<20), l.opts.duration, l.opts.sessions, l.opts.mailboxes, l.opts.slowloris, l.opts.submissions)
 
+	r.loadBefore = loadAverage()
 	runCtx, stop := context.WithTimeout(ctx, l.opts.duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -424,6 +426,7 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 	wg.Wait()
 	<-sampled
 	r.elapsed = time.Since(start)
+	r.loadAfter = loadAverage()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -998,6 +1001,20 @@ func dovecotProblems(path string) (n int, samples []string) {
 		}
 	}
 	return n, samples
+}
+
+// loadAverage is the machine's load averages over 1, 5 and 15 minutes:
+// other work on the machine slows every party of the run.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // fileLimitNote says whether the open file limit is enough for the run.

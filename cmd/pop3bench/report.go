@@ -129,6 +129,7 @@ func (b *bench) loadReport(out io.Writer) {
 		{"gateway log records ERROR / WARN", fmt.Sprintf("%d / %d", r.logErrors, r.logWarnings)},
 		{"Dovecot log warnings and errors", fmt.Sprint(r.dovecotProblems)},
 		{"open file limit", r.fileLimit},
+		{"machine load average (1, 5, 15 min) before / after", r.loadBefore + " / " + r.loadAfter},
 	}
 	fmt.Fprintln(out, "| load | |")
 	fmt.Fprintln(out, "| --- | ---: |")
