@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -986,21 +987,26 @@ func logLevels(path string) (errs, warns int, samples []string) {
 
 // dovecotProblems counts the warnings, errors and fatal errors in
 // Dovecot's log, such as a process or client limit reached, and returns
-// the first few.
-func dovecotProblems(path string) (n int, samples []string) {
+// each kind (the text after the level) with its count.
+func dovecotProblems(path string) (n int, kinds []string) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, []string{err.Error()}
 	}
+	counts := map[string]int{}
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if strings.Contains(line, " Warning: ") || strings.Contains(line, " Error: ") || strings.Contains(line, " Fatal: ") || strings.Contains(line, " Panic: ") {
-			n++
-			if len(samples) < 5 {
-				samples = append(samples, line)
+		for _, level := range []string{": Warning: ", ": Error: ", ": Fatal: ", ": Panic: "} {
+			if _, text, ok := strings.Cut(line, level); ok {
+				n++
+				counts[strings.TrimPrefix(level, ": ")+text]++
+				break
 			}
 		}
 	}
-	return n, samples
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		kinds = append(kinds, fmt.Sprintf("%d × %s", counts[k], k))
+	}
+	return n, kinds
 }
 
 // loadAverage is the machine's load averages over 1, 5 and 15 minutes:
