@@ -211,7 +211,8 @@ type loadResult struct {
 	logSamples                   []string
 	fileLimit                    string
 	loadBefore, loadAfter        string // the machine's load averages
-	dovecotProblems              int    // warnings, errors and fatal errors in Dovecot's log
+	gatewayCPU, benchCPU         time.Duration
+	dovecotProblems              int // warnings, errors and fatal errors in Dovecot's log
 	dovecotSamples               []string
 	peaks                        map[string]float64 // of the metrics named in peaks
 	metrics                      map[string]float64 // after the run
@@ -390,6 +391,7 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 		r.gorBase, r.fdBase, float64(r.rssBase)/(1<<20), l.opts.duration, l.opts.sessions, l.opts.mailboxes, l.opts.slowloris, l.opts.submissions)
 
 	r.loadBefore = loadAverage()
+	gwCPU, benchCPU := processCPU(l.b.gw.cmd.Process.Pid), selfCPU()
 	runCtx, stop := context.WithTimeout(ctx, l.opts.duration)
 	defer stop()
 	var wg sync.WaitGroup
@@ -428,6 +430,7 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 	<-sampled
 	r.elapsed = time.Since(start)
 	r.loadAfter = loadAverage()
+	r.gatewayCPU, r.benchCPU = processCPU(l.b.gw.cmd.Process.Pid)-gwCPU, selfCPU()-benchCPU
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
@@ -1007,6 +1010,33 @@ func dovecotProblems(path string) (n int, kinds []string) {
 		kinds = append(kinds, fmt.Sprintf("%d × %s", counts[k], k))
 	}
 	return n, kinds
+}
+
+// processCPU is the CPU time, user and system, process pid has used.
+func processCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields 14 and 15 (utime, stime), after the command in parentheses.
+	_, rest, _ := strings.Cut(string(data), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	// USER_HZ is 100 on Linux.
+	return time.Duration(u+st) * 10 * time.Millisecond
+}
+
+// selfCPU is the CPU time the bench itself has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // loadAverage is the machine's load averages over 1, 5 and 15 minutes:

@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -129,6 +130,8 @@ func (b *bench) loadReport(out io.Writer) {
 		{"gateway log records ERROR / WARN", fmt.Sprintf("%d / %d", r.logErrors, r.logWarnings)},
 		{"Dovecot log warnings and errors", fmt.Sprint(r.dovecotProblems)},
 		{"open file limit", r.fileLimit},
+		{"CPU time of the gateway / of the bench's clients (of cores × the run)", fmt.Sprintf("%.1f s / %.1f s (%.0f s)",
+			r.gatewayCPU.Seconds(), r.benchCPU.Seconds(), float64(runtime.NumCPU())*secs)},
 		{"machine load average (1, 5, 15 min) before / after", r.loadBefore + " / " + r.loadAfter},
 	}
 	fmt.Fprintln(out, "| load | |")
