@@ -136,8 +136,29 @@ func newConn(s *Server, nc net.Conn, tlsConfig *tls.Config, implicitTLS bool, id
 	}
 	c.out = &deadlineWriter{c: c}
 	c.br = bufio.NewReaderSize(c.nc, 4096)
-	c.bw = bufio.NewWriterSize(c.out, 16*1024)
+	// Before login the replies are a few short lines; the larger buffer
+	// that messages stream through comes with the login (growWriter), so
+	// connections that never log in, slow-loris ones among them, cost
+	// little memory.
+	c.bw = bufio.NewWriterSize(c.out, loginWriteBuffer)
 	return c
+}
+
+// Write buffer sizes before and after login.
+const (
+	loginWriteBuffer   = 1024
+	sessionWriteBuffer = 16 * 1024
+)
+
+// growWriter gives a logged-in session the write buffer messages stream
+// through. What the small one holds is sent first, in order.
+func (c *conn) growWriter() {
+	if c.bw.Size() >= sessionWriteBuffer {
+		return
+	}
+	// A write error shows again at the next write or flush.
+	c.bw.Flush()
+	c.bw = bufio.NewWriterSize(c.out, sessionWriteBuffer)
 }
 
 // deadlineWriter writes to the connection with a fresh write deadline for
