@@ -207,6 +207,8 @@ func (c *conn) auth(arg string) error {
 // state (RFC 1939 §4). A refusal for an unknown user and for a wrong
 // password look the same on the wire, and both wait the same delay.
 func (c *conn) login(username, password, method string) error {
+	began := time.Now()
+	defer func() { c.checking += time.Since(began) }()
 	// Credentials travel on as IMAP strings; control characters in them are
 	// refused here, so they can never turn into extra upstream commands.
 	// Such a name is not used as a key either.
@@ -282,6 +284,7 @@ func (c *conn) login(username, password, method string) error {
 	c.msgs = md.Messages()
 	c.deleted = make([]bool, len(c.msgs))
 	c.log = c.log.With("user", username)
+	c.growWriter()
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
 	c.srv.observer().Login(method, "ok")
 	c.ok("Logged in.")

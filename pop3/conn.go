@@ -69,6 +69,10 @@ type conn struct {
 	id    uint64
 	log   *slog.Logger
 	start time.Time
+	// checking is the time spent checking logins (the Guard's delay, the
+	// backend, the refusal floor): the server's time, which the login
+	// timeout does not count, up to a second LoginTimeout.
+	checking time.Duration
 
 	mu      sync.Mutex // guards nc and state against Shutdown
 	nc      net.Conn
@@ -132,8 +136,29 @@ func newConn(s *Server, nc net.Conn, tlsConfig *tls.Config, implicitTLS bool, id
 	}
 	c.out = &deadlineWriter{c: c}
 	c.br = bufio.NewReaderSize(c.nc, 4096)
-	c.bw = bufio.NewWriterSize(c.out, 16*1024)
+	// Before login the replies are a few short lines; the larger buffer
+	// that messages stream through comes with the login (growWriter), so
+	// connections that never log in, slow-loris ones among them, cost
+	// little memory.
+	c.bw = bufio.NewWriterSize(c.out, loginWriteBuffer)
 	return c
+}
+
+// Write buffer sizes before and after login.
+const (
+	loginWriteBuffer   = 1024
+	sessionWriteBuffer = 16 * 1024
+)
+
+// growWriter gives a logged-in session the write buffer messages stream
+// through. What the small one holds is sent first, in order.
+func (c *conn) growWriter() {
+	if c.bw.Size() >= sessionWriteBuffer {
+		return
+	}
+	// A write error shows again at the next write or flush.
+	c.bw.Flush()
+	c.bw = bufio.NewWriterSize(c.out, sessionWriteBuffer)
 }
 
 // deadlineWriter writes to the connection with a fresh write deadline for
@@ -233,6 +258,17 @@ func (c *conn) admit() string {
 	return ""
 }
 
+// loginEnd is when the AUTHORIZATION state ends for a client that has not
+// logged in. The login timeout bounds the client's time: a prompt client
+// whose login the server took long to check (a slow upstream, [IN-USE]
+// after it) is not cut off for the server's slowness. The server's time
+// counts up to one more LoginTimeout, so a connection cannot stay in the
+// AUTHORIZATION state unbounded, however long its logins take to refuse.
+func (c *conn) loginEnd() time.Time {
+	t := c.srv.loginTimeout()
+	return c.start.Add(t + min(c.checking, t))
+}
+
 // next reads and runs one command.
 func (c *conn) next() error {
 	line, err := c.readLine(maxCommandLine)
@@ -247,7 +283,7 @@ func (c *conn) next() error {
 		if c.isAborted() {
 			return err
 		}
-		if c.state == stateAuthorization && time.Since(c.start) >= c.srv.loginTimeout() {
+		if c.state == stateAuthorization && !time.Now().Before(c.loginEnd()) {
 			c.result = "login-timeout"
 			c.errorf(CodeNone, "Too long without logging in.")
 			return errClose
@@ -309,7 +345,7 @@ func (c *conn) readLine(limit int) (string, error) {
 	deadline := time.Now().Add(c.srv.idleTimeout())
 	if c.state == stateAuthorization {
 		deadline = time.Now().Add(c.srv.authTimeout())
-		if end := c.start.Add(c.srv.loginTimeout()); end.Before(deadline) {
+		if end := c.loginEnd(); end.Before(deadline) {
 			deadline = end
 		}
 	}

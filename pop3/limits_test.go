@@ -360,6 +360,54 @@ func TestLoginTimeoutBoundsUnauthenticatedPhase(t *testing.T) {
 	t.Fatalf("a client sending CAPA every 300ms was still connected after %v", time.Since(start).Round(time.Second))
 }
 
+// TestLoginTimeoutCountsTheClientsTime: a login that the backend takes
+// longer than LoginTimeout to refuse with [IN-USE] leaves the prompt client
+// its QUIT; a client that keeps retrying such logins is still closed, once
+// the server's time exceeds a second LoginTimeout.
+func TestLoginTimeoutCountsTheClientsTime(t *testing.T) {
+	h := newHarness(t, func(s *Server) {
+		s.LoginTimeout = time.Second
+		s.Backend = slowBackend{Backend: s.Backend, delay: 1500 * time.Millisecond}
+	})
+	c := h.dial()
+	c.cmd("USER busy", "+OK")
+	c.cmd("PASS x", "-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+	c.cmd("QUIT", "+OK Logging out.")
+
+	c = h.dial()
+	start := time.Now()
+	for i := 0; time.Since(start) < 10*time.Second; i++ {
+		if i%2 == 0 {
+			c.send("USER busy")
+		} else {
+			c.send("PASS x")
+		}
+		switch l := c.line(); l {
+		case "+OK", "-ERR [IN-USE] Mailbox is locked by another POP3 session.":
+			continue
+		case "-ERR Too long without logging in.":
+			if !c.closed() {
+				t.Fatal("connection left open after the login timeout")
+			}
+			return
+		default:
+			t.Fatalf("got %q", l)
+		}
+	}
+	t.Fatalf("a client retrying slow logins was still connected after %v", time.Since(start).Round(time.Second))
+}
+
+// slowBackend takes delay to answer each login.
+type slowBackend struct {
+	Backend
+	delay time.Duration
+}
+
+func (b slowBackend) Login(ctx context.Context, li *LoginInfo) (Maildrop, error) {
+	time.Sleep(b.delay)
+	return b.Backend.Login(ctx, li)
+}
+
 // An accept error that is neither a timeout nor EMFILE, such as a
 // connection reset before accept or a PROXY listener's fault, must not
 // stop the server.

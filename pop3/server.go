@@ -68,7 +68,9 @@ type Server struct {
 	AuthTimeout time.Duration
 	IdleTimeout time.Duration
 	// LoginTimeout bounds the time from accept to login, however busy
-	// the client keeps the connection.
+	// the client keeps the connection. The time the server spends checking
+	// logins is not the client's and counts only beyond a second
+	// LoginTimeout.
 	LoginTimeout time.Duration
 
 	// MaxBadCommands unknown, malformed or misplaced commands close the

@@ -146,6 +146,40 @@ func TestPassthroughChecksCredentialsBeforeInUse(t *testing.T) {
 	}
 }
 
+// TestInUseWithHolderCredentialsAsksNoUpstream: a passthrough login to a
+// maildrop held with the same credentials is told [IN-USE] without an
+// upstream connection, however often it tries; another password still
+// goes to the upstream and is counted; once the holder quits, the same
+// credentials log in.
+func TestInUseWithHolderCredentialsAsksNoUpstream(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("bob@example.com", corpus...)
+	g := &countingGuard{}
+	addr := e.listen(g)
+	const user, pass = "bob@example.com", "upstream-bob@example.com"
+
+	holder := e.login(user, pass)
+	opened := e.proxy.accepted.Load()
+	other := dialAt(t, addr)
+	for range 3 {
+		expectReply(t, other, "USER "+user, "+OK")
+		expectReply(t, other, "PASS "+pass, inUse)
+	}
+	if n := e.proxy.accepted.Load() - opened; n != 0 {
+		t.Errorf("[IN-USE] for the holder's own credentials opened %d upstream connections", n)
+	}
+	expectReply(t, other, "USER "+user, "+OK")
+	expectReply(t, other, "PASS wrong", "-ERR [AUTH] Authentication failed.")
+	if g.failed.Load() != 1 {
+		t.Error("a wrong password while the maildrop is held was not counted")
+	}
+	if err := holder.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	expectReply(t, other, "USER "+user, "+OK")
+	expectReply(t, other, "PASS "+pass, "+OK Logged in.")
+}
+
 // countingGuard counts failed logins and never delays.
 type countingGuard struct{ failed atomic.Int32 }
 

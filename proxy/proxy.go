@@ -127,6 +127,9 @@ type Gateway struct {
 
 	locker Locker
 	state  StateStore
+	// holders knows the credentials of the sessions holding maildrops,
+	// to answer [IN-USE] to the same ones without an upstream login.
+	holders *holders
 
 	budgetsMu sync.Mutex
 	budgets   map[string]*failureBudget // by upstream name
@@ -150,6 +153,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
 		snaps:    newSnapshots(nil),
+		holders:  newHolders(),
 		prefetch: true,
 	}
 	g.life, g.shutdown = context.WithCancel(context.Background())
@@ -321,7 +325,12 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		// A forwarded login has no local hash: the upstream login is the
 		// password check, and [IN-USE] (RFC 3206) is for credentials that
 		// passed it. Locking first would answer a guess at once, uncounted,
-		// and tell that the account is in use.
+		// and tell that the account is in use. Credentials that a session
+		// holding the maildrop logged in with have passed it already.
+		if acct.token == nil && g.holders.heldWith(lockKey, acct) {
+			log.Debug("maildrop held with these credentials: in use")
+			return nil, pop3.ErrInUse
+		}
 		if sess = g.reuse(ctx, acct); sess == nil {
 			budget := g.passthroughBudget(acct.upstream)
 			if !budget.allow() {
@@ -337,6 +346,10 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 			if release, err = g.lock(ctx, lockKey, log); err != nil {
 				g.pool.put(lockKey, acct, sess)
 				return nil, err
+			}
+			if acct.token == nil {
+				forget, unlock := g.holders.hold(lockKey, acct), release
+				release = func() { forget(); unlock() }
 			}
 		}
 	} else {

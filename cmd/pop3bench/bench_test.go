@@ -4,6 +4,7 @@ package main
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 )
 
@@ -45,6 +46,68 @@ func TestMessages(t *testing.T) {
 		want := int64(len(msgs[0]) + bytes.Count(msgs[0], []byte("\n")) + len(msgs[1]) + bytes.Count(msgs[1], []byte("\n")))
 		if got := wireSize(msgs); got != want {
 			t.Errorf("wireSize = %d, want %d", got, want)
+		}
+	}
+}
+
+func TestTopOf(t *testing.T) {
+	msg := []byte("A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\nl3\r\n")
+	for lines, want := range map[int]string{
+		0: "A: 1\r\nB: 2\r\n\r\n",
+		2: "A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\n",
+		9: string(msg),
+	} {
+		if got := topOf(msg, lines); string(got) != want {
+			t.Errorf("topOf(%d) = %q, want %q", lines, got, want)
+		}
+	}
+}
+
+func TestMessageID(t *testing.T) {
+	msgs := messages(9, 2, 4<<10)
+	a, b := messageID(msgs[0]), messageID(msgs[1])
+	if a == "" || b == "" || a == b {
+		t.Errorf("Message-IDs %q and %q", a, b)
+	}
+	crlf := bytes.ReplaceAll(msgs[0], []byte("\n"), []byte("\r\n"))
+	if got := messageID(crlf); got != a {
+		t.Errorf("CRLF message: %q, want %q", got, a)
+	}
+}
+
+func TestSubmissionMessage(t *testing.T) {
+	m := submission(7)
+	if len(m) < loadMsgSize || len(m) > loadMsgSize+100 || !strings.Contains(m, "\r\nX-Load-Seq: 7\r\n") {
+		t.Errorf("submission(7): %d octets: %.200q", len(m), m)
+	}
+	if strings.Contains(strings.ReplaceAll(m, "\r\n", ""), "\n") {
+		t.Error("a bare LF")
+	}
+}
+
+// TestLoadFailures: every goal of the load workload is checked.
+func TestLoadFailures(t *testing.T) {
+	good := loadResult{
+		sessions: 10, submitted: 5, delivered: 5, copies: 5, lorisConns: 3, lorisDrops: 3,
+		rssPeak: loadBudget / 2, gorBase: 12, gorAfter: 12, fdBase: 14, fdAfter: 13,
+	}
+	if f := good.failures(); len(f) != 0 {
+		t.Fatalf("a good run: %q", f)
+	}
+	for name, change := range map[string]func(*loadResult){
+		"unexpected errors":      func(r *loadResult) { r.unexpected = 1 },
+		"no session completed":   func(r *loadResult) { r.sessions = 0 },
+		"over the budget":        func(r *loadResult) { r.rssPeak = loadBudget },
+		"goroutines after":       func(r *loadResult) { r.gorAfter = 13 },
+		"file descriptors after": func(r *loadResult) { r.fdAfter = 15 },
+		"delivered":              func(r *loadResult) { r.delivered = 4 },
+		"copies":                 func(r *loadResult) { r.copies = 6 },
+		"slow-loris":             func(r *loadResult) { r.lorisDrops = 0 },
+	} {
+		r := good
+		change(&r)
+		if f := r.failures(); len(f) != 1 {
+			t.Errorf("%s: failures %q", name, f)
 		}
 	}
 }

@@ -15,6 +15,13 @@
 //
 //	go run ./cmd/pop3bench [-quick] [-rounds N] [-only poll,cold,...] [-keep] [-dovecot-defaults]
 //
+// The load workload runs only when named: it puts sustained load on the
+// gateway alone (POP3 sessions, slow-loris connections and submissions
+// through the relay to a private Postfix, which needs root) and checks
+// every reply, the memory budget and that nothing leaks:
+//
+//	go run ./cmd/pop3bench -only load [-load-duration 60s] [-load-sessions 1000] [-load-mailboxes 100] [-load-slowloris 500] [-load-submissions 200]
+//
 // See README.md, "Performance", for what each workload does.
 package main
 
@@ -33,6 +40,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/internal/testkit/dovecot"
+	"github.com/pop3gw/gateway/internal/testkit/postfix"
 )
 
 // password is the password of every bench user; the imapc instance passes
@@ -40,8 +48,11 @@ import (
 // but keeps the setup short.
 const password = "bench-pass"
 
-// workloads in the order they run.
-var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "change", "idle", "memory"}
+// workloads in the order they run; all but load run by default.
+var workloads = []string{"poll", "cold", "warm", "big", "concurrent", "change", "idle", "memory", "load"}
+
+// compared are the workloads that run against the three targets.
+var compared = []string{"poll", "cold", "warm", "big", "concurrent", "change"}
 
 // sizes are the counts of a run.
 type sizes struct {
@@ -110,6 +121,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	changeBig := fs.Bool("change-big", false, "the change workload also on a mailbox of 200,000 messages (writing and indexing it takes a few minutes)")
 	settle := fs.Duration("change-settle", 0, "the change workload waits this long between a change and the timed session")
 	cpuprofile := fs.String("cpuprofile", "", "write the gateway's CPU profile per workload to FILE.<workload>")
+	var lo loadOptions
+	fs.DurationVar(&lo.duration, "load-duration", time.Minute, "how long the load workload runs")
+	fs.IntVar(&lo.sessions, "load-sessions", 1000, "load: POP3 session loops at once")
+	fs.IntVar(&lo.mailboxes, "load-mailboxes", 100, "load: mailboxes the session loops share")
+	fs.IntVar(&lo.slowloris, "load-slowloris", 500, "load: connections that send a byte every few seconds and never log in")
+	fs.IntVar(&lo.submissions, "load-submissions", 200, "load: messages a minute through the SMTP relay")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -133,10 +150,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "pop3bench: -rounds must be at least 1")
 		return 2
 	}
+	if lo.duration <= 0 || lo.sessions < 1 || lo.mailboxes < 1 || lo.mailboxes > lo.sessions || lo.slowloris < 0 || lo.submissions < 0 {
+		fmt.Fprintln(stderr, "pop3bench: -load-duration must be positive, -load-sessions at least -load-mailboxes, which is at least 1")
+		return 2
+	}
 	selected := map[string]bool{}
 	if *only == "" {
 		for _, w := range workloads {
-			selected[w] = true
+			selected[w] = w != "load"
 		}
 	} else {
 		for _, w := range strings.Split(*only, ",") {
@@ -176,6 +197,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		reuse:      !*defaults,
 		cpuprofile: *cpuprofile,
 		settle:     *settle,
+		loadOpts:   lo,
 		log:        stderr,
 		results:    map[string]map[string]time.Duration{},
 	}
@@ -193,6 +215,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "pop3bench: cleanup:", cerr)
 		return 1
 	}
+	if r := b.loadResult; r != nil {
+		if f := r.failures(); len(f) > 0 {
+			fmt.Fprintln(stderr, "pop3bench: load: goals missed:", strings.Join(f, "; "))
+			return 1
+		}
+	}
 	return 0
 }
 
@@ -205,12 +233,14 @@ type bench struct {
 	reuse      bool // dovecot.Options.ReuseProcesses
 	cpuprofile string
 	settle     time.Duration // between a change and the timed session
+	loadOpts   loadOptions
 	log        io.Writer
 
 	tmp     string // gateway binary, config and logs
 	dc      *dovecot.Instance
 	imapc   *dovecot.Instance
 	gw      *gateway
+	pf      *postfix.Instance // the relay's upstream, for load
 	targets []target
 
 	machine  []string
@@ -218,6 +248,8 @@ type bench struct {
 	memory   []memLine
 	notes    []string
 	profiles []string
+
+	loadResult *loadResult
 }
 
 type target struct {
@@ -236,7 +268,11 @@ func (b *bench) logf(format string, args ...any) {
 }
 
 func (b *bench) run(ctx context.Context) error {
-	if err := raiseFileLimit(b.sz.idleSessions*2 + 1000); err != nil {
+	want := b.sz.idleSessions*2 + 1000
+	if b.selected["load"] {
+		want = max(want, 2*b.loadOpts.sessions+b.loadOpts.slowloris+1000)
+	}
+	if err := raiseFileLimit(want); err != nil {
 		b.logf("warning: %v", err)
 	}
 	var err error
@@ -248,23 +284,32 @@ func (b *bench) run(ctx context.Context) error {
 
 	users := b.users()
 	b.logf("starting Dovecot (%d users)", len(users))
+	// The load workload's sessions can each hold an IMAP connection, and
+	// a login refused [IN-USE] may open one before it is refused.
+	conns := b.sz.idleSessions + 200
+	if b.selected["load"] {
+		conns = max(conns, b.loadOpts.sessions+200)
+	}
 	b.dc, err = dovecot.Start(dovecot.Options{
 		Users:          users,
-		MaxConnections: b.sz.idleSessions + 200,
+		MaxConnections: conns,
 		ReuseProcesses: b.reuse,
 		Keep:           b.keep,
 	})
 	if err != nil {
 		return err
 	}
-	b.imapc, err = dovecot.Start(dovecot.Options{
-		Users:          users,
-		IMAPC:          b.dc.IMAPAddr(),
-		ReuseProcesses: b.reuse,
-		Keep:           b.keep,
-	})
-	if err != nil {
-		return err
+	comparing := slices.ContainsFunc(compared, func(w string) bool { return b.selected[w] })
+	if comparing {
+		b.imapc, err = dovecot.Start(dovecot.Options{
+			Users:          users,
+			IMAPC:          b.dc.IMAPAddr(),
+			ReuseProcesses: b.reuse,
+			Keep:           b.keep,
+		})
+		if err != nil {
+			return err
+		}
 	}
 	b.logf("building the gateway")
 	b.gw, err = buildGateway(ctx, b.tmp, b.dc.IMAPAddr(), b.cpuprofile != "")
@@ -276,10 +321,12 @@ func (b *bench) run(ctx context.Context) error {
 		model = "Dovecot processes: defaults (a new login process per connection, a new mail process per session)"
 	}
 	b.machine = append(b.machine, "gateway: "+b.gw.version, model)
-	b.targets = []target{
-		{"gateway", func() string { return b.gw.addr }},
-		{"imapc", b.imapc.POP3Addr},
-		{"direct", b.dc.POP3Addr},
+	if comparing {
+		b.targets = []target{
+			{"gateway", func() string { return b.gw.addr }},
+			{"imapc", b.imapc.POP3Addr},
+			{"direct", b.dc.POP3Addr},
+		}
 	}
 	if err := b.seed(ctx); err != nil {
 		return err
@@ -295,6 +342,7 @@ func (b *bench) run(ctx context.Context) error {
 		{"change", b.change},
 		{"idle", b.idle},
 		{"memory", b.memoryBound},
+		{"load", b.load},
 	} {
 		if !b.selected[w.name] {
 			continue
@@ -336,6 +384,9 @@ func (b *bench) cleanup() error {
 	if b.gw != nil {
 		errs = append(errs, b.gw.stop())
 	}
+	if b.pf != nil {
+		b.pf.Stop()
+	}
 	if b.imapc != nil {
 		errs = append(errs, b.imapc.Stop())
 	}
@@ -346,7 +397,10 @@ func (b *bench) cleanup() error {
 		if b.keep {
 			b.logf("kept %s", b.tmp)
 			if b.dc != nil {
-				b.logf("kept %s (Dovecot) and %s (imapc Dovecot)", b.dc.Dir(), b.imapc.Dir())
+				b.logf("kept %s (Dovecot)", b.dc.Dir())
+			}
+			if b.imapc != nil {
+				b.logf("kept %s (imapc Dovecot)", b.imapc.Dir())
 			}
 		} else {
 			errs = append(errs, os.RemoveAll(b.tmp))

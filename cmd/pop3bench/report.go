@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -46,6 +47,14 @@ func (b *bench) rows() []string {
 }
 
 func (b *bench) report(out io.Writer) {
+	if len(b.results) == 0 && len(b.memory) == 0 && b.loadResult != nil {
+		// The load workload alone.
+		for _, m := range b.machine {
+			fmt.Fprintln(out, m)
+		}
+		b.loadReport(out)
+		return
+	}
 	fmt.Fprintf(out, "pop3bench: best of %d round(s); times in seconds; ratios: lower is better for the gateway\n", b.rounds)
 	for _, m := range b.machine {
 		fmt.Fprintln(out, m)
@@ -84,6 +93,67 @@ func (b *bench) report(out io.Writer) {
 	}
 	for _, p := range b.profiles {
 		fmt.Fprintln(out, "gateway CPU profile:", p)
+	}
+	if b.loadResult != nil {
+		b.loadReport(out)
+	}
+}
+
+// loadReport prints the load workload's results as a Markdown table.
+func (b *bench) loadReport(out io.Writer) {
+	r := b.loadResult
+	o := r.opts
+	secs := r.elapsed.Seconds()
+	mb := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+	fmt.Fprintf(out, "\nload: %s POP3 session loops over %d mailboxes, %s slow-loris connections, %d submissions a minute, for %v\n\n",
+		thousands(o.sessions), o.mailboxes, thousands(o.slowloris), o.submissions, o.duration)
+	rows := [][2]string{
+		{"sessions completed", fmt.Sprintf("%s in %.1f s: %.1f a second", thousands(int(r.sessions)), secs, float64(r.sessions)/secs)},
+		{"session time p50 / p99 / max", fmt.Sprintf("%s / %s / %s", ms(r.p50), ms(r.p99), ms(r.pmax))},
+		{"logins answered [IN-USE] (another loop held the maildrop; retried)", thousands(int(r.inUse))},
+		{"RETR (each checked against the delivered bytes) / TOP", fmt.Sprintf("%s (%.0f MB) / %s", thousands(int(r.retrs)), float64(r.octets)/1e6, thousands(int(r.tops)))},
+		{"messages deleted at QUIT (and replaced) / DELE then RSET", fmt.Sprintf("%s / %s", thousands(int(r.deleted)), thousands(int(r.rsets)))},
+		{"unexpected errors", fmt.Sprint(r.unexpected)},
+		{"slow-loris connections / dropped at login_timeout", fmt.Sprintf("%s / %s", thousands(int(r.lorisConns)), thousands(int(r.lorisDrops)))},
+		{"submissions delivered once / accepted", fmt.Sprintf("%d / %d (%d delivery files)", r.delivered, r.submitted, r.copies)},
+		{"gateway RSS: baseline / peak / budget", fmt.Sprintf("%s / %s / %d MiB", mb(r.rssBase), mb(r.rssPeak), loadBudget>>20)},
+		{"gateway heap in use / stacks / cached bodies / bodies in flight (peaks, sampled each second)", fmt.Sprintf("%s / %s / %s / %s",
+			mb(int64(r.peaks["go_memstats_heap_inuse_bytes"])), mb(int64(r.peaks["go_memstats_stack_inuse_bytes"])),
+			mb(int64(r.peaks["pop3gw_cache_bytes"])), mb(int64(r.peaks["pop3gw_memory_budget_used_bytes"])))},
+		{"upstream logins / selects / fetches (IMAP)", fmt.Sprintf("%s / %s / %s",
+			thousands(int(r.metrics[`pop3gw_upstream_duration_seconds_count{operation="login"}`])),
+			thousands(int(r.metrics[`pop3gw_upstream_duration_seconds_count{operation="select"}`])),
+			thousands(int(r.metrics[`pop3gw_upstream_duration_seconds_count{operation="fetch"}`]+r.metrics[`pop3gw_upstream_duration_seconds_count{operation="fetch-batch"}`])))},
+		{"gateway goroutines: baseline / peak / after", fmt.Sprintf("%d / %d / %d", r.gorBase, r.gorPeak, r.gorAfter)},
+		{"gateway file descriptors: baseline / peak / after", fmt.Sprintf("%d / %d / %d (after %.1f s)", r.fdBase, r.fdPeak, r.fdAfter, r.settle.Seconds())},
+		{"gateway log records ERROR / WARN", fmt.Sprintf("%d / %d", r.logErrors, r.logWarnings)},
+		{"Dovecot log warnings and errors", fmt.Sprint(r.dovecotProblems)},
+		{"open file limit", r.fileLimit},
+		{"CPU time of the gateway / of the bench's clients (of cores × the run)", fmt.Sprintf("%.1f s / %.1f s (%.0f s)",
+			r.gatewayCPU.Seconds(), r.benchCPU.Seconds(), float64(runtime.NumCPU())*secs)},
+		{"machine load average (1, 5, 15 min) before / after", r.loadBefore + " / " + r.loadAfter},
+	}
+	fmt.Fprintln(out, "| load | |")
+	fmt.Fprintln(out, "| --- | ---: |")
+	for _, row := range rows {
+		fmt.Fprintf(out, "| %s | %s |\n", row[0], row[1])
+	}
+	fmt.Fprintf(out, "\nbudget: the gateway runs as in a container of %d MiB (GOMEMLIMIT %d MiB, 85 %% of it, cache.memory %d MiB, cache.in_flight derived, limits.max_connections %d); the peak is VmHWM, the whole process\n",
+		loadBudget>>20, loadGoMemLimit>>20, loadCache>>20, o.sessions+o.slowloris+100)
+	fmt.Fprintf(out, "Dovecot: process and client limits raised for %s connections (-load-sessions + 200); limits.login_timeout %v, keep_connection %v\n",
+		thousands(o.sessions+200), loadLoginTimeout, loadKeep)
+	for _, s := range r.samples {
+		fmt.Fprintln(out, "unexpected:", s)
+	}
+	for _, s := range r.logSamples {
+		fmt.Fprintln(out, "gateway log:", s)
+	}
+	for _, s := range r.dovecotSamples {
+		fmt.Fprintln(out, "Dovecot log:", s)
+	}
+	if f := r.failures(); len(f) > 0 {
+		fmt.Fprintln(out, "goals missed:", strings.Join(f, "; "))
 	}
 }
 

@@ -57,6 +57,11 @@ func (b *bench) users() map[string]string {
 			u[memUser(i)] = password
 		}
 	}
+	if b.selected["load"] {
+		for i := range b.loadOpts.mailboxes {
+			u[loadUser(i)] = password
+		}
+	}
 	return u
 }
 

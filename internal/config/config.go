@@ -118,7 +118,8 @@ type Limits struct {
 	// MaxConnections bounds the open POP3 connections on all listeners;
 	// 0 means the default, -1 no limit.
 	MaxConnections int `yaml:"max_connections"`
-	// LoginTimeout bounds the time from connect to login.
+	// LoginTimeout bounds the time from connect to login; the time the
+	// gateway spends checking logins counts only beyond a second one.
 	LoginTimeout Duration `yaml:"login_timeout"`
 	// PollInterval is announced as LOGIN-DELAY (RFC 2449 §6.5), in whole
 	// seconds: the least time a client is asked to leave between logins,
