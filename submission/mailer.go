@@ -217,10 +217,11 @@ func (s *session) dataAPI(r io.Reader) error {
 	limit := mailer.MaxSize()
 	var buf bytes.Buffer
 	src := &readCounter{r: r}
-	lw := newLineWriter(&sizeLimit{w: &buf, left: limit})
+	body := &sizeLimit{w: &buf, left: limit}
+	lw := newLineWriter(body, nil, false)
 	_, err := io.Copy(lw, src)
 	if err == nil {
-		err = lw.Flush()
+		err = lw.Close(body)
 	}
 	switch {
 	case errors.Is(src.err, smtp.ErrDataTooLarge):
