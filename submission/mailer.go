@@ -30,6 +30,13 @@ type Mailer interface {
 	Send(ctx context.Context, msg []byte) error
 }
 
+// MailerChecker is a Mailer that can tell, with a request that sends
+// nothing, whether it can be reached with the account's credentials, for
+// `gateway check`.
+type MailerChecker interface {
+	Check(ctx context.Context) error
+}
+
 // MailerRefusal is a Mailer's answer that it did not take a message.
 type MailerRefusal struct {
 	Status    int    // the API's status (HTTP)

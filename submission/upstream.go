@@ -304,8 +304,18 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
 
 // Check logs in to the account's upstream and out again, for `gateway
-// check`.
+// check`. For an account with a Mailer it gets the token and, where the
+// Mailer is a MailerChecker, asks it; nothing is sent.
 func Check(ctx context.Context, acct *Account) error {
+	if acct.Mailer != nil {
+		if err := checkToken(ctx, acct); err != nil {
+			return err
+		}
+		if c, ok := acct.Mailer.(MailerChecker); ok {
+			return c.Check(ctx)
+		}
+		return nil
+	}
 	uc, err := dial(ctx, acct)
 	if err != nil {
 		return err
