@@ -262,7 +262,7 @@ func (s *session) dataAPI(r io.Reader) error {
 		s.srv.observeMessage(fmt.Sprintf("upstream-%dxx", reply.Code/100))
 		return reply
 	}
-	s.srv.rate.add(s.account.Key)
+	s.srv.rate.add(s.ctx, s.account.Key)
 	s.srv.observeMessage("relayed")
 	s.log.Info("message relayed", "octets", len(msg), "recipients", s.rcpts,
 		"line_endings_repaired", lw.repaired, "bcc_added", len(msg) != buf.Len())

@@ -269,7 +269,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		s.srv.observeMessage("sender-refused")
 		return errSender
 	}
-	if !s.srv.rate.allow(s.account.Key) {
+	if !s.srv.rate.allow(s.ctx, s.account.Key) {
 		s.log.Warn("hourly message limit reached", "limit", s.srv.rate.perHour)
 		s.srv.observeMessage("rate-limited")
 		return errRate
@@ -436,7 +436,7 @@ func (s *session) data(r io.Reader) error {
 		}
 		return s.carry(err, "DATA", "Message refused by the upstream")
 	}
-	s.srv.rate.add(s.account.Key)
+	s.srv.rate.add(s.ctx, s.account.Key)
 	s.srv.observeMessage("relayed")
 	s.log.Info("message relayed", "octets", src.n, "recipients", s.rcpts, "line_endings_repaired", lw.repaired)
 	return nil
