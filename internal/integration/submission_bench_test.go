@@ -37,7 +37,7 @@ func BenchmarkSubmissionOneConnection(b *testing.B) { benchSubmission(b, 1, 200)
 // benchRounds splits each side's messages into rounds run in the order
 // direct, relay, relay, direct, ... so that a machine that slows down or
 // speeds up during the run (it is shared) weighs on both sides alike.
-const benchRounds = 4
+const benchRounds = 10
 
 func benchSubmission(b *testing.B, conns, perConn int) {
 	pf, err := postfix.Start(postfix.Options{Users: map[string]string{"alice@example.com": upstreamPass}, Discard: true})
