@@ -453,3 +453,23 @@ func TestUpstreamSTARTTLSInjection(t *testing.T) {
 		t.Errorf("error %v, want data before the TLS handshake", err)
 	}
 }
+
+// TestSTARTTLSInjection: commands sent in the same packet as STARTTLS,
+// before the handshake, are discarded (RFC 3207 §4.2, CVE-2011-0411):
+// an injected AUTH does not log the TLS session in, and no reply to it
+// comes after the handshake.
+func TestSTARTTLSInjection(t *testing.T) {
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, func(s *Server) { s.TLSConfig = testenv.ServerTLS(t, "127.0.0.1") })
+	c := h.dial()
+	c.cmd("EHLO device.example", "250-")
+	io.WriteString(c.nc, "STARTTLS\r\nAUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00scanner\x00local"))+"\r\n")
+	c.expect("220 ")
+	tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake after STARTTLS: %v", err)
+	}
+	c.nc, c.r = tc, newReader(tc)
+	c.cmd("EHLO device.example", "250-") // a reply to the injected AUTH would come first
+	c.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0")
+}
