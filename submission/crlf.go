@@ -5,43 +5,75 @@ import (
 	"io"
 )
 
-// lineWriter passes a message body on with every line ending made CRLF:
-// a bare LF or a bare CR becomes CRLF. go-smtp's DATA reader ends the
-// data only at CRLF.CRLF, but passes bare LF and bare CR through as
-// data; an upstream that ends lines at a bare LF would read "\n.\n" or
-// "\n.\r\n" inside such a body as the end of the message and the rest as
-// a second one (SMTP smuggling, CVE-2023-51764). Repaired here, every
-// line that is "." reaches the upstream dot-stuffed (RFC 5321 §4.5.2),
-// so only the final terminator ends the message, whatever line endings
-// the upstream accepts.
+// lineWriter writes a message body to the upstream connection as DATA
+// content (RFC 5321 §4.5.2): every line ending made CRLF, and every line
+// that starts with "." given one more.
+//
+// Line endings: go-smtp's DATA reader ends the data only at CRLF.CRLF,
+// but passes bare LF and bare CR through as data; an upstream that ends
+// lines at a bare LF would read "\n.\n" or "\n.\r\n" inside such a body
+// as the end of the message and the rest as a second one (SMTP
+// smuggling, CVE-2023-51764). Repaired here, every line that is "."
+// reaches the upstream dot-stuffed, so only the final terminator ends the
+// message, whatever line endings the upstream accepts.
+//
+// It writes to the connection itself, what it is given in one write
+// (io.Copy's buffer): go-smtp's DotWriter would take the body an octet
+// at a time and send it in 4 KiB writes. The last line ending is held
+// back and goes through go-smtp's DotWriter in Close, so that the
+// DotWriter knows the line is complete and its Close sends only the
+// terminating "." line, reads the upstream's reply and carries it.
 type lineWriter struct {
 	w io.Writer
-	// cr: the last octet written was a CR whose LF has not been seen.
+	// stuff: dot-stuff (for SMTP DATA; not for a Mailer, which takes
+	// the message itself).
+	stuff bool
+	// start: nothing written yet, so the next octet begins a line.
+	start bool
+	// cr: the last octet seen was a CR whose LF has not been seen.
 	cr bool
+	// held: a line ended and its CRLF is not written yet.
+	held bool
 	// repaired counts the line endings that were not CRLF.
 	repaired int
 	buf      []byte
 }
 
-func newLineWriter(w io.Writer) *lineWriter {
-	return &lineWriter{w: w, buf: make([]byte, 0, 32*1024)}
+// newLineWriter writes to w, building each write in buf (which it may
+// grow: a body of bare LF becomes up to twice as long), dot-stuffed when
+// stuff is set.
+func newLineWriter(w io.Writer, buf []byte, stuff bool) *lineWriter {
+	return &lineWriter{w: w, stuff: stuff, start: true, buf: buf[:0]}
 }
 
+var crlf = []byte("\r\n")
+
 // Write implements io.Writer; it reports len(p) on success, though it may
-// write more octets. Runs without CR or LF go through as they are.
+// write more octets or fewer (a held line ending). Runs without CR or LF
+// go through as they are.
 func (l *lineWriter) Write(p []byte) (int, error) {
 	out := l.buf[:0]
 	for i := 0; i < len(p); {
 		if l.cr {
 			l.cr = false
 			if p[i] == '\n' {
-				out = append(out, '\n')
 				i++
-				continue
+			} else {
+				// A CR not followed by LF ends a line.
+				l.repaired++
 			}
-			// A CR not followed by LF ends a line: finish it.
-			l.repaired++
-			out = append(out, '\n')
+			l.held = true
+			continue
+		}
+		// p[i] begins or continues a line.
+		if l.held || l.start {
+			if l.held {
+				out = append(out, crlf...)
+			}
+			l.held, l.start = false, false
+			if l.stuff && p[i] == '.' {
+				out = append(out, '.') // RFC 5321 §4.5.2
+			}
 		}
 		j := bytes.IndexAny(p[i:], "\r\n")
 		if j < 0 {
@@ -52,10 +84,9 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		i += j
 		if p[i] == '\r' {
 			l.cr = true
-			out = append(out, '\r')
 		} else {
 			l.repaired++
-			out = append(out, '\r', '\n')
+			l.held = true
 		}
 		i++
 	}
@@ -68,13 +99,21 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Flush ends a line left open by a final bare CR.
-func (l *lineWriter) Flush() error {
-	if !l.cr {
+// Close writes the held line ending to last: for SMTP, go-smtp's
+// DotWriter for this message, whose Close then ends the message with "."
+// after a complete last line, with CRLF "." after an unfinished one (or
+// none at all).
+func (l *lineWriter) Close(last io.Writer) error {
+	if l.cr {
+		// A final bare CR ends the last line.
+		l.cr = false
+		l.repaired++
+		l.held = true
+	}
+	if !l.held {
 		return nil
 	}
-	l.cr = false
-	l.repaired++
-	_, err := l.w.Write([]byte{'\n'})
+	l.held = false
+	_, err := last.Write(crlf)
 	return err
 }

@@ -9,12 +9,14 @@ import (
 
 // upstreamWire is what the relay writes to the upstream for a message
 // whose DATA octets (after go-smtp's own un-stuffing) are data: the line
-// writer, then go-smtp's client, whose writer is textproto's DotWriter.
+// writer's writes to the connection, then the last line ending and the
+// terminator through go-smtp's client, whose writer is textproto's
+// DotWriter, buffered until its Close.
 func upstreamWire(t testing.TB, data []byte) []byte {
 	var wire bytes.Buffer
 	bw := bufio.NewWriter(&wire)
 	dw := textproto.NewWriter(bw).DotWriter()
-	lw := newLineWriter(dw)
+	lw := newLineWriter(&wire, nil, true)
 	// Written in pieces, so a CR and its LF may fall in two writes.
 	for len(data) > 0 {
 		n := min(len(data), 7)
@@ -23,12 +25,37 @@ func upstreamWire(t testing.TB, data []byte) []byte {
 		}
 		data = data[n:]
 	}
-	if err := lw.Flush(); err != nil {
+	if err := lw.Close(dw); err != nil {
 		t.Fatal(err)
 	}
 	if err := dw.Close(); err != nil {
 		t.Fatal(err)
 	}
+	bw.Flush()
+	return wire.Bytes()
+}
+
+// referenceWire is what the upstream must see for data: every CRLF, bare
+// CR and bare LF made CRLF, then dot-stuffed and terminated by
+// textproto's DotWriter, an octet at a time.
+func referenceWire(data []byte) []byte {
+	var lines bytes.Buffer
+	for i := 0; i < len(data); i++ {
+		switch {
+		case data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n':
+			lines.WriteString("\r\n")
+			i++
+		case data[i] == '\r' || data[i] == '\n':
+			lines.WriteString("\r\n")
+		default:
+			lines.WriteByte(data[i])
+		}
+	}
+	var wire bytes.Buffer
+	bw := bufio.NewWriter(&wire)
+	dw := textproto.NewWriter(bw).DotWriter()
+	dw.Write(lines.Bytes())
+	dw.Close()
 	bw.Flush()
 	return wire.Bytes()
 }
@@ -51,11 +78,19 @@ func FuzzLineWriter(f *testing.F) {
 		"\n",
 		"..\r\n.\r",
 		"line\r\r\n.\r\r\n",
+		"",
+		".",
+		"..",
+		"a\r\n.b\r\n..\r\n",
+		".\r\n.\n.\r.",
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		wire := upstreamWire(t, data)
+		if want := referenceWire(data); !bytes.Equal(wire, want) {
+			t.Fatalf("wire %q, want %q", wire, want)
+		}
 		if !bytes.HasSuffix(wire, []byte("\r\n.\r\n")) && !bytes.Equal(wire, []byte(".\r\n")) {
 			t.Fatalf("wire %q does not end with the terminator", wire)
 		}

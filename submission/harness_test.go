@@ -3,6 +3,8 @@ package submission
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -36,12 +38,18 @@ type fakeUpstream struct {
 	dropAfter  int64 // > 0: close the connection after this many DATA octets
 	sizeLimit  int64
 	smtputf8   bool
+	// tls, when set, is offered by STARTTLS, or from the first octet
+	// with implicit; the relay then trusts roots.
+	tls      *tls.Config
+	implicit bool
+	roots    *x509.CertPool
 }
 
 type fakeMessage struct {
 	from string
 	to   []string
 	body []byte
+	tls  bool // received under TLS
 }
 
 func newFakeUpstream(t *testing.T, configure func(*fakeUpstream)) *fakeUpstream {
@@ -57,11 +65,15 @@ func newFakeUpstream(t *testing.T, configure func(*fakeUpstream)) *fakeUpstream 
 	f.srv.MaxMessageBytes = f.sizeLimit
 	f.srv.EnableSMTPUTF8 = f.smtputf8
 	f.srv.ErrorLog = errorLog{slog.New(slog.DiscardHandler)}
+	f.srv.TLSConfig = f.tls
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.addr = ln.Addr().String()
+	if f.implicit {
+		ln = tls.NewListener(ln, f.tls)
+	}
 	go f.srv.Serve(ln)
 	t.Cleanup(func() { f.srv.Close() })
 	return f
@@ -131,7 +143,8 @@ func (s *fakeSession) Data(r io.Reader) error {
 		return s.f.dataErr
 	}
 	s.f.mu.Lock()
-	s.f.messages = append(s.f.messages, fakeMessage{from: s.from, to: s.to, body: body})
+	_, isTLS := s.conn.TLSConnectionState()
+	s.f.messages = append(s.f.messages, fakeMessage{from: s.from, to: s.to, body: body, tls: isTLS})
 	s.f.mu.Unlock()
 	return nil
 }
@@ -176,6 +189,13 @@ func newRelay(t *testing.T, up *fakeUpstream, configure func(*Server)) *relayHar
 	t.Helper()
 	h := &relayHarness{t: t, up: up, logs: &syncBuffer{}}
 	upstream := &Upstream{Name: "fake", Address: up.addr, Security: SecurityNone, Timeout: 5 * time.Second}
+	if up.tls != nil {
+		upstream.Security = SecurityStartTLS
+		if up.implicit {
+			upstream.Security = SecurityImplicit
+		}
+		upstream.TLSConfig = &tls.Config{RootCAs: up.roots, MinVersion: tls.VersionTLS12}
+	}
 	h.srv = &Server{
 		Backend: backendFunc(func(_ context.Context, l *LoginInfo) (*Account, error) {
 			if l.Key != "scanner" || l.Password != "local" {

@@ -1,29 +1,54 @@
 package submission
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
 
-// rateLimit counts the messages each account relayed in the last hour.
+// SentCounter counts the messages each account relayed in the last hour,
+// for Server.MessagesPerHour. Without one the Server counts its own
+// messages only; one kept in Redis is shared by replicas, so an account
+// has one allowance whichever replica its devices reach.
+type SentCounter interface {
+	// SentLastHour is the number of messages counted for key in the hour
+	// up to now.
+	SentLastHour(ctx context.Context, key string) (int, error)
+	// CountSent counts one message for key, now.
+	CountSent(ctx context.Context, key string) error
+}
+
+// rateLimit holds the hourly message limit. It always counts in the
+// process too: a shared counter that cannot be asked leaves the limit to
+// this replica's own count (logged) rather than stopping mail.
 type rateLimit struct {
 	perHour int // <= 0: no limit
+	shared  SentCounter
+	log     *slog.Logger
 	mu      sync.Mutex
 	sent    map[string][]time.Time // oldest first
 	now     func() time.Time
 }
 
-func newRateLimit(perHour int) *rateLimit {
+func newRateLimit(perHour int, shared SentCounter, log *slog.Logger) *rateLimit {
 	if perHour == 0 {
 		perHour = DefaultMessagesPerHour
 	}
-	return &rateLimit{perHour: perHour, sent: make(map[string][]time.Time), now: time.Now}
+	return &rateLimit{perHour: perHour, shared: shared, log: log, sent: make(map[string][]time.Time), now: time.Now}
 }
 
 // allow tells whether the account may send one more message now.
-func (r *rateLimit) allow(key string) bool {
+func (r *rateLimit) allow(ctx context.Context, key string) bool {
 	if r.perHour <= 0 {
 		return true
+	}
+	if r.shared != nil {
+		n, err := r.shared.SentLastHour(ctx, key)
+		if err == nil {
+			return n < r.perHour
+		}
+		r.log.Warn("shared hourly message count unavailable: this replica's own count applies", "err", err)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -31,9 +56,14 @@ func (r *rateLimit) allow(key string) bool {
 }
 
 // add counts a message the upstream accepted.
-func (r *rateLimit) add(key string) {
+func (r *rateLimit) add(ctx context.Context, key string) {
 	if r.perHour <= 0 {
 		return
+	}
+	if r.shared != nil {
+		if err := r.shared.CountSent(ctx, key); err != nil {
+			r.log.Warn("shared hourly message count not updated", "err", err)
+		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

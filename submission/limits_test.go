@@ -3,9 +3,11 @@ package submission
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -122,4 +124,57 @@ func TestSessionsPerUser(t *testing.T) {
 	first.cmd("QUIT", "221 ")
 	testenv.WaitFor(t, func() bool { h.srv.mu.Lock(); defer h.srv.mu.Unlock(); return len(h.srv.users) == 0 })
 	second.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00scanner\x00local")), "235 ")
+}
+
+// sentCounter is a SentCounter another replica may have counted in; err,
+// when set, makes it unreachable.
+type sentCounter struct {
+	mu   sync.Mutex
+	sent map[string]int
+	err  error
+}
+
+func (c *sentCounter) SentLastHour(_ context.Context, key string) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sent[key], c.err
+}
+
+func (c *sentCounter) CountSent(_ context.Context, key string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.sent[key]++
+	}
+	return c.err
+}
+
+// TestSharedSentCount: MAIL is refused once the shared count reaches the
+// limit, messages counted by other replicas included; a shared count
+// that cannot be asked leaves the limit to this relay's own count, and
+// mail goes on.
+func TestSharedSentCount(t *testing.T) {
+	shared := &sentCounter{sent: map[string]int{"fake/alice": 1}} // one from another replica
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, func(s *Server) { s.MessagesPerHour, s.Sent = 2, shared })
+	c := h.dial()
+	c.login()
+	if got := c.send("alice@example.com", []string{"b@example.org"}, "Subject: x\r\n\r\nx"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA reply %q", got)
+	}
+	c.cmd("MAIL FROM:<alice@example.com>", "450 4.7.1")
+	if n, _ := shared.SentLastHour(context.Background(), "fake/alice"); n != 2 {
+		t.Errorf("shared count %d, want 2", n)
+	}
+	shared.mu.Lock()
+	shared.err = errors.New("redis down")
+	shared.mu.Unlock()
+	// This relay has sent one of two.
+	if got := c.send("alice@example.com", []string{"b@example.org"}, "Subject: x\r\n\r\nx"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("DATA reply with the shared count unreachable %q", got)
+	}
+	c.cmd("MAIL FROM:<alice@example.com>", "450 4.7.1")
+	if !strings.Contains(h.logs.String(), "shared hourly message count unavailable") {
+		t.Errorf("the unreachable shared count was not logged:\n%s", h.logs)
+	}
 }

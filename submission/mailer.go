@@ -30,6 +30,13 @@ type Mailer interface {
 	Send(ctx context.Context, msg []byte) error
 }
 
+// MailerChecker is a Mailer that can tell, with a request that sends
+// nothing, whether it can be reached with the account's credentials, for
+// `gateway check`.
+type MailerChecker interface {
+	Check(ctx context.Context) error
+}
+
 // MailerRefusal is a Mailer's answer that it did not take a message.
 type MailerRefusal struct {
 	Status    int    // the API's status (HTTP)
@@ -217,10 +224,11 @@ func (s *session) dataAPI(r io.Reader) error {
 	limit := mailer.MaxSize()
 	var buf bytes.Buffer
 	src := &readCounter{r: r}
-	lw := newLineWriter(&sizeLimit{w: &buf, left: limit})
+	body := &sizeLimit{w: &buf, left: limit}
+	lw := newLineWriter(body, nil, false)
 	_, err := io.Copy(lw, src)
 	if err == nil {
-		err = lw.Flush()
+		err = lw.Close(body)
 	}
 	switch {
 	case errors.Is(src.err, smtp.ErrDataTooLarge):
@@ -257,7 +265,7 @@ func (s *session) dataAPI(r io.Reader) error {
 		s.srv.observeMessage(fmt.Sprintf("upstream-%dxx", reply.Code/100))
 		return reply
 	}
-	s.srv.rate.add(s.account.Key)
+	s.srv.rate.add(s.ctx, s.account.Key)
 	s.srv.observeMessage("relayed")
 	s.log.Info("message relayed", "octets", len(msg), "recipients", s.rcpts,
 		"line_endings_repaired", lw.repaired, "bcc_added", len(msg) != buf.Len())

@@ -100,6 +100,9 @@ type Server struct {
 	// relayed per account in any hour. Negative: no limit; zero: default.
 	MaxRecipients   int
 	MessagesPerHour int
+	// Sent counts the messages per account for MessagesPerHour; nil:
+	// this Server's own count.
+	Sent SentCounter
 	// Capabilities are the upstreams' extensions EHLO passes on (see
 	// Probe): SIZE with their least limit, which DATA also enforces, and
 	// SMTPUTF8 only when all have it.
@@ -129,7 +132,7 @@ func (s *Server) init() {
 		s.smtp.EnableSMTPUTF8 = s.Capabilities.SMTPUTF8
 		s.smtp.MaxMessageBytes = s.Capabilities.Size
 		s.smtp.ErrorLog = errorLog{s.logger()}
-		s.rate = newRateLimit(s.MessagesPerHour)
+		s.rate = newRateLimit(s.MessagesPerHour, s.Sent, s.logger())
 		s.ipConns = make(map[string]int)
 		s.users = make(map[string]int)
 	})

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -271,7 +272,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		s.srv.observeMessage("sender-refused")
 		return errSender
 	}
-	if !s.srv.rate.allow(s.account.Key) {
+	if !s.srv.rate.allow(s.ctx, s.account.Key) {
 		s.log.Warn("hourly message limit reached", "limit", s.srv.rate.perHour)
 		s.srv.observeMessage("rate-limited")
 		return errRate
@@ -393,15 +394,18 @@ func (s *session) data(r io.Reader) error {
 		s.srv.observeMessage(outcome(err))
 		return s.carry(err, "DATA", "Message refused by the upstream")
 	}
+	buf := bodyBuffers.Get().(*bodyBuffer)
+	defer bodyBuffers.Put(buf)
 	src := &readCounter{r: r}
-	lw := newLineWriter(w)
+	lw := newLineWriter(s.up.wire, buf.out, true)
 	var dst io.Writer = lw
 	if s.size > 0 {
 		dst = &sizeLimit{w: lw, left: s.size}
 	}
-	_, err = io.Copy(dst, src)
+	_, err = io.CopyBuffer(dst, src, buf.in)
+	buf.out = lw.buf // grown, perhaps
 	if err == nil {
-		err = lw.Flush()
+		err = lw.Close(w)
 	}
 	if err != nil {
 		s.dropUpstream()
@@ -442,7 +446,7 @@ func (s *session) data(r io.Reader) error {
 		}
 		return s.carry(err, "DATA", "Message refused by the upstream")
 	}
-	s.srv.rate.add(s.account.Key)
+	s.srv.rate.add(s.ctx, s.account.Key)
 	s.srv.observeMessage("relayed")
 	s.log.Info("message relayed", "octets", src.n, "recipients", s.rcpts, "line_endings_repaired", lw.repaired)
 	return nil
@@ -532,6 +536,17 @@ func (s *session) Logout() error {
 	s.cancel()
 	return nil
 }
+
+// bodyBuffer is what one message's copy to the upstream needs: in, what
+// is read from the client at a time (io.Copy's size, so that a message
+// of up to 32 KiB goes upstream in one write), and out, where the line
+// writer builds each write. Pooled: a session holds them only during
+// DATA, and a relay at full speed allocates none per message.
+type bodyBuffer struct{ in, out []byte }
+
+var bodyBuffers = sync.Pool{New: func() any {
+	return &bodyBuffer{in: make([]byte, 32<<10), out: make([]byte, 0, 36<<10)}
+}}
 
 // readCounter remembers the error of the client's side of a copy.
 type readCounter struct {

@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -431,4 +432,98 @@ func TestSlowDeviceOverImplicitTLS(t *testing.T) {
 	if msgs := up.delivered(); len(msgs) != 1 || !strings.Contains(string(msgs[0].body), "Subject: slow") {
 		t.Fatalf("relayed %d messages, want the slow one once", len(msgs))
 	}
+}
+
+// TestUpstreamTLS: over STARTTLS and implicit TLS to the upstream, a
+// message reaches it under TLS octet for octet, the body written to the
+// TLS connection by the relay itself; one larger than a copy buffer too.
+func TestUpstreamTLS(t *testing.T) {
+	big := sample + "\r\n" + strings.Repeat("..a line that starts with a dot, stuffed by the client\r\n", 2000) + "end"
+	for _, implicit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "starttls", true: "implicit"}[implicit], func(t *testing.T) {
+			ca := testenv.NewCA(t)
+			leaf := ca.Issue(t, "127.0.0.1")
+			up := newFakeUpstream(t, func(f *fakeUpstream) {
+				f.tls = &tls.Config{Certificates: []tls.Certificate{leaf.TLS}, MinVersion: tls.VersionTLS12}
+				f.implicit, f.roots = implicit, ca.Pool()
+			})
+			h := newRelay(t, up, nil)
+			c := h.dial()
+			c.login()
+			for _, body := range []string{sample, big} {
+				if got := c.send("scanner@example.com", []string{"bob@example.org"}, body); !strings.HasPrefix(got, "250 ") {
+					t.Fatalf("DATA reply %q", got)
+				}
+			}
+			c.cmd("QUIT", "221 ")
+			msgs := up.delivered()
+			if len(msgs) != 2 {
+				t.Fatalf("%d messages delivered, want 2", len(msgs))
+			}
+			for i, body := range []string{sample, big} {
+				want := strings.ReplaceAll(body, "\r\n..", "\r\n.") + "\r\n"
+				if got := string(msgs[i].body); got != want {
+					t.Errorf("message %d: delivered %d octets, want %d: %q...", i, len(got), len(want), got[:min(len(got), 200)])
+				}
+				if !msgs[i].tls {
+					t.Errorf("message %d delivered without TLS", i)
+				}
+			}
+		})
+	}
+}
+
+// TestUpstreamSTARTTLSInjection: a reply sent with the upstream's 220 to
+// STARTTLS, before the handshake, could come from a man in the middle:
+// the relay does not take it, it gives up on that upstream.
+func TestUpstreamSTARTTLSInjection(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(nc)
+		io.WriteString(nc, "220 upstream ESMTP\r\n")
+		r.ReadString('\n') // EHLO
+		io.WriteString(nc, "250-upstream\r\n250 STARTTLS\r\n")
+		r.ReadString('\n') // STARTTLS
+		io.WriteString(nc, "220 2.0.0 Ready\r\n250 2.0.0 injected\r\n")
+		r.ReadString('\n')
+	}()
+	u := &Upstream{Name: "mitm", Address: ln.Addr().String(), Security: SecurityStartTLS, Timeout: 5 * time.Second}
+	uc, err := u.connect(context.Background())
+	if err == nil {
+		uc.Close()
+		t.Fatal("connected through a STARTTLS reply with data after it")
+	}
+	if !strings.Contains(err.Error(), "before the TLS handshake") {
+		t.Errorf("error %v, want data before the TLS handshake", err)
+	}
+}
+
+// TestSTARTTLSInjection: commands sent in the same packet as STARTTLS,
+// before the handshake, are discarded (RFC 3207 §4.2, CVE-2011-0411):
+// an injected AUTH does not log the TLS session in, and no reply to it
+// comes after the handshake.
+func TestSTARTTLSInjection(t *testing.T) {
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, func(s *Server) { s.TLSConfig = testenv.ServerTLS(t, "127.0.0.1") })
+	c := h.dial()
+	c.cmd("EHLO device.example", "250-")
+	io.WriteString(c.nc, "STARTTLS\r\nAUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00scanner\x00local"))+"\r\n")
+	c.expect("220 ")
+	tc := tls.Client(c.nc, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("handshake after STARTTLS: %v", err)
+	}
+	c.nc, c.r = tc, newReader(tc)
+	c.cmd("EHLO device.example", "250-") // a reply to the injected AUTH would come first
+	c.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0")
 }

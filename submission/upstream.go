@@ -1,12 +1,16 @@
 package submission
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/textproto"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -133,6 +137,9 @@ func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, 
 type upstreamConn struct {
 	*smtp.Client
 	nc *deadlineConn
+	// wire is the connection the Client speaks on, under TLS where there
+	// is TLS: message bodies are written to it directly (lineWriter).
+	wire io.Writer
 }
 
 // abort drops the connection without ending a transaction under way: an
@@ -152,7 +159,9 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 	defer stop()
 	nc := &deadlineConn{Conn: raw, timeout: u.timeout()}
 	tlsConfig := u.tlsConfig()
+	localName := cmpOr(u.LocalName, "localhost")
 	var c *smtp.Client
+	var wire io.Writer = nc
 	switch u.Security {
 	case SecurityImplicit:
 		tc := tls.Client(nc, tlsConfig)
@@ -160,22 +169,85 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 			raw.Close()
 			return nil, err
 		}
-		c = smtp.NewClient(tc)
+		c, wire = smtp.NewClient(tc), tc
 	case SecurityStartTLS:
-		if c, err = smtp.NewClientStartTLS(nc, tlsConfig); err != nil {
+		tc, err := startTLS(ctx, nc, tlsConfig, localName)
+		if err != nil {
 			raw.Close()
 			return nil, err
 		}
+		c, wire = smtp.NewClient(&greetedConn{Conn: tc, greeting: []byte("220 TLS started\r\n")}), tc
 	default:
 		c = smtp.NewClient(nc)
 	}
 	c.CommandTimeout = u.timeout()
 	c.SubmissionTimeout = u.timeout()
-	if err := c.Hello(cmpOr(u.LocalName, "localhost")); err != nil {
+	if err := c.Hello(localName); err != nil {
 		c.Close()
 		return nil, err
 	}
-	return &upstreamConn{Client: c, nc: nc}, nil
+	return &upstreamConn{Client: c, nc: nc, wire: wire}, nil
+}
+
+// startTLS reads the greeting, says EHLO and STARTTLS (RFC 3207 §4) and
+// returns the connection under TLS. It is done here, not by go-smtp's
+// client, because the relay writes message bodies to the TLS connection
+// itself, which go-smtp's client does not give out.
+func startTLS(ctx context.Context, nc net.Conn, config *tls.Config, localName string) (*tls.Conn, error) {
+	// Bounded: the replies before TLS are a greeting and an EHLO list.
+	br := bufio.NewReader(io.LimitReader(nc, 64<<10))
+	text := textproto.NewReader(br)
+	if _, _, err := text.ReadResponse(220); err != nil {
+		return nil, fmt.Errorf("greeting: %w", err)
+	}
+	if _, err := io.WriteString(nc, "EHLO "+localName+"\r\n"); err != nil {
+		return nil, err
+	}
+	_, ext, err := text.ReadResponse(250)
+	if err != nil {
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	offered := false
+	for _, line := range strings.Split(ext, "\n")[1:] {
+		offered = offered || strings.EqualFold(strings.TrimSpace(line), "STARTTLS")
+	}
+	if !offered {
+		return nil, errors.New("the server does not offer STARTTLS")
+	}
+	if _, err := io.WriteString(nc, "STARTTLS\r\n"); err != nil {
+		return nil, err
+	}
+	if _, _, err := text.ReadResponse(220); err != nil {
+		return nil, fmt.Errorf("STARTTLS: %w", err)
+	}
+	// Anything the server sent after its 220 came before TLS: taking it
+	// as TLS data or as replies would let a man in the middle inject
+	// replies (the CVE-2011-0411 class, in the client's direction).
+	if br.Buffered() > 0 {
+		return nil, errors.New("the server sent data before the TLS handshake")
+	}
+	tc := tls.Client(nc, config)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// greetedConn gives go-smtp's client, started on a connection already
+// greeted and under TLS, the greeting it waits for; it then says EHLO
+// again, as RFC 3207 §4.2 requires after STARTTLS.
+type greetedConn struct {
+	net.Conn
+	greeting []byte
+}
+
+func (c *greetedConn) Read(b []byte) (int, error) {
+	if len(c.greeting) > 0 {
+		n := copy(b, c.greeting)
+		c.greeting = c.greeting[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
 }
 
 func (u *Upstream) tlsConfig() *tls.Config {
@@ -232,8 +304,18 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
 
 // Check logs in to the account's upstream and out again, for `gateway
-// check`.
+// check`. For an account with a Mailer it gets the token and, where the
+// Mailer is a MailerChecker, asks it; nothing is sent.
 func Check(ctx context.Context, acct *Account) error {
+	if acct.Mailer != nil {
+		if err := checkToken(ctx, acct); err != nil {
+			return err
+		}
+		if c, ok := acct.Mailer.(MailerChecker); ok {
+			return c.Check(ctx)
+		}
+		return nil
+	}
 	uc, err := dial(ctx, acct)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -338,4 +339,84 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// TestCheckSendMail: `gateway check` asks Graph for each user whose mail
+// goes through sendMail, with a request that sends nothing: ok with a
+// token Graph takes, FAILED with one it refuses, with none to be had, or
+// with Graph out of reach.
+func TestCheckSendMail(t *testing.T) {
+	double := graphdouble.New(t)
+	double.Grant("good-token", sendmailUser)
+	hash, err := passwd.Hash("local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downURL := "http://" + down.Addr().String()
+	down.Close() // nothing listens there
+	for _, tc := range []struct {
+		name, url string
+		token     func(context.Context, bool) (string, error)
+		want      string
+	}{
+		{"ok", double.URL, func(context.Context, bool) (string, error) { return "good-token", nil }, "): ok"},
+		{"refused-token", double.URL, func(context.Context, bool) (string, error) { return "revoked-token", nil }, "): FAILED: "},
+		{"no-token", double.URL, func(context.Context, bool) (string, error) {
+			return "", fmt.Errorf("token file: %w", proxy.ErrNeedsAuthorization)
+		}, "): FAILED: "},
+		{"graph-down", downURL, func(context.Context, bool) (string, error) { return "good-token", nil }, "): FAILED: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := proxy.New(&proxy.Config{
+				Upstreams: map[string]*proxy.Upstream{"m365": {Name: "m365", OAuth2: upstream.Bearer}},
+				Users: map[string]*proxy.User{"bob": {
+					Name: "bob", PasswordHash: hash, Upstream: "m365", UpstreamUser: sendmailUser, UpstreamToken: tc.token,
+				}},
+			}, cache.New(0, 0), nil)
+			t.Cleanup(func() { gw.Close() })
+			cfg, err := config.Parse([]byte(`listen:
+  pop3: "127.0.0.1:0"
+  submission: "127.0.0.1:0"
+secrets:
+  key_file: /nonexistent
+upstreams:
+  m365:
+    provider: microsoft365-graph
+    address: "` + tc.url + `"
+    timeout: 5s
+    oauth2:
+      client_id: test
+users:
+  bob:
+    password_hash: "` + hash + `"
+    upstream: m365
+    upstream_user: ` + sendmailUser + `
+    oauth2_token_file: /nonexistent
+`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			failed := checkSubmission(context.Background(), cfg, gw, &out)
+			line := strings.TrimSpace(out.String())
+			if !strings.HasPrefix(line, "user bob (sendMail "+tc.url+tc.want) {
+				t.Errorf("check reported %q, want %q", line, "user bob (sendMail "+tc.url+tc.want+"...")
+			}
+			if wantFailed := map[bool]int{true: 0, false: 1}[tc.name == "ok"]; failed != wantFailed {
+				t.Errorf("%d failed, want %d", failed, wantFailed)
+			}
+		})
+	}
+	if sent := double.Sent(); len(sent) != 0 {
+		t.Errorf("check sent %d messages", len(sent))
+	}
+	for _, req := range double.Requests() {
+		if !strings.HasPrefix(req, "GET ") {
+			t.Errorf("check made a request that is not a GET: %s", req)
+		}
+	}
 }

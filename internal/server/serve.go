@@ -148,6 +148,9 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		Max:  time.Duration(cfg.Limits.LoginDelayMax),
 	}
 	var loginGuard pop3.LoginGuard
+	// The relay's hourly message count: this process's own, unless
+	// replicas share one.
+	var sentCounter submission.SentCounter
 	if cfg.Redis == nil {
 		loginGuard = guard.NewMemory(delays)
 	} else {
@@ -160,8 +163,9 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		s.gateway.SetState(shared)
 		shared.CheckPersistence(ctx)
 		loginGuard = shared.Guard(delays)
+		sentCounter = shared
 		s.health.check("redis", shared.Ping)
-		log.Info("sharing maildrop locks, login counters and UIDLs through Redis", "addr", cfg.Redis.Address)
+		log.Info("sharing maildrop locks, login counters, UIDLs and relayed message counts through Redis", "addr", cfg.Redis.Address)
 	}
 	if err := s.localState(cfg); err != nil {
 		return nil, err
@@ -271,6 +275,7 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 			LoginTimeout:         time.Duration(cfg.Limits.LoginTimeout),
 			MaxRecipients:        cfg.Limits.MaxRecipients,
 			MessagesPerHour:      cfg.Limits.MessagesPerHour,
+			Sent:                 sentCounter,
 			Capabilities:         submissionCapabilities(ctx, routes, log),
 		}
 		for _, l := range []struct {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -175,6 +176,15 @@ type graphMailer struct{ c *graph.Client }
 
 func (graphMailer) MaxSize() int64 { return graph.MaxSendMIME }
 
+// Check reads the Sent Items folder (api/mailfolder-get), where sendMail
+// keeps its copies: the token is had, Graph answers for the account, and
+// nothing is sent. Whether the token carries Mail.Send shows only at the
+// first message (403 ErrorAccessDenied, refused with 554).
+func (m graphMailer) Check(ctx context.Context) error {
+	_, err := m.c.Folder(ctx, "sentitems")
+	return err
+}
+
 // Send tells the relay Graph's answer: its status and error code (the
 // code is printable and Graph's own vocabulary, such as
 // ErrorSendAsDenied, never its message text).
@@ -226,7 +236,8 @@ func submissionCapabilities(ctx context.Context, r *relayRoutes, log *slog.Logge
 }
 
 // checkSubmission logs in to the submission endpoint of each mapped
-// user whose upstream has one, for `gateway check`.
+// user whose upstream has one, and asks Graph for each whose mail goes
+// through sendMail, for `gateway check`.
 func checkSubmission(ctx context.Context, cfg *config.Config, gw *proxy.Gateway, stdout io.Writer) (failed int) {
 	routes, err := newRelayRoutes(cfg)
 	if err != nil {
@@ -237,8 +248,12 @@ func checkSubmission(ctx context.Context, cfg *config.Config, gw *proxy.Gateway,
 	r.routes.Store(routes)
 	for _, name := range slices.Sorted(maps.Keys(cfg.Users)) {
 		u := cfg.Users[name]
-		up := routes.upstreams[u.Upstream]
-		if up == nil {
+		var route string
+		if up := routes.upstreams[u.Upstream]; up != nil {
+			route = "submission " + up.Address
+		} else if opts, ok := routes.graph[u.Upstream]; ok {
+			route = "sendMail " + cmp.Or(opts.BaseURL, graph.DefaultBaseURL)
+		} else {
 			continue
 		}
 		cred, err := gw.UserCredentials(name)
@@ -250,10 +265,10 @@ func checkSubmission(ctx context.Context, cfg *config.Config, gw *proxy.Gateway,
 		}
 		if err != nil {
 			failed++
-			fmt.Fprintf(stdout, "user %s (submission %s): FAILED: %v\n", name, up.Address, err)
+			fmt.Fprintf(stdout, "user %s (%s): FAILED: %v\n", name, route, err)
 			continue
 		}
-		fmt.Fprintf(stdout, "user %s (submission %s): ok\n", name, up.Address)
+		fmt.Fprintf(stdout, "user %s (%s): ok\n", name, route)
 	}
 	return failed
 }

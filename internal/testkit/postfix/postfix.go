@@ -516,3 +516,55 @@ func greets(addr string) bool {
 	}
 	return err == nil && strings.HasPrefix(line, "220 ")
 }
+
+// CPU is the user and system CPU time used so far by Postfix's master
+// and its children (smtpd, cleanup, qmgr, the delivery agents), those
+// running and those the master reaped, read from /proc. Zero where /proc
+// cannot be read.
+func (s *Instance) CPU() time.Duration {
+	master := readPID(filepath.Join(s.dir, "queue", "pid", "master.pid"))
+	if master <= 0 {
+		return 0
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var ticks int64
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// proc(5): "pid (comm) state ppid ... utime stime ...", comm
+		// perhaps holding spaces or parentheses.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 15 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		if pid != master && ppid != master {
+			continue
+		}
+		// utime, stime, and for the master cutime and cstime: the
+		// children it reaped.
+		last := 12
+		if pid == master {
+			last = 14
+		}
+		for _, v := range f[11 : last+1] {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			ticks += n
+		}
+	}
+	// USER_HZ is 100 on Linux (proc(5), "clock ticks").
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
