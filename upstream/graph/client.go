@@ -132,8 +132,7 @@ func New(opts Options) (*Client, error) {
 	}
 	hc := opts.HTTPClient
 	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = opts.Timeout
+		tr := web.Transport(nil, opts.Timeout)
 		tr.MaxIdleConnsPerHost = opts.Concurrency
 		hc = &http.Client{Transport: tr}
 	}
