@@ -40,7 +40,7 @@ func TestKeptConnectionIdles(t *testing.T) {
 	if uidls, err := e.poll("alice", localPassword); err != nil || len(uidls) != 4 {
 		t.Fatalf("poll after delivery: %v, %d messages, want 4", err, len(uidls))
 	}
-	if n := e.proxy.accepted.Load(); n != 1 {
+	if n := e.proxy.Accepted(); n != 1 {
 		t.Errorf("2 polls opened %d upstream connections, want 1", n)
 	}
 	waitFor(t, func() bool { return e.proxy.idles.Load() == 2 })
@@ -55,13 +55,13 @@ func TestIdlingConnectionDroppedIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
-	e.proxy.cutAll()
+	e.proxy.ResetAll()
 	e.deliver("alice@example.com", "Subject: new\r\n\r\nnew\r\n")
 	uidls, err := e.poll("alice", localPassword)
 	if err != nil || len(uidls) != 4 {
 		t.Fatalf("poll after the drop: %v, %d messages, want 4", err, len(uidls))
 	}
-	if n := e.proxy.accepted.Load(); n != 2 {
+	if n := e.proxy.Accepted(); n != 2 {
 		t.Errorf("%d upstream connections, want 2", n)
 	}
 }

@@ -136,9 +136,9 @@ func TestPassthroughChecksCredentialsBeforeInUse(t *testing.T) {
 
 	expectReply(t, attacker, "USER "+user, "+OK")
 	expectReply(t, attacker, "PASS wrong", "-ERR [AUTH] Authentication failed.")
-	opened := e.proxy.accepted.Load()
+	opened := e.proxy.Accepted()
 	c := e.login(user, pass)
-	if n := e.proxy.accepted.Load(); n != opened {
+	if n := e.proxy.Accepted(); n != opened {
 		t.Errorf("the owner's next login opened %d new upstream connections: the wrong password cost it the pooled one", n-opened)
 	}
 	if uidls := must[[]pop3client.Entry](t)(c.UIDL()); len(uidls) != len(corpus) {
@@ -196,10 +196,10 @@ func TestPassthroughFailureBudget(t *testing.T) {
 		expectReply(t, c, "PASS guess", "-ERR [AUTH] Authentication failed.")
 	}
 	c = e.dial()
-	opened := e.proxy.accepted.Load()
+	opened := e.proxy.Accepted()
 	expectReply(t, c, "USER bob@example.com", "+OK")
 	expectReply(t, c, "PASS upstream-bob@example.com", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
-	if n := e.proxy.accepted.Load(); n != opened {
+	if n := e.proxy.Accepted(); n != opened {
 		t.Fatalf("a passthrough login over budget reached the upstream (%d connections)", n-opened)
 	}
 	e.login("alice", localPassword).Quit()

@@ -394,7 +394,7 @@ func TestFetchAheadAndKeepingCanBeTurnedOff(t *testing.T) {
 	if n := e.proxy.fetches.Load(); n != 2 {
 		t.Fatalf("%d upstream body fetches, want 2: one per RETR", n)
 	}
-	waitFor(t, func() bool { return e.proxy.closedUps.Load() == 2 })
+	waitFor(t, func() bool { return e.proxy.Closed() == 2 })
 	if n := e.gw.pool.len(); n != 0 {
 		t.Fatalf("%d connections kept", n)
 	}
@@ -479,7 +479,7 @@ func TestClientVanishesMidRetr(t *testing.T) {
 	c.Close()
 	// The gateway abandons the transfer: the upstream connection closes
 	// long before the whole message has crossed it, and nothing is deleted.
-	waitFor(t, func() bool { return e.proxy.closedUps.Load() >= 1 })
+	waitFor(t, func() bool { return e.proxy.Closed() >= 1 })
 	if n := e.proxy.toClient.Load(); n >= int64(len(big)) {
 		t.Fatalf("the upstream sent all %d octets after the client left", n)
 	}
@@ -511,14 +511,12 @@ func TestUpstreamDropsMidMessage(t *testing.T) {
 	e.deliver("alice@example.com", small, large)
 
 	c := e.login("alice", localPassword)
-	e.proxy.cutAfter.Store(50_000)
+	e.proxy.CutServerAfter(50_000)
 	if body := must[[]byte](t)(c.Retr(1)); string(body) != crlf(small) {
 		t.Fatalf("RETR 1 after a cut: %d octets, want %d", len(body), len(crlf(small)))
 	}
 	// Streamed, and cut twice: the resumed transfer is cut again.
-	e.proxy.cutAfter.Store(300_000)
-	e.proxy.recut.Store(200_000)
-	e.proxy.limitCuts(2)
+	e.proxy.CutServerRepeatedly(300_000, 200_000, 2)
 	c.Send("RETR 2")
 	if reply, _ := c.Line(); !strings.HasPrefix(reply, "+OK ") {
 		t.Fatalf("RETR 2 reply %q", reply)
@@ -530,7 +528,7 @@ func TestUpstreamDropsMidMessage(t *testing.T) {
 	if string(pop3client.Unstuff(body)) != crlf(large) {
 		t.Fatalf("RETR 2 after two cuts: %d octets, not the message", len(body))
 	}
-	if n := e.proxy.accepted.Load(); n != 4 {
+	if n := e.proxy.Accepted(); n != 4 {
 		t.Fatalf("%d upstream connections, want 4: one and one per cut", n)
 	}
 	c.Dele(1)
@@ -552,8 +550,7 @@ func TestUpstreamDropsMidMessageEveryTime(t *testing.T) {
 	large := "Subject: cut\r\n\r\n" + strings.Repeat("line of text\r\n", 50000)
 	e.deliver("alice@example.com", large)
 	c := e.login("alice", localPassword)
-	e.proxy.recut.Store(100_000)
-	e.proxy.cutAfter.Store(300_000)
+	e.proxy.CutServerRepeatedly(300_000, 100_000, -1)
 	c.Send("RETR 1")
 	if reply, _ := c.Line(); reply != fmt.Sprintf("+OK %d octets", len(large)) {
 		t.Fatalf("RETR reply %q", reply)
@@ -565,7 +562,7 @@ func TestUpstreamDropsMidMessageEveryTime(t *testing.T) {
 	if len(got) >= len(large) {
 		t.Fatalf("got %d octets of %d", len(got), len(large))
 	}
-	if n := e.proxy.accepted.Load(); n != 1+maxResumes {
+	if n := e.proxy.Accepted(); n != 1+maxResumes {
 		t.Fatalf("%d upstream connections, want %d", n, 1+maxResumes)
 	}
 	if n := e.count("alice@example.com"); n != 1 {
@@ -581,7 +578,7 @@ func TestUpstreamStallsTimesOut(t *testing.T) {
 	// Idle longer than the timeout between commands is fine.
 	time.Sleep(500 * time.Millisecond)
 	must[[]byte](t)(c.Retr(1))
-	e.proxy.stall.Store(true)
+	e.proxy.Stall(true)
 	start := time.Now()
 	expectReply(t, c, "RETR 2", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
 	if d := time.Since(start); d > 5*time.Second {
@@ -706,7 +703,7 @@ func TestPollingReusesConnectionAndListing(t *testing.T) {
 			t.Fatalf("poll %d: %v, %d messages", i, err, len(uidls))
 		}
 	}
-	if n := e.proxy.accepted.Load(); n != 1 {
+	if n := e.proxy.Accepted(); n != 1 {
 		t.Errorf("5 polls opened %d upstream connections, want 1", n)
 	}
 	if n := e.proxy.listings.Load(); n != 1 {
@@ -756,7 +753,7 @@ func TestPooledConnectionExpires(t *testing.T) {
 	c := e.login("alice", localPassword)
 	c.Quit()
 	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
-	waitFor(t, func() bool { return e.gw.pool.len() == 0 && e.proxy.closedUps.Load() == 1 })
+	waitFor(t, func() bool { return e.gw.pool.len() == 0 && e.proxy.Closed() == 1 })
 }
 
 // TestFetchAheadCutByUpstream: the upstream drops the connection while a
@@ -770,7 +767,7 @@ func TestFetchAheadCutByUpstream(t *testing.T) {
 	}
 	e.deliver("alice@example.com", msgs...)
 	c := e.login("alice", localPassword)
-	e.proxy.cutAfter.Store(60_000) // inside the batch that follows RETR 1
+	e.proxy.CutServerAfter(60_000) // inside the batch that follows RETR 1
 	for i, m := range msgs {
 		body, err := c.Retr(i + 1)
 		if err != nil {
@@ -802,7 +799,7 @@ func TestNoReuseAcrossReload(t *testing.T) {
 	waitFor(t, func() bool { return e.gw.pool.len() == 1 })
 	c = e.login("alice", localPassword)
 	c.Quit()
-	if n := e.proxy.accepted.Load(); n != 2 {
+	if n := e.proxy.Accepted(); n != 2 {
 		t.Fatalf("%d upstream connections, want 2: none reused across the reload", n)
 	}
 }

@@ -177,16 +177,16 @@ func TestInterruptedDeletesFinishedNextSession(t *testing.T) {
 			if err := c.Dele(1); err != nil {
 				t.Fatal(err)
 			}
-			e.proxy.cutAtCommand("EXPUNGE")
+			e.proxy.ResetOnCommand([]byte("EXPUNGE"))
 			if _, err := c.Cmd("QUIT"); err != nil {
 				t.Fatal(err)
 			}
-			if !e.proxy.cutDone.Load() {
+			if e.proxy.Fired() == 0 {
 				t.Fatal("the upstream connection was not cut at EXPUNGE")
 			}
 
 			// Finishing them fails too: the login is refused for now.
-			e.proxy.cutAtCommand("EXPUNGE")
+			e.proxy.ResetOnCommand([]byte("EXPUNGE"))
 			if err := e.dial().Login("alice", localPassword); err == nil || !strings.Contains(err.Error(), "[SYS/TEMP]") {
 				t.Fatalf("login while the pending deletes cannot be finished: %v, want -ERR [SYS/TEMP]", err)
 			}

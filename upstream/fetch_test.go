@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -308,13 +309,13 @@ func TestFetchCancel(t *testing.T) {
 
 	t.Run("during a blocked read", func(t *testing.T) {
 		mem := startMem(t, nil, big)
-		p := newFreezeProxy(t, mem.Addr())
-		srv := plain(p.addr)
+		p := faultproxy.Start(t, mem.Addr())
+		srv := plain(p.Addr())
 		srv.Timeout = time.Minute // only the cancellation can end the read
 		s := open(t, srv)
 		ctx, cancel := context.WithCancel(testCtx(t))
 		defer cancel()
-		p.freezeAfter(200_000)
+		p.StallServerAfter(200_000)
 		rc, err := s.Fetch(ctx, 1)
 		if err != nil {
 			t.Fatal(err)
@@ -377,9 +378,9 @@ func (c sessionCloser) Close() error { return c.s.Close() }
 func TestFetchServerGone(t *testing.T) {
 	big := bigMessage(1 << 16) // 1.1 MiB
 	mem := startMem(t, nil, big)
-	p := newFreezeProxy(t, mem.Addr())
-	s := open(t, plain(p.addr))
-	p.freezeAfter(200_000)
+	p := faultproxy.Start(t, mem.Addr())
+	s := open(t, plain(p.Addr()))
+	p.StallServerAfter(200_000)
 	rc, err := s.Fetch(testCtx(t), 1)
 	if err != nil {
 		t.Fatal(err)
@@ -387,7 +388,7 @@ func TestFetchServerGone(t *testing.T) {
 	if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
-	p.cut()
+	p.CloseAll()
 	n, err := io.Copy(io.Discard, rc)
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("read %d of %d octets, then %v; want io.ErrUnexpectedEOF", n+1000, len(big), err)

@@ -21,6 +21,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
 	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/upstream"
@@ -499,122 +500,17 @@ func TestIdleBeyondTimeout(t *testing.T) {
 	}
 }
 
-// freezeProxy forwards TCP to a server. Once its budget of server octets
-// is spent it passes nothing more on, so the client sees a server that
-// hangs mid-response; the budget is unlimited until freeze or freezeAfter.
-// cut closes every connection at once.
-type freezeProxy struct {
-	addr string
-	cut  func()
-
-	mu     sync.Mutex
-	budget int64 // octets still to pass on; < 0 for no limit
-}
-
-func newFreezeProxy(t *testing.T, target string) *freezeProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &freezeProxy{addr: ln.Addr().String(), budget: -1}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	p.cut = func() {
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			track(c)
-			track(s)
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				io.Copy(s, c)
-			}()
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 16<<10)
-				for {
-					n, err := s.Read(buf)
-					m := p.take(n)
-					if m > 0 {
-						if _, err := c.Write(buf[:m]); err != nil {
-							return
-						}
-					}
-					if m < n {
-						return // frozen: hold the rest back
-					}
-					if err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-		wg.Wait()
-	})
-	return p
-}
-
-// take returns how many of n octets may pass.
-func (p *freezeProxy) take(n int) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.budget < 0 {
-		return n
-	}
-	m := min(int64(n), p.budget)
-	p.budget -= m
-	return int(m)
-}
-
-func (p *freezeProxy) freeze() { p.freezeAfter(0) }
-
-// freezeAfter lets n more octets from the server through.
-func (p *freezeProxy) freezeAfter(n int64) {
-	p.mu.Lock()
-	p.budget = n
-	p.mu.Unlock()
-}
-
 // A server that stops answering during an operation ends the session
 // within about the timeout.
 func TestStallDuringOperation(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	t.Run("snapshot", func(t *testing.T) {
 		mem := startMem(t, nil, messages(3)...)
-		p := newFreezeProxy(t, mem.Addr())
-		srv := plain(p.addr)
+		p := faultproxy.Start(t, mem.Addr())
+		srv := plain(p.Addr())
 		srv.Timeout = timeout
 		s := open(t, srv)
-		p.freeze()
+		p.Stall(true)
 		start := time.Now()
 		_, err := s.Snapshot(testCtx(t))
 		if err == nil {
@@ -628,11 +524,11 @@ func TestStallDuringOperation(t *testing.T) {
 	})
 	t.Run("fetch", func(t *testing.T) {
 		mem := startMem(t, nil, bigMessage(1<<16)) // 1.1 MiB
-		p := newFreezeProxy(t, mem.Addr())
-		srv := plain(p.addr)
+		p := faultproxy.Start(t, mem.Addr())
+		srv := plain(p.Addr())
 		srv.Timeout = timeout
 		s := open(t, srv)
-		p.freezeAfter(200_000)
+		p.StallServerAfter(200_000)
 		rc, err := s.Fetch(testCtx(t), 1)
 		if err != nil {
 			t.Fatal(err)

@@ -3,97 +3,14 @@ package integration
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
+	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
 	"github.com/pop3gw/gateway/upstream"
 )
-
-// cutter forwards TCP to target and, when armed, cuts the connection that
-// carries the given octet of the server's replies, once.
-type cutter struct {
-	ln       net.Listener
-	target   string
-	cutAfter atomic.Int64 // >0: cut after this many more octets from the server
-	cuts     atomic.Int64
-	mu       sync.Mutex
-	conns    []net.Conn
-}
-
-func newCutter(t *testing.T, target string) *cutter {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cutter{ln: ln, target: target}
-	go c.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for _, nc := range c.conns {
-			nc.Close()
-		}
-	})
-	return c
-}
-
-func (c *cutter) serve() {
-	for {
-		client, err := c.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", c.target)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		c.mu.Lock()
-		c.conns = append(c.conns, client, server)
-		c.mu.Unlock()
-		go func() {
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := client.Read(buf)
-				if n > 0 {
-					server.Write(buf[:n])
-				}
-				if err != nil {
-					server.Close()
-					return
-				}
-			}
-		}()
-		go func() {
-			defer client.Close()
-			defer server.Close()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := server.Read(buf)
-				chunk := buf[:n]
-				if left := c.cutAfter.Load(); left > 0 && n > 0 {
-					if int64(n) >= left {
-						client.Write(chunk[:left])
-						c.cutAfter.Store(0)
-						c.cuts.Add(1)
-						return
-					}
-					c.cutAfter.Add(-int64(n))
-				}
-				if _, werr := client.Write(chunk); werr != nil || err != nil {
-					return
-				}
-			}
-		}()
-	}
-}
 
 // TestRealClientsGetWholeMessageAcrossUpstreamCut: the IMAP connection to
 // Dovecot dies in the middle of a message that streams (larger than the
@@ -113,8 +30,8 @@ func TestRealClientsGetWholeMessageAcrossUpstreamCut(t *testing.T) {
 		users[c.name] = "pw-" + c.name
 	}
 	dc := dovecottest.Start(t, users)
-	cut := newCutter(t, dc.IMAPAddr())
-	gw := startGateway(t, cut.ln.Addr().String(), upstream.DeleteKeep)
+	cut := faultproxy.Start(t, dc.IMAPAddr())
+	gw := startGateway(t, cut.Addr(), upstream.DeleteKeep)
 
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
@@ -128,10 +45,10 @@ func TestRealClientsGetWholeMessageAcrossUpstreamCut(t *testing.T) {
 			dc.Deliver(t, c.name, []byte(large), []byte(small))
 			client := c.make(t, gw, c.name, users[c.name])
 
-			cuts := cut.cuts.Load()
-			cut.cutAfter.Store(3 << 20)
+			cuts := cut.Fired()
+			cut.CutServerAfter(3 << 20)
 			got := client.Fetch(t, true)
-			if cut.cuts.Load() != cuts+1 {
+			if cut.Fired() != cuts+1 {
 				t.Fatal("the upstream connection was not cut")
 			}
 			if len(got) != 2 {

@@ -57,6 +57,10 @@ func TestArchitecture(t *testing.T) {
 		// A kit that runs a real server knows nothing of the gateway.
 		"internal/testkit/cyrus":    {"internal/testkit/freeport"},
 		"internal/testkit/freeport": {},
+		// The fault kit sits between any client and any server, of
+		// any protocol, and is used by every package's tests.
+		"internal/testkit/faultproxy": {},
+		"internal/testkit/leakcheck":  {},
 	}
 	for pkg, ok := range allowed {
 		for _, d := range deps[pkg] {
