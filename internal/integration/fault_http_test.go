@@ -91,7 +91,7 @@ func newJMAPFaultRig(t *testing.T, cy *cyrustest.Server, ref string, refTr *http
 	if opts.large == 0 {
 		opts.large = 1 << 20
 	}
-	r := &faultRig{t: t, user: user, pass: pass, msgs: faultMessages(user, opts.large), cyrus: cy}
+	r := &faultRig{t: t, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large), cyrus: cy}
 	// One second apart: listed in this order, by arrival.
 	first := time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)
 	for i, m := range r.msgs {
@@ -228,11 +228,20 @@ var jmapFaults = []faultCase{
 		c, _ = r.next(nil, nil, 0)
 		c.Quit()
 	}},
+	// The delete journal finishes QUIT's deletes before the next
+	// listing; a restarted gateway, without it, finds the mailbox as
+	// the fault left it. Email/set destroys in one call, whole or not.
 	{"reset at QUIT before Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, nil, []int{1, 2})
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT before Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, true, nil, nil)
 	}},
 	{"reset at QUIT after Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, []int{1, 2}, nil)
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT after Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, true, []int{1, 2}, nil)
 	}},
 	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
 		c := r.login(false)
@@ -352,7 +361,7 @@ func newGraphFaultRig(t *testing.T, double *graphdouble.Server, ref string, refT
 	if opts.large == 0 {
 		opts.large = 1 << 20
 	}
-	r := &faultRig{t: t, user: user, pass: "pw-" + user, msgs: faultMessages(user, opts.large)}
+	r := &faultRig{t: t, user: user, pass: "pw-" + user, ref: ref, msgs: faultMessages(user, opts.large)}
 	box := double.Mailbox(user + "@contoso.example")
 	double.Grant("tok-"+user, user+"@contoso.example")
 	var ids []string
@@ -455,11 +464,19 @@ var graphFaults = []faultCase{
 		c, _ = r.next(nil, nil, 0)
 		c.Quit()
 	}},
+	// QUIT's deletes go in one JSON batch; the journal finishes them as
+	// for JMAP.
 	{"reset at QUIT before the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, nil, []int{1, 2})
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT before the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, true, nil, nil)
 	}},
 	{"reset at QUIT after the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, []int{1, 2}, nil)
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT after the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, true, []int{1, 2}, nil)
 	}},
 	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
 		c := r.login(false)

@@ -55,6 +55,7 @@ type faultRig struct {
 	user, pass string
 	up, down   *faultproxy.Proxy
 	addr       string
+	ref        string   // a gateway straight to Dovecot, that saw no fault
 	msgs       [][]byte // delivered, in UID order
 	uidls      []string // UIDL of each, from a session before the fault
 	base       leakcheck.Baseline
@@ -98,7 +99,7 @@ func newFaultRig(t *testing.T, dc *dovecottest.Server, ref, user, pass string, o
 	if opts.large == 0 {
 		opts.large = 1 << 20
 	}
-	r := &faultRig{t: t, dc: dc, user: user, pass: pass, msgs: faultMessages(user, opts.large)}
+	r := &faultRig{t: t, dc: dc, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large)}
 	r.count = func() int { return dc.Count(t, user) }
 	dc.Deliver(t, user, r.msgs...)
 	r.up = faultproxy.Start(t, dc.IMAPAddr())
@@ -383,14 +384,29 @@ var imapFaults = []faultCase{
 		c, _ = r.next(nil, nil, 0)
 		c.Quit()
 	}},
+	// The gateway keeps a journal of the deletes a QUIT asked for and
+	// finishes them before the next session lists; a gateway without
+	// it (restarted, its state lost) finds the mailbox as the fault left
+	// it, and deleting again works.
 	{"reset at QUIT before the deletes", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("STORE")) }, nil, []int{1, 2})
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("STORE")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT before the deletes, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("STORE")) }, true, nil, nil)
 	}},
 	{"reset at QUIT after STORE", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("STORE")) }, nil, []int{1, 2})
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("STORE")) }, false, []int{1, 2}, nil)
+	}},
+	// Flagged \Deleted but not expunged: listed or not, never expunged
+	// by anyone else's EXPUNGE (the gateway uses UID EXPUNGE).
+	{"reset at QUIT after STORE, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("STORE")) }, true, nil, []int{1, 2})
 	}},
 	{"reset at QUIT after EXPUNGE", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("EXPUNGE")) }, []int{1, 2}, nil)
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("EXPUNGE")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT after EXPUNGE, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("EXPUNGE")) }, true, []int{1, 2}, nil)
 	}},
 	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
 		c := r.login(false)
@@ -455,10 +471,11 @@ var imapFaults = []faultCase{
 }
 
 // quitWithFault marks messages 1 and 2 deleted and arms the fault before
-// QUIT. The next session lists those in gone no more, and those in maybe
+// QUIT. The next session, on the same gateway or, restarted, on one that
+// saw nothing of it, lists those in gone no more, and those in maybe
 // either way, never a half state that loses another; deleting what is
 // still listed then works, and leaves exactly messages 3 and 4.
-func quitWithFault(t *testing.T, r *faultRig, arm func(), gone, maybe []int) {
+func quitWithFault(t *testing.T, r *faultRig, arm func(), restarted bool, gone, maybe []int) {
 	c := r.login(false)
 	for _, n := range []int{1, 2} {
 		if err := c.Dele(n); err != nil {
@@ -474,6 +491,9 @@ func quitWithFault(t *testing.T, r *faultRig, arm func(), gone, maybe []int) {
 		t.Fatal("the fault did not fire during QUIT")
 	}
 	r.ended(c)
+	if restarted {
+		r.addr = r.ref
+	}
 	c, entries := r.next(gone, maybe, 0)
 	for _, e := range entries {
 		if e.Value == r.uidls[0] || e.Value == r.uidls[1] {

@@ -40,6 +40,7 @@ type Proxy struct {
 	nextID        atomic.Int64
 
 	mu         sync.Mutex
+	closing    bool
 	conns      map[*pair]struct{}
 	resetOn    []byte // non-nil: armed, once
 	resetAfter []byte // non-nil: armed, once
@@ -90,6 +91,9 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // proxy's goroutines have ended. Start arranges it at the end of the test.
 func (p *Proxy) Close() {
 	p.ln.Close()
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
 	p.ResetAll()
 	p.wg.Wait()
 }
@@ -267,6 +271,11 @@ func (p *Proxy) connect(id int64, client net.Conn) {
 	}
 	c := &pair{id: id, client: client, server: server, done: make(chan struct{})}
 	p.mu.Lock()
+	if p.closing { // dialled while Close reset the others
+		p.mu.Unlock()
+		c.reset()
+		return
+	}
 	p.conns[c] = struct{}{}
 	p.mu.Unlock()
 	var both sync.WaitGroup
