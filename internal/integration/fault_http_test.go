@@ -174,6 +174,25 @@ var jmapFaults = []faultCase{
 		c, _ = r.next(nil, nil, 0)
 		c.Quit()
 	}},
+	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// The store knows the account by now (JMAP: its session
+		// resource and mailbox id; Graph: the sizes it measured).
+		c := r.login(false)
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.up.Down(true)
+		r.up.ResetAll()
+		c = r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
 	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		// The listing's Email/query asks from a position; the refresh
 		// before it does not.
@@ -398,6 +417,25 @@ var graphFaults = []faultCase{
 	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		r.up.Down(true)
 		c := r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// The store knows the account by now (JMAP: its session
+		// resource and mailbox id; Graph: the sizes it measured).
+		c := r.login(false)
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.up.Down(true)
+		r.up.ResetAll()
+		c = r.dial(r.addr)
 		if _, err := c.OK("USER " + r.user); err != nil {
 			t.Fatal(err)
 		}
