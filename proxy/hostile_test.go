@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -14,10 +15,10 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
-	"github.com/pop3gw/gateway/internal/passwd"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // Hostile upstreams: an IMAP server that misbehaves in one way per case,
@@ -128,7 +129,7 @@ func TestHostileUpstreams(t *testing.T) {
 				t.Errorf("the heap grew by %d MiB, more than %d MiB", grown>>20, tc.heap>>20)
 			}
 			up.good.Store(true)
-			e.checkMailIntact(t, up)
+			e.checkMailIntact(t, &up.deletes)
 		})
 	}
 }
@@ -182,31 +183,39 @@ type hostileEnv struct {
 
 func newHostileEnv(t *testing.T, addr string, security upstream.Security) *hostileEnv {
 	t.Helper()
-	hash, err := passwd.Hash(localPassword)
+	return newHostileGateway(t, &Upstream{
+		Name:           "hostile",
+		Server:         upstream.Server{Address: addr, Security: security, Timeout: hostileTimeout},
+		Mailbox:        "INBOX",
+		OnDelete:       upstream.DeleteExpunge,
+		KeepConnection: -1,
+	}, cache.New(4<<20, 1<<20))
+}
+
+// newHostileGateway serves alice's mailbox on up, whatever its store;
+// her upstream login is alice, password secret.
+func newHostileGateway(t *testing.T, up *Upstream, c *cache.Cache) *hostileEnv {
+	t.Helper()
+	// bcrypt at its lowest cost: the cases are about the upstream, and
+	// three logins each at argon2id's cost would take most of the time.
+	hash, err := bcrypt.GenerateFromPassword([]byte(localPassword), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := &Config{
-		Upstreams: map[string]*Upstream{
-			"hostile": {
-				Name:           "hostile",
-				Server:         upstream.Server{Address: addr, Security: security, Timeout: hostileTimeout},
-				Mailbox:        "INBOX",
-				OnDelete:       upstream.DeleteExpunge,
-				KeepConnection: -1,
-			},
-		},
+		Upstreams: map[string]*Upstream{up.Name: up},
 		Users: map[string]*User{
 			"alice": {
 				Name:             "alice",
-				PasswordHash:     hash,
-				Upstream:         "hostile",
+				PasswordHash:     string(hash),
+				Upstream:         up.Name,
 				UpstreamUser:     "alice",
 				UpstreamPassword: func() (string, error) { return "secret", nil },
+				// For a store that takes OAuth2 tokens only (Graph).
+				UpstreamToken: func(context.Context, bool) (string, error) { return "secret", nil },
 			},
 		},
 	}
-	c := cache.New(4<<20, 1<<20)
 	gw := New(cfg, c, testLogger())
 	gw.SetPrefetch(false)
 	srv := &pop3.Server{Backend: gw, Logger: testLogger()}
@@ -260,9 +269,9 @@ func (e *hostileEnv) hostileSession(t *testing.T, outcome hostileOutcome) {
 // checkMailIntact: nothing was deleted, and with the server behaving, a
 // new session lists the message with its true size and serves it byte for
 // byte, whatever the failed session left in the cache.
-func (e *hostileEnv) checkMailIntact(t *testing.T, up *hostileIMAP) {
+func (e *hostileEnv) checkMailIntact(t *testing.T, deletes *atomic.Int64) {
 	t.Helper()
-	c := e.login()
+	c := e.loginWhenFree(t)
 	if n, size, err := c.Stat(); err != nil || n != 1 {
 		t.Fatalf("STAT: %d %d %v", n, size, err)
 	}
@@ -273,8 +282,33 @@ func (e *hostileEnv) checkMailIntact(t *testing.T, up *hostileIMAP) {
 	if err := c.Quit(); err != nil {
 		t.Fatal(err)
 	}
-	if n := up.deletes.Load(); n != 0 {
+	if n := deletes.Load(); n != 0 {
 		t.Errorf("%d delete commands reached the server", n)
+	}
+}
+
+// loginWhenFree logs in once the gateway has let go of the maildrop: a
+// session the client left without QUIT holds it until the gateway has
+// seen the connection close.
+func (e *hostileEnv) loginWhenFree(t *testing.T) *pop3client.Client {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := pop3client.Dial(e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		t.Cleanup(func() { c.Close() })
+		err = c.Login("alice", localPassword)
+		if err == nil {
+			return c
+		}
+		c.Close()
+		if !strings.Contains(err.Error(), "[IN-USE]") || time.Now().After(deadline) {
+			t.Fatalf("login: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

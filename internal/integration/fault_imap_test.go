@@ -11,8 +11,10 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
 	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
+	"github.com/pop3gw/gateway/internal/testkit/graphdouble"
 	"github.com/pop3gw/gateway/internal/testkit/leakcheck"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
@@ -47,6 +49,9 @@ const (
 type faultRig struct {
 	t          *testing.T
 	dc         *dovecottest.Server
+	cyrus      *cyrustest.Server // the JMAP cases' upstream
+	graph      *graphdouble.Mailbox
+	graphIDs   []string // the Graph cases' messages, as msgs
 	user, pass string
 	up, down   *faultproxy.Proxy
 	addr       string
@@ -54,6 +59,13 @@ type faultRig struct {
 	msgs       [][]byte // delivered, in UID order
 	uidls      []string // UIDL of each, from a session before the fault
 	base       leakcheck.Baseline
+	// count is the number of messages in the mailbox, asked of the
+	// upstream itself.
+	count func() int
+	// settle, when set, runs after a session's client has gone and
+	// before the leak check: an HTTP store closes its idle keep-alive
+	// connections there.
+	settle func()
 }
 
 type faultRigOptions struct {
@@ -88,6 +100,7 @@ func newFaultRig(t *testing.T, dc *dovecottest.Server, ref, user, pass string, o
 		opts.large = 1 << 20
 	}
 	r := &faultRig{t: t, dc: dc, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large)}
+	r.count = func() int { return dc.Count(t, user) }
 	dc.Deliver(t, user, r.msgs...)
 	r.up = faultproxy.Start(t, dc.IMAPAddr())
 	log := testLogger()
@@ -155,6 +168,9 @@ func (r *faultRig) login(viaDown bool) *pop3client.Client {
 func (r *faultRig) ended(c *pop3client.Client) {
 	r.t.Helper()
 	c.Close()
+	if r.settle != nil {
+		r.settle()
+	}
 	r.base.Check(r.t)
 }
 
@@ -489,7 +505,7 @@ func quitWithFault(t *testing.T, r *faultRig, arm func(), restarted bool, gone, 
 	if err := c.Quit(); err != nil {
 		t.Fatalf("QUIT deleting again: %v", err)
 	}
-	if n := r.dc.Count(t, r.user); n != 2 {
+	if n := r.count(); n != 2 {
 		t.Fatalf("%d messages in the mailbox after deleting 2 of 4", n)
 	}
 	c, _ = r.next([]int{1, 2}, nil, 0)

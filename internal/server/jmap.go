@@ -19,6 +19,10 @@ func jmapUpstream(pu *proxy.Upstream, u *config.Upstream, tlsConfig *tls.Config)
 	tr.TLSClientConfig = tlsConfig
 	timeout := time.Duration(u.Timeout)
 	tr.ResponseHeaderTimeout = timeout
+	if timeout > 0 {
+		// A handshake that stalls is an upstream that does not answer.
+		tr.TLSHandshakeTimeout = min(tr.TLSHandshakeTimeout, timeout)
+	}
 	store, err := jmap.New(jmap.Options{SessionURL: u.Address, HTTPClient: &http.Client{Transport: tr}, Timeout: timeout})
 	if err != nil {
 		return err

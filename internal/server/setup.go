@@ -159,6 +159,8 @@ func graphHTTP(tlsConfig *tls.Config, timeout time.Duration) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = tlsConfig
 	tr.ResponseHeaderTimeout = timeout
+	// A handshake that stalls is an upstream that does not answer.
+	tr.TLSHandshakeTimeout = min(tr.TLSHandshakeTimeout, timeout)
 	tr.MaxIdleConnsPerHost = graph.DefaultConcurrency
 	return &http.Client{Transport: tr}
 }

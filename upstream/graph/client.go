@@ -43,6 +43,11 @@ const (
 	// DefaultTimeout bounds the wait for a response's headers and, while
 	// a body streams, for each next octet.
 	DefaultTimeout = 60 * time.Second
+	// DefaultMaxMessage bounds a message's MIME octets ($value). Exchange
+	// Online accepts messages of 150 MB at most (its largest setting);
+	// Graph announces no size, so a body that runs on past this is a
+	// server gone wrong, not mail.
+	DefaultMaxMessage = 256 << 20
 )
 
 // TokenSource hands out OAuth2 access tokens for one mailbox. With
@@ -63,6 +68,7 @@ type Options struct {
 	Backoff       time.Duration
 	PageSize      int
 	Timeout       time.Duration
+	MaxMessage    int64 // DefaultMaxMessage when 0
 	// NoBatch sends each delete as a request of its own rather than in
 	// JSON batches.
 	NoBatch bool
@@ -130,10 +136,12 @@ func New(opts Options) (*Client, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = DefaultMaxMessage
+	}
 	hc := opts.HTTPClient
 	if hc == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = opts.Timeout
+		tr := web.Transport(nil, opts.Timeout)
 		tr.MaxIdleConnsPerHost = opts.Concurrency
 		hc = &http.Client{Transport: tr}
 	}

@@ -310,10 +310,23 @@ func (c *Client) Delta(ctx context.Context, folderID, link string) (*Delta, erro
 // one of the mailbox's concurrency slots until closed.
 type Body struct {
 	body *web.Body
+	max  int64
 }
 
-func (b *Body) Read(p []byte) (int, error) { return b.body.Read(p) }
-func (b *Body) Close() error               { return b.body.Close() }
+// Read fails once the body runs past the largest message there can be
+// (Options.MaxMessage): an endless body ends there.
+func (b *Body) Read(p []byte) (int, error) {
+	if left := b.max - b.body.N(); int64(len(p)) > left+1 {
+		p = p[:left+1]
+	}
+	n, err := b.body.Read(p)
+	if over := b.body.N() - b.max; over > 0 {
+		return n - int(over), fmt.Errorf("%w: a message of more than %d octets", ErrBadResponse, b.max)
+	}
+	return n, err
+}
+
+func (b *Body) Close() error { return b.body.Close() }
 
 // N is the number of octets read so far; after io.EOF, the size of the
 // message as served. Graph announces no size before (no property of the
@@ -331,7 +344,7 @@ func (c *Client) Open(ctx context.Context, id string) (*Body, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Body{body: resp.Body.(*web.Body)}, nil
+	return &Body{body: resp.Body.(*web.Body), max: c.opts.MaxMessage}, nil
 }
 
 // Remove applies a delete mode to messages: in JSON batches of up to 20

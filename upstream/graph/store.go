@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/internal/web"
 )
 
 // The Graph store: a mailbox folder served through the gateway's store
@@ -46,8 +47,7 @@ type Store struct {
 func NewStore(opts Options) *Store {
 	if opts.HTTPClient == nil {
 		timeout := cmp.Or(opts.Timeout, DefaultTimeout)
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = timeout
+		tr := web.Transport(nil, timeout)
 		tr.MaxIdleConnsPerHost = cmp.Or(opts.Concurrency, DefaultConcurrency)
 		opts.HTTPClient = &http.Client{Transport: tr}
 	}

@@ -123,9 +123,7 @@ func (o *Options) defaults() error {
 		o.Timeout = DefaultTimeout
 	}
 	if o.HTTPClient == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = o.Timeout
-		o.HTTPClient = &http.Client{Transport: tr}
+		o.HTTPClient = &http.Client{Transport: web.Transport(nil, o.Timeout)}
 	}
 	return nil
 }

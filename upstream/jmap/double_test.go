@@ -39,6 +39,9 @@ type double struct {
 	pageCap int
 	// churn changes the state at every Email/query.
 	churn bool
+	// stray adds to every Email/get answer an Email that was not asked
+	// for, in the inbox.
+	stray bool
 }
 
 func (d *double) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -145,6 +148,9 @@ func (d *double) api(w http.ResponseWriter, r *http.Request) {
 				var i int
 				fmt.Sscanf(w.(string), "M%d", &i)
 				list = append(list, map[string]any{"id": w, "blobId": fmt.Sprintf("B%d", i), "size": len(d.msgs[i]), "receivedAt": time.Unix(int64(1e9+i), 0).UTC().Format(time.RFC3339), "messageId": nil, "mailboxIds": map[string]bool{"INBOX1": true}})
+			}
+			if d.stray {
+				list = append(list, map[string]any{"id": "M99", "blobId": "B0", "size": len(d.msgs[0]), "receivedAt": time.Unix(1e9, 0).UTC().Format(time.RFC3339), "messageId": nil, "mailboxIds": map[string]bool{"INBOX1": true}})
 			}
 			res = map[string]any{"state": state, "list": list, "notFound": []string{}}
 		default:
@@ -339,4 +345,40 @@ func TestDoubleBearerAndConcurrency(t *testing.T) {
 	}
 	body.Close()
 	open[1].Close()
+}
+
+// An Email/get answer with an Email that was not asked for is refused
+// whole: in a listing (it would be listed, and perhaps destroyed at
+// QUIT), among the changes, and when a message is opened, where it says
+// nothing of whether the message asked for is gone.
+func TestDoubleEmailNotAskedFor(t *testing.T) {
+	d := &double{msgs: []string{"a\r\n", "b\r\n"}}
+	s := startDouble(t, d, jmap.Options{})
+	ctx := context.Background()
+	sess, err := s.Login(ctx, alice, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := sess.Snapshot(ctx)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("Snapshot: %v, %d entries", err, len(entries))
+	}
+	before := sess.Selected()
+	d.mu.Lock()
+	d.stray = true
+	d.state++
+	d.msgs = append(d.msgs, "c\r\n")
+	d.mu.Unlock()
+	if _, err := sess.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Changes(ctx, before); !errors.Is(err, jmap.ErrBadResponse) {
+		t.Errorf("Changes: %v, want ErrBadResponse", err)
+	}
+	if got, err := sess.Snapshot(ctx); !errors.Is(err, jmap.ErrBadResponse) {
+		t.Errorf("Snapshot: %v, %d entries; want ErrBadResponse", err, len(got))
+	}
+	if _, err := sess.Open(ctx, entries[0].ID, 0, -1); !errors.Is(err, jmap.ErrBadResponse) || errors.Is(err, upstream.ErrMessageGone) {
+		t.Errorf("Open: %v, want ErrBadResponse", err)
+	}
 }

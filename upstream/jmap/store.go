@@ -396,6 +396,9 @@ func (c *Session) pages(ctx context.Context, page int) (emails []emailJSON, stat
 			return nil, "", nil
 		}
 		state = q.QueryState
+		if err := askedFor(got.List, q.IDs); err != nil {
+			return nil, "", &Error{Op: "list", kind: err}
+		}
 		emails = append(emails, got.List...)
 		position += len(q.IDs)
 		// A server may return fewer ids than the limit asked for
@@ -405,6 +408,25 @@ func (c *Session) pages(ctx context.Context, page int) (emails []emailJSON, stat
 			return emails, state, nil
 		}
 	}
+}
+
+// askedFor checks that every Email a server returned is one of the ids
+// asked for, once (RFC 8620 §5.1: Email/get returns the records of the
+// ids given). Another would be listed, and perhaps deleted at QUIT, though
+// it may be in no mailbox the gateway serves: the whole answer is
+// refused.
+func askedFor(list []emailJSON, ids []string) error {
+	asked := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		asked[id] = true
+	}
+	for _, e := range list {
+		if !asked[e.ID] {
+			return fmt.Errorf("%w: Email/get returned %q, which was not asked for", ErrBadResponse, printable(e.ID, 64))
+		}
+		delete(asked, e.ID)
+	}
+	return nil
 }
 
 // entries turns Emails into the listing's entries, sorted by (receivedAt,
@@ -448,7 +470,12 @@ func (c *Session) blob(ctx context.Context, id upstream.ID) (blobInfo, error) {
 	if err != nil {
 		return blobInfo{}, err
 	}
-	if len(got.List) != 1 || got.List[0].ID != string(id) || !got.List[0].MailboxIDs[c.mailboxID] {
+	if err := askedFor(got.List, []string{string(id)}); err != nil {
+		// Not "gone": a server answering for another message says
+		// nothing of this one.
+		return blobInfo{}, &Error{Op: "open", kind: err}
+	}
+	if len(got.List) != 1 || !got.List[0].MailboxIDs[c.mailboxID] {
 		return blobInfo{}, fmt.Errorf("jmap: Email %s: %w", id, upstream.ErrMessageGone)
 	}
 	return blobInfo{id: got.List[0].BlobID, size: got.List[0].Size}, nil
@@ -627,6 +654,13 @@ func (c *Session) Changes(ctx context.Context, since upstream.Mailbox) (upstream
 	}, &qc, &got)
 	if err != nil {
 		return upstream.Changes{}, err
+	}
+	asked := make([]string, len(qc.Added))
+	for i, a := range qc.Added {
+		asked[i] = a.ID
+	}
+	if err := askedFor(got.List, asked); err != nil {
+		return upstream.Changes{}, &Error{Op: "changes", kind: err}
 	}
 	if qc.NewQueryState != c.info.State {
 		return upstream.Changes{}, fmt.Errorf("%w: the mailbox changed again since its state was taken", ErrCannotCalculateChanges)

@@ -759,6 +759,16 @@ func (s *Server) top(r *http.Request) int {
 	return n
 }
 
+// base is the API's base URL as the client reached it: links name the
+// host asked, as Graph's do, so that a client going through a proxy is
+// sent back through it.
+func (s *Server) base(r *http.Request) string {
+	if r.Host == "" {
+		return s.URL
+	}
+	return "http://" + r.Host + "/v1.0"
+}
+
 // listMessages pages with $skip in @odata.nextLink, the way
 // user-list-messages describes its links.
 func (s *Server) listMessages(w http.ResponseWriter, r *http.Request, m *Mailbox, ref string, imm bool) {
@@ -778,7 +788,7 @@ func (s *Server) listMessages(w http.ResponseWriter, r *http.Request, m *Mailbox
 			in = append(in, msg)
 		}
 	}
-	body := map[string]any{"@odata.context": s.URL + "/$metadata#users('" + m.user + "')/mailFolders('" + f.id + "')/messages"}
+	body := map[string]any{"@odata.context": s.base(r) + "/$metadata#users('" + m.user + "')/mailFolders('" + f.id + "')/messages"}
 	value := []map[string]any{}
 	for i := skip; i < len(in) && i < skip+top; i++ {
 		value = append(value, messageJSON(in[i], q.Get("$select"), imm))
@@ -789,7 +799,7 @@ func (s *Server) listMessages(w http.ResponseWriter, r *http.Request, m *Mailbox
 		if sel := q.Get("$select"); sel != "" {
 			next.Set("$select", sel)
 		}
-		body["@odata.nextLink"] = s.URL + "/me/mailFolders/" + url.PathEscape(f.id) + "/messages?" + next.Encode()
+		body["@odata.nextLink"] = s.base(r) + "/me/mailFolders/" + url.PathEscape(f.id) + "/messages?" + next.Encode()
 	}
 	writeJSON(w, http.StatusOK, body)
 }
@@ -825,10 +835,10 @@ func (s *Server) delta(w http.ResponseWriter, r *http.Request, m *Mailbox, ref s
 	n := min(st.top, len(st.pending))
 	value := st.pending[:n]
 	rest := st.pending[n:]
-	body := map[string]any{"@odata.context": s.URL + "/$metadata#Collection(message)", "value": value}
+	body := map[string]any{"@odata.context": s.base(r) + "/$metadata#Collection(message)", "value": value}
 	s.seq++
 	tok := fmt.Sprintf("GwcBoT%06d", s.seq)
-	link := s.URL + "/me/mailFolders('" + f.id + "')/messages/delta?"
+	link := s.base(r) + "/me/mailFolders('" + f.id + "')/messages/delta?"
 	if len(rest) > 0 {
 		s.deltas[tok] = &deltaState{user: m.user, folder: f.id, immutable: imm, top: st.top, pending: rest, end: st.end}
 		body["@odata.nextLink"] = link + url.Values{"$skiptoken": {tok}}.Encode()

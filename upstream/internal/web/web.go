@@ -5,9 +5,11 @@
 package web
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -75,6 +77,24 @@ func Depth(data []byte, limit int) int {
 		}
 	}
 	return deepest
+}
+
+// Transport is the HTTP transport of a store whose server must answer
+// within timeout: connecting, the TLS handshake and the wait for a
+// response's headers are each bounded by it (and by the standard
+// transport's own, shorter, bounds), as the IMAP store bounds each wait
+// for its server. A body's octets are bounded by Body.
+func Transport(tlsConfig *tls.Config, timeout time.Duration) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsConfig
+	if timeout <= 0 {
+		return tr
+	}
+	tr.ResponseHeaderTimeout = timeout
+	tr.TLSHandshakeTimeout = min(tr.TLSHandshakeTimeout, timeout)
+	dialer := &net.Dialer{Timeout: min(30*time.Second, timeout), KeepAlive: 30 * time.Second}
+	tr.DialContext = dialer.DialContext
+	return tr
 }
 
 // RetryAfter reads a Retry-After value: seconds, or an HTTP date (RFC 9110

@@ -1,0 +1,584 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
+	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
+	"github.com/pop3gw/gateway/internal/testkit/graphdouble"
+	"github.com/pop3gw/gateway/internal/testkit/leakcheck"
+	"github.com/pop3gw/gateway/pop3"
+	"github.com/pop3gw/gateway/proxy"
+	"github.com/pop3gw/gateway/upstream"
+	"github.com/pop3gw/gateway/upstream/graph"
+	"github.com/pop3gw/gateway/upstream/jmap"
+)
+
+// The fault matrix for the HTTP stores: JMAP against a private Cyrus, and
+// Graph against its double, each behind the fault proxy (faultRig, the
+// same checks as for IMAP). The store keeps HTTP/1.1 connections alive
+// between requests, as it does in use: a request and its body travel on
+// one connection, so a reset armed on a pattern of the request (the
+// Email/set or the $batch of QUIT's deletes) hits that request whichever
+// pooled connection carries it. Once a session has ended, the store's
+// idle connections are closed before the leak check, which then finds
+// any connection a session left busy (a response body never closed).
+
+// httpTransport is an HTTP store's transport as the wiring makes it,
+// with its timeout on the headers and the TLS handshake.
+func httpTransport(timeout time.Duration) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.ResponseHeaderTimeout = timeout
+	tr.TLSHandshakeTimeout = min(tr.TLSHandshakeTimeout, timeout)
+	return tr
+}
+
+// settleHTTP waits until the rig's upstream connections are all closed,
+// closing the idle ones of the transports as they become idle.
+func settleHTTP(r *faultRig, trs ...*http.Transport) func() {
+	return func() {
+		r.t.Helper()
+		closed := waitUntil(10*time.Second, func() bool {
+			for _, tr := range trs {
+				tr.CloseIdleConnections()
+			}
+			return r.up.Open() == 0
+		})
+		if !closed {
+			r.t.Errorf("%d connections to the upstream still busy after the session", r.up.Open())
+		}
+	}
+}
+
+// TestFaultMatrixJMAP runs the store faults against one Cyrus, through
+// its JMAP, each case with its own mailbox, gateway and fault proxy.
+func TestFaultMatrixJMAP(t *testing.T) {
+	users := map[string]string{}
+	for i := range jmapFaults {
+		users[fmt.Sprintf("fault%d", i)] = fmt.Sprintf("pw-fault%d", i)
+	}
+	cy := cyrustest.Start(t, users)
+	refTr := httpTransport(30 * time.Second)
+	refStore, err := jmap.New(jmap.Options{SessionURL: cy.JMAPURL(), HTTPClient: &http.Client{Transport: refTr}, Timeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := startGatewayFor(t, &proxy.Upstream{Name: "jmap", Mailbox: "INBOX", OnDelete: upstream.DeleteExpunge, Store: proxy.JMAPStore(refStore)})
+	for i, tc := range jmapFaults {
+		t.Run(tc.name, func(t *testing.T) {
+			user := fmt.Sprintf("fault%d", i)
+			tc.run(t, newJMAPFaultRig(t, cy, ref, refTr, user, users[user], tc.opts))
+		})
+	}
+}
+
+func newJMAPFaultRig(t *testing.T, cy *cyrustest.Server, ref string, refTr *http.Transport, user, pass string, opts faultRigOptions) *faultRig {
+	t.Helper()
+	if opts.timeout == 0 {
+		opts.timeout = 30 * time.Second
+	}
+	if opts.large == 0 {
+		opts.large = 1 << 20
+	}
+	r := &faultRig{t: t, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large), cyrus: cy}
+	// One second apart: listed in this order, by arrival.
+	first := time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)
+	for i, m := range r.msgs {
+		cy.AppendDated(t, user, first.Add(time.Duration(i)*time.Second), m)
+	}
+	r.count = func() int { return cyrusCount(t, cy.IMAPAddr(), user, pass) }
+	r.up = faultproxy.Start(t, strings.TrimPrefix(strings.TrimSuffix(cy.JMAPURL(), "/.well-known/jmap"), "http://"))
+	tr := httpTransport(opts.timeout)
+	store, err := jmap.New(jmap.Options{SessionURL: "http://" + r.up.Addr() + "/.well-known/jmap", HTTPClient: &http.Client{Transport: tr}, Timeout: opts.timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := testLogger()
+	gw := passthroughGateway(&proxy.Upstream{Name: "jmap", Mailbox: "INBOX", OnDelete: upstream.DeleteExpunge, Store: proxy.JMAPStore(store)},
+		cache.New(64<<20, 256<<10), log)
+	r.addr, _ = serve(t, &pop3.Server{Backend: gw, Logger: log, IdleTimeout: opts.idle}, gw, "127.0.0.1:0")
+	r.down = faultproxy.Start(t, r.addr)
+	r.settle = settleHTTP(r, tr, refTr)
+	r.referenceUIDLs(ref, refTr)
+	return r
+}
+
+// referenceUIDLs lists the mailbox through a gateway that saw no fault,
+// then takes the baseline of goroutines and descriptors.
+func (r *faultRig) referenceUIDLs(ref string, refTr *http.Transport) {
+	r.t.Helper()
+	c := r.dial(ref)
+	if err := c.Login(r.user, r.pass); err != nil {
+		r.t.Fatal(err)
+	}
+	entries, err := c.UIDL()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	c.Quit()
+	for _, e := range entries {
+		r.uidls = append(r.uidls, e.Value)
+	}
+	if len(r.uidls) != len(r.msgs) {
+		r.t.Fatalf("%d messages listed, %d delivered", len(r.uidls), len(r.msgs))
+	}
+	refTr.CloseIdleConnections()
+	r.base = leakcheck.Take()
+}
+
+// cyrusCount is the number of messages in user's INBOX, over IMAP.
+func cyrusCount(t *testing.T, addr, user, pass string) int {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+	return int(sel.NumMessages)
+}
+
+// jmapFaults: faults between the gateway and Cyrus's JMAP.
+// jmapCutAt is where in message 4's download the JMAP cases cut or
+// stall it: Cyrus sends it gzipped, in about 70 KB.
+const jmapCutAt = 20_000
+
+var jmapFaults = []faultCase{
+	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		r.up.Down(true)
+		c := r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// The store knows the account by now (JMAP: its session
+		// resource and mailbox id; Graph: the sizes it measured).
+		c := r.login(false)
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.up.Down(true)
+		r.up.ResetAll()
+		c = r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// The listing's Email/query asks from a position; the refresh
+		// before it does not.
+		r.up.ResetOnCommand([]byte(`"position":`))
+		c := r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		if r.up.Fired() != 1 {
+			t.Fatal("the listing was not reset")
+		}
+		r.ended(c)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during RETR streamed, once", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.CutServerAfter(jmapCutAt)
+		// Resumed with a range request from the octet where it was cut.
+		retrWhole(t, c, 4, r.msgs[3])
+		if r.up.Fired() != 1 {
+			t.Fatal("the transfer was not cut")
+		}
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.ended(c)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during RETR streamed, every time", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		if err := c.Dele(1); err != nil {
+			t.Fatal(err)
+		}
+		r.up.CutServerRepeatedly(jmapCutAt, jmapCutAt/2, -1)
+		expectCutRetr(t, c, 4, r.msgs[3])
+		r.ended(c)
+		r.up.CutServerRepeatedly(0, 0, 0)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during RETR cached", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		retrWhole(t, c, 1, r.msgs[0])
+		r.up.Down(true)
+		r.up.ResetAll()
+		retrWhole(t, c, 1, r.msgs[0])
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	// The delete journal finishes QUIT's deletes before the next
+	// listing; a restarted gateway, without it, finds the mailbox as
+	// the fault left it. Email/set destroys in one call, whole or not.
+	{"reset at QUIT before Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT before Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, true, nil, nil)
+	}},
+	{"reset at QUIT after Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT after Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, true, []int{1, 2}, nil)
+	}},
+	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.Stall(true)
+		expectErr(t, c, "RETR 2", "-ERR [SYS/TEMP]")
+		expectClosed(t, c)
+		r.ended(c)
+		r.up.Stall(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"stall mid-RETR past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.StallServerAfter(jmapCutAt)
+		expectCutRetr(t, c, 4, r.msgs[3])
+		r.ended(c)
+		r.up.Stall(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"mailbox changed by another client", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		before, err := c.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Another mail program, over Cyrus's IMAP: one message comes,
+		// message 2 goes.
+		cy := r.cyrus
+		cy.AppendDated(t, r.user, time.Date(2026, 3, 2, 8, 0, 0, 0, time.UTC),
+			[]byte("From: b@example.com\r\nSubject: arrived mid-session\r\n\r\nnew "+r.user+"\r\n"))
+		expungeIMAP(t, cy.IMAPAddr(), r.user, r.pass, 2)
+		// RFC 1939 §4: the maildrop is fixed for the session.
+		after, err := c.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Fatalf("LIST changed mid-session: %v, then %v", before, after)
+		}
+		expectErr(t, c, "RETR 2", "-ERR")
+		retrWhole(t, c, 1, r.msgs[0])
+		retrWhole(t, c, 3, r.msgs[2])
+		retrWhole(t, c, 4, r.msgs[3])
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.ended(c)
+		c, _ = r.next([]int{2}, nil, 1)
+		c.Quit()
+	}},
+	{"mailbox made anew between sessions", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// A new Mailbox id, so a new epoch: every id may have changed.
+		// Cyrus's Email ids are the messages' content, so the same
+		// messages stored again keep theirs, and their UIDLs.
+		cy := r.cyrus
+		cy.Recreate(t, r.user)
+		first := time.Date(2026, 3, 3, 8, 0, 0, 0, time.UTC)
+		for i, m := range r.msgs {
+			cy.AppendDated(t, r.user, first.Add(time.Duration(i)*time.Second), m)
+		}
+		c, _ := r.next(nil, nil, 0)
+		c.Quit()
+	}},
+}
+
+// TestFaultMatrixGraph runs the store faults against the Graph double,
+// each case with its own mailbox, gateway and fault proxy.
+func TestFaultMatrixGraph(t *testing.T) {
+	double := graphdouble.New(t)
+	var users []string
+	for i := range graphFaults {
+		users = append(users, fmt.Sprintf("fault%d", i))
+	}
+	refTr := httpTransport(30 * time.Second)
+	ref := graphFaultGateway(t, double.URL, refTr, 30*time.Second, users, cache.New(64<<20, 4<<20), 0)
+	for i, tc := range graphFaults {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.run(t, newGraphFaultRig(t, double, ref, refTr, users[i], tc.opts))
+		})
+	}
+}
+
+// graphFaultGateway serves the Graph mailbox of each user@contoso.example
+// to POP3 user user, password pw-user, with the token tok-user.
+func graphFaultGateway(t *testing.T, base string, tr *http.Transport, timeout time.Duration, users []string, c *cache.Cache, idle time.Duration) string {
+	t.Helper()
+	store := graph.NewStore(graph.Options{BaseURL: base, HTTPClient: &http.Client{Transport: tr}, Timeout: timeout, Backoff: 10 * time.Millisecond})
+	cfg := &proxy.Config{
+		Upstreams: map[string]*proxy.Upstream{
+			"m365": {Name: "m365", Store: proxy.GraphStore(store), Mailbox: "INBOX", OnDelete: upstream.DeleteExpunge, OAuth2: upstream.Bearer},
+		},
+		Users: map[string]*proxy.User{},
+	}
+	for _, u := range users {
+		hash, err := bcrypt.GenerateFromPassword([]byte("pw-"+u), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := "tok-" + u
+		cfg.Users[u] = &proxy.User{
+			Name: u, PasswordHash: string(hash), Upstream: "m365", UpstreamUser: u + "@contoso.example",
+			UpstreamToken: func(context.Context, bool) (string, error) { return tok, nil },
+		}
+	}
+	log := testLogger()
+	gw := proxy.New(cfg, c, log)
+	addr, _ := serve(t, &pop3.Server{Backend: gw, Logger: log, IdleTimeout: idle}, gw, "127.0.0.1:0")
+	return addr
+}
+
+func newGraphFaultRig(t *testing.T, double *graphdouble.Server, ref string, refTr *http.Transport, user string, opts faultRigOptions) *faultRig {
+	t.Helper()
+	if opts.timeout == 0 {
+		opts.timeout = 30 * time.Second
+	}
+	if opts.large == 0 {
+		opts.large = 1 << 20
+	}
+	r := &faultRig{t: t, user: user, pass: "pw-" + user, ref: ref, msgs: faultMessages(user, opts.large)}
+	box := double.Mailbox(user + "@contoso.example")
+	double.Grant("tok-"+user, user+"@contoso.example")
+	var ids []string
+	for _, m := range r.msgs {
+		ids = append(ids, box.Add("inbox", graphdouble.Msg{MIME: m}))
+	}
+	r.graph, r.graphIDs = box, ids
+	r.count = func() int {
+		n := 0
+		for _, id := range ids {
+			if folder, _, ok := box.State(id); ok && folder == "inbox" {
+				n++
+			}
+		}
+		return n
+	}
+	host := strings.TrimSuffix(strings.TrimPrefix(double.URL, "http://"), "/v1.0")
+	r.up = faultproxy.Start(t, host)
+	tr := httpTransport(opts.timeout)
+	r.addr = graphFaultGateway(t, "http://"+r.up.Addr()+"/v1.0", tr, opts.timeout, []string{user}, cache.New(64<<20, 256<<10), opts.idle)
+	r.down = faultproxy.Start(t, r.addr)
+	r.settle = settleHTTP(r, tr, refTr)
+	r.referenceUIDLs(ref, refTr)
+	return r
+}
+
+// graphFaults: faults between the gateway and the Graph double. Graph
+// gives no sizes: each message is read at the first login to measure it,
+// and those under the cache's ceiling (messages 1 to 3) are served from
+// the cache from then on; message 4 streams at each RETR. A $value has no
+// size and no ranges, so a cut transfer cannot be resumed: the client is
+// cut off before the terminating line.
+var graphFaults = []faultCase{
+	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		r.up.Down(true)
+		c := r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// The store knows the account by now (JMAP: its session
+		// resource and mailbox id; Graph: the sizes it measured).
+		c := r.login(false)
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.up.Down(true)
+		r.up.ResetAll()
+		c = r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	// net/http sends a GET again, once, on a new connection when a
+	// kept-alive one fails before an answer: the login goes through.
+	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		graphLoginThroughReset(t, r, func() { r.up.ResetOnCommand([]byte("/messages/delta")) })
+	}},
+	{"reset after the listing was sent", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		graphLoginThroughReset(t, r, func() { r.up.ResetAfterCommand([]byte("/messages/delta")) })
+	}},
+	{"reset while measuring at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		graphLoginThroughReset(t, r, func() { r.up.ResetOnCommand([]byte("/$value")) })
+	}},
+	{"cut mid-listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		// Once an answer has begun, nothing is sent again: the
+		// delta round's answer is cut after its first 200 octets.
+		var armed atomic.Bool
+		r.up.Watch(func(toServer bool, chunk []byte) {
+			if toServer && bytes.Contains(chunk, []byte("/messages/delta")) && !armed.Swap(true) {
+				r.up.CutServerAfter(200)
+			}
+		})
+		c := r.dial(r.addr)
+		if _, err := c.OK("USER " + r.user); err != nil {
+			t.Fatal(err)
+		}
+		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		if r.up.Fired() != 1 {
+			t.Fatal("the listing was not cut")
+		}
+		r.up.WatchConns(nil)
+		r.ended(c)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during RETR streamed", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		if err := c.Dele(1); err != nil {
+			t.Fatal(err)
+		}
+		r.up.CutServerAfter(300_000)
+		expectCutRetr(t, c, 4, r.msgs[3])
+		if r.up.Fired() != 1 {
+			t.Fatal("the transfer was not cut")
+		}
+		r.ended(c)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"reset during RETR cached", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.Down(true)
+		r.up.ResetAll()
+		retrWhole(t, c, 1, r.msgs[0])
+		r.ended(c)
+		r.up.Down(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	// QUIT's deletes go in one JSON batch; the journal finishes them as
+	// for JMAP.
+	{"reset at QUIT before the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT before the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, true, nil, nil)
+	}},
+	{"reset at QUIT after the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
+	}},
+	{"reset at QUIT after the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, true, []int{1, 2}, nil)
+	}},
+	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.Stall(true)
+		expectErr(t, c, "RETR 4", "-ERR [SYS/TEMP]")
+		expectClosed(t, c)
+		r.ended(c)
+		r.up.Stall(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"stall mid-RETR past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		r.up.StallServerAfter(300_000)
+		expectCutRetr(t, c, 4, r.msgs[3])
+		r.ended(c)
+		r.up.Stall(false)
+		c, _ = r.next(nil, nil, 0)
+		c.Quit()
+	}},
+	{"mailbox changed by another client", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
+		before, err := c.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.graph.Remove(r.graphIDs[1])
+		r.graph.Add("inbox", graphdouble.Msg{MIME: []byte("From: b@example.com\r\nSubject: arrived mid-session\r\n\r\nnew\r\n")})
+		after, err := c.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Fatalf("LIST changed mid-session: %v, then %v", before, after)
+		}
+		// Message 2 was read whole at login to measure it: the session
+		// serves it as it was (RFC 1939 §4: the maildrop is fixed).
+		retrWhole(t, c, 2, r.msgs[1])
+		// Message 4 is read at RETR, and is still there.
+		retrWhole(t, c, 4, r.msgs[3])
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		r.ended(c)
+		c, _ = r.next([]int{2}, nil, 1)
+		c.Quit()
+	}},
+}
+
+// graphLoginThroughReset arms a reset and logs in: whether the login
+// went through or was refused with [SYS/TEMP], the next session finds
+// everything.
+func graphLoginThroughReset(t *testing.T, r *faultRig, arm func()) {
+	arm()
+	c := r.dial(r.addr)
+	if _, err := c.OK("USER " + r.user); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := c.Cmd("PASS " + r.pass)
+	t.Logf("PASS: %q %v", reply, err)
+	if r.up.Fired() != 1 {
+		t.Fatal("the reset did not fire")
+	}
+	r.ended(c)
+	c, _ = r.next(nil, nil, 0)
+	c.Quit()
+}
