@@ -159,13 +159,13 @@ func TestInUseWithHolderCredentialsAsksNoUpstream(t *testing.T) {
 	const user, pass = "bob@example.com", "upstream-bob@example.com"
 
 	holder := e.login(user, pass)
-	opened := e.proxy.accepted.Load()
+	opened := e.proxy.Accepted()
 	other := dialAt(t, addr)
 	for range 3 {
 		expectReply(t, other, "USER "+user, "+OK")
 		expectReply(t, other, "PASS "+pass, inUse)
 	}
-	if n := e.proxy.accepted.Load() - opened; n != 0 {
+	if n := e.proxy.Accepted() - opened; n != 0 {
 		t.Errorf("[IN-USE] for the holder's own credentials opened %d upstream connections", n)
 	}
 	expectReply(t, other, "USER "+user, "+OK")
