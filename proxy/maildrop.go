@@ -552,12 +552,20 @@ func (m *maildrop) session(ctx context.Context) (Session, error) {
 func (m *maildrop) Close() error {
 	m.ahead.close()
 	if m.broken {
+		// Nothing uses the broken connection any more, and saying goodbye
+		// to a stalled server can take its timeout: the client that logs
+		// in again right away should not be told [IN-USE] meanwhile.
+		m.release()
 		m.sess.Close()
-	} else {
-		m.g.pool.put(m.acct.maildrop(), m.acct, m.sess)
+		return nil
 	}
+	m.g.pool.put(m.acct.maildrop(), m.acct, m.sess)
+	m.release()
+	return nil
+}
+
+func (m *maildrop) release() {
 	if m.unlock != nil {
 		m.unlock()
 	}
-	return nil
 }

@@ -104,7 +104,7 @@ func newJMAPFaultRig(t *testing.T, cy *cyrustest.Server, ref string, refTr *http
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := testLogger()
+	log := faultLogger(t)
 	gw := passthroughGateway(&proxy.Upstream{Name: "jmap", Mailbox: "INBOX", OnDelete: upstream.DeleteExpunge, Store: proxy.JMAPStore(store)},
 		cache.New(64<<20, 256<<10), log)
 	r.addr, _ = serve(t, &pop3.Server{Backend: gw, Logger: log, IdleTimeout: opts.idle}, gw, "127.0.0.1:0")
@@ -366,7 +366,7 @@ func graphFaultGateway(t *testing.T, base string, tr *http.Transport, timeout ti
 			UpstreamToken: func(context.Context, bool) (string, error) { return tok, nil },
 		}
 	}
-	log := testLogger()
+	log := faultLogger(t)
 	gw := proxy.New(cfg, c, log)
 	addr, _ := serve(t, &pop3.Server{Backend: gw, Logger: log, IdleTimeout: idle}, gw, "127.0.0.1:0")
 	return addr

@@ -103,7 +103,7 @@ func newFaultRig(t *testing.T, dc *dovecottest.Server, ref, user, pass string, o
 	r.count = func() int { return dc.Count(t, user) }
 	dc.Deliver(t, user, r.msgs...)
 	r.up = faultproxy.Start(t, dc.IMAPAddr())
-	log := testLogger()
+	log := faultLogger(t)
 	gw := passthroughGateway(&proxy.Upstream{
 		Name:     "dovecot",
 		Server:   upstream.Server{Address: r.up.Addr(), Security: upstream.SecurityNone, Timeout: opts.timeout},
@@ -156,11 +156,21 @@ func (r *faultRig) login(viaDown bool) *pop3client.Client {
 	if viaDown {
 		addr = r.down.Addr()
 	}
-	c := r.dial(addr)
-	if err := c.Login(r.user, r.pass); err != nil {
-		r.t.Fatal(err)
+	// The session before may still be letting go of the maildrop when its
+	// client has seen the connection close: [IN-USE] is temporary
+	// (RFC 3206), so it is asked again for a while.
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		c := r.dial(addr)
+		err := c.Login(r.user, r.pass)
+		if err == nil {
+			return c
+		}
+		c.Close()
+		if !strings.Contains(err.Error(), "[IN-USE]") || time.Now().After(deadline) {
+			r.t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	return c
 }
 
 // ended closes the client's side and checks that the gateway let go of

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -43,6 +44,22 @@ func testLogger() *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// faultLogger is the log of a gateway that meets faults on purpose: its
+// warnings are expected, so they are shown only when the test fails (or
+// with -v).
+func faultLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return testLogger()
+	}
+	var buf testenv.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // passthroughGateway is a gateway that passes every login through,
