@@ -53,6 +53,30 @@ type listed struct {
 // listing lists the mailbox sess has selected, from the remembered
 // listing where it can, and assigns the messages their UIDLs.
 func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, log *slog.Logger) (listed, error) {
+	return g.listingSince(ctx, sess, maildrop, log, 0)
+}
+
+// prelist brings the maildrop's remembered listing up to date on a kept
+// session, between POP3 sessions (see pool.refreshListing): the next
+// login's listing is then the one remembered. No lock is held, so the
+// listing is remembered only if no session changed the maildrop's
+// messages or hidden set meanwhile (snapshots.generation).
+func (g *Gateway) prelist(ctx context.Context, maildrop string, acct *account, sess Session) error {
+	since := g.snaps.generation()
+	if _, err := sess.Refresh(ctx); err != nil {
+		return err
+	}
+	log := g.log.With("upstream", acct.upstream.Name)
+	if _, err := g.listingSince(ctx, sess, maildrop, log, since); err != nil {
+		return err
+	}
+	log.Debug("listing brought up to date between sessions", "messages", sess.Selected().Messages)
+	return nil
+}
+
+// listingSince is listing, remembering the listing only if the
+// snapshots' generation is still since; 0 always remembers it.
+func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop string, log *slog.Logger, since uint64) (listed, error) {
 	state := sess.Selected()
 	last := g.snaps.last(maildrop)
 	_, shared := g.state.(SharedStateStore)
@@ -61,10 +85,10 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 			return listed{last, last.uidls, last.hidden}, nil
 		}
 		snap := &snapshot{state: state, entries: last.entries, ids: last.ids}
-		return g.assign(ctx, maildrop, snap, nil, shared)
+		return g.assign(ctx, maildrop, snap, nil, shared, since)
 	}
 	if snap, changed := g.merged(ctx, sess, last, shared, log); snap != nil {
-		return g.assign(ctx, maildrop, snap, changed, shared)
+		return g.assign(ctx, maildrop, snap, changed, shared, since)
 	}
 	entries, err := sess.Snapshot(ctx)
 	if err != nil {
@@ -80,7 +104,7 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 	if err := g.adopt(ctx, maildrop, ids, previous); err != nil {
 		return listed{}, err
 	}
-	return g.assign(ctx, maildrop, snap, nil, shared)
+	return g.assign(ctx, maildrop, snap, nil, shared, since)
 }
 
 // adopt carries the UIDLs of messages the state store knows by their
@@ -108,8 +132,9 @@ func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []st
 // of those at the indices changed only, when the listing carries the
 // others' already, else of all. The listing is remembered with the
 // answer, unless the state store is shared, when the next login must ask
-// again.
-func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool) (listed, error) {
+// again; and only if the snapshots' generation is since, unless since is
+// 0.
+func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool, since uint64) (listed, error) {
 	if snap.uidls == nil {
 		proposed := make([]string, len(snap.entries))
 		for i, e := range snap.entries {
@@ -120,11 +145,11 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
 		}
 		if shared {
-			g.snaps.put(maildrop, snap)
+			g.snaps.putSince(maildrop, snap, since)
 			return listed{snap, uidls, hidden}, nil
 		}
 		snap.uidls, snap.hidden = uidls, hidden
-		g.snaps.put(maildrop, snap)
+		g.snaps.putSince(maildrop, snap, since)
 		return listed{snap, uidls, hidden}, nil
 	}
 	if len(changed) > 0 {
@@ -141,7 +166,7 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 			snap.uidls[i], snap.hidden[i] = uidls[j], hidden[j]
 		}
 	}
-	g.snaps.put(maildrop, snap)
+	g.snaps.putSince(maildrop, snap, since)
 	return listed{snap, snap.uidls, snap.hidden}, nil
 }
 

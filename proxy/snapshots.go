@@ -38,6 +38,11 @@ type snapshots struct {
 	mu    sync.Mutex
 	lru   *simplelru.LRU[string, *snapshot]
 	bytes int64
+	// gen counts the forgettings: a listing made without the maildrop's
+	// lock (between sessions) is remembered only if none happened while
+	// it was made, since a session's deletes or hidden messages may not
+	// show in it.
+	gen uint64
 }
 
 // snapshot is one mailbox's listing; read-only once remembered.
@@ -113,17 +118,33 @@ func (s *snapshots) last(maildrop string) *snapshot {
 	return snap
 }
 
+// generation is the count of forgettings so far, for putSince.
+func (s *snapshots) generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen + 1
+}
+
 // put records the listing, unless it cannot be trusted later: the store
 // gave no state, or the count is not the mailbox's.
-func (s *snapshots) put(maildrop string, snap *snapshot) {
+func (s *snapshots) put(maildrop string, snap *snapshot) { s.putSince(maildrop, snap, 0) }
+
+// putSince is put, if nothing was forgotten since generation returned
+// since; 0 puts in any case.
+func (s *snapshots) putSince(maildrop string, snap *snapshot, since uint64) {
 	if snap.state.State == "" || len(snap.entries) != snap.state.Messages {
-		s.forget(maildrop)
+		if since == 0 {
+			s.forget(maildrop)
+		}
 		return
 	}
 	n := listingBytes(maildrop, snap)
 	snap.bytes = n
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if since != 0 && s.gen+1 != since {
+		return
+	}
 	s.lru.Remove(maildrop)
 	if s.maxBytes >= 0 && n > s.maxBytes {
 		return
@@ -141,6 +162,7 @@ func (s *snapshots) put(maildrop string, snap *snapshot) {
 // show, such as messages flagged \Deleted.
 func (s *snapshots) forget(maildrop string) {
 	s.mu.Lock()
+	s.gen++
 	s.lru.Remove(maildrop)
 	s.mu.Unlock()
 }
@@ -151,6 +173,7 @@ func (s *snapshots) forget(maildrop string) {
 func (s *snapshots) forgetAssignment(maildrop string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	snap, ok := s.lru.Peek(maildrop)
 	if !ok || snap.uidls == nil {
 		return
