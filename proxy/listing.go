@@ -84,7 +84,7 @@ func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop strin
 		if last.uidls != nil && !shared {
 			return listed{last, last.uidls, last.hidden}, nil
 		}
-		snap := &snapshot{state: state, entries: last.entries, ids: last.ids}
+		snap := &snapshot{state: state, entries: last.entries, ids: last.ids, ext: last.ext}
 		return g.assign(ctx, maildrop, snap, nil, shared, since)
 	}
 	if snap, changed := g.merged(ctx, sess, last, shared, log); snap != nil {
@@ -97,7 +97,7 @@ func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop strin
 	// A store may learn the mailbox's state only by listing it (Graph).
 	state = sess.Selected()
 	ids, previous := identitiesWithPrevious(entries)
-	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids}
+	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids, ext: newExtent(len(entries))}
 	if err := checkIDs(snap.entries); err != nil {
 		return listed{}, err
 	}
@@ -259,38 +259,58 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		return nil, nil, fmt.Sprintf("%d kept and %d new messages, but the mailbox has %d", kept, len(ch.Added), state.Messages)
 	}
 	n := kept + len(ch.Added)
-	snap = &snapshot{
-		state:   state,
-		entries: make([]listedEntry, 0, n),
-		ids:     make([]string, 0, n),
-	}
-	if withUIDLs {
-		snap.uidls = make([]string, 0, n)
-		snap.hidden = make([]bool, 0, n)
-	}
+	snap = &snapshot{state: state}
 	// Identities rank the copies of one message in listing order (see
 	// identities): where a message went or came, the ranks of its copies
 	// are counted again.
 	recount := make(map[string]int)
-	if stays == nil {
-		snap.entries = append(snap.entries, last.entries...)
-		snap.ids = append(snap.ids, last.ids...)
+	switch {
+	case stays == nil && last.ext.extend(len(last.entries), n):
+		// Only messages came: the merged listing is the last one with
+		// them appended, in the same arrays where they have room, after
+		// the last one's end, which it does not see.
+		snap.entries, snap.ids = grown(last.entries, n), grown(last.ids, n)
 		if withUIDLs {
-			snap.uidls = append(snap.uidls, last.uidls...)
-			snap.hidden = append(snap.hidden, last.hidden...)
+			snap.uidls, snap.hidden = grown(last.uidls, n), grown(last.hidden, n)
 		}
-	} else {
-		for i, e := range last.entries {
+		snap.ext = last.ext
+		if withUIDLs && last.content > 0 {
+			snap.counted, snap.countedBytes = len(last.entries), last.content
+		}
+	case stays == nil:
+		snap.entries = append(make([]listedEntry, 0, roomFor(n)), last.entries...)
+		snap.ids = append(make([]string, 0, roomFor(n)), last.ids...)
+		if withUIDLs {
+			snap.uidls = append(make([]string, 0, roomFor(n)), last.uidls...)
+			snap.hidden = append(make([]bool, 0, roomFor(n)), last.hidden...)
+		}
+		snap.ext = newExtent(n)
+	default:
+		snap.entries = make([]listedEntry, 0, roomFor(n))
+		snap.ids = make([]string, 0, roomFor(n))
+		if withUIDLs {
+			snap.uidls = make([]string, 0, roomFor(n))
+			snap.hidden = make([]bool, 0, roomFor(n))
+		}
+		snap.ext = newExtent(n)
+		// Copied a run of messages that stay at a time.
+		for i := 0; i < len(last.entries); {
 			if !stays[i] {
 				recount[identityBase(last.ids[i])] = 0
+				i++
 				continue
 			}
-			snap.entries = append(snap.entries, e)
-			snap.ids = append(snap.ids, last.ids[i])
-			if withUIDLs {
-				snap.uidls = append(snap.uidls, last.uidls[i])
-				snap.hidden = append(snap.hidden, last.hidden[i])
+			end := i + 1
+			for end < len(last.entries) && stays[end] {
+				end++
 			}
+			snap.entries = append(snap.entries, last.entries[i:end]...)
+			snap.ids = append(snap.ids, last.ids[i:end]...)
+			if withUIDLs {
+				snap.uidls = append(snap.uidls, last.uidls[i:end]...)
+				snap.hidden = append(snap.hidden, last.hidden[i:end]...)
+			}
+			i = end
 		}
 	}
 	if len(added) > 0 {
@@ -317,6 +337,12 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 			}
 			recount[base] = rank + 1
 			if now := rankedIdentity(base, rank); now != id {
+				if snap.ext == last.ext {
+					// Appending never ranks a message listed before
+					// anew; should it, the arrays it shares with the
+					// last listing are not written.
+					snap.privatise()
+				}
 				snap.ids[i] = now
 				changed = append(changed, i)
 			}
