@@ -60,11 +60,19 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 // session, between POP3 sessions (see pool.refreshListing): the next
 // login's listing is then the one remembered. No lock is held, so the
 // listing is remembered only if no session changed the maildrop's
-// messages or hidden set meanwhile (snapshots.generation).
+// messages or hidden set meanwhile (snapshots.generation). Only a
+// listing that costs what changed is made: with no listing remembered
+// with its UIDLs in the same epoch, or a state store shared with other
+// processes (asked for every message at each login), the refresh alone
+// is done, which lets the store do its part (Dovecot's rescan).
 func (g *Gateway) prelist(ctx context.Context, maildrop string, acct *account, sess Session) error {
 	since := g.snaps.generation()
 	if _, err := sess.Refresh(ctx); err != nil {
 		return err
+	}
+	last := g.snaps.last(maildrop)
+	if _, shared := g.state.(SharedStateStore); shared || last == nil || last.uidls == nil || last.state.Epoch != sess.Selected().Epoch {
+		return nil
 	}
 	log := g.log.With("upstream", acct.upstream.Name)
 	if _, err := g.listingSince(ctx, sess, maildrop, log, since); err != nil {

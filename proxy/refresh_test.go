@@ -195,3 +195,38 @@ func TestRefreshedListingNotKeptAfterASessionChange(t *testing.T) {
 func stateOf(n int) upstream.Mailbox {
 	return upstream.Mailbox{Name: "INBOX", Epoch: "1", State: strconv.Itoa(n), Messages: n}
 }
+
+// TestSharedStateOnlyRefreshes: with a state store shared with other
+// processes, asked for every message at each login anyway, a kept
+// connection that hears of a change only refreshes (the store does its
+// part then); the login lists the change.
+func TestSharedStateOnlyRefreshes(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.gw.SetState(sharedMemory{NewMemoryState()})
+	e.deliver(alice, corpus...)
+	poll := func() int {
+		t.Helper()
+		c := e.login("alice", localPassword)
+		n, _ := must2(t)(c.Stat())
+		if err := c.Quit(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := poll(); n != 3 {
+		t.Fatalf("first poll: %d messages", n)
+	}
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
+	listings := e.proxy.listings.Load()
+	e.deliver(alice, "Subject: new\r\n\r\nnew\r\n")
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 2 })
+	if n := e.proxy.listings.Load(); n != listings {
+		t.Errorf("%d listings between sessions, want none", n-listings)
+	}
+	if n := poll(); n != 4 {
+		t.Fatalf("second poll: %d messages, want 4", n)
+	}
+	if n := e.proxy.listings.Load(); n != listings+1 {
+		t.Errorf("%d listings at the login, want 1", n-listings)
+	}
+}
