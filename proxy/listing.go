@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 
 	"github.com/pop3gw/gateway/upstream"
@@ -322,8 +323,9 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		}
 	}
 	if len(added) > 0 {
+		isAdded := lookup(added)
 		for _, e := range snap.entries {
-			if added[e.ID] {
+			if isAdded(e.ID) {
 				return nil, nil, fmt.Sprintf("new message ID %q already listed", e.ID)
 			}
 		}
@@ -337,12 +339,13 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		recount[bases[i]] = 0
 	}
 	if len(recount) > 0 && len(snap.ids) > 0 {
+		recounted := lookup(recount)
 		for i, id := range snap.ids {
 			base := identityBase(id)
-			rank, ok := recount[base]
-			if !ok {
+			if !recounted(base) {
 				continue
 			}
+			rank := recount[base]
 			recount[base] = rank + 1
 			if now := rankedIdentity(base, rank); now != id {
 				if snap.ext == last.ext {
@@ -368,6 +371,20 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		}
 	}
 	return snap, changed, ""
+}
+
+// lookup tells whether a key is one of m's. Merging looks up every
+// message of a large listing in the few that came or went: comparing
+// with each of a few keys costs less than hashing.
+func lookup[K ~string, V any](m map[K]V) func(K) bool {
+	if len(m) > 8 {
+		return func(k K) bool {
+			_, ok := m[k]
+			return ok
+		}
+	}
+	keys := slices.Collect(maps.Keys(m))
+	return func(k K) bool { return slices.Contains(keys, k) }
 }
 
 // checkIDs refuses a listing with a message the store gave no ID: it

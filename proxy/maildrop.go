@@ -88,7 +88,9 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	// and so is one whose delete is still pending. Listing any of them
 	// would serve it again. When none is left out, the session reads the
 	// listing's entries and identities where they are.
-	listed := func(i int) bool { return !entries[i].Deleted && !hidden[i] && !deleting[entries[i].ID] }
+	listed := func(i int) bool {
+		return !entries[i].Deleted && !hidden[i] && (len(deleting) == 0 || !deleting[entries[i].ID])
+	}
 	m.entries, m.ids = entries, ids
 	for i := range entries {
 		if !listed(i) {
