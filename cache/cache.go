@@ -41,6 +41,10 @@ type Cache struct {
 	bytes  int64 // cached bodies, and replaced ones still held
 	held   int64 // bodies held by readers
 	sizes  *simplelru.LRU[Key, int64]
+	// sized counts the sizes recorded per mailbox version (a Key without
+	// its ID), so that a listing of a mailbox with none skips asking for
+	// each of its messages.
+	sized map[Key]int
 
 	hits, misses, evictions atomic.Int64
 }
@@ -64,7 +68,14 @@ func New(maxBytes, maxMessage int64) *Cache {
 		recent:     list.New(),
 		bodies:     make(map[Key]*list.Element),
 	}
-	c.sizes, _ = simplelru.NewLRU[Key, int64](maxSizes, nil)
+	c.sized = make(map[Key]int)
+	c.sizes, _ = simplelru.NewLRU(maxSizes, func(k Key, _ int64) {
+		// Called with c.mu held, from Add or Remove.
+		k.ID = ""
+		if c.sized[k]--; c.sized[k] <= 0 {
+			delete(c.sized, k)
+		}
+	})
 	return c
 }
 
@@ -228,8 +239,23 @@ func (c *Cache) add(k Key, body []byte, hold bool) *entry {
 // SetSize records the exact size of a message.
 func (c *Cache) SetSize(k Key, size int64) {
 	c.mu.Lock()
+	if !c.sizes.Contains(k) {
+		mailbox := k
+		mailbox.ID = ""
+		c.sized[mailbox]++
+	}
 	c.sizes.Add(k, size)
 	c.mu.Unlock()
+}
+
+// HasSizes tells whether any exact size is recorded for the messages of
+// the mailbox version that k names without its ID. A listing of a large
+// mailbox asks once rather than for every message.
+func (c *Cache) HasSizes(k Key) bool {
+	k.ID = ""
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sized[k] > 0
 }
 
 // Size returns the exact size recorded for a message.

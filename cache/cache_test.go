@@ -306,3 +306,36 @@ func (c *Cache) listedBytes() int64 {
 	}
 	return n
 }
+
+// TestHasSizes: a mailbox version has sizes recorded once one of its
+// messages has, from Add or SetSize, and none once they are all evicted
+// from the table of sizes; another mailbox, or another epoch of the same
+// one, has its own.
+func TestHasSizes(t *testing.T) {
+	c := New(1<<20, 1<<20)
+	k := Key{Account: "a", Mailbox: "INBOX", Epoch: "1"}
+	if c.HasSizes(k) {
+		t.Fatal("sizes recorded in an empty cache")
+	}
+	k.ID = "1"
+	c.Add(k, []byte("body"))
+	c.SetSize(k, 4) // the same message again: still one
+	if !c.HasSizes(Key{Account: "a", Mailbox: "INBOX", Epoch: "1", ID: "other"}) {
+		t.Fatal("no sizes recorded for the mailbox after Add")
+	}
+	for _, other := range []Key{{Account: "a", Mailbox: "INBOX", Epoch: "2"}, {Account: "b", Mailbox: "INBOX", Epoch: "1"}, {Account: "a", Mailbox: "Other", Epoch: "1"}} {
+		if c.HasSizes(other) {
+			t.Errorf("sizes recorded for %+v", other)
+		}
+	}
+	// Fill the table with another mailbox's sizes: the first one's goes.
+	for i := range maxSizes {
+		c.SetSize(Key{Account: "b", Mailbox: "INBOX", Epoch: "1", ID: strconv.Itoa(i)}, 1)
+	}
+	if c.HasSizes(k) {
+		t.Error("sizes still recorded for a mailbox whose sizes were all evicted")
+	}
+	if !c.HasSizes(Key{Account: "b", Mailbox: "INBOX", Epoch: "1"}) {
+		t.Error("no sizes for the mailbox that filled the table")
+	}
+}

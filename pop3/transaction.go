@@ -72,19 +72,21 @@ func (c *conn) stat(arg string) error {
 // list answers LIST (RFC 1939 §5): sizes.
 func (c *conn) list(arg string) error {
 	return c.listing(arg, func(count int) string { return fmt.Sprintf("%d messages:", count) },
-		func(m Message) string { return strconv.FormatInt(m.Size, 10) })
+		func(b []byte, m Message) []byte { return strconv.AppendInt(b, m.Size, 10) })
 }
 
 // uidl answers UIDL (RFC 1939 §7): unique-ids.
 func (c *conn) uidl(arg string) error {
 	return c.listing(arg, func(int) string { return "" },
-		func(m Message) string { return m.UIDL })
+		func(b []byte, m Message) []byte { return append(b, m.UIDL...) })
 }
 
 // listing answers LIST or UIDL: one message when an argument names it,
 // otherwise every message not marked deleted, after the +OK line whose
-// text header gives.
-func (c *conn) listing(arg string, header func(count int) string, value func(Message) string) error {
+// text header gives. A listing has a line per message, hundreds of
+// thousands in a large mailbox: each is appended to one buffer, with no
+// formatting or allocation of its own.
+func (c *conn) listing(arg string, header func(count int) string, value func([]byte, Message) []byte) error {
 	fields, ok := c.args(arg, 0, 1)
 	if !ok {
 		return c.badCommand()
@@ -92,7 +94,7 @@ func (c *conn) listing(arg string, header func(count int) string, value func(Mes
 	msgs := c.msgs
 	if len(fields) == 1 {
 		if i, ok := c.message(fields[0]); ok {
-			c.ok("%d %s", i+1, value(msgs[i]))
+			c.ok("%d %s", i+1, value(nil, msgs[i]))
 		}
 		return nil
 	}
@@ -103,9 +105,14 @@ func (c *conn) listing(arg string, header func(count int) string, value func(Mes
 		}
 	}
 	c.ok(header(count))
+	var line []byte
 	for i, m := range msgs {
 		if !c.deleted[i] {
-			c.line("%d %s", i+1, value(m))
+			line = strconv.AppendInt(line[:0], int64(i+1), 10)
+			line = append(line, ' ')
+			line = value(line, m)
+			line = append(line, '\r', '\n')
+			c.bw.Write(line)
 		}
 	}
 	c.line(".")

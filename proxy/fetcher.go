@@ -92,7 +92,7 @@ func (f *fetcher) start(i int, handOff bool) bool {
 		index = make(map[upstream.ID]int)
 		total int64
 	)
-	for j := i; j < len(m.msgs) && len(ids) < prefetchCount; j++ {
+	for j := i; j < len(m.entries) && len(ids) < prefetchCount; j++ {
 		size := m.sizes[j]
 		if size > limit || total+size > prefetchBytes && len(ids) > 0 {
 			break
@@ -101,7 +101,7 @@ func (f *fetcher) start(i int, handOff bool) bool {
 		if _, cached := m.g.cache.Peek(k); cached || f.notAhead[j] {
 			continue
 		}
-		id := m.msgs[j]
+		id := m.id(j)
 		ids = append(ids, id)
 		keys[id], sizes[id] = k, size
 		ready[j] = make(chan struct{})

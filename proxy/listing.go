@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 
 	"github.com/pop3gw/gateway/upstream"
@@ -53,6 +54,38 @@ type listed struct {
 // listing lists the mailbox sess has selected, from the remembered
 // listing where it can, and assigns the messages their UIDLs.
 func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, log *slog.Logger) (listed, error) {
+	return g.listingSince(ctx, sess, maildrop, log, 0)
+}
+
+// prelist brings the maildrop's remembered listing up to date on a kept
+// session, between POP3 sessions (see pool.refreshListing): the next
+// login's listing is then the one remembered. No lock is held, so the
+// listing is remembered only if no session changed the maildrop's
+// messages or hidden set meanwhile (snapshots.generation). Only a
+// listing that costs what changed is made: with no listing remembered
+// with its UIDLs in the same epoch, or a state store shared with other
+// processes (asked for every message at each login), the refresh alone
+// is done, which lets the store do its part (Dovecot's rescan).
+func (g *Gateway) prelist(ctx context.Context, maildrop string, acct *account, sess Session) error {
+	since := g.snaps.generation()
+	if _, err := sess.Refresh(ctx); err != nil {
+		return err
+	}
+	last := g.snaps.last(maildrop)
+	if _, shared := g.state.(SharedStateStore); shared || last == nil || last.uidls == nil || last.state.Epoch != sess.Selected().Epoch {
+		return nil
+	}
+	log := g.log.With("upstream", acct.upstream.Name)
+	if _, err := g.listingSince(ctx, sess, maildrop, log, since); err != nil {
+		return err
+	}
+	log.Debug("listing brought up to date between sessions", "messages", sess.Selected().Messages)
+	return nil
+}
+
+// listingSince is listing, remembering the listing only if the
+// snapshots' generation is still since; 0 always remembers it.
+func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop string, log *slog.Logger, since uint64) (listed, error) {
 	state := sess.Selected()
 	last := g.snaps.last(maildrop)
 	_, shared := g.state.(SharedStateStore)
@@ -60,11 +93,11 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 		if last.uidls != nil && !shared {
 			return listed{last, last.uidls, last.hidden}, nil
 		}
-		snap := &snapshot{state: state, entries: last.entries, ids: last.ids}
-		return g.assign(ctx, maildrop, snap, nil, shared)
+		snap := &snapshot{state: state, entries: last.entries, ids: last.ids, ext: last.ext}
+		return g.assign(ctx, maildrop, snap, nil, shared, since)
 	}
 	if snap, changed := g.merged(ctx, sess, last, shared, log); snap != nil {
-		return g.assign(ctx, maildrop, snap, changed, shared)
+		return g.assign(ctx, maildrop, snap, changed, shared, since)
 	}
 	entries, err := sess.Snapshot(ctx)
 	if err != nil {
@@ -73,14 +106,14 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 	// A store may learn the mailbox's state only by listing it (Graph).
 	state = sess.Selected()
 	ids, previous := identitiesWithPrevious(entries)
-	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids}
+	snap := &snapshot{state: state, entries: listedEntries(entries), ids: ids, ext: newExtent(len(entries))}
 	if err := checkIDs(snap.entries); err != nil {
 		return listed{}, err
 	}
 	if err := g.adopt(ctx, maildrop, ids, previous); err != nil {
 		return listed{}, err
 	}
-	return g.assign(ctx, maildrop, snap, nil, shared)
+	return g.assign(ctx, maildrop, snap, nil, shared, since)
 }
 
 // adopt carries the UIDLs of messages the state store knows by their
@@ -108,8 +141,9 @@ func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []st
 // of those at the indices changed only, when the listing carries the
 // others' already, else of all. The listing is remembered with the
 // answer, unless the state store is shared, when the next login must ask
-// again.
-func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool) (listed, error) {
+// again; and only if the snapshots' generation is since, unless since is
+// 0.
+func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool, since uint64) (listed, error) {
 	if snap.uidls == nil {
 		proposed := make([]string, len(snap.entries))
 		for i, e := range snap.entries {
@@ -120,11 +154,11 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
 		}
 		if shared {
-			g.snaps.put(maildrop, snap)
+			g.snaps.putSince(maildrop, snap, since)
 			return listed{snap, uidls, hidden}, nil
 		}
 		snap.uidls, snap.hidden = uidls, hidden
-		g.snaps.put(maildrop, snap)
+		g.snaps.putSince(maildrop, snap, since)
 		return listed{snap, uidls, hidden}, nil
 	}
 	if len(changed) > 0 {
@@ -141,7 +175,7 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 			snap.uidls[i], snap.hidden[i] = uidls[j], hidden[j]
 		}
 	}
-	g.snaps.put(maildrop, snap)
+	g.snaps.putSince(maildrop, snap, since)
 	return listed{snap, snap.uidls, snap.hidden}, nil
 }
 
@@ -234,43 +268,64 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		return nil, nil, fmt.Sprintf("%d kept and %d new messages, but the mailbox has %d", kept, len(ch.Added), state.Messages)
 	}
 	n := kept + len(ch.Added)
-	snap = &snapshot{
-		state:   state,
-		entries: make([]listedEntry, 0, n),
-		ids:     make([]string, 0, n),
-	}
-	if withUIDLs {
-		snap.uidls = make([]string, 0, n)
-		snap.hidden = make([]bool, 0, n)
-	}
+	snap = &snapshot{state: state}
 	// Identities rank the copies of one message in listing order (see
 	// identities): where a message went or came, the ranks of its copies
 	// are counted again.
 	recount := make(map[string]int)
-	if stays == nil {
-		snap.entries = append(snap.entries, last.entries...)
-		snap.ids = append(snap.ids, last.ids...)
+	switch {
+	case stays == nil && last.ext.extend(len(last.entries), n):
+		// Only messages came: the merged listing is the last one with
+		// them appended, in the same arrays where they have room, after
+		// the last one's end, which it does not see.
+		snap.entries, snap.ids = grown(last.entries, n), grown(last.ids, n)
 		if withUIDLs {
-			snap.uidls = append(snap.uidls, last.uidls...)
-			snap.hidden = append(snap.hidden, last.hidden...)
+			snap.uidls, snap.hidden = grown(last.uidls, n), grown(last.hidden, n)
 		}
-	} else {
-		for i, e := range last.entries {
+		snap.ext = last.ext
+		if withUIDLs && last.content > 0 {
+			snap.counted, snap.countedBytes = len(last.entries), last.content
+		}
+	case stays == nil:
+		snap.entries = append(make([]listedEntry, 0, roomFor(n)), last.entries...)
+		snap.ids = append(make([]string, 0, roomFor(n)), last.ids...)
+		if withUIDLs {
+			snap.uidls = append(make([]string, 0, roomFor(n)), last.uidls...)
+			snap.hidden = append(make([]bool, 0, roomFor(n)), last.hidden...)
+		}
+		snap.ext = newExtent(n)
+	default:
+		snap.entries = make([]listedEntry, 0, roomFor(n))
+		snap.ids = make([]string, 0, roomFor(n))
+		if withUIDLs {
+			snap.uidls = make([]string, 0, roomFor(n))
+			snap.hidden = make([]bool, 0, roomFor(n))
+		}
+		snap.ext = newExtent(n)
+		// Copied a run of messages that stay at a time.
+		for i := 0; i < len(last.entries); {
 			if !stays[i] {
 				recount[identityBase(last.ids[i])] = 0
+				i++
 				continue
 			}
-			snap.entries = append(snap.entries, e)
-			snap.ids = append(snap.ids, last.ids[i])
-			if withUIDLs {
-				snap.uidls = append(snap.uidls, last.uidls[i])
-				snap.hidden = append(snap.hidden, last.hidden[i])
+			end := i + 1
+			for end < len(last.entries) && stays[end] {
+				end++
 			}
+			snap.entries = append(snap.entries, last.entries[i:end]...)
+			snap.ids = append(snap.ids, last.ids[i:end]...)
+			if withUIDLs {
+				snap.uidls = append(snap.uidls, last.uidls[i:end]...)
+				snap.hidden = append(snap.hidden, last.hidden[i:end]...)
+			}
+			i = end
 		}
 	}
 	if len(added) > 0 {
+		isAdded := lookup(added)
 		for _, e := range snap.entries {
-			if added[e.ID] {
+			if isAdded(e.ID) {
 				return nil, nil, fmt.Sprintf("new message ID %q already listed", e.ID)
 			}
 		}
@@ -284,14 +339,21 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		recount[bases[i]] = 0
 	}
 	if len(recount) > 0 && len(snap.ids) > 0 {
+		recounted := lookup(recount)
 		for i, id := range snap.ids {
 			base := identityBase(id)
-			rank, ok := recount[base]
-			if !ok {
+			if !recounted(base) {
 				continue
 			}
+			rank := recount[base]
 			recount[base] = rank + 1
 			if now := rankedIdentity(base, rank); now != id {
+				if snap.ext == last.ext {
+					// Appending never ranks a message listed before
+					// anew; should it, the arrays it shares with the
+					// last listing are not written.
+					snap.privatise()
+				}
 				snap.ids[i] = now
 				changed = append(changed, i)
 			}
@@ -309,6 +371,20 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		}
 	}
 	return snap, changed, ""
+}
+
+// lookup tells whether a key is one of m's. Merging looks up every
+// message of a large listing in the few that came or went: comparing
+// with each of a few keys costs less than hashing.
+func lookup[K ~string, V any](m map[K]V) func(K) bool {
+	if len(m) > 8 {
+		return func(k K) bool {
+			_, ok := m[k]
+			return ok
+		}
+	}
+	keys := slices.Collect(maps.Keys(m))
+	return func(k K) bool { return slices.Contains(keys, k) }
 }
 
 // checkIDs refuses a listing with a message the store gave no ID: it

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -183,5 +184,85 @@ func TestMergeChanges(t *testing.T) {
 				t.Errorf("state %+v, %d UIDLs, %d hidden for %d messages", snap.state, len(snap.uidls), len(snap.hidden), len(snap.entries))
 			}
 		})
+	}
+}
+
+// A listing merged from the last one with messages appended shares its
+// arrays, but never where another listing merged from the same one
+// writes: two merges from one listing, as two logins racing would make,
+// each keep their own new message, the last listing is unchanged, and
+// what each is counted to weigh is what counting it whole gives.
+func TestMergeAppendsInPlaceOnce(t *testing.T) {
+	arrived := time.Unix(1_700_000_000, 0)
+	entry := func(id, msgid string) upstream.Entry {
+		return upstream.Entry{ID: upstream.ID(id), UIDL: "u-" + id, Size: 100, MessageID: msgid, InternalDate: arrived}
+	}
+	var old []upstream.Entry
+	for i := range 40 {
+		old = append(old, entry("m"+strconv.Itoa(i), "msg"+strconv.Itoa(i%7)))
+	}
+	state := func(s string, n int) upstream.Mailbox {
+		return upstream.Mailbox{Name: "INBOX", Epoch: "e7", State: s, Messages: n}
+	}
+	s := newSnapshots(nil)
+	// Arrays with room to append in place.
+	last := &snapshot{state: state("s1", 40), entries: grown(listedEntries(old), 41), ids: grown(identities(old), 41), ext: newExtent(40)}
+	last.uidls = grown(make([]string, len(old)), 41)
+	last.hidden = grown(make([]bool, len(old)), 41)
+	for i, e := range old {
+		last.uidls[i] = e.UIDL
+	}
+	s.put("md", last)
+	merge := func(id, msgid string) *snapshot {
+		t.Helper()
+		snap, changed, why := mergeChanges(last, upstream.Changes{Added: []upstream.Entry{entry(id, msgid)}}, state("s-"+id, 41), true)
+		if snap == nil {
+			t.Fatal(why)
+		}
+		for _, i := range changed {
+			snap.uidls[i] = "u-" + id
+		}
+		s.put("md-"+id, snap)
+		if want := listingBytes("md-"+id, snap); snap.bytes != want {
+			t.Errorf("merged listing with %s counted %d bytes, want %d", id, snap.bytes, want)
+		}
+		return snap
+	}
+	first := merge("n1", "msg3")   // a copy of messages listed: ranked after them
+	second := merge("n2", "other") // from the same listing again
+	// first has the room to grow into now: a third merge from last must
+	// not use it either.
+	third := merge("n3", "msg3")
+	for _, c := range []struct {
+		snap *snapshot
+		id   string
+	}{{first, "n1"}, {second, "n2"}, {third, "n3"}} {
+		if len(c.snap.entries) != 41 || c.snap.entries[40].ID != upstream.ID(c.id) || c.snap.uidls[40] != "u-"+c.id {
+			t.Errorf("the listing merged with %s ends with %+v, UIDL %q", c.id, c.snap.entries[len(c.snap.entries)-1], c.snap.uidls[len(c.snap.uidls)-1])
+		}
+		if !slices.Equal(c.snap.ids[:40], last.ids) {
+			t.Errorf("the listing merged with %s changed the identities of the messages listed before", c.id)
+		}
+	}
+	if first.ids[40] != third.ids[40] || first.ids[40] == second.ids[40] {
+		t.Errorf("identities of the new copies: %q, %q, %q", first.ids[40], second.ids[40], third.ids[40])
+	}
+	if len(last.entries) != 40 || last.entries[39].ID != "m39" || s.last("md") != last {
+		t.Error("the last listing changed")
+	}
+	if &first.entries[0] != &last.entries[0] {
+		t.Error("the first listing appended to copied the last one")
+	}
+	// The first merge extended last's arrays: the next one from first
+	// does too, and the listings before it keep what they had.
+	next, _, why := mergeChanges(first, upstream.Changes{Added: []upstream.Entry{entry("n4", "msg4")}}, state("s-n4", 42), true)
+	if next == nil {
+		t.Fatal(why)
+	}
+	if &next.entries[0] != &first.entries[0] {
+		t.Error("appending to the newest listing copied it")
+	}
+	if first.entries[40].ID != "n1" || len(first.entries) != 41 {
+		t.Errorf("the listing appended to changed: %d messages, the last %s", len(first.entries), first.entries[len(first.entries)-1].ID)
 	}
 }

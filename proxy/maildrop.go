@@ -42,8 +42,8 @@ type maildrop struct {
 	log     *slog.Logger
 	account string
 	epoch   string
-	msgs    []upstream.ID   // the store's IDs
-	ids     []string        // identities, for the state store
+	entries []listedEntry   // as listed; read-only, perhaps the remembered listing's
+	ids     []string        // identities, for the state store; read-only too
 	pending []pendingDelete // deletes of earlier sessions not finished yet
 	listing []pop3.Message  // as listed at login; never changed
 	sizes   []int64         // each message's size as best known: listed, then exact
@@ -78,26 +78,44 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		account: acct.key(),
 		epoch:   list.state.Epoch,
 		pending: pending,
-		msgs:    make([]upstream.ID, 0, len(entries)),
-		ids:     make([]string, 0, len(entries)),
 		listing: make([]pop3.Message, 0, len(entries)),
 		sizes:   make([]int64, 0, len(entries)),
 	}
 	deleting := pendingIDs(pending)
+	// A message flagged \Deleted goes at the next expunge by anyone,
+	// perhaps a delete of ours that a server without UIDPLUS could not
+	// finish; one the client deleted in a mode that keeps mail is hidden,
+	// and so is one whose delete is still pending. Listing any of them
+	// would serve it again. When none is left out, the session reads the
+	// listing's entries and identities where they are.
+	listed := func(i int) bool {
+		return !entries[i].Deleted && !hidden[i] && (len(deleting) == 0 || !deleting[entries[i].ID])
+	}
+	m.entries, m.ids = entries, ids
+	for i := range entries {
+		if !listed(i) {
+			m.entries, m.ids = make([]listedEntry, 0, len(entries)), make([]string, 0, len(entries))
+			for i := range entries {
+				if listed(i) {
+					m.entries, m.ids = append(m.entries, entries[i]), append(m.ids, ids[i])
+				}
+			}
+			break
+		}
+	}
+	// The sizes the cache recorded are asked for message by message only
+	// if it has any for this mailbox: a poller that only lists a large
+	// mailbox costs no lookup per message.
+	exact := g.cache.HasSizes(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch})
 	for i, e := range entries {
-		// A message flagged \Deleted goes at the next expunge by anyone,
-		// perhaps a delete of ours that a server without UIDPLUS could not
-		// finish; one the client deleted in a mode that keeps mail is
-		// hidden, and so is one whose delete is still pending. Listing any
-		// of them would serve it again.
-		if e.Deleted || hidden[i] || deleting[e.ID] {
+		if !listed(i) {
 			continue
 		}
-		m.msgs = append(m.msgs, e.ID)
-		m.ids = append(m.ids, ids[i])
 		size := e.Size
-		if exact, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(e.ID)}); ok {
-			size = exact
+		if exact {
+			if n, ok := g.cache.Size(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(e.ID)}); ok {
+				size = n
+			}
 		}
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
 		m.sizes = append(m.sizes, size)
@@ -111,12 +129,21 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	return m, nil
 }
 
+// id is message i's ID in the store.
+func (m *maildrop) id(i int) upstream.ID { return m.entries[i].ID }
+
 func (m *maildrop) key(i int) cache.Key {
-	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(m.msgs[i])}
+	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(m.id(i))}
 }
 
-// Messages returns a copy of the listing made at login.
-func (m *maildrop) Messages() []pop3.Message { return slices.Clone(m.listing) }
+// Messages hands the listing made at login to the POP3 session, which
+// asks for it once (pop3.Maildrop) and owns it from then on; the maildrop
+// keeps each message's size in sizes.
+func (m *maildrop) Messages() []pop3.Message {
+	listing := m.listing
+	m.listing = nil
+	return listing
+}
 
 // Open serves the message from the cache, or fetches it. A message the
 // cache can hold is read whole before Open returns, when the budget has
@@ -156,7 +183,7 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		}
 	}
 	fetchCtx, abandon := context.WithCancel(ctx)
-	raw, err := sess.Open(fetchCtx, m.msgs[i], 0, -1)
+	raw, err := sess.Open(fetchCtx, m.id(i), 0, -1)
 	if err != nil {
 		abandon()
 		return nil, m.fetchFailed(i, err)
@@ -166,7 +193,7 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		// message either.
 		raw.Close()
 		abandon()
-		m.log.Warn("the server sent an empty body for a listed message", "id", m.msgs[i], "listed", m.sizes[i])
+		m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.sizes[i])
 		return nil, errNoBody
 	}
 	resumable := newResumingReader(m, i, fetchCtx, raw)
@@ -252,7 +279,7 @@ func (m *maildrop) fetchFailed(i int, err error) error {
 	case errors.Is(err, upstream.ErrMessageGone):
 		return errMessageGone
 	case errors.Is(err, upstream.ErrNoBody):
-		m.log.Warn("the server sent no body for a listed message", "id", m.msgs[i])
+		m.log.Warn("the server sent no body for a listed message", "id", m.id(i))
 		return errNoBody
 	}
 	m.broken = true
@@ -301,7 +328,7 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		raw = append(raw, got...)
 		whole := int64(len(got)) < n
 		if len(raw) == 0 && m.sizes[i] > 0 {
-			m.log.Warn("the server sent an empty body for a listed message", "id", m.msgs[i], "listed", m.sizes[i])
+			m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.sizes[i])
 			return nil, errNoBody
 		}
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
@@ -322,7 +349,7 @@ func (m *maildrop) fetchPart(ctx context.Context, i int, offset, n int64) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	part, err := sess.Open(ctx, m.msgs[i], offset, n)
+	part, err := sess.Open(ctx, m.id(i), offset, n)
 	if err != nil {
 		return nil, m.fetchFailed(i, err)
 	}
@@ -390,7 +417,7 @@ func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
 func (m *maildrop) setSize(i int, size int64) {
 	if m.sizes[i] != size {
 		m.log.Info("upstream size differs from the message; listing the exact size",
-			"id", m.msgs[i], "listed", m.sizes[i], "exact", size)
+			"id", m.id(i), "listed", m.sizes[i], "exact", size)
 		m.sizes[i] = size
 	}
 }
@@ -466,7 +493,7 @@ func (m *maildrop) Commit(ctx context.Context, deleted []int) (pop3.CommitResult
 	msgs := make([]upstream.ID, len(deleted))
 	ids := make([]string, len(deleted))
 	for j, i := range deleted {
-		msgs[j], ids[j] = m.msgs[i], m.ids[i]
+		msgs[j], ids[j] = m.id(i), m.ids[i]
 	}
 	if hc, ok := m.g.locker.(HeldChecker); ok {
 		held, err := hc.Held(ctx, m.acct.maildrop())

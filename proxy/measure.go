@@ -39,8 +39,8 @@ func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, e
 	ids := make([]upstream.ID, len(unknown))
 	index := make(map[upstream.ID]int, len(unknown))
 	for j, i := range unknown {
-		ids[j] = m.msgs[i]
-		index[m.msgs[i]] = i
+		ids[j] = m.id(i)
+		index[m.id(i)] = i
 	}
 	limit := m.g.cache.MaxMessage()
 	sizes := make(map[int]int64, len(unknown))
@@ -94,7 +94,7 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 	byID := make(map[upstream.ID]int64, len(unknown))
 	found := func(i int, n int64) {
 		m.sizes[i], m.listing[i].Size = n, n
-		byID[m.msgs[i]] = n
+		byID[m.id(i)] = n
 	}
 	recorded, _ := m.g.state.(SizeStore)
 	if recorded != nil {
@@ -141,14 +141,17 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 		m.log.Info("messages removed while they were measured are not listed", "count", len(unknown)-len(sizes))
 		gone := func(i int) bool { return m.sizes[i] < 0 }
 		keep := 0
-		for i := range m.msgs {
+		// The entries and identities may be the remembered listing's.
+		entries, ids := make([]listedEntry, 0, len(m.entries)), make([]string, 0, len(m.ids))
+		for i := range m.entries {
 			if gone(i) {
 				continue
 			}
-			m.msgs[keep], m.ids[keep], m.listing[keep], m.sizes[keep] = m.msgs[i], m.ids[i], m.listing[i], m.sizes[i]
+			entries, ids = append(entries, m.entries[i]), append(ids, m.ids[i])
+			m.listing[keep], m.sizes[keep] = m.listing[i], m.sizes[i]
 			keep++
 		}
-		m.msgs, m.ids, m.listing, m.sizes = m.msgs[:keep], m.ids[:keep], m.listing[:keep], m.sizes[:keep]
+		m.entries, m.ids, m.listing, m.sizes = entries, ids, m.listing[:keep], m.sizes[:keep]
 	}
 	return byID, nil
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -29,6 +30,25 @@ const (
 // starts (RFC 2177 §3: the server may send updates at once).
 const waitAfter = time.Second
 
+// A kept connection that hears of a change while it waits (IMAP: EXISTS or
+// EXPUNGE in IDLE) brings the maildrop's remembered listing up to date in
+// the background, refreshAfter later, so that changes arriving together
+// are listed once: the poller's next login then finds the listing ready,
+// and the work a store does on the first command after a change (Dovecot
+// rescans a maildir once it has moved a delivery from new/ to cur/) is
+// done by then. It is bounded by refreshTimeout, ends when the connection
+// is taken by a login (which waits for it) or closed, and changes nothing
+// a login would not: the listing is merged and checked as at a login, and
+// is kept only if no session changed the maildrop meanwhile.
+const (
+	refreshAfter   = 250 * time.Millisecond
+	refreshTimeout = time.Minute
+)
+
+// refresher brings a maildrop's remembered listing up to date on a kept
+// session (Gateway.prelist).
+type refresher func(ctx context.Context, maildrop string, acct *account, sess Session) error
+
 // pool keeps logged-in upstream sessions after their POP3 session ends,
 // for the next login to the same maildrop. A session is handed out again
 // only to a login that presents the same credentials, so the pool never
@@ -38,12 +58,17 @@ type pool struct {
 	idle time.Duration
 	size int
 	// waitAfter is the constant waitAfter; 0 starts the wait before put
-	// returns, for tests that script the upstream's every line.
+	// returns, and refreshes nothing in the background, for tests that
+	// script the upstream's every line.
 	waitAfter time.Duration
 	key       []byte // HMAC key for credential digests, random per process
 	// goroutines counts the logouts and idle timers under way, for the
 	// gateway's Close to wait for.
 	goroutines *goroutines
+	// refresh, when set, is run after a kept connection hears of a change;
+	// life bounds it.
+	refresh refresher
+	life    context.Context
 
 	mu      sync.Mutex
 	entries map[string]*pooled
@@ -52,6 +77,8 @@ type pool struct {
 type pooled struct {
 	sess     Session
 	upstream *Upstream // the configuration it was opened with
+	maildrop string
+	acct     *account
 	digest   []byte
 	timer    *time.Timer
 	// wait starts the session's wait for changes, for a waiter kept
@@ -60,7 +87,18 @@ type pooled struct {
 
 	mu      sync.Mutex // held while the wait starts
 	claimed bool       // taken or being closed: the wait must not start
-	broken  bool       // starting the wait failed: the session is unfit
+	closing bool       // claimed to be closed: a refresh stops
+	broken  bool       // starting the wait or a refresh failed: the session is unfit
+	// refreshing is closed when the refresh under way ends, which cancel
+	// stops; nil when none is.
+	refreshing chan struct{}
+	cancel     context.CancelFunc
+
+	// The refresh scheduled, apart from mu: a change is heard on the
+	// connection's reader, which a wait starting under mu waits for.
+	rmu       sync.Mutex
+	scheduled *time.Timer
+	stopped   bool // claimed: nothing more is scheduled
 }
 
 func newPool(idle time.Duration, size int, goroutines *goroutines) *pool {
@@ -70,26 +108,99 @@ func newPool(idle time.Duration, size int, goroutines *goroutines) *pool {
 }
 
 // claim takes e, already out of the pool's map, for its taker or its
-// closer: the timers stop, a wait not started never starts, and one
-// starting is waited for. It reports whether the session is still fit.
-func (p *pool) claim(e *pooled) bool {
+// closer: the timers stop, a wait or a refresh not started never starts,
+// and one under way is waited for (a closer stops a refresh first). It
+// reports whether the session is still fit.
+func (p *pool) claim(e *pooled, closing bool) bool {
 	p.stopTimer(e)
 	if e.wait != nil && e.wait.Stop() {
 		p.goroutines.done()
 	}
+	e.rmu.Lock()
+	e.stopped = true
+	if e.scheduled != nil && e.scheduled.Stop() {
+		p.goroutines.done()
+	}
+	e.rmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.claimed = true
+	e.closing = e.closing || closing
+	for e.refreshing != nil {
+		done := e.refreshing
+		if e.closing {
+			e.cancel()
+		}
+		e.mu.Unlock()
+		<-done
+		e.mu.Lock()
+	}
 	return !e.broken
 }
 
 // startWait starts the session's wait for changes, unless e was claimed.
-func (e *pooled) startWait(w waiter) {
+func (e *pooled) startWait(p *pool, w waiter) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if !e.claimed && w.Idle() != nil {
+	if !e.claimed && w.Idle(p.changed(e)) != nil {
 		e.broken = true
 	}
+}
+
+// changed is what a waiting session calls when it hears of a change: it
+// schedules a refresh of the maildrop's listing, unless one is scheduled
+// already. It never blocks on the connection.
+func (p *pool) changed(e *pooled) func() {
+	if p.refresh == nil || p.waitAfter <= 0 {
+		return nil
+	}
+	return func() {
+		e.rmu.Lock()
+		defer e.rmu.Unlock()
+		if e.stopped || e.scheduled != nil || !p.goroutines.add() {
+			return
+		}
+		e.scheduled = time.AfterFunc(refreshAfter, func() {
+			defer p.goroutines.done()
+			p.refreshListing(e)
+		})
+	}
+}
+
+// refreshListing brings the maildrop's listing up to date on e's session
+// and waits for changes again; a login that takes e meanwhile waits for
+// it, a closer stops it.
+func (p *pool) refreshListing(e *pooled) {
+	e.mu.Lock()
+	if e.claimed || e.broken {
+		e.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithTimeout(p.life, refreshTimeout)
+	done := make(chan struct{})
+	e.refreshing, e.cancel = done, cancel
+	e.mu.Unlock()
+	err := p.refresh(ctx, e.maildrop, e.acct, e.sess)
+	cancel()
+	// A change heard from now on schedules another refresh.
+	e.rmu.Lock()
+	e.scheduled = nil
+	e.rmu.Unlock()
+	e.mu.Lock()
+	e.refreshing, e.cancel = nil, nil
+	switch {
+	case err != nil:
+		e.broken = true
+	case !e.closing:
+		// Waiting again even for a login that took e meanwhile: its
+		// Refresh then ends the wait with a cheap STATUS instead of
+		// selecting the mailbox again (see upstream.Session.Refresh).
+		if w, ok := e.sess.(waiter); ok && w.Idle(p.changed(e)) != nil {
+			e.broken = true
+		}
+	}
+	e.mu.Unlock()
+	close(done)
 }
 
 // logout closes sess in a goroutine of its own, since a logout waits a
@@ -143,7 +254,7 @@ func (p *pool) take(maildrop string, acct *account) Session {
 	}
 	delete(p.entries, maildrop)
 	p.mu.Unlock()
-	if !p.claim(e) || !e.sess.Alive() {
+	if !p.claim(e, false) || !e.sess.Alive() {
 		p.logout(e.sess)
 		return nil
 	}
@@ -168,15 +279,15 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 	// A kept connection waits for changes where the store can, so the
 	// next login finds a change already applied (see upstream.Session.Idle);
 	// the login's Refresh ends the wait.
+	e := &pooled{sess: sess, upstream: acct.upstream, maildrop: maildrop, acct: acct, digest: p.digest(acct)}
 	w, waits := sess.(waiter)
 	if waits && p.waitAfter <= 0 {
-		if err := w.Idle(); err != nil {
+		if err := w.Idle(p.changed(e)); err != nil {
 			sess.Close()
 			return
 		}
 		waits = false
 	}
-	e := &pooled{sess: sess, upstream: acct.upstream, digest: p.digest(acct)}
 	p.mu.Lock()
 	old := p.entries[maildrop]
 	delete(p.entries, maildrop)
@@ -195,7 +306,7 @@ func (p *pool) put(maildrop string, acct *account, sess Session) {
 	if waits && p.goroutines.add() {
 		e.wait = time.AfterFunc(p.waitAfter, func() {
 			defer p.goroutines.done()
-			e.startWait(w)
+			e.startWait(p, w)
 		})
 	}
 	p.mu.Unlock()
@@ -207,7 +318,7 @@ func (p *pool) drop(e *pooled) {
 	if e == nil {
 		return
 	}
-	p.claim(e)
+	p.claim(e, true)
 	p.logout(e.sess)
 }
 
@@ -220,7 +331,7 @@ func (p *pool) expire(maildrop string, e *pooled) {
 	}
 	p.mu.Unlock()
 	if e != nil {
-		p.claim(e)
+		p.claim(e, true)
 		e.sess.Close()
 	}
 }
@@ -237,7 +348,7 @@ func (p *pool) closeAll() {
 	var wg sync.WaitGroup
 	for _, e := range entries {
 		wg.Go(func() {
-			p.claim(e)
+			p.claim(e, true)
 			e.sess.Close()
 		})
 	}

@@ -157,7 +157,7 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		prefetch: true,
 	}
 	g.life, g.shutdown = context.WithCancel(context.Background())
-	g.pool = newPool(DefaultPoolIdle, DefaultPoolSize, &g.goroutines)
+	g.pool = g.newPool(DefaultPoolIdle, DefaultPoolSize)
 	g.config.Store(cfg.canonical())
 	return g
 }
@@ -186,8 +186,16 @@ func (g *Gateway) SetPrefetch(on bool) { g.prefetch = on }
 // at most; 0 keeps none. Call it before serving.
 func (g *Gateway) SetPool(idle time.Duration, size int) {
 	old := g.pool
-	g.pool = newPool(idle, size, &g.goroutines)
+	g.pool = g.newPool(idle, size)
 	old.closeAll()
+}
+
+// newPool is a pool whose kept connections bring their maildrop's
+// listing up to date when they hear of a change.
+func (g *Gateway) newPool(idle time.Duration, size int) *pool {
+	p := newPool(idle, size, &g.goroutines)
+	p.refresh, p.life = g.prelist, g.life
+	return p
 }
 
 // Reload swaps in a new configuration. Sessions already open keep the

@@ -53,10 +53,10 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		r.left--
-		r.m.log.Warn("upstream connection lost mid-message; resuming", "id", r.m.msgs[r.i],
+		r.m.log.Warn("upstream connection lost mid-message; resuming", "id", r.m.id(r.i),
 			"offset", r.base+r.n, "err", err)
 		if rerr := r.resume(); rerr != nil {
-			r.m.log.Warn("resuming the message failed", "id", r.m.msgs[r.i], "err", rerr)
+			r.m.log.Warn("resuming the message failed", "id", r.m.id(r.i), "err", rerr)
 			return 0, errors.Join(err, rerr)
 		}
 	}
@@ -72,7 +72,7 @@ func (r *resumingReader) resume() error {
 	if err != nil {
 		return err
 	}
-	rest, err := sess.Open(r.ctx, r.m.msgs[r.i], r.base+r.n, r.size-r.n)
+	rest, err := sess.Open(r.ctx, r.m.id(r.i), r.base+r.n, r.size-r.n)
 	if err != nil {
 		return err
 	}

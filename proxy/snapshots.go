@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"slices"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -38,6 +40,11 @@ type snapshots struct {
 	mu    sync.Mutex
 	lru   *simplelru.LRU[string, *snapshot]
 	bytes int64
+	// gen counts the forgettings: a listing made without the maildrop's
+	// lock (between sessions) is remembered only if none happened while
+	// it was made, since a session's deletes or hidden messages may not
+	// show in it.
+	gen uint64
 }
 
 // snapshot is one mailbox's listing; read-only once remembered.
@@ -50,6 +57,60 @@ type snapshot struct {
 	uidls  []string
 	hidden []bool
 	bytes  int64
+	// ext is how far the arrays above are in use by the listings that
+	// share them (see extent).
+	ext *extent
+	// content is what the messages weigh in bytes (listingBytes without
+	// the key), once remembered; the first counted of them weigh
+	// countedBytes, known from the listing this one was appended to.
+	content      int64
+	counted      int
+	countedBytes int64
+}
+
+// extent is how much of a line of arrays is in use. A listing merged from
+// the last one with messages appended shares its arrays, writing past the
+// last one's end, which the last one never reads: only one listing may
+// extend another, the first to claim the extent, so two listings merged
+// from the same one never write the same place. A listing that cannot
+// claim it copies.
+type extent struct{ n atomic.Int64 }
+
+func newExtent(n int) *extent {
+	x := &extent{}
+	x.n.Store(int64(n))
+	return x
+}
+
+// extend claims the arrays from from to to, if from is their end.
+func (x *extent) extend(from, to int) bool {
+	return x != nil && x.n.CompareAndSwap(int64(from), int64(to))
+}
+
+// grown is s with room for n elements: in its own array if that has the
+// room, else in a copy with more.
+func grown[T any](s []T, n int) []T {
+	if cap(s) >= n {
+		return s
+	}
+	return append(make([]T, 0, roomFor(n)), s...)
+}
+
+// roomFor is the capacity given to arrays of n messages: room for a few
+// more to be appended in place.
+func roomFor(n int) int { return n + n/16 + 16 }
+
+// privatise gives the listing arrays of its own, before it changes a
+// message that listings sharing its arrays hold.
+func (snap *snapshot) privatise() {
+	snap.entries = slices.Clone(snap.entries)
+	snap.ids = slices.Clone(snap.ids)
+	if snap.uidls != nil {
+		snap.uidls = slices.Clone(snap.uidls)
+		snap.hidden = slices.Clone(snap.hidden)
+	}
+	snap.ext = newExtent(len(snap.entries))
+	snap.counted, snap.countedBytes = 0, 0
 }
 
 // listedEntry is what a listing keeps of a message: what its identity is
@@ -90,18 +151,31 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 // identities, UIDLs and hidden flags, its key and the bookkeeping around
 // them.
 func listingBytes(maildrop string, snap *snapshot) int64 {
+	return messagesBytes(snap, 0) + keyBytes(maildrop)
+}
+
+// keyBytes is what remembering a listing costs besides its messages.
+func keyBytes(maildrop string) int64 {
 	const overhead = 200
-	n := int64(len(snap.entries))*int64(unsafe.Sizeof(listedEntry{})) + int64(len(maildrop)) + overhead
-	for _, e := range snap.entries {
+	return int64(len(maildrop)) + overhead
+}
+
+// messagesBytes is what the messages of the listing from the from-th on
+// weigh.
+func messagesBytes(snap *snapshot, from int) int64 {
+	n := int64(len(snap.entries)-from) * int64(unsafe.Sizeof(listedEntry{}))
+	for _, e := range snap.entries[from:] {
 		n += int64(len(e.ID)) + int64(len(e.UIDL))
 	}
-	for _, id := range snap.ids {
+	for _, id := range snap.ids[from:] {
 		n += int64(unsafe.Sizeof(id)) + int64(len(id))
 	}
-	for _, u := range snap.uidls {
-		n += int64(unsafe.Sizeof(u)) + int64(len(u))
+	if snap.uidls != nil {
+		for _, u := range snap.uidls[from:] {
+			n += int64(unsafe.Sizeof(u)) + int64(len(u))
+		}
 	}
-	return n + int64(len(snap.hidden))
+	return n + int64(len(snap.hidden)-min(from, len(snap.hidden)))
 }
 
 // last returns the listing last recorded for the mailbox, in whatever
@@ -113,17 +187,36 @@ func (s *snapshots) last(maildrop string) *snapshot {
 	return snap
 }
 
+// generation is the count of forgettings so far, for putSince.
+func (s *snapshots) generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen + 1
+}
+
 // put records the listing, unless it cannot be trusted later: the store
 // gave no state, or the count is not the mailbox's.
-func (s *snapshots) put(maildrop string, snap *snapshot) {
+func (s *snapshots) put(maildrop string, snap *snapshot) { s.putSince(maildrop, snap, 0) }
+
+// putSince is put, if nothing was forgotten since generation returned
+// since; 0 puts in any case.
+func (s *snapshots) putSince(maildrop string, snap *snapshot, since uint64) {
 	if snap.state.State == "" || len(snap.entries) != snap.state.Messages {
-		s.forget(maildrop)
+		if since == 0 {
+			s.forget(maildrop)
+		}
 		return
 	}
-	n := listingBytes(maildrop, snap)
+	// A listing appended to the last one counts the messages appended
+	// only.
+	snap.content = snap.countedBytes + messagesBytes(snap, snap.counted)
+	n := snap.content + keyBytes(maildrop)
 	snap.bytes = n
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if since != 0 && s.gen+1 != since {
+		return
+	}
 	s.lru.Remove(maildrop)
 	if s.maxBytes >= 0 && n > s.maxBytes {
 		return
@@ -141,6 +234,7 @@ func (s *snapshots) put(maildrop string, snap *snapshot) {
 // show, such as messages flagged \Deleted.
 func (s *snapshots) forget(maildrop string) {
 	s.mu.Lock()
+	s.gen++
 	s.lru.Remove(maildrop)
 	s.mu.Unlock()
 }
@@ -151,11 +245,12 @@ func (s *snapshots) forget(maildrop string) {
 func (s *snapshots) forgetAssignment(maildrop string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	snap, ok := s.lru.Peek(maildrop)
 	if !ok || snap.uidls == nil {
 		return
 	}
-	lighter := &snapshot{state: snap.state, entries: snap.entries, ids: snap.ids}
+	lighter := &snapshot{state: snap.state, entries: snap.entries, ids: snap.ids, ext: snap.ext}
 	lighter.bytes = listingBytes(maildrop, lighter)
 	// Replacing the entry releases the heavier one's bytes; the lighter
 	// one's fit in what those held.

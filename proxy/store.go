@@ -89,9 +89,11 @@ var (
 // waiter is a Session that can wait for changes to its mailbox while the
 // pool keeps it between sessions (IMAP: IDLE), so the store applies a
 // change when it comes rather than when the next login asks. Refresh and
-// Close end the wait; nothing learnt while waiting is trusted.
+// Close end the wait; nothing learnt while waiting is trusted: changed,
+// when not nil, is called (without blocking) when the store hints at a
+// change, and the pool then lists the changes as a login would.
 type waiter interface {
-	Idle() error
+	Idle(changed func()) error
 }
 
 // batchOpener is a Session that reads several messages whole in one

@@ -19,10 +19,18 @@ import (
 
 // Idle puts the connection in IDLE on the selected mailbox until the next
 // command (Refresh or Close) ends it. A server without IDLE is left as it
-// is. An error means the connection is not fit to keep.
-func (s *Session) Idle() error {
+// is. An error means the connection is not fit to keep. changed, if not
+// nil, is called when the server reports a new message count or an
+// expunge while the connection idles (RFC 2177 §3, RFC 9051 §7.4.1,
+// §7.5.1): a hint that the mailbox changed, never what changed. It is
+// called from the connection's reader, so it must not block, and it may
+// be called after the wait ended.
+func (s *Session) Idle(changed func()) error {
 	if s.idle != nil || s.mailbox == "" || !s.client.Caps().Has(imap.CapIdle) {
 		return nil
+	}
+	if changed != nil {
+		s.onChange.Store(&changed)
 	}
 	// The server answers IDLE with a continuation at once (RFC 2177 §3);
 	// the watchdog bounds the wait for it, as for any command.
@@ -30,6 +38,7 @@ func (s *Session) Idle() error {
 	defer s.conn.end()
 	cmd, err := s.client.Idle()
 	if err != nil {
+		s.onChange.Store(nil)
 		return fmt.Errorf("upstream: idle: %w", err)
 	}
 	s.idle = cmd
@@ -47,6 +56,7 @@ func (s *Session) stopIdle() (wait func() error) {
 		return func() error { return nil }
 	}
 	s.idle = nil
+	s.onChange.Store(nil)
 	if err := cmd.Close(); err != nil {
 		return func() error { return fmt.Errorf("upstream: ending idle: %w", err) }
 	}
@@ -55,5 +65,12 @@ func (s *Session) stopIdle() (wait func() error) {
 			return fmt.Errorf("upstream: ending idle: %w", err)
 		}
 		return nil
+	}
+}
+
+// changed tells Idle's caller that the server reported a change.
+func (s *Session) changed() {
+	if f := s.onChange.Load(); f != nil {
+		(*f)()
 	}
 }

@@ -91,6 +91,10 @@ type Session struct {
 	// idle is the IDLE command the connection waits in while it is kept
 	// between sessions (see Idle); nil otherwise.
 	idle *imapclient.IdleCommand
+	// onChange is what Idle was given: called, from the IMAP client's
+	// reader, when the server reports a change while the connection
+	// idles.
+	onChange atomic.Pointer[func()]
 }
 
 // strayBody is a body section that reached strayFetch, with the rest of
@@ -147,8 +151,18 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 
 	s := &Session{conn: wd, address: srv.Address, observe: srv.Observe, stray: make(chan strayBody, 1)}
 	opts := &imapclient.Options{
-		TLSConfig:             tlsConfig,
-		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Fetch: s.strayFetch},
+		TLSConfig: tlsConfig,
+		UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+			Fetch: s.strayFetch,
+			// A message count or an expunge the server reports on its own
+			// while the connection idles is news for the pool (see Idle).
+			Mailbox: func(data *imapclient.UnilateralDataMailbox) {
+				if data.NumMessages != nil {
+					s.changed()
+				}
+			},
+			Expunge: func(uint32) { s.changed() },
+		},
 	}
 	// The connection under the IMAP client is the gateway's too (see
 	// splitConn), so the IMAP client must not wrap it in TLS itself:

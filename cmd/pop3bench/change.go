@@ -54,6 +54,7 @@ func (b *bench) seedChange(deliver func(string, [][]byte) error) error {
 }
 
 func (b *bench) change(ctx context.Context) error {
+	restarts := 0
 	for i, n := range b.sz.changeMsgs {
 		user := changeUser(n)
 		count := n
@@ -70,7 +71,17 @@ func (b *bench) change(ctx context.Context) error {
 					// targets are timed without a gateway, as they would
 					// run without one. The gateway's next untimed session
 					// lists the mailbox again.
-					if err := b.gw.restart(b.profilePath("change")); err != nil {
+					// Each gateway process writes a profile of its own
+					// (FILE.change, FILE.change.1, ...; go tool pprof
+					// merges them), so the one that served the gateway's
+					// sessions is not overwritten by the next.
+					restarts++
+					profile := b.profilePath("change")
+					if profile != "" {
+						profile = fmt.Sprintf("%s.%d", profile, restarts)
+						b.profiles = append(b.profiles, profile)
+					}
+					if err := b.gw.restart(profile); err != nil {
 						return err
 					}
 				}
