@@ -149,6 +149,7 @@ func TestServerEndsIdle(t *testing.T) {
 		S: + idling
 		S: {tag} OK IDLE ended by the server
 		C: DONE
+		C: {tag} NOOP
 		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
 		S: DONE BAD no command
 	`, withIdle(loginAndSelect(1))+`
@@ -180,7 +181,7 @@ func withIdle(dialogue string) string {
 }
 
 // TestRefreshAfterIdle: after IDLE, the next login asks for the state with
-// STATUS, sent with DONE, instead of selecting the mailbox again; an
+// NOOP and STATUS, sent with DONE, instead of selecting the mailbox again; an
 // answer that disagrees with the EXISTS and EXPUNGE responses the server
 // sent while idling is not taken, and the mailbox is selected again.
 func TestRefreshAfterIdle(t *testing.T) {
@@ -195,6 +196,7 @@ func TestRefreshAfterIdle(t *testing.T) {
 	`
 	for _, tc := range []struct {
 		name, dialogue string
+		want           []int // STAT of each session; nil: 1, then 2
 	}{
 		{"status", withIdle(loginAndList(100)) + `
 			C: {tag} IDLE
@@ -202,15 +204,41 @@ func TestRefreshAfterIdle(t *testing.T) {
 			S: * 2 EXISTS
 			C: DONE
 			S: {tag} OK idle done
+			C: {tag} NOOP
+			S: {tag} OK noop
 			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
 			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
 			S: {tag} OK status
-		` + newFetch},
+		` + newFetch, nil},
+		// A server may tell of another client's expunge only when asked
+		// (Dovecot, on a STATUS of the selected mailbox, answers from the
+		// connection's own view): the NOOP before STATUS makes it tell.
+		{"expunge told at NOOP", withIdle(loginAndList(100, 100)) + `
+			C: {tag} IDLE
+			S: + idling
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} NOOP
+			S: * 2 EXPUNGE
+			S: {tag} OK noop
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 1 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
+			C: {tag} UID SEARCH UID 1:2
+			S: * SEARCH 1
+			S: {tag} OK searched
+			C: {tag} IDLE
+			S: + idling
+			C: DONE
+			S: {tag} OK idle done
+		`, []int{2, 1}},
 		{"status disagrees", withIdle(loginAndList(100)) + `
 			C: {tag} IDLE
 			S: + idling
 			C: DONE
 			S: {tag} OK idle done
+			C: {tag} NOOP
+			S: {tag} OK noop
 			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
 			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
 			S: {tag} OK status
@@ -219,14 +247,18 @@ func TestRefreshAfterIdle(t *testing.T) {
 			S: * OK [UIDVALIDITY 1] ok
 			S: * OK [UIDNEXT 3] ok
 			S: {tag} OK [READ-WRITE] selected
-		` + newFetch},
+		` + newFetch, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newScriptedEnv(t, tc.dialogue)
 			e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
 			e.gw.pool.waitAfter = 0
 			t.Cleanup(e.gw.Close)
-			for i, want := range []int{1, 2} {
+			want := tc.want
+			if want == nil {
+				want = []int{1, 2}
+			}
+			for i, want := range want {
 				c := e.login()
 				if n, _ := must2(t)(c.Stat()); n != want {
 					t.Fatalf("session %d: STAT counted %d messages, want %d", i+1, n, want)

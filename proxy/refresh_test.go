@@ -93,7 +93,7 @@ func TestKeptConnectionListsChangesBeforeTheLogin(t *testing.T) {
 	if want := "1 " + strings.Fields(lines[1])[1] + "\r\n"; !strings.HasPrefix(third, want) || strings.Count(third, "\n") != 3 {
 		t.Errorf("UIDL after the expunge:\n%s\nwant the first line %q and 3 messages", third, want)
 	}
-	if n := e.proxy.accepted.Load(); n != 1 {
+	if n := e.proxy.Accepted(); n != 1 {
 		t.Errorf("%d upstream connections, want 1", n)
 	}
 }
@@ -120,7 +120,7 @@ func TestLoginWaitsForTheRefresh(t *testing.T) {
 			// The server's news gets through; its answer to the refresh
 			// does not, until the stall ends.
 			time.Sleep(refreshAfter / 5)
-			e.proxy.stall.Store(true)
+			e.proxy.Stall(true)
 			waitFor(t, func() bool { return refreshing(e.gw) })
 			if closing {
 				reloaded := make(chan struct{})
@@ -146,14 +146,14 @@ func TestLoginWaitsForTheRefresh(t *testing.T) {
 				t.Fatalf("the login ended during the refresh: %v", err)
 			default:
 			}
-			e.proxy.stall.Store(false)
+			e.proxy.Stall(false)
 			if err := <-logged; err != nil {
 				t.Fatal(err)
 			}
 			if n, _ := must2(t)(c.Stat()); n != 4 {
 				t.Errorf("STAT counted %d messages, want 4", n)
 			}
-			if n := e.proxy.accepted.Load(); n != 1 {
+			if n := e.proxy.Accepted(); n != 1 {
 				t.Errorf("%d upstream connections, want 1", n)
 			}
 		})

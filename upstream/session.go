@@ -348,7 +348,7 @@ func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
 
 // refreshAfterIdle ends IDLE and asks for UIDVALIDITY, UIDNEXT and
 // MESSAGES of the selected mailbox (RFC 9051 §6.3.11 allows STATUS on it),
-// DONE and STATUS going out together. A SELECT would cost the same
+// DONE, NOOP and STATUS going out together. A SELECT would cost the same
 // answer, but a maildir server such as Dovecot opens the mailbox again
 // for it, which costs time linear in the mailbox even when IDLE has
 // already applied every change. The answer is taken only if the
@@ -360,7 +360,16 @@ func (s *Session) refreshAfterIdle(ctx context.Context) (_ Mailbox, ok bool, err
 	defer s.timed("select", time.Now(), &err)
 	defer s.op(ctx)()
 	waitIdle := s.stopIdle()
+	// NOOP first: a server may answer STATUS on the selected mailbox from
+	// this connection's own view (RFC 9051 §6.3.11 warns it may be out of
+	// date), and Dovecot does, so a change the server has not yet told
+	// this connection of would go unseen. NOOP makes it tell (§6.1.2), and
+	// its EXISTS and EXPUNGE responses arrive before STATUS's answer.
+	noop := s.client.Noop()
 	data, err := s.client.Status(s.mailbox, &imap.StatusOptions{NumMessages: true, UIDNext: true, UIDValidity: true}).Wait()
+	if nerr := noop.Wait(); err == nil && nerr != nil {
+		err = nerr
+	}
 	if werr := waitIdle(); err == nil && werr != nil {
 		err = werr
 	}
