@@ -40,8 +40,15 @@ const waitAfter = time.Second
 // is taken by a login (which waits for it) or closed, and changes nothing
 // a login would not: the listing is merged and checked as at a login, and
 // is kept only if no session changed the maildrop meanwhile.
+//
+// refreshAfter is 2 s, not less: Dovecot does not trust a sync of a
+// maildir whose directory changed within the last second, and rescans it
+// at the next command; a refresh sooner would leave that rescan to the
+// poller's login (measured: a new message at 200,000 messages costs the
+// login 0.03 of direct pop3d's time when the change is 5 s old, 0.35 when
+// it is 3 s old and the refresh has not finished).
 const (
-	refreshAfter   = 250 * time.Millisecond
+	refreshAfter   = 2 * time.Second
 	refreshTimeout = time.Minute
 )
 
