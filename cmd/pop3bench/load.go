@@ -155,7 +155,6 @@ type loadStats struct {
 	rsets      atomic.Int64
 	lorisConns atomic.Int64
 	lorisDrops atomic.Int64
-	submitted  atomic.Int64 // accepted by the relay
 
 	mu         sync.Mutex
 	durations  []time.Duration
