@@ -18,6 +18,7 @@ import (
 	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
 	"github.com/pop3gw/gateway/internal/testkit/graphdouble"
 	"github.com/pop3gw/gateway/internal/testkit/leakcheck"
+	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -85,12 +86,7 @@ func TestFaultMatrixJMAP(t *testing.T) {
 
 func newJMAPFaultRig(t *testing.T, cy *cyrustest.Server, ref string, refTr *http.Transport, user, pass string, opts faultRigOptions) *faultRig {
 	t.Helper()
-	if opts.timeout == 0 {
-		opts.timeout = 30 * time.Second
-	}
-	if opts.large == 0 {
-		opts.large = 1 << 20
-	}
+	opts = opts.withDefaults()
 	r := &faultRig{t: t, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large), cyrus: cy}
 	// One second apart: listed in this order, by arrival.
 	first := time.Date(2026, 3, 1, 8, 0, 0, 0, time.UTC)
@@ -110,29 +106,15 @@ func newJMAPFaultRig(t *testing.T, cy *cyrustest.Server, ref string, refTr *http
 	r.addr, _ = serve(t, &pop3.Server{Backend: gw, Logger: log, IdleTimeout: opts.idle}, gw, "127.0.0.1:0")
 	r.down = faultproxy.Start(t, r.addr)
 	r.settle = settleHTTP(r, tr, refTr)
-	r.referenceUIDLs(ref, refTr)
+	r.referenceUIDLs(refTr)
 	return r
 }
 
 // referenceUIDLs lists the mailbox through a gateway that saw no fault,
 // then takes the baseline of goroutines and descriptors.
-func (r *faultRig) referenceUIDLs(ref string, refTr *http.Transport) {
+func (r *faultRig) referenceUIDLs(refTr *http.Transport) {
 	r.t.Helper()
-	c := r.dial(ref)
-	if err := c.Login(r.user, r.pass); err != nil {
-		r.t.Fatal(err)
-	}
-	entries, err := c.UIDL()
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	c.Quit()
-	for _, e := range entries {
-		r.uidls = append(r.uidls, e.Value)
-	}
-	if len(r.uidls) != len(r.msgs) {
-		r.t.Fatalf("%d messages listed, %d delivered", len(r.uidls), len(r.msgs))
-	}
+	r.listReference()
 	refTr.CloseIdleConnections()
 	r.base = leakcheck.Take()
 }
@@ -162,156 +144,32 @@ func cyrusCount(t *testing.T, addr, user, pass string) int {
 const jmapCutAt = 20_000
 
 var jmapFaults = []faultCase{
-	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		r.up.Down(true)
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		// The store knows the account by now (JMAP: its session
-		// resource and mailbox id; Graph: the sizes it measured).
-		c := r.login(false)
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.up.Down(true)
-		r.up.ResetAll()
-		c = r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		// The listing's Email/query asks from a position; the refresh
-		// before it does not.
-		r.up.ResetOnCommand([]byte(`"position":`))
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		if r.up.Fired() != 1 {
-			t.Fatal("the listing was not reset")
-		}
-		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR streamed, once", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.CutServerAfter(jmapCutAt)
-		// Resumed with a range request from the octet where it was cut.
-		retrWhole(t, c, 4, r.msgs[3])
-		if r.up.Fired() != 1 {
-			t.Fatal("the transfer was not cut")
-		}
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR streamed, every time", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		if err := c.Dele(1); err != nil {
-			t.Fatal(err)
-		}
-		r.up.CutServerRepeatedly(jmapCutAt, jmapCutAt/2, -1)
-		expectCutRetr(t, c, 4, r.msgs[3])
-		r.ended(c)
-		r.up.CutServerRepeatedly(0, 0, 0)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR cached", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		retrWhole(t, c, 1, r.msgs[0])
-		r.up.Down(true)
-		r.up.ResetAll()
-		retrWhole(t, c, 1, r.msgs[0])
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
+	downAtLogin(),
+	downAtLaterLogin(),
+	// The listing's Email/query asks from a position; the refresh
+	// before it does not.
+	resetDuringListing(`"position":`),
+	// Resumed with a range request from the octet where it was cut.
+	resumedRetr(jmapCutAt),
+	cutEveryRetr(jmapCutAt, jmapCutAt/2),
+	resetCachedRetr(true),
 	// The delete journal finishes QUIT's deletes before the next
 	// listing; a restarted gateway, without it, finds the mailbox as
 	// the fault left it. Email/set destroys in one call, whole or not.
-	{"reset at QUIT before Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT before Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte(`"Email/set"`)) }, true, nil, nil)
-	}},
-	{"reset at QUIT after Email/set", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT after Email/set, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte(`"Email/set"`)) }, true, []int{1, 2}, nil)
-	}},
-	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.Stall(true)
-		expectErr(t, c, "RETR 2", "-ERR [SYS/TEMP]")
-		expectClosed(t, c)
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"stall mid-RETR past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.StallServerAfter(jmapCutAt)
-		expectCutRetr(t, c, 4, r.msgs[3])
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"mailbox changed by another client", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		before, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Another mail program, over Cyrus's IMAP: one message comes,
-		// message 2 goes.
+	quitReset("reset at QUIT before Email/set", `"Email/set"`, false, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT before Email/set, gateway restarted", `"Email/set"`, false, true, nil, nil),
+	quitReset("reset at QUIT after Email/set", `"Email/set"`, true, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT after Email/set, gateway restarted", `"Email/set"`, true, true, []int{1, 2}, nil),
+	stallPastTimeout(2),
+	stallMidRetr(jmapCutAt),
+	// Another mail program, over Cyrus's IMAP: one message comes,
+	// message 2 goes.
+	mailboxChanged(func(t *testing.T, r *faultRig) {
 		cy := r.cyrus
 		cy.AppendDated(t, r.user, time.Date(2026, 3, 2, 8, 0, 0, 0, time.UTC),
 			[]byte("From: b@example.com\r\nSubject: arrived mid-session\r\n\r\nnew "+r.user+"\r\n"))
 		expungeIMAP(t, cy.IMAPAddr(), r.user, r.pass, 2)
-		// RFC 1939 §4: the maildrop is fixed for the session.
-		after, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fmt.Sprint(after) != fmt.Sprint(before) {
-			t.Fatalf("LIST changed mid-session: %v, then %v", before, after)
-		}
-		expectErr(t, c, "RETR 2", "-ERR")
-		retrWhole(t, c, 1, r.msgs[0])
-		retrWhole(t, c, 3, r.msgs[2])
-		retrWhole(t, c, 4, r.msgs[3])
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.ended(c)
-		c, _ = r.next([]int{2}, nil, 1)
-		c.Quit()
-	}},
+	}, servedButRemoved),
 	{"mailbox made anew between sessions", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		// A new Mailbox id, so a new epoch: every id may have changed.
 		// Cyrus's Email ids are the messages' content, so the same
@@ -322,8 +180,7 @@ var jmapFaults = []faultCase{
 		for i, m := range r.msgs {
 			cy.AppendDated(t, r.user, first.Add(time.Duration(i)*time.Second), m)
 		}
-		c, _ := r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 }
 
@@ -374,12 +231,7 @@ func graphFaultGateway(t *testing.T, base string, tr *http.Transport, timeout ti
 
 func newGraphFaultRig(t *testing.T, double *graphdouble.Server, ref string, refTr *http.Transport, user string, opts faultRigOptions) *faultRig {
 	t.Helper()
-	if opts.timeout == 0 {
-		opts.timeout = 30 * time.Second
-	}
-	if opts.large == 0 {
-		opts.large = 1 << 20
-	}
+	opts = opts.withDefaults()
 	r := &faultRig{t: t, user: user, pass: "pw-" + user, ref: ref, msgs: faultMessages(user, opts.large)}
 	box := double.Mailbox(user + "@contoso.example")
 	double.Grant("tok-"+user, user+"@contoso.example")
@@ -403,7 +255,7 @@ func newGraphFaultRig(t *testing.T, double *graphdouble.Server, ref string, refT
 	r.addr = graphFaultGateway(t, "http://"+r.up.Addr()+"/v1.0", tr, opts.timeout, []string{user}, cache.New(64<<20, 256<<10), opts.idle)
 	r.down = faultproxy.Start(t, r.addr)
 	r.settle = settleHTTP(r, tr, refTr)
-	r.referenceUIDLs(ref, refTr)
+	r.referenceUIDLs(refTr)
 	return r
 }
 
@@ -414,37 +266,8 @@ func newGraphFaultRig(t *testing.T, double *graphdouble.Server, ref string, refT
 // size and no ranges, so a cut transfer cannot be resumed: the client is
 // cut off before the terminating line.
 var graphFaults = []faultCase{
-	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		r.up.Down(true)
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		// The store knows the account by now (JMAP: its session
-		// resource and mailbox id; Graph: the sizes it measured).
-		c := r.login(false)
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.up.Down(true)
-		r.up.ResetAll()
-		c = r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
+	downAtLogin(),
+	downAtLaterLogin(),
 	// net/http sends a GET again, once, on a new connection when a
 	// kept-alive one fails before an answer: the login goes through.
 	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
@@ -465,18 +288,13 @@ var graphFaults = []faultCase{
 				r.up.CutServerAfter(200)
 			}
 		})
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
+		c := expectLoginRefused(t, r)
 		if r.up.Fired() != 1 {
 			t.Fatal("the listing was not cut")
 		}
 		r.up.WatchConns(nil)
 		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 	{"reset during RETR streamed", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		c := r.login(false)
@@ -489,79 +307,45 @@ var graphFaults = []faultCase{
 			t.Fatal("the transfer was not cut")
 		}
 		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
-	{"reset during RETR cached", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.Down(true)
-		r.up.ResetAll()
-		retrWhole(t, c, 1, r.msgs[0])
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
+	resetCachedRetr(false),
 	// QUIT's deletes go in one JSON batch; the journal finishes them as
 	// for JMAP.
-	{"reset at QUIT before the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT before the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("/$batch")) }, true, nil, nil)
-	}},
-	{"reset at QUIT after the batch", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT after the batch, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("/$batch")) }, true, []int{1, 2}, nil)
-	}},
-	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.Stall(true)
-		expectErr(t, c, "RETR 4", "-ERR [SYS/TEMP]")
-		expectClosed(t, c)
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"stall mid-RETR past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.StallServerAfter(300_000)
-		expectCutRetr(t, c, 4, r.msgs[3])
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"mailbox changed by another client", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		before, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
+	quitReset("reset at QUIT before the batch", "/$batch", false, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT before the batch, gateway restarted", "/$batch", false, true, nil, nil),
+	quitReset("reset at QUIT after the batch", "/$batch", true, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT after the batch, gateway restarted", "/$batch", true, true, []int{1, 2}, nil),
+	stallPastTimeout(4),
+	stallMidRetr(300_000),
+	mailboxChanged(func(t *testing.T, r *faultRig) {
 		r.graph.Remove(r.graphIDs[1])
 		r.graph.Add("inbox", graphdouble.Msg{MIME: []byte("From: b@example.com\r\nSubject: arrived mid-session\r\n\r\nnew\r\n")})
-		after, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fmt.Sprint(after) != fmt.Sprint(before) {
-			t.Fatalf("LIST changed mid-session: %v, then %v", before, after)
-		}
+	}, func(t *testing.T, r *faultRig, c *pop3client.Client) {
 		// Message 2 was read whole at login to measure it: the session
 		// serves it as it was (RFC 1939 §4: the maildrop is fixed).
 		retrWhole(t, c, 2, r.msgs[1])
 		// Message 4 is read at RETR, and is still there.
 		retrWhole(t, c, 4, r.msgs[3])
+	}),
+}
+
+// downAtLaterLogin takes the upstream down after a first session: the
+// store knows the account by now (JMAP: its session resource and mailbox
+// id; Graph: the sizes it measured), and still refuses the login.
+func downAtLaterLogin() faultCase {
+	return faultCase{"upstream down at a later login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
+		c := r.login(false)
 		if err := c.Quit(); err != nil {
 			t.Fatal(err)
 		}
+		r.up.Down(true)
+		r.up.ResetAll()
+		c = expectLoginRefused(t, r)
 		r.ended(c)
-		c, _ = r.next([]int{2}, nil, 1)
-		c.Quit()
-	}},
+		r.up.Down(false)
+		r.nextIntact()
+	}}
 }
 
 // graphLoginThroughReset arms a reset and logs in: whether the login
@@ -579,6 +363,5 @@ func graphLoginThroughReset(t *testing.T, r *faultRig, arm func()) {
 		t.Fatal("the reset did not fire")
 	}
 	r.ended(c)
-	c, _ = r.next(nil, nil, 0)
-	c.Quit()
+	r.nextIntact()
 }

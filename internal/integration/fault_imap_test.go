@@ -74,6 +74,16 @@ type faultRigOptions struct {
 	large   int           // size of message 4; default 1 MiB
 }
 
+func (o faultRigOptions) withDefaults() faultRigOptions {
+	if o.timeout == 0 {
+		o.timeout = 30 * time.Second
+	}
+	if o.large == 0 {
+		o.large = 1 << 20
+	}
+	return o
+}
+
 // faultMessages are three small messages, cached once read, and one of
 // large octets, over the cache's ceiling of the rig: always streamed.
 func faultMessages(user string, large int) [][]byte {
@@ -93,12 +103,7 @@ func faultMessages(user string, large int) [][]byte {
 
 func newFaultRig(t *testing.T, dc *dovecottest.Server, ref, user, pass string, opts faultRigOptions) *faultRig {
 	t.Helper()
-	if opts.timeout == 0 {
-		opts.timeout = 30 * time.Second
-	}
-	if opts.large == 0 {
-		opts.large = 1 << 20
-	}
+	opts = opts.withDefaults()
 	r := &faultRig{t: t, dc: dc, user: user, pass: pass, ref: ref, msgs: faultMessages(user, opts.large)}
 	r.count = func() int { return dc.Count(t, user) }
 	dc.Deliver(t, user, r.msgs...)
@@ -119,23 +124,29 @@ func newFaultRig(t *testing.T, dc *dovecottest.Server, ref, user, pass string, o
 	// to wind down too.
 	r.base = leakcheck.Take()
 
-	// The UIDLs as a gateway that saw no fault lists them.
-	c := r.dial(ref)
-	if err := c.Login(user, pass); err != nil {
-		t.Fatal(err)
+	r.listReference()
+	return r
+}
+
+// listReference takes the UIDLs as the gateway at r.ref, that saw no
+// fault, lists them.
+func (r *faultRig) listReference() {
+	r.t.Helper()
+	c := r.dial(r.ref)
+	if err := c.Login(r.user, r.pass); err != nil {
+		r.t.Fatal(err)
 	}
 	entries, err := c.UIDL()
 	if err != nil {
-		t.Fatal(err)
+		r.t.Fatal(err)
 	}
 	c.Quit()
 	for _, e := range entries {
 		r.uidls = append(r.uidls, e.Value)
 	}
 	if len(r.uidls) != len(r.msgs) {
-		t.Fatalf("%d messages listed, %d delivered", len(r.uidls), len(r.msgs))
+		r.t.Fatalf("%d messages listed, %d delivered", len(r.uidls), len(r.msgs))
 	}
-	return r
 }
 
 func (r *faultRig) dial(addr string) *pop3client.Client {
@@ -328,121 +339,27 @@ type faultCase struct {
 
 // imapFaults: faults between the gateway and Dovecot.
 var imapFaults = []faultCase{
-	{"upstream down at login", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		r.up.Down(true)
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during the listing", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		r.up.ResetOnCommand([]byte("RFC822.SIZE"))
-		c := r.dial(r.addr)
-		if _, err := c.OK("USER " + r.user); err != nil {
-			t.Fatal(err)
-		}
-		expectErr(t, c, "PASS "+r.pass, "-ERR [SYS/TEMP]")
-		if r.up.Fired() != 1 {
-			t.Fatal("the listing was not reset")
-		}
-		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR streamed, once", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.CutServerAfter(300_000)
-		// Resumed on a new connection from the octet where it was cut.
-		retrWhole(t, c, 4, r.msgs[3])
-		if r.up.Fired() != 1 {
-			t.Fatal("the transfer was not cut")
-		}
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR streamed, every time", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		if err := c.Dele(1); err != nil {
-			t.Fatal(err)
-		}
-		r.up.CutServerRepeatedly(300_000, 100_000, -1)
-		expectCutRetr(t, c, 4, r.msgs[3])
-		r.ended(c)
-		r.up.CutServerRepeatedly(0, 0, 0)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"reset during RETR cached", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		retrWhole(t, c, 1, r.msgs[0])
-		// The upstream connection dies and no new one can be made:
-		// the message read before is served again from the cache.
-		r.up.Down(true)
-		r.up.ResetAll()
-		retrWhole(t, c, 1, r.msgs[0])
-		r.ended(c)
-		r.up.Down(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
+	downAtLogin(),
+	resetDuringListing("RFC822.SIZE"),
+	// Resumed on a new connection from the octet where it was cut.
+	resumedRetr(300_000),
+	cutEveryRetr(300_000, 100_000),
+	resetCachedRetr(true),
 	// The gateway keeps a journal of the deletes a QUIT asked for and
 	// finishes them before the next session lists; a gateway without
 	// it (restarted, its state lost) finds the mailbox as the fault left
 	// it, and deleting again works.
-	{"reset at QUIT before the deletes", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("STORE")) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT before the deletes, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetOnCommand([]byte("STORE")) }, true, nil, nil)
-	}},
-	{"reset at QUIT after STORE", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("STORE")) }, false, []int{1, 2}, nil)
-	}},
+	quitReset("reset at QUIT before the deletes", "STORE", false, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT before the deletes, gateway restarted", "STORE", false, true, nil, nil),
+	quitReset("reset at QUIT after STORE", "STORE", true, false, []int{1, 2}, nil),
 	// Flagged \Deleted but not expunged: listed or not, never expunged
 	// by anyone else's EXPUNGE (the gateway uses UID EXPUNGE).
-	{"reset at QUIT after STORE, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("STORE")) }, true, nil, []int{1, 2})
-	}},
-	{"reset at QUIT after EXPUNGE", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("EXPUNGE")) }, false, []int{1, 2}, nil)
-	}},
-	{"reset at QUIT after EXPUNGE, gateway restarted", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		quitWithFault(t, r, func() { r.up.ResetAfterCommand([]byte("EXPUNGE")) }, true, []int{1, 2}, nil)
-	}},
-	{"stall past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.Stall(true)
-		expectErr(t, c, "RETR 2", "-ERR [SYS/TEMP]")
-		expectClosed(t, c)
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"stall mid-RETR past the upstream timeout", faultRigOptions{timeout: faultTimeout}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		r.up.StallServerAfter(300_000)
-		expectCutRetr(t, c, 4, r.msgs[3])
-		r.ended(c)
-		r.up.Stall(false)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
-	}},
-	{"mailbox changed by another client", faultRigOptions{}, func(t *testing.T, r *faultRig) {
-		c := r.login(false)
-		before, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
+	quitReset("reset at QUIT after STORE, gateway restarted", "STORE", true, true, nil, []int{1, 2}),
+	quitReset("reset at QUIT after EXPUNGE", "EXPUNGE", true, false, []int{1, 2}, nil),
+	quitReset("reset at QUIT after EXPUNGE, gateway restarted", "EXPUNGE", true, true, []int{1, 2}, nil),
+	stallPastTimeout(2),
+	stallMidRetr(300_000),
+	mailboxChanged(func(t *testing.T, r *faultRig) {
 		other := imapAs(t, r.dc, r.user, r.pass)
 		fresh := []byte("From: b@example.com\r\nSubject: arrived mid-session\r\n\r\nnew\r\n")
 		app := other.Append("INBOX", int64(len(fresh)), nil)
@@ -459,25 +376,7 @@ var imapFaults = []faultCase{
 		}
 		other.Logout().Wait()
 		other.Close()
-		// RFC 1939 §4: the maildrop is fixed for the session.
-		after, err := c.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fmt.Sprint(after) != fmt.Sprint(before) {
-			t.Fatalf("LIST changed mid-session: %v, then %v", before, after)
-		}
-		expectErr(t, c, "RETR 2", "-ERR")
-		retrWhole(t, c, 1, r.msgs[0])
-		retrWhole(t, c, 3, r.msgs[2])
-		retrWhole(t, c, 4, r.msgs[3])
-		if err := c.Quit(); err != nil {
-			t.Fatal(err)
-		}
-		r.ended(c)
-		c, _ = r.next([]int{2}, nil, 1)
-		c.Quit()
-	}},
+	}, servedButRemoved),
 }
 
 // quitWithFault marks messages 1 and 2 deleted and arms the fault before
@@ -536,8 +435,7 @@ var clientFaults = []faultCase{
 			t.Fatalf("the client read %d octets of %d; the cut fired %d times", len(got), len(r.msgs[3]), r.down.Fired())
 		}
 		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 	{"client reset mid-AUTH", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		c := r.dial(r.down.Addr())
@@ -547,8 +445,7 @@ var clientFaults = []faultCase{
 		}
 		r.down.ResetAll()
 		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 	{"client reset after DELE before QUIT", faultRigOptions{}, func(t *testing.T, r *faultRig) {
 		c := r.login(true)
@@ -560,8 +457,7 @@ var clientFaults = []faultCase{
 		r.down.ResetAll()
 		r.ended(c)
 		// RFC 1939 §6: only QUIT enters the UPDATE state.
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 		if n := r.dc.Count(t, r.user); n != len(r.msgs) {
 			t.Fatalf("%d messages left of %d", n, len(r.msgs))
 		}
@@ -591,8 +487,7 @@ var clientFaults = []faultCase{
 		r.ended(c)
 		r.down.StallCommands(false)
 		// RFC 1939 §3: an autologout deletes nothing.
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 	// The message is larger than the socket buffers between the gateway
 	// and the stalled proxy can hold (4 MiB of send buffer at most here).
@@ -612,8 +507,7 @@ var clientFaults = []faultCase{
 		r.down.Stall(false)
 		expectCut(t, c, r.msgs[3])
 		r.ended(c)
-		c, _ = r.next(nil, nil, 0)
-		c.Quit()
+		r.nextIntact()
 	}},
 }
 
