@@ -118,16 +118,7 @@ func TestHostileUpstreams(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startHostileIMAP(t, tc.serve, tc.list)
 			e := newHostileEnv(t, up.Addr(), upstream.SecurityNone)
-			before := liveHeap()
-			peak := watchHeap(t)
-			start := time.Now()
-			e.hostileSession(t, tc.pop3)
-			if d := time.Since(start); d > 20*hostileTimeout {
-				t.Errorf("the session took %v with an upstream timeout of %v", d, hostileTimeout)
-			}
-			if grown := peak() - before; tc.heap > 0 && grown > tc.heap {
-				t.Errorf("the heap grew by %d MiB, more than %d MiB", grown>>20, tc.heap>>20)
-			}
+			e.boundedSession(t, tc.pop3, tc.heap)
 			up.good.Store(true)
 			e.checkMailIntact(t, &up.deletes)
 		})
@@ -138,34 +129,57 @@ func TestHostileUpstreams(t *testing.T) {
 // with garbage or with silence, refuses the login with [SYS/TEMP] within
 // the timeout.
 func TestHostileTLSUpstream(t *testing.T) {
-	for name, serve := range map[string]func(c *imapConn){
-		"garbage after ClientHello": func(c *imapConn) {
-			c.readSome()
-			c.send("\x16\x03\x03\x00\x30" + strings.Repeat("\xff", 48))
-			c.waitClosed()
-		},
-		"silence after ClientHello": func(c *imapConn) {
-			c.readSome()
-			c.waitClosed()
-		},
-		"cut after ServerHello's header": func(c *imapConn) {
-			c.readSome()
-			c.send("\x16\x03\x03\x40\x00\x02")
-			c.Close()
-		},
-	} {
+	for name, serve := range hostileTLSHandshakes {
 		t.Run(name, func(t *testing.T) {
 			up := startHostileIMAP(t, serve, 0)
 			e := newHostileEnv(t, up.Addr(), upstream.SecurityImplicit)
-			start := time.Now()
-			e.hostileSession(t, loginRefused)
-			if d := time.Since(start); d > 20*hostileTimeout {
-				t.Errorf("the session took %v with an upstream timeout of %v", d, hostileTimeout)
-			}
+			e.timedSession(t, loginRefused)
 			if n := up.deletes.Load(); n != 0 {
 				t.Errorf("%d delete commands reached the server", n)
 			}
 		})
+	}
+}
+
+// hostileTLSHandshakes are servers whose TLS handshake fails midway,
+// with garbage or with silence.
+var hostileTLSHandshakes = map[string]func(c *imapConn){
+	"garbage after ClientHello": func(c *imapConn) {
+		c.readSome()
+		c.send("\x16\x03\x03\x00\x30" + strings.Repeat("\xff", 48))
+		c.waitClosed()
+	},
+	"silence after ClientHello": func(c *imapConn) {
+		c.readSome()
+		c.waitClosed()
+	},
+	"cut after ServerHello's header": func(c *imapConn) {
+		c.readSome()
+		c.send("\x16\x03\x03\x40\x00\x02")
+		c.Close()
+	},
+}
+
+// timedSession runs hostileSession and checks that it ended within a
+// bound of the upstream timeout: a hostile server holds nothing up.
+func (e *hostileEnv) timedSession(t *testing.T, outcome hostileOutcome) {
+	t.Helper()
+	start := time.Now()
+	e.hostileSession(t, outcome)
+	if d := time.Since(start); d > 20*hostileTimeout {
+		t.Errorf("the session took %v with an upstream timeout of %v", d, hostileTimeout)
+	}
+}
+
+// boundedSession runs timedSession and, unless heap is 0, checks that
+// the heap grew by no more than heap meanwhile.
+func (e *hostileEnv) boundedSession(t *testing.T, outcome hostileOutcome, heap int64) {
+	t.Helper()
+	before := liveHeap()
+	peak := watchHeap(t)
+	e.timedSession(t, outcome)
+	if grown := peak() - before; heap > 0 && grown > heap {
+		t.Errorf("the heap grew by %d MiB, more than %d MiB", grown>>20, heap>>20)
 	}
 }
 
