@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
@@ -65,18 +64,8 @@ func TestCyrusUIDLsFollowEmailID(t *testing.T) {
 // INTERNALDATEs.
 func cyrusState(t *testing.T, addr, user, pass string) (uint32, []time.Time) {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, sel := imapInbox(t, addr, user, pass)
 	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	sel, err := c.Select("INBOX", nil).Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var all imap.SeqSet
 	all.AddRange(1, 0)
 	msgs, err := c.Fetch(all, &imap.FetchOptions{InternalDate: true}).Collect()

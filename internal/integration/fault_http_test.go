@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2/imapclient"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pop3gw/gateway/cache"
@@ -122,20 +121,7 @@ func (r *faultRig) referenceUIDLs(refTr *http.Transport) {
 // cyrusCount is the number of messages in user's INBOX, over IMAP.
 func cyrusCount(t *testing.T, addr, user, pass string) int {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	sel, err := c.Select("INBOX", nil).Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Logout().Wait()
-	return int(sel.NumMessages)
+	return int(selectInbox(t, addr, user, pass).NumMessages)
 }
 
 // jmapFaults: faults between the gateway and Cyrus's JMAP.

@@ -317,17 +317,8 @@ func retrWhole(t *testing.T, c *pop3client.Client, n int, want []byte) {
 // imapAs is a second IMAP client of Dovecot, with INBOX selected.
 func imapAs(t *testing.T, dc *dovecottest.Server, user, pass string) *imapclient.Client {
 	t.Helper()
-	c, err := imapclient.DialInsecure(dc.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _ := imapInbox(t, dc.IMAPAddr(), user, pass)
 	t.Cleanup(func() { c.Close() })
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	return c
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/cache"
@@ -52,23 +53,39 @@ func stateGateway(t *testing.T, listen, imapAddr string, onDelete upstream.Delet
 	return addr, stop
 }
 
-// uidValidity selects user's INBOX on Dovecot and returns its UIDVALIDITY.
-func uidValidity(t *testing.T, addr, user, pass string) uint32 {
+// imapInbox logs in to the IMAP server at addr as user and selects
+// INBOX. The caller closes the client.
+func imapInbox(t *testing.T, addr, user, pass string) (*imapclient.Client, *imap.SelectData) {
 	t.Helper()
 	c, err := imapclient.DialInsecure(addr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
 	if err := c.Login(user, pass).Wait(); err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
-	data, err := c.Select("INBOX", nil).Wait()
+	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil {
+		c.Close()
 		t.Fatal(err)
 	}
+	return c, sel
+}
+
+// selectInbox is what selecting user's INBOX answers.
+func selectInbox(t *testing.T, addr, user, pass string) *imap.SelectData {
+	t.Helper()
+	c, sel := imapInbox(t, addr, user, pass)
+	defer c.Close()
 	c.Logout().Wait()
-	return data.UIDValidity
+	return sel
+}
+
+// uidValidity selects user's INBOX on Dovecot and returns its UIDVALIDITY.
+func uidValidity(t *testing.T, addr, user, pass string) uint32 {
+	t.Helper()
+	return selectInbox(t, addr, user, pass).UIDValidity
 }
 
 // rebuildMailbox makes Dovecot forget the UIDs of user's Maildir, as after
