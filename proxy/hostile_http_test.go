@@ -109,22 +109,18 @@ var hostileHTTPCases = []struct {
 		fmt.Fprintf(w, `{"methodResponses":[["Email/queryChanges",{"newQueryState":"q2","removed":[],"added":[],"total":1},"c"],`+
 			`["Email/get",{"state":"e1","list":[%s],"notFound":[]},"g"]],"sessionState":"s1"}`, emailObject("M2", "B2", 60))
 	}},
-	{name: "429 with Retry-After of a year", step: "login", pop3: loginRefused, serve: func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "31536000")
-		w.WriteHeader(http.StatusTooManyRequests)
-	}},
-	{name: "503 with Retry-After of a year", step: "body", pop3: retrRefused, serve: func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "31536000")
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}},
-	{name: "429 with Retry-After a date in the past", step: "list", pop3: loginRefused, serve: func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "Sun, 06 Nov 1994 08:49:37 GMT")
-		w.WriteHeader(http.StatusTooManyRequests)
-	}},
-	{name: "503 with Retry-After garbage", step: "login", pop3: loginRefused, serve: func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Retry-After", "soon\x7f; maybe -1")
-		w.WriteHeader(http.StatusServiceUnavailable)
-	}},
+	{name: "429 with Retry-After of a year", step: "login", pop3: loginRefused, serve: retryAfter(http.StatusTooManyRequests, "31536000")},
+	{name: "503 with Retry-After of a year", step: "body", pop3: retrRefused, serve: retryAfter(http.StatusServiceUnavailable, "31536000")},
+	{name: "429 with Retry-After a date in the past", step: "list", pop3: loginRefused, serve: retryAfter(http.StatusTooManyRequests, "Sun, 06 Nov 1994 08:49:37 GMT")},
+	{name: "503 with Retry-After garbage", step: "login", pop3: loginRefused, serve: retryAfter(http.StatusServiceUnavailable, "soon\x7f; maybe -1")},
+}
+
+// retryAfter answers status with a Retry-After of value.
+func retryAfter(status int, value string) func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
+	return func(s *hostileHTTP, w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", value)
+		w.WriteHeader(status)
+	}
 }
 
 func TestHostileJMAPUpstreams(t *testing.T) { testHostileHTTP(t, "jmap") }
