@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -77,6 +79,12 @@ func passthroughGateway(up *proxy.Upstream, c *cache.Cache, log *slog.Logger) *p
 func serve(t *testing.T, srv *pop3.Server, gw *proxy.Gateway, listen string) (addr string, stop func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", listen)
+	// A gateway restarted at the address it had: an outgoing connection
+	// may have been given that port as its own meanwhile, until it closes.
+	for deadline := time.Now().Add(15 * time.Second); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		ln, err = net.Listen("tcp", listen)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
