@@ -104,7 +104,7 @@ func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, 
 		if acct.Mechanism == OAuthBearer {
 			host, port, _ := net.SplitHostPort(u.Address)
 			p, _ := strconv.Atoi(port)
-			sc = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Username, Token: token, Host: host, Port: p})
+			sc = &oauthBearerClient{Client: sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Username, Token: token, Host: host, Port: p})}
 		} else {
 			sc = &xoauth2Client{username: acct.Username, token: token}
 		}
@@ -230,6 +230,25 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 }
 
 func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
+
+// oauthBearerClient is OAUTHBEARER (RFC 7628) with go-sasl's initial
+// response. A refusal comes as a challenge carrying an error document
+// (§3.2.2), answered with 0x01 (§3.2.3) so that the server ends the
+// exchange with its error reply: a 535 then has the token refreshed once.
+// go-sasl's own client cancels the exchange instead, with the server's
+// document in its error.
+type oauthBearerClient struct {
+	sasl.Client
+	refused bool
+}
+
+func (c *oauthBearerClient) Next([]byte) ([]byte, error) {
+	if c.refused {
+		return nil, errors.New("submission: OAUTHBEARER: a challenge after the error challenge")
+	}
+	c.refused = true
+	return []byte{0x01}, nil
+}
 
 // Check logs in to the account's upstream and out again, for `gateway
 // check`.
