@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // FuzzUpstreamOAuthChallenge answers the relay's XOAUTH2 or OAUTHBEARER
@@ -172,5 +174,27 @@ func TestOAuthBearerRefusalRefreshesToken(t *testing.T) {
 	}
 	if strings.ContainsAny(err.Error(), "\x01\r\n") {
 		t.Fatalf("server text in the error: %q", err)
+	}
+}
+
+// TestUpstreamReplyTextPrintable: the text of an upstream's refusal goes
+// on to the logs and to `gateway check` as printable ASCII only, its code
+// kept. Found by FuzzUpstreamOAuthChallenge: a NUL in a reply's text
+// reached the error.
+func TestUpstreamReplyTextPrintable(t *testing.T) {
+	srv, _ := startRawSMTP(t, "454 4.7.0 busy\x00\x1b[31m now", "")
+	acct := &Account{
+		Upstream:  &Upstream{Name: "raw", Address: srv, Security: SecurityNone, Timeout: 5 * time.Second},
+		Username:  "alice@example.com",
+		Token:     func(context.Context, bool) (string, error) { return "token", nil },
+		Mechanism: XOAuth2,
+	}
+	_, err := dial(context.Background(), acct)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 454 {
+		t.Fatalf("dial: %v, want the upstream's 454", err)
+	}
+	if msg := err.Error(); strings.ContainsAny(msg, "\x00\x1b") || !strings.Contains(msg, "busy[31m now") {
+		t.Fatalf("error %q", msg)
 	}
 }

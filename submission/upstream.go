@@ -124,9 +124,31 @@ func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, 
 		if errors.As(err, &se) && se.Code == 535 {
 			return nil, fmt.Errorf("%w: %d %v", errUpstreamAuth, se.Code, se.EnhancedCode)
 		}
-		return nil, fmt.Errorf("upstream AUTH: %w", err)
+		return nil, fmt.Errorf("upstream AUTH: %w", printable(err))
 	}
 	return uc, nil
+}
+
+// printable is err with the text of an upstream's reply, if it carries
+// one, cut to printable ASCII and bounded: it goes on to the logs and to
+// `gateway check`, and a server's octets must not (RFC 5321 §4.2 lets a
+// reply's text be anything but CR and LF; a hostile server sends NULs
+// and escape sequences).
+func printable(err error) error {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return err
+	}
+	const limit = 200
+	text := make([]byte, 0, min(len(se.Message), limit))
+	for i := 0; i < len(se.Message) && len(text) < limit; i++ {
+		if c := se.Message[i]; c >= 0x20 && c < 0x7f {
+			text = append(text, c)
+		}
+	}
+	clean := *se
+	clean.Message = string(text)
+	return &clean
 }
 
 // upstreamConn is a logged-in connection to an upstream.
@@ -173,7 +195,7 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 	c.SubmissionTimeout = u.timeout()
 	if err := c.Hello(cmpOr(u.LocalName, "localhost")); err != nil {
 		c.Close()
-		return nil, err
+		return nil, printable(err)
 	}
 	return &upstreamConn{Client: c, nc: nc}, nil
 }
