@@ -4,10 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
-	"log/slog"
-	"net"
 	"testing"
-	"time"
 )
 
 // stuffed runs msg through the dot-stuffing writer.
@@ -147,29 +144,4 @@ func countLines(b []byte) int {
 		n++
 	}
 	return n
-}
-
-// FuzzSession feeds arbitrary input to a session: it must answer with
-// well-formed lines and end, never panic or hang.
-func FuzzSession(f *testing.F) {
-	f.Add([]byte("USER alice\r\nPASS secret pass\r\nSTAT\r\nRETR 1\r\nTOP 2 1\r\nDELE 1\r\nQUIT\r\n"))
-	f.Add([]byte("AUTH PLAIN\r\nAGFsaWNlAHNlY3JldCBwYXNz\r\nLIST\r\nUIDL\r\nQUIT\r\n"))
-	f.Add([]byte("CAPA\r\nAUTH LOGIN\r\n*\r\n\x00\r\nRETR 99999999999999999999\r\n"))
-	f.Fuzz(func(t *testing.T, input []byte) {
-		be := &memBackend{md: &memMaildrop{msgs: sample}}
-		srv := &Server{Backend: be, Logger: slog.New(slog.DiscardHandler), MaxAuthFailures: 100}
-		a, b := net.Pipe()
-		c := srv.newConn(b, srv.TLSConfig, false)
-		go c.serve()
-		a.SetDeadline(time.Now().Add(5 * time.Second))
-		go func() {
-			a.Write(input)
-			a.Write([]byte("\r\nQUIT\r\n"))
-		}()
-		out, _ := io.ReadAll(a)
-		a.Close()
-		if len(out) > 0 && !bytes.HasSuffix(out, []byte("\r\n")) {
-			t.Fatalf("output does not end with CRLF: %q", out)
-		}
-	})
 }

@@ -108,7 +108,7 @@ func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, 
 		if acct.Mechanism == OAuthBearer {
 			host, port, _ := net.SplitHostPort(u.Address)
 			p, _ := strconv.Atoi(port)
-			sc = sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Username, Token: token, Host: host, Port: p})
+			sc = &oauthBearerClient{Client: sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: acct.Username, Token: token, Host: host, Port: p})}
 		} else {
 			sc = &xoauth2Client{username: acct.Username, token: token}
 		}
@@ -128,9 +128,31 @@ func dialOnce(ctx context.Context, acct *Account, refresh bool) (*upstreamConn, 
 		if errors.As(err, &se) && se.Code == 535 {
 			return nil, fmt.Errorf("%w: %d %v", errUpstreamAuth, se.Code, se.EnhancedCode)
 		}
-		return nil, fmt.Errorf("upstream AUTH: %w", err)
+		return nil, fmt.Errorf("upstream AUTH: %w", printable(err))
 	}
 	return uc, nil
+}
+
+// printable is err with the text of an upstream's reply, if it carries
+// one, cut to printable ASCII and bounded: it goes on to the logs and to
+// `gateway check`, and a server's octets must not (RFC 5321 §4.2 lets a
+// reply's text be anything but CR and LF; a hostile server sends NULs
+// and escape sequences).
+func printable(err error) error {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) {
+		return err
+	}
+	const limit = 200
+	text := make([]byte, 0, min(len(se.Message), limit))
+	for i := 0; i < len(se.Message) && len(text) < limit; i++ {
+		if c := se.Message[i]; c >= 0x20 && c < 0x7f {
+			text = append(text, c)
+		}
+	}
+	clean := *se
+	clean.Message = string(text)
+	return &clean
 }
 
 // upstreamConn is a logged-in connection to an upstream.
@@ -184,7 +206,7 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 	c.SubmissionTimeout = u.timeout()
 	if err := c.Hello(localName); err != nil {
 		c.Close()
-		return nil, err
+		return nil, printable(err)
 	}
 	return &upstreamConn{Client: c, nc: nc, wire: wire}, nil
 }
@@ -302,6 +324,25 @@ func (c *xoauth2Client) Start() (string, []byte, error) {
 }
 
 func (c *xoauth2Client) Next([]byte) ([]byte, error) { return []byte{}, nil }
+
+// oauthBearerClient is OAUTHBEARER (RFC 7628) with go-sasl's initial
+// response. A refusal comes as a challenge carrying an error document
+// (§3.2.2), answered with 0x01 (§3.2.3) so that the server ends the
+// exchange with its error reply: a 535 then has the token refreshed once.
+// go-sasl's own client cancels the exchange instead, with the server's
+// document in its error.
+type oauthBearerClient struct {
+	sasl.Client
+	refused bool
+}
+
+func (c *oauthBearerClient) Next([]byte) ([]byte, error) {
+	if c.refused {
+		return nil, errors.New("submission: OAUTHBEARER: a challenge after the error challenge")
+	}
+	c.refused = true
+	return []byte{0x01}, nil
+}
 
 // Check logs in to the account's upstream and out again, for `gateway
 // check`. For an account with a Mailer it gets the token and, where the

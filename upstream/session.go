@@ -508,8 +508,20 @@ func (s *Session) fetchEntries(set imap.NumSet, capacity int) ([]uidEntry, error
 			case imapclient.FetchItemDataInternalDate:
 				e.InternalDate = item.Time
 			case imapclient.FetchItemDataBodySection:
-				if item.Literal != nil {
-					e.MessageID = readMessageID(item.Literal)
+				if item.Literal == nil {
+					continue
+				}
+				r := &literalReader{r: item.Literal, size: item.Literal.Size()}
+				e.MessageID = readMessageID(r)
+				if r.err != nil {
+					// As in FetchEach: once a read of the literal has
+					// failed, the IMAP client's reader owns the stream
+					// again, and reading on (Next and Close discard
+					// what is left of the literal) would race with it.
+					// The rest of the response cannot be read.
+					s.abort()
+					s.client.Close()
+					return nil, fmt.Errorf("upstream: listing messages: %w", r.err)
 				}
 			}
 		}
