@@ -242,10 +242,9 @@ func replay(t *testing.T, sent, out []byte) (quit bool, marked []int) {
 
 // fuzzBackend hands out one maildrop, to alice.
 type fuzzBackend struct {
-	mu      sync.Mutex
-	md      *fuzzMaildrop
-	handed  bool
-	refused int
+	mu     sync.Mutex
+	md     *fuzzMaildrop
+	handed bool
 }
 
 func (b *fuzzBackend) Login(ctx context.Context, li *LoginInfo) (Maildrop, error) {
