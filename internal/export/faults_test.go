@@ -42,8 +42,10 @@ func faultCorpus() [][]byte {
 }
 
 // cutBigMessage cuts each connection of p, up to times of them, 64 KiB
-// into the big message's body: a store that drops the connection in the
-// same place on every try.
+// into the big message's body: a store that closes the connection in the
+// same place on every try. The close is orderly, so the export reads up
+// to the cut however far behind it is: a reset would discard what it had
+// not read yet, and the cut would show in an earlier message.
 func cutBigMessage(p *faultproxy.Proxy, times int) {
 	var mu sync.Mutex
 	armed := make(map[int64]bool)
@@ -57,7 +59,7 @@ func cutBigMessage(p *faultproxy.Proxy, times int) {
 			return
 		}
 		armed[id] = true
-		p.CutServerAfter(64 << 10)
+		p.CloseServerAfter(64 << 10)
 	})
 }
 

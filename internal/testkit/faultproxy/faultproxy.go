@@ -57,6 +57,7 @@ type Proxy struct {
 type cutPlan struct {
 	left, then int64
 	times      int
+	orderly    bool // close (FIN) rather than reset
 }
 
 // pair is one proxied connection: the client's side and the target's.
@@ -141,6 +142,16 @@ func (p *Proxy) CutServerRepeatedly(first, then int64, times int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cutServer = cutPlan{left: first, then: then, times: times}
+}
+
+// CloseServerAfter is CutServerAfter with an orderly close in place of the
+// reset: the client reads every octet forwarded before it sees the end, as
+// from a server that closes in the middle of a reply. A reset discards what
+// the client had not read yet.
+func (p *Proxy) CloseServerAfter(n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cutServer = cutPlan{left: n, times: 1, orderly: true}
 }
 
 // CutClientAfter is CutServerAfter for client->server data.
@@ -317,7 +328,7 @@ func (p *Proxy) pump(c *pair, toServer bool) {
 				c.reset()
 				return
 			}
-			chunk, cut := p.cut(toServer, chunk)
+			chunk, cut, orderly := p.cut(toServer, chunk)
 			if !toServer {
 				if k := p.stallPoint(chunk); k >= 0 {
 					// The octets before the stall go through now.
@@ -335,7 +346,11 @@ func (p *Proxy) pump(c *pair, toServer bool) {
 			}
 			if cut {
 				p.fired.Add(1)
-				c.reset()
+				if orderly {
+					c.close()
+				} else {
+					c.reset()
+				}
 				return
 			}
 		}
@@ -372,8 +387,8 @@ func (p *Proxy) takePattern(slot *[]byte, tail, chunk []byte) bool {
 }
 
 // cut shortens chunk to what an armed cut lets through and reports
-// whether the connection is to be reset after it.
-func (p *Proxy) cut(toServer bool, chunk []byte) ([]byte, bool) {
+// whether the connection is to be cut after it, and whether orderly.
+func (p *Proxy) cut(toServer bool, chunk []byte) (_ []byte, cut, orderly bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	plan := &p.cutServer
@@ -381,11 +396,11 @@ func (p *Proxy) cut(toServer bool, chunk []byte) ([]byte, bool) {
 		plan = &p.cutClient
 	}
 	if plan.left <= 0 || plan.times == 0 {
-		return chunk, false
+		return chunk, false, false
 	}
 	if int64(len(chunk)) < plan.left {
 		plan.left -= int64(len(chunk))
-		return chunk, false
+		return chunk, false, false
 	}
 	chunk = chunk[:plan.left]
 	if plan.times > 0 {
@@ -395,7 +410,7 @@ func (p *Proxy) cut(toServer bool, chunk []byte) ([]byte, bool) {
 	if plan.times == 0 {
 		plan.left = 0
 	}
-	return chunk, true
+	return chunk, true, plan.orderly
 }
 
 // stallPoint is where in server->client chunk an armed StallServerAfter

@@ -243,6 +243,25 @@ func TestCutServerAfter(t *testing.T) {
 	readN(t, c, 5000) // once only
 }
 
+// TestCloseServerAfter: an orderly close after n octets; the client reads
+// all n, however late it reads, then the end.
+func TestCloseServerAfter(t *testing.T) {
+	s := startLineServer(t)
+	p := Start(t, s.ln.Addr().String())
+	c := dial(t, p)
+	p.CloseServerAfter(1000)
+	send(t, c, "SEND 5000\n")
+	time.Sleep(50 * time.Millisecond) // the close is out before the client reads
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || len(got) != 1000 {
+		t.Fatalf("read %d octets, %v; want 1000 and the end", len(got), err)
+	}
+	if p.Fired() != 1 {
+		t.Fatalf("%d cuts, want 1", p.Fired())
+	}
+}
+
 func TestCutServerRepeatedly(t *testing.T) {
 	s := startLineServer(t)
 	p := Start(t, s.ln.Addr().String())
