@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -278,7 +279,7 @@ func TestValidation(t *testing.T) {
 				t.Errorf("error type %T, want *Error", err)
 			}
 			found := false
-			for line := range strings.SplitSeq(err.Error(), "\n") {
+			for line := range strings.SplitSeq(withoutLines(err), "\n") {
 				if !strings.HasPrefix(line, "config: ") {
 					t.Errorf("line %q lacks the config: prefix", line)
 				}
@@ -325,7 +326,7 @@ cache: {memory: 1MiB}
 		"config: users.alice: set one of upstream_password_file and upstream_password_env",
 		"config: cache.max_message: 16MiB is larger than cache.memory (1MiB)",
 	}
-	if got := err.Error(); got != strings.Join(want, "\n") {
+	if got := withoutLines(err); got != strings.Join(want, "\n") {
 		t.Errorf("error:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
@@ -397,7 +398,7 @@ func TestByteSize(t *testing.T) {
 	for _, tt := range tests {
 		got, err := ParseByteSize(tt.in)
 		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
+			if err == nil || !mentions(err, tt.err) {
 				t.Errorf("ParseByteSize(%q) = %v, %v; want error containing %q", tt.in, got, err, tt.err)
 			}
 			continue
@@ -442,7 +443,7 @@ func TestDurationYAML(t *testing.T) {
 			`    address: "imap.example.com:993"`+"\n    timeout: "+tt.in+"\n", 1)
 		c, err := Parse([]byte(text))
 		if tt.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tt.err) {
+			if err == nil || !mentions(err, tt.err) {
 				t.Errorf("timeout %s: error %v, want it to contain %q", tt.in, err, tt.err)
 			}
 			continue
@@ -718,7 +719,7 @@ upstreams:
 passthrough:
   upstream: corp
 `))
-	if err == nil || !strings.Contains(err.Error(), "upstreams.corp.keep_connection: must be between 0s and 1h") {
+	if err == nil || !strings.Contains(withoutLines(err), "upstreams.corp.keep_connection: must be between 0s and 1h") {
 		t.Fatalf("keep_connection 2h: %v", err)
 	}
 }
@@ -826,7 +827,38 @@ func TestMinRefusalTime(t *testing.T) {
 		t.Errorf("min_refusal_time 0s read as %v", d)
 	}
 	_, err := Parse([]byte(minimal + "auth:\n  min_refusal_time: 1m\n"))
-	if err == nil || !strings.Contains(err.Error(), "auth.min_refusal_time: must be between 0s and 30s, not 1m0s") {
+	if err == nil || !strings.Contains(withoutLines(err), "auth.min_refusal_time: must be between 0s and 30s, not 1m0s") {
 		t.Errorf("min_refusal_time 1m: %v", err)
+	}
+}
+
+// lineNote is how a problem names the line of its key.
+var lineNote = regexp.MustCompile(` \(line \d+\)`)
+
+// withoutLines is an error's text without the lines of the keys it names,
+// for the tests that check what a problem says.
+func withoutLines(err error) string { return lineNote.ReplaceAllString(err.Error(), "") }
+
+// mentions reports whether err says want, with the lines it names or
+// without them.
+func mentions(err error, want string) bool {
+	return strings.Contains(err.Error(), want) || strings.Contains(withoutLines(err), want)
+}
+
+// TestProblemsNameTheirLines: every problem about a key the file has names
+// that key's line.
+func TestProblemsNameTheirLines(t *testing.T) {
+	_, err := Parse([]byte("listen:\n  pop3: \"localhost\"\ndata_dir: var/lib/gateway\nauth:\n  min_refusal_time: 1m\n"))
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		`listen.pop3 (line 2): "localhost" is not host:port`,
+		`data_dir (line 3): "var/lib/gateway" is not an absolute path`,
+		`auth.min_refusal_time (line 5): must be between 0s and 30s`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error:\n%v\nwant a line containing %q", err, want)
+		}
 	}
 }

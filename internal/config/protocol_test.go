@@ -151,7 +151,7 @@ func TestProtocolProblems(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(graphConfig(tc.lines)))
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
+			if err == nil || !mentions(err, tc.want) {
 				t.Errorf("error:\n%v\nwant it to contain %q", err, tc.want)
 			}
 		})
@@ -171,7 +171,7 @@ func TestPassthroughToGraphRefused(t *testing.T) {
 passthrough:
   upstream: m365
 `))
-	if err == nil || !strings.Contains(err.Error(), `passthrough.upstream: "m365" logs in with OAuth2`) {
+	if err == nil || !strings.Contains(withoutLines(err), `passthrough.upstream: "m365" logs in with OAuth2`) {
 		t.Errorf("error %v", err)
 	}
 }

@@ -358,9 +358,26 @@ func (c *Config) Validate() error {
 	c.validateSubmission(&p)
 
 	if len(p) > 0 {
-		return &Error{Problems: p}
+		return &Error{Problems: c.withLines(p)}
 	}
 	return nil
+}
+
+// withLines adds to each problem the line of the key it names, when the
+// file has that key and the problem does not say it already.
+func (c *Config) withLines(p problems) []string {
+	out := make([]string, len(p))
+	for i, msg := range p {
+		out[i] = msg
+		path, rest, ok := strings.Cut(msg, ": ")
+		if !ok || strings.Contains(path, " (line ") {
+			continue
+		}
+		if line, ok := c.lines[path]; ok {
+			out[i] = fmt.Sprintf("%s (line %d): %s", path, line, rest)
+		}
+	}
+	return out
 }
 
 // oauth2 checks an upstream's OAuth2 block.
