@@ -28,6 +28,35 @@ type rawIMAP struct {
 	done chan struct{}
 }
 
+// answeringSession is a session, logged in with INBOX selected, on a raw
+// server that answers every command starting with prefix with response
+// ("{tag}" standing for the command's tag), and any other with BAD; and
+// that server.
+func answeringSession(t *testing.T, ctx context.Context, prefix string, response []byte) (*upstream.Session, *rawIMAP) {
+	t.Helper()
+	srv := startRawIMAP(t, "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n", func(tag, command string, w io.Writer) bool {
+		if strings.HasPrefix(strings.ToUpper(command), prefix) {
+			w.Write(bytes.ReplaceAll(response, []byte("{tag}"), []byte(tag)))
+		} else {
+			fmt.Fprintf(w, "%s BAD what\r\n", tag)
+		}
+		return false
+	})
+	s, err := upstream.Dial(ctx, &upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: fuzzTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Login(ctx, "u", "p"); err != nil {
+		s.Close()
+		t.Fatal(err)
+	}
+	if _, err := s.Select(ctx, "INBOX"); err != nil {
+		s.Close()
+		t.Fatal(err)
+	}
+	return s, srv
+}
+
 func startRawIMAP(tb testing.TB, greeting string, answer func(tag, command string, w io.Writer) (end bool)) *rawIMAP {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -145,28 +174,11 @@ func FuzzFetchResponse(f *testing.F) {
 			response = fmt.Appendf(nil, "* 1 FETCH (UID %d BODY[] {%d}\r\n%s", uid, size, body)
 		}
 		response = append(response, tail...)
-		srv := startRawIMAP(t, "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n", func(tag, command string, w io.Writer) bool {
-			if strings.HasPrefix(strings.ToUpper(command), "UID FETCH") {
-				w.Write(bytes.ReplaceAll(response, []byte("{tag}"), []byte(tag)))
-				return false
-			}
-			fmt.Fprintf(w, "%s BAD what\r\n", tag)
-			return false
-		})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		s, err := upstream.Dial(ctx, &upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: fuzzTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, srv := answeringSession(t, ctx, "UID FETCH", response)
 		defer s.Close()
-		if err := s.Login(ctx, "u", "p"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Select(ctx, "INBOX"); err != nil {
-			t.Fatal(err)
-		}
 		rc, err := s.Fetch(ctx, 1)
 		var got []byte
 		whole := false

@@ -1,17 +1,13 @@
 package upstream_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/pop3gw/gateway/upstream"
 )
 
 // FuzzListingResponse answers the listing FETCH (UID, RFC822.SIZE,
@@ -32,29 +28,11 @@ func FuzzListingResponse(f *testing.F) {
 	f.Add([]byte("* BYE shutting down\r\n"))
 	f.Add([]byte(""))
 	f.Fuzz(func(t *testing.T, response []byte) {
-		response = bytes.ReplaceAll(response, []byte("{tag}"), []byte("%TAG%"))
-		srv := startRawIMAP(t, "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n", func(tag, command string, w io.Writer) bool {
-			if strings.HasPrefix(strings.ToUpper(command), "FETCH") {
-				w.Write(bytes.ReplaceAll(response, []byte("%TAG%"), []byte(tag)))
-				return false
-			}
-			fmt.Fprintf(w, "%s BAD what\r\n", tag)
-			return false
-		})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		start := time.Now()
-		s, err := upstream.Dial(ctx, &upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: fuzzTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, srv := answeringSession(t, ctx, "FETCH", response)
 		defer s.Close()
-		if err := s.Login(ctx, "u", "p"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Select(ctx, "INBOX"); err != nil {
-			t.Fatal(err)
-		}
 		entries, err := s.Snapshot(ctx)
 		s.Close()
 		if d := time.Since(start); d > 5*fuzzTimeout {
@@ -102,26 +80,9 @@ func TestListingLiteralCutShort(t *testing.T) {
 		"* 1 FETCH (UID 7 RFC822.SIZE 10 BODY[HEADER.FIELDS (MESSAGE-ID)] {999}\r\nshort",
 		"* 1 FETCH (UID 7 RFC822.SIZE 10 BODY[HEADER.FIELDS (MESSAGE-ID)] {999}\r\nshort)\r\n* 2 FETCH (UID 8 RFC822.SIZE 10)\r\n",
 	} {
-		srv := startRawIMAP(t, "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n", func(tag, command string, w io.Writer) bool {
-			if strings.HasPrefix(strings.ToUpper(command), "FETCH") {
-				io.WriteString(w, response)
-				return false
-			}
-			fmt.Fprintf(w, "%s BAD what\r\n", tag)
-			return false
-		})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		s, err := upstream.Dial(ctx, &upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: fuzzTimeout})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.Login(ctx, "u", "p"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := s.Select(ctx, "INBOX"); err != nil {
-			t.Fatal(err)
-		}
+		s, _ := answeringSession(t, ctx, "FETCH", []byte(response))
 		entries, err := s.Snapshot(ctx)
 		s.Close()
 		if err == nil {
