@@ -123,18 +123,9 @@ type servedMessage struct {
 
 func (m *mailbox) served(t *testing.T, name string) map[string]servedMessage {
 	t.Helper()
-	c, err := imapclient.DialInsecure(m.dc.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, m.dc.IMAPAddr(), user, pass)
 	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	sel, err := c.Select(name, nil).Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sel := imapSelect(t, c, name)
 	out := make(map[string]servedMessage)
 	if sel.NumMessages == 0 {
 		return out
@@ -158,17 +149,9 @@ func (m *mailbox) served(t *testing.T, name string) map[string]servedMessage {
 // setFlags stores flags on the messages of INBOX with the given UIDs.
 func (m *mailbox) setFlags(t *testing.T, flags []imap.Flag, uids ...imap.UID) {
 	t.Helper()
-	c, err := imapclient.DialInsecure(m.dc.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, m.dc.IMAPAddr(), user, pass)
 	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	imapSelect(t, c, "INBOX")
 	if err := c.Store(imap.UIDSetNum(uids...), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: flags}, nil).Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -176,14 +159,8 @@ func (m *mailbox) setFlags(t *testing.T, flags []imap.Flag, uids ...imap.UID) {
 
 func (m *mailbox) createFolder(t *testing.T, name string, msgs ...[]byte) {
 	t.Helper()
-	c, err := imapclient.DialInsecure(m.dc.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, m.dc.IMAPAddr(), user, pass)
 	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Create(name, nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -222,19 +199,9 @@ func (m *mailbox) rebuild(t *testing.T) {
 
 func (m *mailbox) uidValidity(t *testing.T) uint32 {
 	t.Helper()
-	c, err := imapclient.DialInsecure(m.dc.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, m.dc.IMAPAddr(), user, pass)
 	defer c.Close()
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	sel, err := c.Select("INBOX", nil).Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sel.UIDValidity
+	return imapSelect(t, c, "INBOX").UIDValidity
 }
 
 func run(t *testing.T, opts Options) *Summary {
@@ -627,4 +594,28 @@ func TestMaildirLostRecord(t *testing.T) {
 	if n != 1 {
 		t.Errorf("%d files flagged S, want 1: %v", n, flags)
 	}
+}
+
+// imapLogin is an IMAP connection to addr, logged in.
+func imapLogin(t *testing.T, addr, login, password string) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(login, password).Wait(); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	return c
+}
+
+// imapSelect selects mailbox on c.
+func imapSelect(t *testing.T, c *imapclient.Client, mailbox string) *imap.SelectData {
+	t.Helper()
+	sel, err := c.Select(mailbox, nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sel
 }

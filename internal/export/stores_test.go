@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/testkit/cyrustest"
@@ -244,17 +243,9 @@ func (c *countDownloads) RoundTrip(r *http.Request) (*http.Response, error) {
 // over IMAP (BODY.PEEK[]).
 func imapServes(t *testing.T, addr, login, password, mailbox string) [][]byte {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, addr, login, password)
 	defer c.Close()
-	if err := c.Login(login, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Select(mailbox, nil).Wait(); err != nil {
-		t.Fatal(err)
-	}
+	imapSelect(t, c, mailbox)
 	// 1:* (RFC 9051 §9: "*" is the largest number in use).
 	bodies, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
 	if err != nil {
@@ -311,14 +302,8 @@ func TestExportJMAPCyrus(t *testing.T) {
 
 	// -all: Mailbox/get names a child of the inbox "INBOX/Work", which
 	// opens on a session of its own (JMAP has no SELECT).
-	c, err := imapclient.DialInsecure(srv.IMAPAddr(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, srv.IMAPAddr(), login, password)
 	defer c.Close()
-	if err := c.Login(login, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	if err := c.Create("INBOX/Work", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
