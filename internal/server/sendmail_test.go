@@ -43,23 +43,27 @@ type sendmailEnv struct {
 	refreshes int
 }
 
-func newSendmailEnv(t *testing.T) *sendmailEnv {
+// sendmailGateway is a gateway with one user, bob, whose mail goes
+// through Graph with the tokens token gives.
+func sendmailGateway(t *testing.T, hash string, token func(context.Context, bool) (string, error)) *proxy.Gateway {
 	t.Helper()
-	e := &sendmailEnv{double: graphdouble.New(t)}
-	e.double.Grant("token-0", sendmailUser)
-	e.double.Grant("token-1", sendmailUser)
-	hash, err := passwd.Hash("bob-local")
-	if err != nil {
-		t.Fatal(err)
-	}
 	gw := proxy.New(&proxy.Config{
 		Upstreams: map[string]*proxy.Upstream{"m365": {Name: "m365", OAuth2: upstream.Bearer}},
 		Users: map[string]*proxy.User{"bob": {
-			Name: "bob", PasswordHash: hash, Upstream: "m365", UpstreamUser: sendmailUser,
-			UpstreamToken: e.token,
+			Name: "bob", PasswordHash: hash, Upstream: "m365", UpstreamUser: sendmailUser, UpstreamToken: token,
 		}},
 	}, cache.New(0, 0), nil)
 	t.Cleanup(func() { gw.Close() })
+	return gw
+}
+
+// sendmailConfig is the config of sendmailGateway, with Graph at url and,
+// unless empty, the upstream timeout.
+func sendmailConfig(t *testing.T, url, hash, timeout string) *config.Config {
+	t.Helper()
+	if timeout != "" {
+		timeout = "\n    timeout: " + timeout
+	}
 	cfg, err := config.Parse([]byte(`listen:
   pop3: "127.0.0.1:0"
   submission: "127.0.0.1:0"
@@ -68,7 +72,7 @@ secrets:
 upstreams:
   m365:
     provider: microsoft365-graph
-    address: "` + e.double.URL + `"
+    address: "` + url + `"` + timeout + `
     oauth2:
       client_id: test
 users:
@@ -81,6 +85,20 @@ users:
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+func newSendmailEnv(t *testing.T) *sendmailEnv {
+	t.Helper()
+	e := &sendmailEnv{double: graphdouble.New(t)}
+	e.double.Grant("token-0", sendmailUser)
+	e.double.Grant("token-1", sendmailUser)
+	hash, err := passwd.Hash("bob-local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := sendmailGateway(t, hash, e.token)
+	cfg := sendmailConfig(t, e.double.URL, hash, "")
 	routes, err := newRelayRoutes(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -371,35 +389,8 @@ func TestCheckSendMail(t *testing.T) {
 		{"graph-down", downURL, func(context.Context, bool) (string, error) { return "good-token", nil }, "): FAILED: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			gw := proxy.New(&proxy.Config{
-				Upstreams: map[string]*proxy.Upstream{"m365": {Name: "m365", OAuth2: upstream.Bearer}},
-				Users: map[string]*proxy.User{"bob": {
-					Name: "bob", PasswordHash: hash, Upstream: "m365", UpstreamUser: sendmailUser, UpstreamToken: tc.token,
-				}},
-			}, cache.New(0, 0), nil)
-			t.Cleanup(func() { gw.Close() })
-			cfg, err := config.Parse([]byte(`listen:
-  pop3: "127.0.0.1:0"
-  submission: "127.0.0.1:0"
-secrets:
-  key_file: /nonexistent
-upstreams:
-  m365:
-    provider: microsoft365-graph
-    address: "` + tc.url + `"
-    timeout: 5s
-    oauth2:
-      client_id: test
-users:
-  bob:
-    password_hash: "` + hash + `"
-    upstream: m365
-    upstream_user: ` + sendmailUser + `
-    oauth2_token_file: /nonexistent
-`))
-			if err != nil {
-				t.Fatal(err)
-			}
+			gw := sendmailGateway(t, hash, tc.token)
+			cfg := sendmailConfig(t, tc.url, hash, "5s")
 			var out bytes.Buffer
 			failed := checkSubmission(context.Background(), cfg, gw, &out)
 			line := strings.TrimSpace(out.String())
