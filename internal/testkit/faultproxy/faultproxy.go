@@ -193,13 +193,7 @@ func (p *Proxy) Drip(n int, every time.Duration) {
 // ResetAll resets every connection open now, both sides, as a server that
 // drops all its clients would.
 func (p *Proxy) ResetAll() {
-	p.mu.Lock()
-	open := make([]*pair, 0, len(p.conns))
-	for c := range p.conns {
-		open = append(open, c)
-	}
-	p.mu.Unlock()
-	for _, c := range open {
+	for _, c := range p.openPairs() {
 		c.reset()
 	}
 }
@@ -207,15 +201,20 @@ func (p *Proxy) ResetAll() {
 // CloseAll ends every connection open now in order, both sides, as a
 // server that exits does: what was sent already arrives, then the end.
 func (p *Proxy) CloseAll() {
+	for _, c := range p.openPairs() {
+		c.close()
+	}
+}
+
+// openPairs is the connections open now.
+func (p *Proxy) openPairs() []*pair {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	open := make([]*pair, 0, len(p.conns))
 	for c := range p.conns {
 		open = append(open, c)
 	}
-	p.mu.Unlock()
-	for _, c := range open {
-		c.close()
-	}
+	return open
 }
 
 // Accepted is the number of connections accepted so far, refused ones
