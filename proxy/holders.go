@@ -2,11 +2,7 @@ package proxy
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"sync"
-
-	"github.com/pop3gw/gateway/internal/username"
 )
 
 // holders remembers, for each maildrop a session of this process holds,
@@ -21,7 +17,8 @@ import (
 // rather than [AUTH] while that session lasts, as the pool lets it reuse
 // a kept connection for a while.
 type holders struct {
-	key []byte // HMAC key, random per process
+	// digest is the keyed digest of a login's credentials, the pool's.
+	digest func(*account) []byte
 
 	mu      sync.Mutex
 	entries map[string]*holder
@@ -32,18 +29,8 @@ type holder struct {
 	digest   []byte
 }
 
-func newHolders() *holders {
-	key := make([]byte, 32)
-	rand.Read(key)
-	return &holders{key: key, entries: make(map[string]*holder)}
-}
-
-func (h *holders) digest(acct *account) []byte {
-	mac := hmac.New(sha256.New, h.key)
-	mac.Write([]byte(username.Canonical(acct.username)))
-	mac.Write([]byte{0})
-	mac.Write([]byte(acct.password))
-	return mac.Sum(nil)
+func newHolders(digest func(*account) []byte) *holders {
+	return &holders{digest: digest, entries: make(map[string]*holder)}
 }
 
 // hold records that the session holding maildrop logged in as acct; the

@@ -200,7 +200,7 @@ func (p *pool) refreshListing(e *pooled) {
 		e.broken = true
 	case !e.closing:
 		// Waiting again even for a login that took e meanwhile: its
-		// Refresh then ends the wait with a cheap STATUS instead of
+		// Refresh then ends the wait with a NOOP and a STATUS instead of
 		// selecting the mailbox again (see upstream.Session.Refresh).
 		if w, ok := e.sess.(waiter); ok && w.Idle(p.changed(e)) != nil {
 			e.broken = true

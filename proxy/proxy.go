@@ -153,11 +153,11 @@ func New(cfg *Config, c *cache.Cache, log *slog.Logger) *Gateway {
 		locker:   NewMemoryLocker(),
 		state:    NewMemoryState(),
 		snaps:    newSnapshots(nil),
-		holders:  newHolders(),
 		prefetch: true,
 	}
 	g.life, g.shutdown = context.WithCancel(context.Background())
 	g.pool = g.newPool(DefaultPoolIdle, DefaultPoolSize)
+	g.holders = newHolders(g.pool.digest)
 	g.config.Store(cfg.canonical())
 	return g
 }
