@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,14 +69,19 @@ func TestIdlingConnectionDroppedIsReplaced(t *testing.T) {
 
 // TestServerWithoutIdle: the exact dialogue with a server that
 // does not offer IDLE: the kept connection waits silently, and the next
-// session selects the mailbox again and asks for what is new.
+// session asks for the mailbox's state with NOOP and STATUS, not a second
+// SELECT, and for what is new.
 func TestServerWithoutIdle(t *testing.T) {
 	e := newScriptedEnv(t, loginAndList(100, 100)+`
-		C: {tag} SELECT INBOX
+		C: {tag} NOOP
 		S: * 3 EXISTS
-		S: * OK [UIDVALIDITY 1] ok
-		S: * OK [UIDNEXT 4] ok
-		S: {tag} OK [READ-WRITE] selected
+		S: {tag} OK noop
+		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+		S: * STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 1)
+		S: {tag} OK status
+		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+		S: * STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 1)
+		S: {tag} OK status
 		C: {tag} UID FETCH 3:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
 		S: * 3 FETCH (UID 3 FLAGS () RFC822.SIZE 120)
 		S: {tag} OK fetched
@@ -175,6 +181,71 @@ func TestServerEndsIdle(t *testing.T) {
 	}
 }
 
+// TestRefreshSeesBalancedChange: another client's expunge and a delivery
+// told only at the login's NOOP leave the message count as it was, and a
+// STATUS answered from the view before the NOOP (as Dovecot answers the
+// STATUS sent with it) also has the old UIDNEXT: the second STATUS, asked
+// after the NOOP, has the new one, and the next session lists the
+// mailbox as it now is, not as it was.
+func TestRefreshSeesBalancedChange(t *testing.T) {
+	for _, idle := range []bool{false, true} {
+		t.Run(fmt.Sprintf("idle=%v", idle), func(t *testing.T) {
+			dialogue := loginAndList(100, 200)
+			stop := ""
+			if idle {
+				dialogue = withIdle(dialogue) + `
+					C: {tag} IDLE
+					S: + idling
+				`
+				stop = "C: DONE\nS: {tag} OK idle done\n"
+			}
+			dialogue += stop + `
+				C: {tag} NOOP
+				S: * 1 EXPUNGE
+				S: * 2 EXISTS
+				S: {tag} OK noop
+				C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+				S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+				S: {tag} OK status
+				C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+				S: * STATUS INBOX (MESSAGES 2 UIDNEXT 4 UIDVALIDITY 1)
+				S: {tag} OK status
+				C: {tag} UID FETCH 3:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
+				S: * 2 FETCH (UID 3 FLAGS () RFC822.SIZE 300)
+				S: {tag} OK fetched
+				C: {tag} UID SEARCH UID 1:2
+				S: * SEARCH 2
+				S: {tag} OK searched
+			`
+			if idle {
+				dialogue += `
+					C: {tag} IDLE
+					S: + idling
+					C: DONE
+					S: {tag} OK idle done
+				`
+			}
+			e := newScriptedEnv(t, dialogue)
+			e.gw.config.Load().Upstreams["scripted"].KeepConnection = time.Minute
+			e.gw.pool.waitAfter = 0
+			t.Cleanup(e.gw.Close)
+			for i, want := range []string{"1 100\r\n2 200\r\n", "1 200\r\n2 300\r\n"} {
+				c := e.login()
+				_, list, err := c.Multi("LIST")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(list) != want {
+					t.Fatalf("session %d: LIST gave %q, want %q", i+1, list, want)
+				}
+				if err := c.Quit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // withIdle makes a scripted server offer IDLE.
 func withIdle(dialogue string) string {
 	return strings.ReplaceAll(dialogue, "UIDPLUS]", "UIDPLUS IDLE]")
@@ -213,6 +284,9 @@ func TestRefreshAfterIdle(t *testing.T) {
 		// A server may tell of another client's expunge only when asked
 		// (Dovecot, on a STATUS of the selected mailbox, answers from the
 		// connection's own view): the NOOP before STATUS makes it tell.
+		// Dovecot also answers the STATUS sent with the NOOP before the
+		// NOOP's sync ends, from the view before it: after a change told
+		// at the NOOP, STATUS is asked again.
 		{"expunge told at NOOP", withIdle(loginAndList(100, 100)) + `
 			C: {tag} IDLE
 			S: + idling
@@ -221,6 +295,9 @@ func TestRefreshAfterIdle(t *testing.T) {
 			C: {tag} NOOP
 			S: * 2 EXPUNGE
 			S: {tag} OK noop
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+			S: {tag} OK status
 			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
 			S: * STATUS INBOX (MESSAGES 1 UIDNEXT 3 UIDVALIDITY 1)
 			S: {tag} OK status

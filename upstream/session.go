@@ -95,6 +95,9 @@ type Session struct {
 	// reader, when the server reports a change while the connection
 	// idles.
 	onChange atomic.Pointer[func()]
+	// reported counts the message counts and expunges the server has
+	// reported on its own, idling or not (see refreshSelected).
+	reported atomic.Uint64
 }
 
 // strayBody is a body section that reached strayFetch, with the rest of
@@ -155,13 +158,18 @@ func Dial(ctx context.Context, srv *Server) (_ *Session, err error) {
 		UnilateralDataHandler: &imapclient.UnilateralDataHandler{
 			Fetch: s.strayFetch,
 			// A message count or an expunge the server reports on its own
-			// while the connection idles is news for the pool (see Idle).
+			// is counted (see refreshSelected), and while the connection
+			// idles it is news for the pool (see Idle).
 			Mailbox: func(data *imapclient.UnilateralDataMailbox) {
 				if data.NumMessages != nil {
+					s.reported.Add(1)
 					s.changed()
 				}
 			},
-			Expunge: func(uint32) { s.changed() },
+			Expunge: func(uint32) {
+				s.reported.Add(1)
+				s.changed()
+			},
 		},
 	}
 	// The connection under the IMAP client is the gateway's too (see
@@ -325,13 +333,14 @@ func (s *Session) Select(ctx context.Context, mailbox string) (_ *Mailbox, err e
 	return &s.info, nil
 }
 
-// Refresh checks the connection and reports the mailbox's state now:
-// after IDLE, from a STATUS of the selected mailbox where its answer
-// agrees with what the server said while idling (see refreshAfterIdle),
-// otherwise by selecting the mailbox again.
+// Refresh checks the connection and reports the mailbox's state now: on
+// a connection that has the mailbox selected, idling or not, from a
+// STATUS of it where the answer agrees with what the server has said on
+// the connection (see refreshSelected), otherwise by selecting the
+// mailbox again.
 func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
-	if s.idle != nil {
-		mb, ok, err := s.refreshAfterIdle(ctx)
+	if s.mailbox != "" && s.client.Mailbox() != nil {
+		mb, ok, err := s.refreshSelected(ctx)
 		if err != nil {
 			return Mailbox{}, err
 		}
@@ -346,17 +355,18 @@ func (s *Session) Refresh(ctx context.Context) (Mailbox, error) {
 	return *mb, nil
 }
 
-// refreshAfterIdle ends IDLE and asks for UIDVALIDITY, UIDNEXT and
-// MESSAGES of the selected mailbox (RFC 9051 §6.3.11 allows STATUS on it),
-// DONE, NOOP and STATUS going out together. A SELECT would cost the same
-// answer, but a maildir server such as Dovecot opens the mailbox again
-// for it, which costs time linear in the mailbox even when IDLE has
-// already applied every change. The answer is taken only if the
-// UIDVALIDITY is the selected one and MESSAGES is the count the server's
-// EXISTS and EXPUNGE responses left (RFC 9051 §7.4.1, §7.5.1); ok is
-// false otherwise, and the caller selects the mailbox again. The listing
-// merged from it is checked as after a SELECT.
-func (s *Session) refreshAfterIdle(ctx context.Context) (_ Mailbox, ok bool, err error) {
+// refreshSelected ends IDLE, if the connection idles, and asks for
+// UIDVALIDITY, UIDNEXT and MESSAGES of the selected mailbox (RFC 9051
+// §6.3.11 allows STATUS on it), DONE, NOOP and STATUS going out together.
+// A SELECT would cost the same answer, but a maildir server such as
+// Dovecot opens the mailbox again for it, which costs time linear in the
+// mailbox even when the connection has already seen every change. The
+// answer is taken only if the UIDVALIDITY is the selected one and
+// MESSAGES is the count the server's EXISTS and EXPUNGE responses left
+// (RFC 9051 §7.4.1, §7.5.1); ok is false otherwise, and the caller
+// selects the mailbox again. The listing merged from it is checked as
+// after a SELECT.
+func (s *Session) refreshSelected(ctx context.Context) (_ Mailbox, ok bool, err error) {
 	defer s.timed("select", time.Now(), &err)
 	defer s.op(ctx)()
 	waitIdle := s.stopIdle()
@@ -365,13 +375,29 @@ func (s *Session) refreshAfterIdle(ctx context.Context) (_ Mailbox, ok bool, err
 	// date), and Dovecot does, so a change the server has not yet told
 	// this connection of would go unseen. NOOP makes it tell (§6.1.2), and
 	// its EXISTS and EXPUNGE responses arrive before STATUS's answer.
+	//
+	// A server may also run the two at once (Dovecot does, STATUS not
+	// waiting for NOOP's sync), so STATUS can answer from the view before
+	// the changes NOOP reports: one expunge and one delivery would leave
+	// the count as it was and UIDNEXT behind. If the server reported any
+	// change while the three ran, STATUS is asked again, after them, and
+	// a change reported during that one too means the mailbox is selected
+	// again.
+	before := s.reported.Load()
 	noop := s.client.Noop()
-	data, err := s.client.Status(s.mailbox, &imap.StatusOptions{NumMessages: true, UIDNext: true, UIDValidity: true}).Wait()
+	data, err := s.client.Status(s.mailbox, statusItems).Wait()
 	if nerr := noop.Wait(); err == nil && nerr != nil {
 		err = nerr
 	}
 	if werr := waitIdle(); err == nil && werr != nil {
 		err = werr
+	}
+	if err == nil && s.reported.Load() != before {
+		before = s.reported.Load()
+		data, err = s.client.Status(s.mailbox, statusItems).Wait()
+		if err == nil && s.reported.Load() != before {
+			return Mailbox{}, false, nil
+		}
 	}
 	if err != nil {
 		return Mailbox{}, false, fmt.Errorf("upstream: status %q: %w", s.mailbox, err)
@@ -386,6 +412,9 @@ func (s *Session) refreshAfterIdle(ctx context.Context) (_ Mailbox, ok bool, err
 	s.info.Messages = int(*data.NumMessages)
 	return s.info, true, nil
 }
+
+// statusItems are what refreshSelected asks STATUS for.
+var statusItems = &imap.StatusOptions{NumMessages: true, UIDNext: true, UIDValidity: true}
 
 // imapState is a Mailbox's State: UIDNEXT and EXISTS; "" when the server
 // gave no UIDNEXT, which leaves the state unknown.
