@@ -98,6 +98,49 @@ func TestKeptConnectionListsChangesBeforeTheLogin(t *testing.T) {
 	}
 }
 
+// idlingAfterOneSession is an env whose mailbox holds the corpus, after
+// one session whose connection the gateway kept and now idles.
+func idlingAfterOneSession(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, envOptions{})
+	e.deliver(alice, corpus...)
+	c := e.login("alice", localPassword)
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
+	return e
+}
+
+// TestKeptConnectionSettlesAfterAChange: a refresh that found a change is
+// followed, at settleTime, by one more, which finds nothing to list; and
+// no more follow.
+func TestKeptConnectionSettlesAfterAChange(t *testing.T) {
+	e := idlingAfterOneSession(t)
+	listings := e.proxy.listings.Load()
+	heard := time.Now()
+	e.deliver(alice, "Subject: new\r\n\r\nnew\r\n")
+	waitFor(t, func() bool { return rememberedCount(e.gw) == 4 && e.proxy.idles.Load() == 2 })
+	waitFor(t, func() bool { return e.proxy.idles.Load() == 3 })
+	if settled := time.Since(heard); settled < time.Second {
+		t.Errorf("the second refresh came %v after the change, want at least a second", settled)
+	}
+	time.Sleep(settleTime(time.Now()).Sub(time.Now()) + 500*time.Millisecond)
+	if n := e.proxy.idles.Load(); n != 3 {
+		t.Errorf("%d waits after the settling refresh, want 3", n)
+	}
+	if n := e.proxy.listings.Load(); n != listings+1 {
+		t.Errorf("%d listings, want %d", n, listings+1)
+	}
+}
+
+func TestSettleTime(t *testing.T) {
+	at := time.Date(2026, 12, 6, 10, 0, 5, 900_000_000, time.UTC)
+	if got, want := settleTime(at), time.Date(2026, 12, 6, 10, 0, 7, 20_000_000, time.UTC); !got.Equal(want) {
+		t.Errorf("settleTime(%v) = %v, want %v", at, got, want)
+	}
+}
+
 // TestLoginWaitsForTheRefresh: a login that comes while the kept
 // connection refreshes the listing waits for it and takes that
 // connection; a reload, which drops kept connections, stops a refresh at
@@ -109,13 +152,7 @@ func TestLoginWaitsForTheRefresh(t *testing.T) {
 			name = "reload"
 		}
 		t.Run(name, func(t *testing.T) {
-			e := newEnv(t, envOptions{})
-			e.deliver(alice, corpus...)
-			c := e.login("alice", localPassword)
-			if err := c.Quit(); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, func() bool { return e.proxy.idles.Load() == 1 })
+			e := idlingAfterOneSession(t)
 			e.deliver(alice, "Subject: new\r\n\r\nnew\r\n")
 			// The server's news gets through; its answer to the refresh
 			// does not, until the stall ends.
@@ -137,7 +174,7 @@ func TestLoginWaitsForTheRefresh(t *testing.T) {
 				waitFor(t, func() bool { return len(gatewayGoroutines(false)) == 0 })
 				return
 			}
-			c = e.dial()
+			c := e.dial()
 			logged := make(chan error, 1)
 			go func() { logged <- c.Login("alice", localPassword) }()
 			time.Sleep(100 * time.Millisecond)
