@@ -13,6 +13,7 @@ package dovecot
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -623,6 +624,41 @@ func (s *Instance) Deliver(user string, msgs ...[]byte) error {
 		if err := os.Rename(tmp, filepath.Join(md, "new", name)); err != nil {
 			return fmt.Errorf("dovecot: deliver: %w", err)
 		}
+	}
+	return nil
+}
+
+// LDA returns the path of Dovecot's local delivery agent, or "" when it
+// is missing.
+func LDA() string {
+	for _, p := range []string{"/usr/lib/dovecot/dovecot-lda", "/usr/libexec/dovecot/dovecot-lda"} {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("dovecot-lda"); err == nil {
+		return p
+	}
+	return ""
+}
+
+// DeliverLDA stores msg in user's INBOX through Dovecot's local delivery
+// agent, as an installation of Dovecot delivers mail (LDA or LMTP): the
+// index, the UID list and the cache are updated at delivery. Deliver
+// instead writes into Maildir/new behind Dovecot's back, as an MTA's own
+// maildir delivery does, and leaves that work to Dovecot's next reader.
+func (s *Instance) DeliverLDA(user string, msg []byte) error {
+	if err := s.checkUser(user); err != nil {
+		return err
+	}
+	lda := LDA()
+	if lda == "" {
+		return fmt.Errorf("dovecot: deliver: dovecot-lda: %w", ErrNotInstalled)
+	}
+	cmd := exec.Command(lda, "-c", s.confPath, "-d", user)
+	cmd.Stdin = bytes.NewReader(msg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("dovecot: deliver with dovecot-lda: %w: %s", err, bytes.TrimSpace(out))
 	}
 	return nil
 }

@@ -198,3 +198,27 @@ func TestLimits(t *testing.T) {
 		}
 	}
 }
+
+// TestDeliverLDA: a message delivered through Dovecot's LDA lands in the
+// INBOX beside one written into Maildir/new, and POP3 serves both. The
+// LDA's comes first: Dovecot numbers it at delivery, the other when a
+// session finds it.
+func TestDeliverLDA(t *testing.T) {
+	inst := start(t, dovecot.Options{Users: map[string]string{"lda": "pw"}})
+	if err := inst.Deliver("lda", []byte("Subject: dropped\r\n\r\none\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.DeliverLDA("lda", []byte("Subject: by LDA\n\ntwo\n")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := inst.Count("lda"); err != nil || n != 2 {
+		t.Fatalf("Count: %d, %v; want 2", n, err)
+	}
+	_, bodies := session(t, inst.POP3Addr(), "lda", "pw", true)
+	if len(bodies) != 2 || string(bodies[0]) != "Subject: by LDA\r\n\r\ntwo\r\n" || !bytes.Contains(bodies[1], []byte("dropped")) {
+		t.Fatalf("POP3 served %q", bodies)
+	}
+	if err := inst.DeliverLDA("nobody-here", []byte("x\n")); err == nil {
+		t.Error("DeliverLDA to an unknown user succeeded")
+	}
+}
