@@ -20,6 +20,16 @@ const selectInbox = `
 	S: {tag} OK [READ-WRITE] selected
 `
 
+// refreshInbox is how a connection that has INBOX selected learns its
+// state again (see upstream.Session.Refresh).
+const refreshInbox = `
+	C: {tag} NOOP
+	S: {tag} OK noop
+	C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+	S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
+	S: {tag} OK status
+`
+
 // TestThrottledFetchIsRetried: a server that answers a fetch with NO
 // [LIMIT] (RFC 5530) is asked again after a pause, on the same
 // connection, and the export completes.
@@ -32,15 +42,15 @@ func TestThrottledFetchIsRetried(t *testing.T) {
 		C: {tag} LIST "" "*"
 		S: * LIST () "/" INBOX
 		S: {tag} OK listed
-	`+selectInbox+`
+	`+refreshInbox+`
 		C: {tag} FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
 		S: * 1 FETCH (UID 1 FLAGS () RFC822.SIZE 12)
 		S: * 2 FETCH (UID 2 FLAGS (\Seen) RFC822.SIZE 12)
 		S: {tag} OK fetched
-	`+selectInbox+`
+	`+refreshInbox+`
 		C: {tag} UID FETCH 1:2 (UID BODY.PEEK[])
 		S: {tag} NO [LIMIT] Too many requests, slow down
-	`+selectInbox+`
+	`+refreshInbox+`
 		C: {tag} UID FETCH 1:2 (UID BODY.PEEK[])
 		S: * 1 FETCH (UID 1 BODY[] {12}
 		S: Subject: a
@@ -77,12 +87,12 @@ func TestNILBodyIsAFailure(t *testing.T) {
 		C: {tag} LIST "" "*"
 		S: * LIST () "/" INBOX
 		S: {tag} OK listed
-	`+selectInbox+`
+	`+refreshInbox+`
 		C: {tag} FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
 		S: * 1 FETCH (UID 1 FLAGS () RFC822.SIZE 12)
 		S: * 2 FETCH (UID 2 FLAGS () RFC822.SIZE 12)
 		S: {tag} OK fetched
-	`+selectInbox+`
+	`+refreshInbox+`
 		C: {tag} UID FETCH 1:2 (UID BODY.PEEK[])
 		S: * 1 FETCH (UID 1 BODY[] {12}
 		S: Subject: a
