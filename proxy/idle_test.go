@@ -309,6 +309,24 @@ func TestRefreshAfterIdle(t *testing.T) {
 			C: DONE
 			S: {tag} OK idle done
 		`, []int{2, 1}},
+		// RFC 3501 §6.3.10: a client should not ask STATUS of the
+		// selected mailbox; a server that refuses it has it selected
+		// again.
+		{"status refused", withIdle(loginAndList(100)) + `
+			C: {tag} IDLE
+			S: + idling
+			C: DONE
+			S: {tag} OK idle done
+			C: {tag} NOOP
+			S: {tag} OK noop
+			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+			S: {tag} NO not of the selected mailbox
+			C: {tag} SELECT INBOX
+			S: * 2 EXISTS
+			S: * OK [UIDVALIDITY 1] ok
+			S: * OK [UIDNEXT 3] ok
+			S: {tag} OK [READ-WRITE] selected
+		` + newFetch, nil},
 		{"status disagrees", withIdle(loginAndList(100)) + `
 			C: {tag} IDLE
 			S: + idling

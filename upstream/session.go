@@ -383,23 +383,26 @@ func (s *Session) refreshSelected(ctx context.Context) (_ Mailbox, ok bool, err 
 	// change while the three ran, STATUS is asked again, after them, and
 	// a change reported during that one too means the mailbox is selected
 	// again.
+	//
+	// A server that refuses STATUS on the selected mailbox (RFC 3501
+	// §6.3.10 said a client should not ask it) has the mailbox selected
+	// again.
 	before := s.reported.Load()
 	noop := s.client.Noop()
-	data, err := s.client.Status(s.mailbox, statusItems).Wait()
-	if nerr := noop.Wait(); err == nil && nerr != nil {
-		err = nerr
-	}
-	if werr := waitIdle(); err == nil && werr != nil {
-		err = werr
-	}
-	if err == nil && s.reported.Load() != before {
+	data, serr := s.client.Status(s.mailbox, statusItems).Wait()
+	err = errors.Join(noop.Wait(), waitIdle())
+	if err == nil && serr == nil && s.reported.Load() != before {
 		before = s.reported.Load()
-		data, err = s.client.Status(s.mailbox, statusItems).Wait()
-		if err == nil && s.reported.Load() != before {
+		data, serr = s.client.Status(s.mailbox, statusItems).Wait()
+		if serr == nil && s.reported.Load() != before {
 			return Mailbox{}, false, nil
 		}
 	}
-	if err != nil {
+	var refused *imap.Error
+	if err == nil && errors.As(serr, &refused) {
+		return Mailbox{}, false, nil
+	}
+	if err = cmp.Or(err, serr); err != nil {
 		return Mailbox{}, false, fmt.Errorf("upstream: status %q: %w", s.mailbox, err)
 	}
 	selected := s.client.Mailbox()
