@@ -76,12 +76,8 @@ func TestServerWithoutIdle(t *testing.T) {
 		C: {tag} NOOP
 		S: * 3 EXISTS
 		S: {tag} OK noop
-		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-		S: * STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 1)
-		S: {tag} OK status
-		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-		S: * STATUS INBOX (MESSAGES 3 UIDNEXT 4 UIDVALIDITY 1)
-		S: {tag} OK status
+		`+statusOf(3, 4)+`
+		`+statusOf(3, 4)+`
 		C: {tag} UID FETCH 3:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
 		S: * 3 FETCH (UID 3 FLAGS () RFC822.SIZE 120)
 		S: {tag} OK fetched
@@ -204,12 +200,8 @@ func TestRefreshSeesBalancedChange(t *testing.T) {
 				S: * 1 EXPUNGE
 				S: * 2 EXISTS
 				S: {tag} OK noop
-				C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-				S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
-				S: {tag} OK status
-				C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-				S: * STATUS INBOX (MESSAGES 2 UIDNEXT 4 UIDVALIDITY 1)
-				S: {tag} OK status
+				` + statusOf(2, 3) + `
+				` + statusOf(2, 4) + `
 				C: {tag} UID FETCH 3:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS ("Message-ID")])
 				S: * 2 FETCH (UID 3 FLAGS () RFC822.SIZE 300)
 				S: {tag} OK fetched
@@ -246,6 +238,15 @@ func TestRefreshSeesBalancedChange(t *testing.T) {
 	}
 }
 
+// statusOf is a STATUS of INBOX and the server's answer, in a dialogue.
+func statusOf(messages, uidNext int) string {
+	return fmt.Sprintf(`
+		C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
+		S: * STATUS INBOX (MESSAGES %d UIDNEXT %d UIDVALIDITY 1)
+		S: {tag} OK status
+	`, messages, uidNext)
+}
+
 // withIdle makes a scripted server offer IDLE.
 func withIdle(dialogue string) string {
 	return strings.ReplaceAll(dialogue, "UIDPLUS]", "UIDPLUS IDLE]")
@@ -277,9 +278,7 @@ func TestRefreshAfterIdle(t *testing.T) {
 			S: {tag} OK idle done
 			C: {tag} NOOP
 			S: {tag} OK noop
-			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
-			S: {tag} OK status
+			` + statusOf(2, 3) + `
 		` + newFetch, nil},
 		// A server may tell of another client's expunge only when asked
 		// (Dovecot, on a STATUS of the selected mailbox, answers from the
@@ -295,12 +294,8 @@ func TestRefreshAfterIdle(t *testing.T) {
 			C: {tag} NOOP
 			S: * 2 EXPUNGE
 			S: {tag} OK noop
-			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
-			S: {tag} OK status
-			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-			S: * STATUS INBOX (MESSAGES 1 UIDNEXT 3 UIDVALIDITY 1)
-			S: {tag} OK status
+			` + statusOf(2, 3) + `
+			` + statusOf(1, 3) + `
 			C: {tag} UID SEARCH UID 1:2
 			S: * SEARCH 1
 			S: {tag} OK searched
@@ -334,9 +329,7 @@ func TestRefreshAfterIdle(t *testing.T) {
 			S: {tag} OK idle done
 			C: {tag} NOOP
 			S: {tag} OK noop
-			C: {tag} STATUS INBOX (UIDNEXT MESSAGES UIDVALIDITY)
-			S: * STATUS INBOX (MESSAGES 2 UIDNEXT 3 UIDVALIDITY 1)
-			S: {tag} OK status
+			` + statusOf(2, 3) + `
 			C: {tag} SELECT INBOX
 			S: * 2 EXISTS
 			S: * OK [UIDVALIDITY 1] ok
