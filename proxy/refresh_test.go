@@ -125,7 +125,7 @@ func TestKeptConnectionSettlesAfterAChange(t *testing.T) {
 	if settled := time.Since(heard); settled < time.Second {
 		t.Errorf("the second refresh came %v after the change, want at least a second", settled)
 	}
-	time.Sleep(settleTime(time.Now()).Sub(time.Now()) + 500*time.Millisecond)
+	time.Sleep(time.Until(settleTime(time.Now())) + 500*time.Millisecond)
 	if n := e.proxy.idles.Load(); n != 3 {
 		t.Errorf("%d waits after the settling refresh, want 3", n)
 	}
