@@ -47,8 +47,9 @@ const waitAfter = time.Second
 // changed within its last clock second, and rescans the directory at the
 // first command once that second has passed (Dovecot's MAILDIR_SYNC_SECS,
 // 0.3 s at 200,000 messages). The second refresh has that command paid on
-// the kept connection, not by the poller's login; on any other store it
-// costs a NOOP and a STATUS.
+// the kept connection, not by the poller's login; on a server that is
+// not a maildir (only IMAP sessions wait for changes) it costs a NOOP and
+// a STATUS.
 const (
 	refreshAfter   = 100 * time.Millisecond
 	refreshTimeout = time.Minute
