@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestStatusField(t *testing.T) {
@@ -109,5 +110,25 @@ func TestLoadFailures(t *testing.T) {
 		if f := r.failures(); len(f) != 1 {
 			t.Errorf("%s: failures %q", name, f)
 		}
+	}
+}
+
+func TestSettleList(t *testing.T) {
+	var l settleList
+	if err := l.Set("0, 1.5s,3s"); err != nil || len(l) != 3 || l[1] != 1500*time.Millisecond || l.String() != "0s,1.5s,3s" {
+		t.Fatalf("Set: %v, %v", l, err)
+	}
+	for _, bad := range []string{"1s,1s", "-1s", "soon", ""} {
+		if err := l.Set(bad); err == nil {
+			t.Errorf("Set(%q) succeeded", bad)
+		}
+	}
+	b := &bench{settles: settleList(nil).or0()}
+	if got := b.changeRow("new", 200000, 0); got != "new-200k" {
+		t.Errorf("one wait: row %q, want new-200k", got)
+	}
+	b.settles = []time.Duration{0, 1500 * time.Millisecond}
+	if got := b.changeRow("drop", 10000, 1500*time.Millisecond); got != "drop-10k@1.5s" {
+		t.Errorf("two waits: row %q, want drop-10k@1.5s", got)
 	}
 }

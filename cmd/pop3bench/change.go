@@ -5,6 +5,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -40,11 +42,58 @@ func countLabel(n int) string {
 func (b *bench) changeRows() []string {
 	var rows []string
 	for _, n := range b.sz.changeMsgs {
-		for _, kind := range changeKinds {
-			rows = append(rows, kind+"-"+countLabel(n))
+		for _, settle := range b.settles {
+			for _, kind := range changeKinds {
+				rows = append(rows, b.changeRow(kind, n, settle))
+			}
 		}
 	}
 	return rows
+}
+
+// changeRow names the row of a change of kind on a mailbox of n messages,
+// timed settle after the change: new-200k, or new-200k@1.5s when the
+// bench measures more than one wait.
+func (b *bench) changeRow(kind string, n int, settle time.Duration) string {
+	row := kind + "-" + countLabel(n)
+	if len(b.settles) > 1 {
+		row += "@" + settle.String()
+	}
+	return row
+}
+
+// settleList is the -change-settle flag: waits, comma-separated.
+type settleList []time.Duration
+
+func (l *settleList) String() string {
+	var parts []string
+	for _, d := range *l {
+		parts = append(parts, d.String())
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *settleList) Set(v string) error {
+	*l = nil
+	for part := range strings.SplitSeq(v, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(part))
+		if err != nil {
+			return err
+		}
+		if d < 0 || slices.Contains(*l, d) {
+			return fmt.Errorf("%v: each wait once, none negative", d)
+		}
+		*l = append(*l, d)
+	}
+	return nil
+}
+
+// or0 is the waits, or the one wait 0 when none was given.
+func (l settleList) or0() []time.Duration {
+	if len(l) == 0 {
+		return []time.Duration{0}
+	}
+	return l
 }
 
 // changeKinds are the changes, in the order they are made and shown.
@@ -69,7 +118,7 @@ func (b *bench) change(ctx context.Context) error {
 	for i, n := range b.sz.changeMsgs {
 		user := changeUser(n)
 		count := n
-		extra := messages(uint64(100+i), b.rounds*len(b.targets)*2, changeSize)
+		extra := messages(uint64(100+i), b.rounds*len(b.targets)*len(b.settles)*2, changeSize)
 		for range b.rounds {
 			for _, t := range b.targets {
 				if t.name == "imapc" {
@@ -96,49 +145,57 @@ func (b *bench) change(ctx context.Context) error {
 						return err
 					}
 				}
-				for _, kind := range changeKinds {
-					st, err := session(ctx, t.addr(), user, false)
-					if err != nil {
-						return fmt.Errorf("%s: %w", t.name, err)
-					}
-					if err := check(t.name, st, count, -1); err != nil {
-						return err
-					}
-					switch kind {
-					case "new":
-						if err := b.dc.DeliverLDA(user, extra[0]); err != nil {
+				for _, settle := range b.settles {
+					for _, kind := range changeKinds {
+						if err := b.timeChange(ctx, t, user, kind, n, settle, &count, &extra); err != nil {
 							return err
 						}
-						extra = extra[1:]
-						count++
-					case "drop":
-						if err := b.dc.Deliver(user, extra[0]); err != nil {
-							return err
-						}
-						extra = extra[1:]
-						count++
-					default:
-						if err := imapRun(ctx, b.dc.IMAPAddr(), user, "STORE 1 +FLAGS.SILENT (\\Deleted)", "EXPUNGE"); err != nil {
-							return fmt.Errorf("expunging: %w", err)
-						}
-						count--
 					}
-					if b.settle > 0 {
-						time.Sleep(b.settle)
-					}
-					start := time.Now()
-					st, err = session(ctx, t.addr(), user, false)
-					if err != nil {
-						return fmt.Errorf("%s: %w", t.name, err)
-					}
-					d := time.Since(start)
-					if err := check(t.name, st, count, -1); err != nil {
-						return err
-					}
-					b.record(kind+"-"+countLabel(n), t.name, d)
 				}
 			}
 		}
 	}
+	return nil
+}
+
+// timeChange makes one change of kind on user's mailbox of n messages,
+// count before it, after an untimed session, and times t's next session
+// settle after the change; each message delivered is taken from extra.
+func (b *bench) timeChange(ctx context.Context, t target, user, kind string, n int, settle time.Duration, count *int, extra *[][]byte) error {
+	st, err := session(ctx, t.addr(), user, false)
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.name, err)
+	}
+	if err := check(t.name, st, *count, -1); err != nil {
+		return err
+	}
+	switch kind {
+	case "new", "drop":
+		deliver := b.dc.DeliverLDA
+		if kind == "drop" {
+			deliver = func(user string, msg []byte) error { return b.dc.Deliver(user, msg) }
+		}
+		if err := deliver(user, (*extra)[0]); err != nil {
+			return err
+		}
+		*extra = (*extra)[1:]
+		*count++
+	default:
+		if err := imapRun(ctx, b.dc.IMAPAddr(), user, "STORE 1 +FLAGS.SILENT (\\Deleted)", "EXPUNGE"); err != nil {
+			return fmt.Errorf("expunging: %w", err)
+		}
+		*count--
+	}
+	time.Sleep(settle)
+	start := time.Now()
+	st, err = session(ctx, t.addr(), user, false)
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.name, err)
+	}
+	d := time.Since(start)
+	if err := check(t.name, st, *count, -1); err != nil {
+		return err
+	}
+	b.record(b.changeRow(kind, n, settle), t.name, d)
 	return nil
 }

@@ -119,7 +119,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	keep := fs.Bool("keep", false, "keep the temporary directories (configs, logs, maildirs)")
 	defaults := fs.Bool("dovecot-defaults", false, "run Dovecot with its default process model (a new process per connection and per session) instead of reusing processes")
 	changeBig := fs.Bool("change-big", false, "the change workload also on a mailbox of 200,000 messages (writing and indexing it takes a few minutes)")
-	settle := fs.Duration("change-settle", 0, "the change workload waits this long between a change and the timed session")
+	var settles settleList
+	fs.Var(&settles, "change-settle", "the change workload waits this long between a change and the timed session; a comma-separated list measures each wait, in rows named kind-N@wait")
 	cpuprofile := fs.String("cpuprofile", "", "write the gateway's CPU profile per workload to FILE.<workload>")
 	var lo loadOptions
 	fs.DurationVar(&lo.duration, "load-duration", time.Minute, "how long the load workload runs")
@@ -196,7 +197,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		keep:       *keep,
 		reuse:      !*defaults,
 		cpuprofile: *cpuprofile,
-		settle:     *settle,
+		settles:    settles.or0(),
 		loadOpts:   lo,
 		log:        stderr,
 		results:    map[string]map[string]time.Duration{},
@@ -232,7 +233,7 @@ type bench struct {
 	keep       bool
 	reuse      bool // dovecot.Options.ReuseProcesses
 	cpuprofile string
-	settle     time.Duration // between a change and the timed session
+	settles    []time.Duration // between a change and the timed session
 	loadOpts   loadOptions
 	log        io.Writer
 

@@ -24,7 +24,7 @@ func (b *bench) describe(w string) string {
 	case "big":
 		return fmt.Sprintf("1 session: login, UIDL, RETR of one %d MiB message, QUIT", sz.bigSize>>20)
 	case "change":
-		return "after one new message delivered by Dovecot's LDA (new-N) or written into Maildir/new by another program (drop-N), or one expunged by another IMAP client (expunge-N), on a mailbox of N messages of 1 KiB: 1 session: login, UIDL, QUIT; gateway and direct only"
+		return "after one new message delivered by Dovecot's LDA (new-N) or written into Maildir/new by another program (drop-N), or one expunged by another IMAP client (expunge-N), on a mailbox of N messages of 1 KiB (@D: the session D after the change): 1 session: login, UIDL, QUIT; gateway and direct only"
 	case "concurrent":
 		return fmt.Sprintf("%d mailboxes at once, %d sessions each one after another: login, UIDL, RETR %d × %d KiB, QUIT",
 			sz.concMailboxes, sz.concSessions, sz.concMsgs, sz.concSize>>10)
