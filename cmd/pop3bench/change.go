@@ -18,15 +18,15 @@ import (
 // and written into Maildir/new by another program (drop-N), as an MTA's
 // own maildir delivery does, which leaves Dovecot's next reader to take
 // the file in (its first access to the new file reads the whole UID list,
-// 0.3 s at 200,000 messages, for pop3d as for the gateway). Each timed session on a target follows
-// an untimed one on that target and the change, so every target sees
-// exactly one change since its last session, as a poller would; with
-// -change-settle the change is that much older when the session starts,
-// as for a poller whose mail arrived a while before its poll. The
-// gateway is restarted before each other target's sessions, so its kept
-// connection, idling on the mailbox, does not do their work. imapc is
-// left out: its listing of a large mailbox takes long and it is not what
-// the rows compare.
+// 0.3 s at 200,000 messages, for pop3d as for the gateway). Each timed
+// session on a target follows an untimed one on that target and the
+// change, so every target sees exactly one change since its last session,
+// as a poller would; with -change-settle the change is that much older
+// when the session starts, as for a poller whose mail arrived a while
+// before its poll. The gateway is restarted before each other target's
+// sessions, so its kept connection, idling on the mailbox, does not do
+// their work. imapc is left out: its listing of a large mailbox takes
+// long and it is not what the rows compare.
 
 func changeUser(msgs int) string { return "change" + countLabel(msgs) }
 
