@@ -286,14 +286,6 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		if withUIDLs && last.content > 0 {
 			snap.counted, snap.countedBytes = len(last.entries), last.content
 		}
-	case stays == nil:
-		snap.entries = append(make([]listedEntry, 0, roomFor(n)), last.entries...)
-		snap.ids = append(make([]string, 0, roomFor(n)), last.ids...)
-		if withUIDLs {
-			snap.uidls = append(make([]string, 0, roomFor(n)), last.uidls...)
-			snap.hidden = append(make([]bool, 0, roomFor(n)), last.hidden...)
-		}
-		snap.ext = newExtent(n)
 	default:
 		snap.entries = make([]listedEntry, 0, roomFor(n))
 		snap.ids = make([]string, 0, roomFor(n))
@@ -302,15 +294,17 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 			snap.hidden = make([]bool, 0, roomFor(n))
 		}
 		snap.ext = newExtent(n)
-		// Copied a run of messages that stay at a time.
+		// Copied a run of messages that stay at a time: all of them, when
+		// none went.
+		stay := func(i int) bool { return stays == nil || stays[i] }
 		for i := 0; i < len(last.entries); {
-			if !stays[i] {
+			if !stay(i) {
 				recount[identityBase(last.ids[i])] = 0
 				i++
 				continue
 			}
 			end := i + 1
-			for end < len(last.entries) && stays[end] {
+			for end < len(last.entries) && stay(end) {
 				end++
 			}
 			snap.entries = append(snap.entries, last.entries[i:end]...)

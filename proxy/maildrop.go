@@ -92,24 +92,23 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		return !entries[i].Deleted && !hidden[i] && (len(deleting) == 0 || !deleting[entries[i].ID])
 	}
 	m.entries, m.ids = entries, ids
-	for i := range entries {
-		if !listed(i) {
-			m.entries, m.ids = make([]listedEntry, 0, len(entries)), make([]string, 0, len(entries))
-			for i := range entries {
-				if listed(i) {
-					m.entries, m.ids = append(m.entries, entries[i]), append(m.ids, ids[i])
-				}
-			}
-			break
-		}
-	}
+	shared := true // m.entries and m.ids are the listing's
 	// The sizes the cache recorded are asked for message by message only
 	// if it has any for this mailbox: a poller that only lists a large
 	// mailbox costs no lookup per message.
 	exact := g.cache.HasSizes(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch})
 	for i, e := range entries {
-		if !listed(i) {
+		switch {
+		case !listed(i):
+			if shared {
+				// Every message before this one is listed.
+				m.entries = append(make([]listedEntry, 0, len(entries)), entries[:i]...)
+				m.ids = append(make([]string, 0, len(entries)), ids[:i]...)
+				shared = false
+			}
 			continue
+		case !shared:
+			m.entries, m.ids = append(m.entries, e), append(m.ids, ids[i])
 		}
 		size := e.Size
 		if exact {

@@ -222,7 +222,9 @@ func (p *pool) refreshListing(e *pooled) {
 	changed := e.heard
 	e.heard = time.Time{}
 	e.rmu.Unlock()
-	start := time.Now()
+	if changed.IsZero() {
+		changed = time.Now()
+	}
 	before := e.sess.Selected().State
 	err := p.refresh(ctx, e.maildrop, e.acct, e.sess)
 	cancel()
@@ -230,9 +232,6 @@ func (p *pool) refreshListing(e *pooled) {
 	// this refresh has the store settle (see settleTime).
 	e.rmu.Lock()
 	e.scheduled = nil
-	if changed.IsZero() {
-		changed = start
-	}
 	if err == nil && !e.stopped && e.sess.Selected().State != before {
 		p.schedule(e, time.Until(settleTime(changed)))
 	}
