@@ -1,6 +1,7 @@
 package submission
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -121,7 +122,7 @@ type Server struct {
 func (s *Server) init() {
 	s.once.Do(func() {
 		s.smtp = smtp.NewServer(backend{s})
-		s.smtp.Domain = cmpOr(s.Domain, "localhost")
+		s.smtp.Domain = cmp.Or(s.Domain, "localhost")
 		s.smtp.TLSConfig = s.TLSConfig
 		// The door decides who may AUTH without TLS (authAllowed): go-smtp
 		// would refuse loopback too.

@@ -2,6 +2,7 @@ package submission
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -181,7 +182,7 @@ func (u *Upstream) connect(ctx context.Context) (*upstreamConn, error) {
 	defer stop()
 	nc := &deadlineConn{Conn: raw, timeout: u.timeout()}
 	tlsConfig := u.tlsConfig()
-	localName := cmpOr(u.LocalName, "localhost")
+	localName := cmp.Or(u.LocalName, "localhost")
 	var c *smtp.Client
 	var wire io.Writer = nc
 	switch u.Security {
@@ -285,13 +286,6 @@ func (u *Upstream) tlsConfig() *tls.Config {
 		c.ServerName = host
 	}
 	return c
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // deadlineConn gives every read and write the upstream's timeout, so a

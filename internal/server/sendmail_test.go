@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -279,7 +280,7 @@ func TestRelayThroughGraphSendMail(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup()
 			}
-			from, to, m := cmpOr(tc.from, sendmailUser), tc.to, tc.msg
+			from, to, m := cmp.Or(tc.from, sendmailUser), tc.to, tc.msg
 			if to == nil {
 				to = []string{"alex@contoso.example"}
 			}
@@ -350,13 +351,6 @@ func sendMailPosts(d *graphdouble.Server) int {
 		}
 	}
 	return n
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // TestCheckSendMail: `gateway check` asks Graph for each user whose mail
