@@ -93,15 +93,21 @@ func (m *mailbox) server() *upstream.Server {
 
 // opener logs in to the Dovecot account, counting the sessions.
 func (m *mailbox) opener(logins *int) Opener {
+	return openerFor(m.server(), user, pass, logins)
+}
+
+// openerFor logs in to srv as name and selects the mailbox asked for,
+// counting the sessions in logins unless it is nil.
+func openerFor(srv *upstream.Server, name, password string, logins *int) Opener {
 	return func(ctx context.Context, mailbox string) (proxy.Session, error) {
 		if logins != nil {
 			*logins++
 		}
-		s, err := upstream.Dial(ctx, m.server())
+		s, err := upstream.Dial(ctx, srv)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.Login(ctx, user, pass); err != nil {
+		if err := s.Login(ctx, name, password); err != nil {
 			s.Close()
 			return nil, err
 		}

@@ -2,7 +2,6 @@ package export
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 
 	"github.com/pop3gw/gateway/internal/testkit/faultproxy"
 	"github.com/pop3gw/gateway/internal/testkit/leakcheck"
-	"github.com/pop3gw/gateway/proxy"
-	"github.com/pop3gw/gateway/upstream"
 )
 
 // The export's fault matrix, for the faults a run cannot see coming. A
@@ -65,21 +62,9 @@ func cutBigMessage(p *faultproxy.Proxy, times int) {
 
 // openerAt logs in to the Dovecot account through addr.
 func (m *mailbox) openerAt(addr string) Opener {
-	return func(ctx context.Context, mailbox string) (proxy.Session, error) {
-		s, err := upstream.Dial(ctx, &upstream.Server{Address: addr, Security: upstream.SecurityNone, Timeout: 30 * time.Second})
-		if err != nil {
-			return nil, err
-		}
-		if err := s.Login(ctx, user, pass); err != nil {
-			s.Close()
-			return nil, err
-		}
-		if _, err := s.Select(ctx, mailbox); err != nil {
-			s.Close()
-			return nil, err
-		}
-		return s, nil
-	}
+	srv := m.server()
+	srv.Address = addr
+	return openerFor(srv, user, pass, nil)
 }
 
 // exportedFiles reads what an export left in dir, by UIDL, in the form

@@ -1,14 +1,12 @@
 package export
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/pop3gw/gateway/internal/testkit/imapscript"
-	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -127,19 +125,5 @@ func TestNILBodyIsAFailure(t *testing.T) {
 
 // scriptOpener logs in to a scripted server as u/p.
 func scriptOpener(srv *imapscript.Server) Opener {
-	return func(ctx context.Context, mailbox string) (proxy.Session, error) {
-		s, err := upstream.Dial(ctx, &upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: 10 * time.Second})
-		if err != nil {
-			return nil, err
-		}
-		if err := s.Login(ctx, "u", "p"); err != nil {
-			s.Close()
-			return nil, err
-		}
-		if _, err := s.Select(ctx, mailbox); err != nil {
-			s.Close()
-			return nil, err
-		}
-		return s, nil
-	}
+	return openerFor(&upstream.Server{Address: srv.Addr(), Security: upstream.SecurityNone, Timeout: 10 * time.Second}, "u", "p", nil)
 }
