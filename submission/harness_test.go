@@ -276,6 +276,23 @@ func (c *rawClient) expect(prefix string) string {
 	return got
 }
 
+// drip sends body in eight pieces idle/2 apart, then the end of the data,
+// and expects 250: a DATA longer than several idle timeouts, each silence
+// shorter than one.
+func (c *rawClient) drip(body string, idle time.Duration) {
+	c.t.Helper()
+	start := time.Now()
+	for i := 0; i < len(body); i += len(body) / 8 {
+		io.WriteString(c.nc, body[i:min(i+len(body)/8, len(body))])
+		time.Sleep(idle / 2)
+	}
+	io.WriteString(c.nc, "\r\n.\r\n")
+	c.expect("250 ")
+	if d := time.Since(start); d < 3*idle {
+		c.t.Fatalf("DATA took %v, not several idle timeouts: the test proves nothing", d)
+	}
+}
+
 func (c *rawClient) cmd(line, prefix string) string {
 	c.t.Helper()
 	fmt.Fprintf(c.nc, "%s\r\n", line)
