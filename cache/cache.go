@@ -1,7 +1,7 @@
 // Package cache keeps message bodies in memory, bounded in bytes, so a
 // message read twice is fetched from the upstream server once. It also
-// remembers the exact sizes of messages it has seen, which outlive the
-// bodies and are small. Its Budget bounds what is held outside it.
+// remembers the exact sizes of messages that the store lists otherwise,
+// which outlive the bodies and are small. Its Budget bounds what is held outside it.
 package cache
 
 import (
@@ -202,7 +202,6 @@ func (c *Cache) AddHeld(k Key, body []byte) (release func()) {
 
 func (c *Cache) add(k Key, body []byte, hold bool) *entry {
 	size := int64(len(body))
-	c.SetSize(k, size)
 	if size > c.maxMessage {
 		return nil
 	}
@@ -236,7 +235,9 @@ func (c *Cache) add(k Key, body []byte, hold bool) *entry {
 	return e
 }
 
-// SetSize records the exact size of a message.
+// SetSize records the exact size of a message. A body added is not its
+// size recorded: only a size that the listing would give wrong is worth
+// a lookup at every login (HasSizes).
 func (c *Cache) SetSize(k Key, size int64) {
 	c.mu.Lock()
 	if !c.sizes.Contains(k) {

@@ -34,11 +34,23 @@ func TestBoundedInBytes(t *testing.T) {
 	}
 }
 
-func TestCeilingKeepsSize(t *testing.T) {
+// TestSizeOutlivesBody: a body over max_message is not kept, and a body
+// kept is not its size recorded; a size recorded by SetSize is kept
+// either way.
+func TestSizeOutlivesBody(t *testing.T) {
 	c := New(100, 40)
 	if c.Add(key(1), make([]byte, 41)) {
 		t.Fatal("a body over max_message was kept")
 	}
+	if !c.Add(key(2), make([]byte, 30)) {
+		t.Fatal("a body under max_message was not kept")
+	}
+	for _, k := range []Key{key(1), key(2)} {
+		if n, ok := c.Size(k); ok {
+			t.Errorf("Size(%v) = %d, recorded by Add", k, n)
+		}
+	}
+	c.SetSize(key(1), 41)
 	if n, ok := c.Size(key(1)); !ok || n != 41 {
 		t.Fatalf("Size = %d, %v; want 41, true", n, ok)
 	}
@@ -308,7 +320,7 @@ func (c *Cache) listedBytes() int64 {
 }
 
 // TestHasSizes: a mailbox version has sizes recorded once one of its
-// messages has, from Add or SetSize, and none once they are all evicted
+// messages has, by SetSize (not by Add), and none once they are all evicted
 // from the table of sizes; another mailbox, or another epoch of the same
 // one, has its own.
 func TestHasSizes(t *testing.T) {
@@ -319,9 +331,13 @@ func TestHasSizes(t *testing.T) {
 	}
 	k.ID = "1"
 	c.Add(k, []byte("body"))
+	if c.HasSizes(k) {
+		t.Fatal("sizes recorded for the mailbox by Add")
+	}
+	c.SetSize(k, 4)
 	c.SetSize(k, 4) // the same message again: still one
 	if !c.HasSizes(Key{Account: "a", Mailbox: "INBOX", Epoch: "1", ID: "other"}) {
-		t.Fatal("no sizes recorded for the mailbox after Add")
+		t.Fatal("no sizes recorded for the mailbox after SetSize")
 	}
 	for _, other := range []Key{{Account: "a", Mailbox: "INBOX", Epoch: "2"}, {Account: "b", Mailbox: "INBOX", Epoch: "1"}, {Account: "a", Mailbox: "Other", Epoch: "1"}} {
 		if c.HasSizes(other) {

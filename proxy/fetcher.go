@@ -158,6 +158,7 @@ func (f *fetcher) start(i int, handOff bool) bool {
 				res.n = 0
 			} else {
 				m.g.cache.Add(keys[id], data)
+				m.recordSize(j, int64(len(data)))
 			}
 			delete(index, id)
 			close(ready[j])

@@ -233,6 +233,7 @@ func (m *maildrop) serveWhole(i int, body []byte, res *reservation, ahead bool) 
 		res.release()
 		release = held
 	}
+	m.recordSize(i, int64(len(body)))
 	m.setSize(i, int64(len(body)))
 	if ahead {
 		m.ahead.start(i+1, false)
@@ -333,6 +334,7 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
 		if whole && int64(len(body)) <= limit {
 			m.g.cache.Add(m.key(i), body)
+			m.recordSize(i, int64(len(body)))
 		}
 		if whole || pop3.TopComplete(body, lines) {
 			return io.NopCloser(bytes.NewReader(body)), nil
@@ -411,6 +413,17 @@ func (m *maildrop) cached(i int, ahead bool) (io.ReadCloser, bool) {
 	return heldReader{bytes.NewReader(body), func() error { release(); return nil }}, true
 }
 
+// recordSize keeps message i's exact size n for the listings to come
+// (cache.SetSize), if the store lists the message otherwise. A size the
+// store has right is not kept: a login then looks up no size per message
+// in a mailbox whose listed sizes all hold (cache.HasSizes), however many
+// of its messages were read before. Safe from any goroutine.
+func (m *maildrop) recordSize(i int, n int64) {
+	if n != m.entries[i].Size {
+		m.g.cache.SetSize(m.key(i), n)
+	}
+}
+
 // setSize records the exact size of message i, which Open and OpenTop
 // return from then on.
 func (m *maildrop) setSize(i int, size int64) {
@@ -457,7 +470,7 @@ func (r *messageReader) Read(p []byte) (int, error) {
 // finish records what a complete read learned: the exact size and, if it
 // fits, the body.
 func (r *messageReader) finish() {
-	r.m.g.cache.SetSize(r.m.key(r.i), r.n)
+	r.m.recordSize(r.i, r.n)
 	r.m.setSize(r.i, r.n)
 }
 

@@ -67,7 +67,7 @@ func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, e
 			}
 			n += rest
 		}
-		m.g.cache.SetSize(m.key(i), n)
+		m.recordSize(i, n)
 		sizes[i] = n
 		delete(index, id)
 		return nil
@@ -106,7 +106,7 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 		for j, i := range unknown {
 			if sizes[j] >= 0 {
 				found(i, sizes[j])
-				m.g.cache.SetSize(m.key(i), sizes[j])
+				m.recordSize(i, sizes[j])
 			} else {
 				left = append(left, i)
 			}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ import (
 // gateway's work and the UIDL reply's octets.
 func BenchmarkPollAfterChange(b *testing.B) {
 	for _, n := range []int{10_000, 200_000} {
-		for _, kind := range []string{"new", "expunge"} {
+		for _, kind := range []string{"new", "expunge", "fetched"} {
 			b.Run(fmt.Sprintf("%s-%dk", kind, n/1000), func(b *testing.B) {
 				benchPollAfterChange(b, n, kind)
 			})
@@ -73,6 +74,15 @@ func benchPollAfterChange(b *testing.B, n int, kind string) {
 		if _, err := c.DiscardMulti(); err != nil {
 			b.Fatal(err)
 		}
+		if kind == "fetched" {
+			count, _, err := c.Stat()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Retr(count); err != nil {
+				b.Fatal(err)
+			}
+		}
 		if err := c.Quit(); err != nil {
 			b.Fatal(err)
 		}
@@ -80,7 +90,7 @@ func benchPollAfterChange(b *testing.B, n int, kind string) {
 	poll()
 	for b.Loop() {
 		b.StopTimer()
-		if kind == "new" {
+		if kind != "expunge" {
 			store.add()
 		} else {
 			store.expunge()
@@ -204,8 +214,11 @@ func parseUIDState(state string) (next, count uint32, ok bool) {
 }
 
 func (c *uidSession) Open(context.Context, upstream.ID, int64, int64) (io.ReadCloser, error) {
-	return nil, upstream.ErrMessageGone
+	return io.NopCloser(strings.NewReader(benchBody)), nil
 }
+
+// benchBody is every message of a uidStore, of the size it lists.
+var benchBody = "Subject: bench\r\n\r\n" + strings.Repeat("x", 1100-20) + "\r\n"
 
 func (c *uidSession) DeleteJournaled(context.Context, []upstream.ID, upstream.DeleteMode, string, func() error) error {
 	return nil

@@ -427,6 +427,39 @@ func TestWrongUpstreamSizeIsCorrected(t *testing.T) {
 	}
 }
 
+// hasSizes tells whether the cache records an exact size for any message
+// of the upstream user's INBOX on "mem", in the epoch last listed.
+func (e *env) hasSizes(user string) bool {
+	e.t.Helper()
+	last := e.gw.snaps.last("mem/" + user + "\x00INBOX")
+	if last == nil {
+		e.t.Fatalf("no listing remembered for %s", user)
+	}
+	return e.cache.HasSizes(cache.Key{Account: "mem/" + user, Mailbox: "INBOX", Epoch: last.state.Epoch})
+}
+
+// TestRightUpstreamSizeIsNotRecorded: a message read whole whose size the
+// server lists right leaves no size in the cache, so the logins after it
+// look up no size per message; one listed wrong does.
+func TestRightUpstreamSizeIsNotRecorded(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	e.deliver("alice@example.com", corpus[0], corpus[1])
+	c := e.login("alice", localPassword)
+	must[[]byte](t)(c.Retr(1))
+	must[[]byte](t)(c.Top(2, 0))
+	c.Quit()
+	if e.hasSizes("alice@example.com") {
+		t.Fatal("sizes the server lists right were recorded")
+	}
+	e.deliver("alice@example.com", "Subject: lf\n\nbare LF")
+	c = e.login("alice", localPassword)
+	must[[]byte](t)(c.Retr(3))
+	c.Quit()
+	if !e.hasSizes("alice@example.com") {
+		t.Fatal("the exact size of a message listed wrong was not recorded")
+	}
+}
+
 func TestDeleteModes(t *testing.T) {
 	for _, mode := range []upstream.DeleteMode{upstream.DeleteExpunge, upstream.DeleteTrash, upstream.DeleteSeen, upstream.DeleteKeep} {
 		t.Run(string(mode), func(t *testing.T) {
