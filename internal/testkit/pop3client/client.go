@@ -189,23 +189,47 @@ type Entry struct {
 }
 
 func (c *Client) listing(cmd string) ([]Entry, error) {
-	_, body, err := c.Multi(cmd)
-	if err != nil {
+	if _, err := c.OK(cmd); err != nil {
 		return nil, err
 	}
+	// Line by line, as a client of a large mailbox reads it: a listing
+	// of 200,000 messages is not copied whole before it is parsed.
 	var out []Entry
-	for _, line := range strings.Split(strings.TrimSuffix(string(body), "\r\n"), "\r\n") {
-		if line == "" {
+	for {
+		line, err := c.r.ReadSlice('\n')
+		if err != nil {
+			return out, fmt.Errorf("pop3client: %s listing cut short: %w", cmd, err)
+		}
+		if string(line) == ".\r\n" {
+			return out, nil
+		}
+		line = bytes.TrimSuffix(line, []byte("\r\n"))
+		line = bytes.TrimPrefix(line, []byte(".")) // dot-stuffed
+		if len(line) == 0 {
 			continue
 		}
-		num, value, _ := strings.Cut(line, " ")
-		n, err := strconv.Atoi(num)
-		if err != nil {
-			return nil, fmt.Errorf("pop3client: %s line %q", cmd, line)
+		num, value, _ := bytes.Cut(line, []byte(" "))
+		n, ok := atoi(num)
+		if !ok {
+			return out, fmt.Errorf("pop3client: %s line %q", cmd, line)
 		}
-		out = append(out, Entry{n, value})
+		out = append(out, Entry{n, string(value)})
 	}
-	return out, nil
+}
+
+// atoi parses a message number without making a string of it.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 9 {
+		return 0, false
+	}
+	n := 0
+	for _, d := range b {
+		if d < '0' || d > '9' {
+			return 0, false
+		}
+		n = n*10 + int(d-'0')
+	}
+	return n, true
 }
 
 // List returns the sizes by message number.
