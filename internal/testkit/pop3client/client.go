@@ -192,38 +192,42 @@ func (c *Client) listing(cmd string) ([]Entry, error) {
 	if _, err := c.OK(cmd); err != nil {
 		return nil, err
 	}
-	// Line by line, as a client of a large mailbox reads it: a listing
-	// of 200,000 messages is not copied whole before it is parsed.
-	var out []Entry
-	for {
-		line, err := c.r.ReadSlice('\n')
-		if err != nil {
-			return out, fmt.Errorf("pop3client: %s listing cut short: %w", cmd, err)
+	raw, err := c.RawMulti()
+	if err != nil {
+		return nil, err
+	}
+	// One string holds the whole listing and the values are slices of
+	// it, as a client of a large mailbox would keep them: 200,000 UIDL
+	// lines cost two allocations, not one per line.
+	body := string(raw)
+	out := make([]Entry, 0, strings.Count(body, "\n"))
+	for body != "" {
+		line, rest, ok := strings.Cut(body, "\r\n")
+		if !ok {
+			return out, fmt.Errorf("pop3client: %s line %q without CRLF", cmd, line)
 		}
-		if string(line) == ".\r\n" {
-			return out, nil
-		}
-		line = bytes.TrimSuffix(line, []byte("\r\n"))
-		line = bytes.TrimPrefix(line, []byte(".")) // dot-stuffed
-		if len(line) == 0 {
+		body = rest
+		line = strings.TrimPrefix(line, ".") // dot-stuffed
+		if line == "" {
 			continue
 		}
-		num, value, _ := bytes.Cut(line, []byte(" "))
+		num, value, _ := strings.Cut(line, " ")
 		n, ok := atoi(num)
 		if !ok {
 			return out, fmt.Errorf("pop3client: %s line %q", cmd, line)
 		}
-		out = append(out, Entry{n, string(value)})
+		out = append(out, Entry{n, value})
 	}
+	return out, nil
 }
 
-// atoi parses a message number without making a string of it.
-func atoi(b []byte) (int, bool) {
-	if len(b) == 0 || len(b) > 9 {
+// atoi parses a message number.
+func atoi(s string) (int, bool) {
+	if s == "" || len(s) > 9 {
 		return 0, false
 	}
 	n := 0
-	for _, d := range b {
+	for _, d := range []byte(s) {
 		if d < '0' || d > '9' {
 			return 0, false
 		}
