@@ -106,10 +106,11 @@ func (c *conn) listing(arg string, header func(count int) string, value func([]b
 	}
 	c.ok(header(count))
 	var line []byte
+	num := []byte{'0'} // message i+1's number, counted up digit by digit
 	for i, m := range msgs {
+		num = nextNumber(num)
 		if !c.deleted[i] {
-			line = strconv.AppendInt(line[:0], int64(i+1), 10)
-			line = append(line, ' ')
+			line = append(append(line[:0], num...), ' ')
 			line = value(line, m)
 			line = append(line, '\r', '\n')
 			c.bw.Write(line)
@@ -117,6 +118,20 @@ func (c *conn) listing(arg string, header func(count int) string, value func([]b
 	}
 	c.line(".")
 	return nil
+}
+
+// nextNumber adds one to the decimal number d, in place unless it gains
+// a digit: a listing's numbers follow each other, and counting up costs
+// less than formatting each of them.
+func nextNumber(d []byte) []byte {
+	for i := len(d) - 1; i >= 0; i-- {
+		if d[i] < '9' {
+			d[i]++
+			return d
+		}
+		d[i] = '0'
+	}
+	return append([]byte{'1'}, d...)
 }
 
 func (c *conn) retr(arg string) error {
