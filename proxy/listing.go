@@ -64,8 +64,8 @@ func (g *Gateway) listing(ctx context.Context, sess Session, maildrop string, lo
 // messages or hidden set meanwhile (snapshots.generation). Only a
 // listing that costs what changed is made: with no listing remembered
 // with its UIDLs in the same epoch, or a state store shared with other
-// processes (asked for every message at each login), the refresh alone
-// is done, which lets the store do its part (Dovecot's rescan).
+// processes (which may write it between sessions), the refresh alone is
+// done, which lets the store do its part (Dovecot's rescan).
 func (g *Gateway) prelist(ctx context.Context, maildrop string, acct *account, sess Session) error {
 	since := g.snaps.generation()
 	if _, err := sess.Refresh(ctx); err != nil {
@@ -88,16 +88,16 @@ func (g *Gateway) prelist(ctx context.Context, maildrop string, acct *account, s
 func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop string, log *slog.Logger, since uint64) (listed, error) {
 	state := sess.Selected()
 	last := g.snaps.last(maildrop)
-	_, shared := g.state.(SharedStateStore)
+	shared := g.askAll(ctx, maildrop, last, log)
 	if last != nil && state.State != "" && last.state == state {
 		if last.uidls != nil && !shared {
 			return listed{last, last.uidls, last.hidden}, nil
 		}
 		snap := &snapshot{state: state, entries: last.entries, ids: last.ids, ext: last.ext}
-		return g.assign(ctx, maildrop, snap, nil, shared, since)
+		return g.assign(ctx, maildrop, snap, nil, since)
 	}
 	if snap, changed := g.merged(ctx, sess, last, shared, log); snap != nil {
-		return g.assign(ctx, maildrop, snap, changed, shared, since)
+		return g.assign(ctx, maildrop, snap, changed, since)
 	}
 	entries, err := sess.Snapshot(ctx)
 	if err != nil {
@@ -113,7 +113,46 @@ func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop strin
 	if err := g.adopt(ctx, maildrop, ids, previous); err != nil {
 		return listed{}, err
 	}
-	return g.assign(ctx, maildrop, snap, nil, shared, since)
+	return g.assign(ctx, maildrop, snap, nil, since)
+}
+
+// askAll tells whether the state store must be asked for every message
+// of the maildrop, its answers remembered with last not to be trusted: a
+// store that other processes write too, unless it is a GenerationStore
+// whose generation is the one last was stamped with.
+func (g *Gateway) askAll(ctx context.Context, maildrop string, last *snapshot, log *slog.Logger) bool {
+	if _, shared := g.state.(SharedStateStore); !shared {
+		return false
+	}
+	gs, ok := g.state.(GenerationStore)
+	if !ok || last == nil || last.uidls == nil || last.gen == "" {
+		return true
+	}
+	gen, err := gs.Generation(ctx, maildrop)
+	if err != nil {
+		log.Warn("reading the state store's generation failed; asking it for every message", "err", err)
+		return true
+	}
+	return gen != last.gen
+}
+
+// stamp marks snap's answers with the state store's generation after the
+// gateway's own writes, for a GenerationStore; for another store shared
+// with other processes, or when the generation cannot be read, it drops
+// them, so the next login asks for every message again. The maildrop's
+// lock keeps other processes from writing its state meanwhile.
+func (g *Gateway) stamp(ctx context.Context, maildrop string, snap *snapshot) {
+	if _, shared := g.state.(SharedStateStore); !shared {
+		return
+	}
+	gen := ""
+	if gs, ok := g.state.(GenerationStore); ok {
+		gen, _ = gs.Generation(ctx, maildrop)
+	}
+	if gen == "" {
+		snap.uidls, snap.hidden = nil, nil
+	}
+	snap.gen = gen
 }
 
 // adopt carries the UIDLs of messages the state store knows by their
@@ -140,10 +179,10 @@ func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []st
 // assign asks the state store for the UIDLs of the listing's messages:
 // of those at the indices changed only, when the listing carries the
 // others' already, else of all. The listing is remembered with the
-// answer, unless the state store is shared, when the next login must ask
-// again; and only if the snapshots' generation is since, unless since is
-// 0.
-func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, shared bool, since uint64) (listed, error) {
+// answer, unless the state store is shared and cannot tell when it
+// changes (stamp), when the next login must ask again; and only if the
+// snapshots' generation is since, unless since is 0.
+func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, since uint64) (listed, error) {
 	if snap.uidls == nil {
 		proposed := make([]string, len(snap.entries))
 		for i, e := range snap.entries {
@@ -153,30 +192,29 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		if err != nil {
 			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
 		}
-		if shared {
-			g.snaps.putSince(maildrop, snap, since)
-			return listed{snap, uidls, hidden}, nil
-		}
 		snap.uidls, snap.hidden = uidls, hidden
+		g.stamp(ctx, maildrop, snap)
 		g.snaps.putSince(maildrop, snap, since)
 		return listed{snap, uidls, hidden}, nil
 	}
+	uidls, hidden := snap.uidls, snap.hidden
 	if len(changed) > 0 {
 		ids := make([]string, len(changed))
 		proposed := make([]string, len(changed))
 		for j, i := range changed {
 			ids[j], proposed[j] = snap.ids[i], proposedUIDL(snap.entries[i])
 		}
-		uidls, hidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
+		got, gotHidden, err := g.state.Assign(ctx, maildrop, ids, proposed)
 		if err != nil {
 			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
 		}
 		for j, i := range changed {
-			snap.uidls[i], snap.hidden[i] = uidls[j], hidden[j]
+			uidls[i], hidden[i] = got[j], gotHidden[j]
 		}
+		g.stamp(ctx, maildrop, snap)
 	}
 	g.snaps.putSince(maildrop, snap, since)
-	return listed{snap, snap.uidls, snap.hidden}, nil
+	return listed{snap, uidls, hidden}, nil
 }
 
 // merged is the listing last merged with the store's changes since, and

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/internal/state/redisstate"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
+	"github.com/pop3gw/gateway/internal/testkit/redistest"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/proxy"
 	"github.com/pop3gw/gateway/upstream"
@@ -34,13 +36,33 @@ func BenchmarkPollAfterChange(b *testing.B) {
 	for _, n := range []int{10_000, 200_000} {
 		for _, kind := range []string{"new", "expunge", "fetched"} {
 			b.Run(fmt.Sprintf("%s-%dk", kind, n/1000), func(b *testing.B) {
-				benchPollAfterChange(b, n, kind)
+				benchPollAfterChange(b, n, kind, nil)
 			})
 		}
 	}
 }
 
-func benchPollAfterChange(b *testing.B, n int, kind string) {
+// BenchmarkPollAfterChangeRedis is BenchmarkPollAfterChange's new rows
+// with the UIDL store in Redis, as replicas share it: a login asks Redis
+// for the new messages only, while no replica wrote the maildrop's state
+// since (proxy.GenerationStore).
+func BenchmarkPollAfterChangeRedis(b *testing.B) {
+	addr := redistest.Start(b)
+	for i, n := range []int{10_000, 200_000} {
+		b.Run(fmt.Sprintf("new-%dk", n/1000), func(b *testing.B) {
+			s, err := redisstate.New(context.Background(), redisstate.Options{Addr: addr, KeyPrefix: fmt.Sprintf("b%d:", i)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			benchPollAfterChange(b, n, "new", s)
+		})
+	}
+}
+
+// benchPollAfterChange times polls after each change of kind, with the
+// state store state (nil: the gateway's own, in memory).
+func benchPollAfterChange(b *testing.B, n int, kind string, state proxy.StateStore) {
 	store := newUIDStore(n)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	cfg := &proxy.Config{
@@ -50,6 +72,9 @@ func benchPollAfterChange(b *testing.B, n int, kind string) {
 		Passthrough: &proxy.Passthrough{Upstream: "uids"},
 	}
 	gw := proxy.New(cfg, cache.New(256<<20, 16<<20), log)
+	if state != nil {
+		gw.SetState(state)
+	}
 	srv := &pop3.Server{Backend: gw, Logger: log}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -56,7 +56,10 @@ type snapshot struct {
 	// not known.
 	uidls  []string
 	hidden []bool
-	bytes  int64
+	// gen is the state store's generation that uidls and hidden are the
+	// answer of, for a GenerationStore.
+	gen   string
+	bytes int64
 	// ext is how far the arrays above are in use by the listings that
 	// share them (see extent).
 	ext *extent

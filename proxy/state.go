@@ -62,6 +62,17 @@ type SharedStateStore interface {
 	SharedWithOtherProcesses()
 }
 
+// GenerationStore is a SharedStateStore that tells when any process
+// last changed a maildrop's UIDLs or hidden marks: Generation returns a
+// value that changes with every such change. The gateway then remembers
+// the store's answers with the maildrop's listing, as for a store of its
+// own, for as long as the generation stays the one it read after its own
+// last write, and asks for every message again only once it moved.
+type GenerationStore interface {
+	SharedStateStore
+	Generation(ctx context.Context, maildrop string) (string, error)
+}
+
 // SizeStore is a StateStore that also keeps the exact sizes the gateway
 // measured for messages their store lists without one
 // (upstream.SizeUnknown: Graph), by identity, so that a restarted gateway

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -260,6 +261,107 @@ func TestSharedStateNotRemembered(t *testing.T) {
 	if got, want := onOther(), []string{all[0], all[2]}; !slices.Equal(got, want) {
 		t.Fatalf("other replica lists %v after the delete, want %v", got, want)
 	}
+}
+
+// generationMemory is a store shared by replicas that tells its
+// generation (GenerationStore), moved by every write, and counts the
+// identities it is asked for.
+type generationMemory struct {
+	sharedMemory
+	mu    sync.Mutex
+	gen   int
+	asked int
+}
+
+func (m *generationMemory) Assign(ctx context.Context, maildrop string, ids, proposed []string) ([]string, []bool, error) {
+	m.mu.Lock()
+	m.asked += len(ids)
+	if len(ids) > 0 {
+		m.gen++
+	}
+	m.mu.Unlock()
+	return m.sharedMemory.Assign(ctx, maildrop, ids, proposed)
+}
+
+func (m *generationMemory) Hide(ctx context.Context, maildrop string, ids []string) error {
+	m.mu.Lock()
+	m.gen++
+	m.mu.Unlock()
+	return m.sharedMemory.Hide(ctx, maildrop, ids)
+}
+
+func (m *generationMemory) Adopt(ctx context.Context, maildrop string, ids, previous []string) error {
+	m.mu.Lock()
+	m.gen++
+	m.mu.Unlock()
+	return m.sharedMemory.Adopt(ctx, maildrop, ids, previous)
+}
+
+func (m *generationMemory) Generation(context.Context, string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return strconv.Itoa(m.gen), nil
+}
+
+func (m *generationMemory) askedSoFar() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.asked
+}
+
+// Replicas sharing a store that tells its generation: a login asks it
+// for the messages that came only, while no replica wrote it since the
+// last; once one did (here, hid a message), for every message, and what
+// it hid is left out.
+func TestSharedStateWithGenerationsAsksForChanges(t *testing.T) {
+	e := newEnv(t, envOptions{onDelete: upstream.DeleteKeep})
+	e.deliver(alice, corpus...)
+	shared := &generationMemory{sharedMemory: sharedMemory{NewMemoryState()}}
+	e.gw.SetState(shared)
+	other := New(e.config, e.cache, testLogger())
+	other.SetState(shared)
+	addr := serve(t, &pop3.Server{Backend: other, Logger: testLogger()}, nil)
+	poll := func() []string {
+		t.Helper()
+		c := e.login("alice", localPassword)
+		defer c.Quit()
+		return uidls(t, c)
+	}
+	asks := func(want int) {
+		t.Helper()
+		if got := shared.askedSoFar(); got != want {
+			t.Fatalf("the store was asked for %d messages in all, want %d", got, want)
+		}
+	}
+
+	all := poll()
+	asks(3)
+	if again := poll(); !slices.Equal(again, all) {
+		t.Fatalf("UIDLs %v, then %v", all, again)
+	}
+	asks(3)
+	e.deliver(alice, "Subject: four\r\n\r\nfourth\r\n")
+	all = poll()
+	asks(4)
+
+	c, err := pop3client.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login("alice", localPassword); err != nil {
+		t.Fatal(err)
+	}
+	asks(8) // the other replica remembers nothing yet
+	if err := c.Dele(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := poll(), slices.Delete(slices.Clone(all), 1, 2); !slices.Equal(got, want) {
+		t.Fatalf("after the other replica's delete: %v, want %v", got, want)
+	}
+	asks(12)
 }
 
 func TestIdentities(t *testing.T) {

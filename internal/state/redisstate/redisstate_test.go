@@ -20,9 +20,9 @@ var (
 	_ proxy.Locker      = (*Store)(nil)
 	_ proxy.HeldChecker = (*Store)(nil)
 	// The package stays free of proxy, whose tests use it.
-	_ proxy.SharedStateStore = (*Store)(nil)
-	_ proxy.SizeStore        = (*Store)(nil)
-	_ pop3.LoginGuard        = (*Guard)(nil)
+	_ proxy.GenerationStore = (*Store)(nil)
+	_ proxy.SizeStore       = (*Store)(nil)
+	_ pop3.LoginGuard       = (*Guard)(nil)
 )
 
 // replica connects a Store to addr, as one gateway replica would, with

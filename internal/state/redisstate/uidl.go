@@ -12,8 +12,10 @@ import (
 // The UIDL store (a proxy.StateStore) that replicas share. Per maildrop,
 // under the hash of its name: a hash identity -> UIDL, a hash UIDL ->
 // identity (so a UIDL is given once), a set of hidden identities, a
-// string holding the pending-delete journal, and a hash identity -> size
-// of the sizes measured for messages listed without one (Graph). The keys never expire.
+// string holding the pending-delete journal, a hash identity -> size
+// of the sizes measured for messages listed without one (Graph), and a
+// counter that every write to the UIDLs or the hidden set moves on (the
+// maildrop's generation, proxy.GenerationStore). The keys never expire.
 //
 // A write is acknowledged by Redis before the proxy shows a UIDL; that it
 // survives a restart of Redis depends on Redis's own persistence
@@ -31,9 +33,10 @@ const assignChunk = 500
 // variant proposed-1, proposed-2, ... that no other identity holds, the
 // rule of proxy.UIDLVariant. It returns UIDL, hidden (0 or 1) pairs. As a
 // script it runs atomically, so replicas listing the same new message at
-// once agree on its UIDL.
+// once agree on its UIDL. Recording one moves the generation (KEYS[4]) on.
 var assignScript = redis.NewScript(`
 local out = {}
+local recorded = false
 for i = 1, #ARGV, 2 do
 	local id, proposed = ARGV[i], ARGV[i + 1]
 	local u = redis.call("HGET", KEYS[1], id)
@@ -46,9 +49,13 @@ for i = 1, #ARGV, 2 do
 		end
 		redis.call("HSET", KEYS[1], id, u)
 		redis.call("HSET", KEYS[2], u, id)
+		recorded = true
 	end
 	out[#out + 1] = u
 	out[#out + 1] = redis.call("SISMEMBER", KEYS[3], id)
+end
+if recorded then
+	redis.call("INCR", KEYS[4])
 end
 return out
 `)
@@ -56,8 +63,10 @@ return out
 // adoptScript gives each identity (ARGV, in pairs with its previous
 // identity) that has no UIDL the UIDL of its previous identity, with its
 // hidden mark, if the previous identity still holds it (proxy.StateStore
-// Adopt). Atomic, so two replicas cannot both adopt one UIDL.
+// Adopt). Atomic, so two replicas cannot both adopt one UIDL. Adopting
+// one moves the generation (KEYS[4]) on.
 var adoptScript = redis.NewScript(`
+local adopted = false
 for i = 1, #ARGV, 2 do
 	local id, previous = ARGV[i], ARGV[i + 1]
 	if redis.call("HEXISTS", KEYS[1], id) == 0 then
@@ -68,8 +77,12 @@ for i = 1, #ARGV, 2 do
 			if redis.call("SISMEMBER", KEYS[3], previous) == 1 then
 				redis.call("SADD", KEYS[3], id)
 			end
+			adopted = true
 		end
 	end
+end
+if adopted then
+	redis.call("INCR", KEYS[4])
 end
 return 0
 `)
@@ -77,6 +90,24 @@ return 0
 func (s *Store) stateKeys(maildrop string) (uidls, holders, hidden, journal string) {
 	h := s.hash(maildrop)
 	return s.prefix + "uidl:" + h, s.prefix + "uidl-holder:" + h, s.prefix + "hidden:" + h, s.prefix + "journal:" + h
+}
+
+// generationKey names the maildrop's generation counter.
+func (s *Store) generationKey(maildrop string) string {
+	return s.prefix + "uidl-gen:" + s.hash(maildrop)
+}
+
+// Generation implements proxy.GenerationStore: the maildrop's counter, "0"
+// before anything was recorded for it.
+func (s *Store) Generation(ctx context.Context, maildrop string) (string, error) {
+	g, err := s.rdb.Get(ctx, s.generationKey(maildrop)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "0", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("redisstate: reading the UIDLs' generation: %w", err)
+	}
+	return g, nil
 }
 
 // Assign implements proxy.StateStore.
@@ -90,7 +121,7 @@ func (s *Store) Assign(ctx context.Context, maildrop string, ids, proposed []str
 		for i := start; i < end; i++ {
 			args = append(args, ids[i], proposed[i])
 		}
-		res, err := assignScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey}, args...).Slice()
+		res, err := assignScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey, s.generationKey(maildrop)}, args...).Slice()
 		if err != nil {
 			return nil, nil, fmt.Errorf("redisstate: recording UIDLs: %w", err)
 		}
@@ -121,7 +152,7 @@ func (s *Store) Adopt(ctx context.Context, maildrop string, ids, previous []stri
 		if len(args) == 0 {
 			continue
 		}
-		if err := adoptScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey}, args...).Err(); err != nil {
+		if err := adoptScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey, s.generationKey(maildrop)}, args...).Err(); err != nil {
 			return fmt.Errorf("redisstate: carrying UIDLs over: %w", err)
 		}
 	}
@@ -138,7 +169,12 @@ func (s *Store) Hide(ctx context.Context, maildrop string, ids []string) error {
 	for i, id := range ids {
 		members[i] = id
 	}
-	if err := s.rdb.SAdd(ctx, hiddenKey, members...).Err(); err != nil {
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, hiddenKey, members...)
+		p.Incr(ctx, s.generationKey(maildrop))
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("redisstate: hiding messages: %w", err)
 	}
 	return nil

@@ -67,3 +67,53 @@ func TestCheckPersistence(t *testing.T) {
 		t.Fatalf("warning with appendonly yes:\n%s", buf.String())
 	}
 }
+
+// The generation moves with every write to a maildrop's UIDLs or hidden
+// set, by any replica, and with nothing else: not with a listing of
+// messages whose UIDLs are recorded, nor with the journal, nor with
+// another maildrop's writes.
+func TestGeneration(t *testing.T) {
+	addr := redistest.Start(t)
+	a := replica(t, addr, 0, nil)
+	b := replica(t, addr, 0, nil)
+	ctx := context.Background()
+	gen := func() string {
+		t.Helper()
+		g, err := b.Generation(ctx, "md")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	moved := func(what string, before string, want bool) string {
+		t.Helper()
+		now := gen()
+		if (now != before) != want {
+			t.Fatalf("%s: generation %s, then %s; moved: want %v", what, before, now, want)
+		}
+		return now
+	}
+	g := gen()
+	statetest.Assign(t, a, "md", []string{"x", "y"}, []string{"ux", "uy"})
+	g = moved("UIDLs recorded", g, true)
+	statetest.Assign(t, a, "md", []string{"x", "y"}, []string{"ux", "uy"})
+	g = moved("UIDLs asked again", g, false)
+	if err := a.SetJournal(ctx, "md", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	g = moved("journal written", g, false)
+	statetest.Assign(t, a, "other", []string{"x"}, []string{"ux"})
+	g = moved("another maildrop written", g, false)
+	if err := a.Hide(ctx, "md", []string{"y"}); err != nil {
+		t.Fatal(err)
+	}
+	g = moved("message hidden", g, true)
+	if err := a.Adopt(ctx, "md", []string{"x2"}, []string{"x"}); err != nil {
+		t.Fatal(err)
+	}
+	g = moved("UIDL adopted", g, true)
+	if err := a.Adopt(ctx, "md", []string{"x3"}, []string{"gone"}); err != nil {
+		t.Fatal(err)
+	}
+	moved("nothing to adopt", g, false)
+}
