@@ -1,7 +1,8 @@
 // Package cache keeps message bodies in memory, bounded in bytes, so a
 // message read twice is fetched from the upstream server once. It also
 // remembers the exact sizes of messages that the store lists otherwise,
-// which outlive the bodies and are small. Its Budget bounds what is held outside it.
+// which outlive the bodies and are small. Its Budget bounds what is held
+// outside it.
 package cache
 
 import (
