@@ -2,6 +2,8 @@ package redisstate
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -15,7 +17,9 @@ import (
 // string holding the pending-delete journal, a hash identity -> size
 // of the sizes measured for messages listed without one (Graph), and a
 // counter that every write to the UIDLs or the hidden set moves on (the
-// maildrop's generation, proxy.GenerationStore). The keys never expire.
+// maildrop's generation, proxy.GenerationStore), started at a random value,
+// so that a Redis that lost its data does not count up to a value a
+// replica remembers from before. The keys never expire.
 //
 // A write is acknowledged by Redis before the proxy shows a UIDL; that it
 // survives a restart of Redis depends on Redis's own persistence
@@ -33,11 +37,12 @@ const assignChunk = 500
 // variant proposed-1, proposed-2, ... that no other identity holds, the
 // rule of proxy.UIDLVariant. It returns UIDL, hidden (0 or 1) pairs. As a
 // script it runs atomically, so replicas listing the same new message at
-// once agree on its UIDL. Recording one moves the generation (KEYS[4]) on.
+// once agree on its UIDL. Recording one moves the generation (KEYS[4]) on,
+// from ARGV[1] if it has none; the pairs follow it.
 var assignScript = redis.NewScript(`
 local out = {}
 local recorded = false
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
 	local id, proposed = ARGV[i], ARGV[i + 1]
 	local u = redis.call("HGET", KEYS[1], id)
 	if not u then
@@ -55,6 +60,7 @@ for i = 1, #ARGV, 2 do
 	out[#out + 1] = redis.call("SISMEMBER", KEYS[3], id)
 end
 if recorded then
+	redis.call("SET", KEYS[4], ARGV[1], "NX")
 	redis.call("INCR", KEYS[4])
 end
 return out
@@ -64,10 +70,11 @@ return out
 // identity) that has no UIDL the UIDL of its previous identity, with its
 // hidden mark, if the previous identity still holds it (proxy.StateStore
 // Adopt). Atomic, so two replicas cannot both adopt one UIDL. Adopting
-// one moves the generation (KEYS[4]) on.
+// one moves the generation (KEYS[4]) on, from ARGV[1] if it has none; the
+// pairs follow it.
 var adoptScript = redis.NewScript(`
 local adopted = false
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
 	local id, previous = ARGV[i], ARGV[i + 1]
 	if redis.call("HEXISTS", KEYS[1], id) == 0 then
 		local u = redis.call("HGET", KEYS[1], previous)
@@ -82,6 +89,7 @@ for i = 1, #ARGV, 2 do
 	end
 end
 if adopted then
+	redis.call("SET", KEYS[4], ARGV[1], "NX")
 	redis.call("INCR", KEYS[4])
 end
 return 0
@@ -95,6 +103,14 @@ func (s *Store) stateKeys(maildrop string) (uidls, holders, hidden, journal stri
 // generationKey names the maildrop's generation counter.
 func (s *Store) generationKey(maildrop string) string {
 	return s.prefix + "uidl-gen:" + s.hash(maildrop)
+}
+
+// generationStart is a random value for a generation counter to start
+// from, below 2^62 so that it counts up for ever within Redis's integers.
+func generationStart() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return strconv.FormatUint(binary.BigEndian.Uint64(b[:])>>2, 10)
 }
 
 // Generation implements proxy.GenerationStore: the maildrop's counter, "0"
@@ -117,7 +133,8 @@ func (s *Store) Assign(ctx context.Context, maildrop string, ids, proposed []str
 	hidden := make([]bool, 0, len(ids))
 	for start := 0; start < len(ids); start += assignChunk {
 		end := min(start+assignChunk, len(ids))
-		args := make([]any, 0, 2*(end-start))
+		args := make([]any, 0, 1+2*(end-start))
+		args = append(args, generationStart())
 		for i := start; i < end; i++ {
 			args = append(args, ids[i], proposed[i])
 		}
@@ -143,13 +160,14 @@ func (s *Store) Adopt(ctx context.Context, maildrop string, ids, previous []stri
 	uidlKey, holderKey, hiddenKey, _ := s.stateKeys(maildrop)
 	for start := 0; start < len(ids); start += assignChunk {
 		end := min(start+assignChunk, len(ids))
-		args := make([]any, 0, 2*(end-start))
+		args := make([]any, 0, 1+2*(end-start))
+		args = append(args, generationStart())
 		for i := start; i < end; i++ {
 			if previous[i] != "" {
 				args = append(args, ids[i], previous[i])
 			}
 		}
-		if len(args) == 0 {
+		if len(args) == 1 {
 			continue
 		}
 		if err := adoptScript.Run(ctx, s.rdb, []string{uidlKey, holderKey, hiddenKey, s.generationKey(maildrop)}, args...).Err(); err != nil {
@@ -171,6 +189,7 @@ func (s *Store) Hide(ctx context.Context, maildrop string, ids []string) error {
 	}
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.SAdd(ctx, hiddenKey, members...)
+		p.SetNX(ctx, s.generationKey(maildrop), generationStart(), 0)
 		p.Incr(ctx, s.generationKey(maildrop))
 		return nil
 	})

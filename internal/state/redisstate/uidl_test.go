@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -71,7 +72,7 @@ func TestCheckPersistence(t *testing.T) {
 // The generation moves with every write to a maildrop's UIDLs or hidden
 // set, by any replica, and with nothing else: not with a listing of
 // messages whose UIDLs are recorded, nor with the journal, nor with
-// another maildrop's writes.
+// another maildrop's writes. It starts at a random value.
 func TestGeneration(t *testing.T) {
 	addr := redistest.Start(t)
 	a := replica(t, addr, 0, nil)
@@ -96,6 +97,11 @@ func TestGeneration(t *testing.T) {
 	g := gen()
 	statetest.Assign(t, a, "md", []string{"x", "y"}, []string{"ux", "uy"})
 	g = moved("UIDLs recorded", g, true)
+	// A counter starts at a random value, not where a Redis that lost its
+	// data would count up to again.
+	if n, err := strconv.ParseUint(g, 10, 64); err != nil || n < 1<<32 {
+		t.Fatalf("first generation %q, want a random start", g)
+	}
 	statetest.Assign(t, a, "md", []string{"x", "y"}, []string{"ux", "uy"})
 	g = moved("UIDLs asked again", g, false)
 	if err := a.SetJournal(ctx, "md", []byte("{}")); err != nil {
