@@ -8,7 +8,6 @@ package config
 
 import (
 	"bytes"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -495,17 +494,7 @@ func (c *Config) key(path string) string {
 
 // MinTLSVersion returns tls.min_version as a crypto/tls version constant,
 // tls.VersionTLS12 if it is empty or invalid.
-func (c *Config) MinTLSVersion() uint16 {
-	switch c.TLS.MinVersion {
-	case "1.0":
-		return tls.VersionTLS10
-	case "1.1":
-		return tls.VersionTLS11
-	case "1.3":
-		return tls.VersionTLS13
-	}
-	return tls.VersionTLS12
-}
+func (c *Config) MinTLSVersion() uint16 { return tlsVersion(c.TLS.MinVersion) }
 
 // TLSEnabled reports whether a server certificate is configured.
 func (c *Config) TLSEnabled() bool {

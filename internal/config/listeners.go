@@ -113,6 +113,8 @@ func (c *Config) ListenerTLS(l *Listener) ServerTLS {
 	return t
 }
 
+// tlsVersion is a tls.min_version setting as a crypto/tls version
+// constant: tls.VersionTLS12 for an empty or unknown one.
 func tlsVersion(v string) uint16 {
 	switch v {
 	case "1.0":

@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/pop3gw/gateway/internal/durable"
 )
 
 // Options are the choices of one export.
@@ -926,7 +928,7 @@ func (e *exporter) syncBatch() {
 // records last.
 func (e *exporter) syncLocked() error {
 	for dir := range e.dirty {
-		if err := syncDir(dir); err != nil {
+		if err := durable.Sync(dir); err != nil {
 			return local(err)
 		}
 		delete(e.dirty, dir)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -243,17 +242,4 @@ func convert(dst io.Writer, src io.Reader, lf, mboxrd bool) error {
 // isFromLine tells whether a line is ">*From " (mboxrd).
 func isFromLine(line []byte) bool {
 	return bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From "))
-}
-
-// syncDir makes the renames in dir durable; given a file, its octets.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

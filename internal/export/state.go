@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/pop3gw/gateway/internal/durable"
 )
 
 // stateName is the state file in the export directory: an append-only
@@ -91,7 +93,7 @@ func openJournal(dir string, format Format) (*journal, error) {
 			f.Close()
 			return nil, err
 		}
-		if err := syncDir(dir); err != nil {
+		if err := durable.Sync(dir); err != nil {
 			f.Close()
 			return nil, err
 		}

@@ -61,6 +61,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/pop3gw/gateway/internal/durable"
 )
 
 // KeySize is the length of a sealing key in bytes (256 bits).
@@ -398,25 +400,8 @@ func WriteFile(name string, data []byte) (err error) {
 		return fmt.Errorf("secrets: writing %s: %w", name, err)
 	}
 	renamed = true
-	if err := syncDir(dir); err != nil {
+	if err := durable.Sync(dir); err != nil {
 		return fmt.Errorf("secrets: writing %s: syncing directory: %w", name, err)
 	}
 	return nil
-}
-
-// syncDir makes a rename in dir durable. Windows cannot sync a directory;
-// there the rename is all that is done.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
