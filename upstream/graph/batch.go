@@ -143,7 +143,7 @@ func (c *Client) sendBatch(ctx context.Context, items []batchItem) (map[string]b
 	var out struct {
 		Responses []batchAnswer `json:"responses"`
 	}
-	if err := decode(resp.Body, maxJSON, &out); err != nil {
+	if err := jsonIn.Decode(resp.Body, maxJSON, &out); err != nil {
 		return nil, err
 	}
 	answers := make(map[string]batchAnswer, len(out.Responses))
@@ -171,7 +171,7 @@ func bodyCode(body json.RawMessage) string {
 			Code string `json:"code"`
 		} `json:"error"`
 	}
-	if len(body) == 0 || decodeBytes(body, maxErrorJSON, &e) != nil {
+	if len(body) == 0 || jsonIn.DecodeBytes(body, maxErrorJSON, &e) != nil {
 		return ""
 	}
 	return printable(e.Error.Code, 64)

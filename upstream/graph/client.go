@@ -387,7 +387,7 @@ func errorCode(resp *http.Response) string {
 			Code string `json:"code"`
 		} `json:"error"`
 	}
-	if decode(resp.Body, maxErrorJSON, &e) != nil {
+	if jsonIn.Decode(resp.Body, maxErrorJSON, &e) != nil {
 		return ""
 	}
 	return printable(e.Error.Code, 64)

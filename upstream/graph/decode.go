@@ -2,7 +2,6 @@ package graph
 
 import (
 	"errors"
-	"io"
 
 	"github.com/pop3gw/gateway/upstream/internal/web"
 )
@@ -24,15 +23,5 @@ const (
 // does not read: too large, too deep, or not the JSON documented.
 var ErrBadResponse = errors.New("graph: unreadable response")
 
-// decode reads at most limit octets of JSON from r into v.
-func decode(r io.Reader, limit int64, v any) error {
-	return web.Decode(r, limit, maxDepth, v, ErrBadResponse)
-}
-
-func decodeBytes(data []byte, limit int64, v any) error {
-	return web.DecodeBytes(data, limit, maxDepth, v, ErrBadResponse)
-}
-
-// depth is the deepest nesting of objects and arrays in data (see
-// web.Depth).
-func depth(data []byte) int { return web.Depth(data, maxDepth) }
+// jsonIn reads the server's JSON within the bounds above.
+var jsonIn = web.JSONBounds{MaxDepth: maxDepth, Bad: ErrBadResponse}

@@ -19,8 +19,8 @@ func TestDepth(t *testing.T) {
 		{`{"s":"\"[[["}`, 1},
 		{`[[],[[]]]`, 3},
 	} {
-		if got := depth([]byte(tc.in)); got != tc.want {
-			t.Errorf("depth(%s) = %d, want %d", tc.in, got, tc.want)
+		if got := jsonIn.Depth([]byte(tc.in)); got != tc.want {
+			t.Errorf("jsonIn.Depth(%s) = %d, want %d", tc.in, got, tc.want)
 		}
 	}
 }
@@ -28,13 +28,13 @@ func TestDepth(t *testing.T) {
 func TestDecodeRefusesDeepAndLarge(t *testing.T) {
 	var p page
 	deep := strings.Repeat("[", 100) + strings.Repeat("]", 100)
-	if err := decodeBytes([]byte(`{"value":[{"id":"a","x":`+deep+`}]}`), maxJSON, &p); !errors.Is(err, ErrBadResponse) {
+	if err := jsonIn.DecodeBytes([]byte(`{"value":[{"id":"a","x":`+deep+`}]}`), maxJSON, &p); !errors.Is(err, ErrBadResponse) {
 		t.Errorf("100 levels: %v", err)
 	}
-	if err := decodeBytes([]byte(`{"value":[]}`+strings.Repeat(" ", 100)), 50, &p); !errors.Is(err, ErrBadResponse) {
+	if err := jsonIn.DecodeBytes([]byte(`{"value":[]}`+strings.Repeat(" ", 100)), 50, &p); !errors.Is(err, ErrBadResponse) {
 		t.Errorf("over the limit: %v", err)
 	}
-	if err := decodeBytes([]byte(`{"value":[{"id":"a","@removed":{"reason":"deleted"}}],"@odata.deltaLink":"x"}`), maxJSON, &p); err != nil {
+	if err := jsonIn.DecodeBytes([]byte(`{"value":[{"id":"a","@removed":{"reason":"deleted"}}],"@odata.deltaLink":"x"}`), maxJSON, &p); err != nil {
 		t.Errorf("a delta page: %v", err)
 	}
 	if len(p.Value) != 1 || p.Value[0].Removed == nil || p.DeltaLink != "x" {
@@ -74,8 +74,8 @@ func FuzzDecodePage(f *testing.F) {
 	f.Add([]byte(strings.Repeat("[", 40)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var p page
-		if decodeBytes(data, maxJSON, &p) == nil && depth(data) > maxDepth {
-			t.Fatalf("decoded %d levels", depth(data))
+		if jsonIn.DecodeBytes(data, maxJSON, &p) == nil && jsonIn.Depth(data) > maxDepth {
+			t.Fatalf("decoded %d levels", jsonIn.Depth(data))
 		}
 	})
 }

@@ -95,7 +95,7 @@ func (c *Client) folder(ctx context.Context, path, name string) (Folder, error) 
 		}
 		defer resp.Body.Close()
 		var f Folder
-		if err := decode(resp.Body, maxJSON, &f); err != nil {
+		if err := jsonIn.Decode(resp.Body, maxJSON, &f); err != nil {
 			return Folder{}, err
 		}
 		return f, nil
@@ -110,7 +110,7 @@ func (c *Client) folder(ctx context.Context, path, name string) (Folder, error) 
 	var page struct {
 		Value []Folder `json:"value"`
 	}
-	if err := decode(resp.Body, maxJSON, &page); err != nil {
+	if err := jsonIn.Decode(resp.Body, maxJSON, &page); err != nil {
 		return Folder{}, err
 	}
 	for _, f := range page.Value {
@@ -147,7 +147,7 @@ func (c *Client) Folders(ctx context.Context) (paths []string, folders []Folder,
 				Value    []listed `json:"value"`
 				NextLink string   `json:"@odata.nextLink"`
 			}
-			err = decode(resp.Body, maxJSON, &p)
+			err = jsonIn.Decode(resp.Body, maxJSON, &p)
 			resp.Body.Close()
 			if err != nil {
 				return err
@@ -203,7 +203,7 @@ func (c *Client) pages(ctx context.Context, op, first string, notFound error, ea
 			return "", err
 		}
 		var p page
-		err = decode(resp.Body, maxJSON, &p)
+		err = jsonIn.Decode(resp.Body, maxJSON, &p)
 		resp.Body.Close()
 		if err != nil {
 			return "", err

@@ -271,7 +271,7 @@ func getJSON(ctx context.Context, opts *Options, creds *Credentials, op, target 
 		if resp.StatusCode != http.StatusOK {
 			return nil, &Error{Op: op, Status: resp.StatusCode, Type: problemType(resp)}
 		}
-		return u, decode(resp.Body, maxJSON, v)
+		return u, jsonIn.Decode(resp.Body, maxJSON, v)
 	}
 }
 
@@ -374,7 +374,7 @@ func problemType(resp *http.Response) string {
 	var p struct {
 		Type string `json:"type"`
 	}
-	if decode(resp.Body, maxErrorJSON, &p) != nil {
+	if jsonIn.Decode(resp.Body, maxErrorJSON, &p) != nil {
 		return ""
 	}
 	return printable(p.Type, 100)
@@ -472,7 +472,7 @@ func (c *client) call(ctx context.Context, op string, calls []invocation, out ..
 		return e
 	}
 	var r response
-	if err := decode(resp.Body, maxJSON, &r); err != nil {
+	if err := jsonIn.Decode(resp.Body, maxJSON, &r); err != nil {
 		return &Error{Op: op, kind: err}
 	}
 	if r.SessionState != "" && r.SessionState != c.sess.state && c.stale != nil {

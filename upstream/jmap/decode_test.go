@@ -17,18 +17,18 @@ func FuzzDecodeResponse(f *testing.F) {
 	f.Add([]byte(`[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var v any
-		if decodeBytes(data, maxJSON, &v) == nil && depth(data) > maxDepth {
-			t.Fatalf("JSON nested %d deep was decoded", depth(data))
+		if jsonIn.DecodeBytes(data, maxJSON, &v) == nil && jsonIn.Depth(data) > maxDepth {
+			t.Fatalf("JSON nested %d deep was decoded", jsonIn.Depth(data))
 		}
 		var r response
-		if err := decodeBytes(data, maxJSON, &r); err != nil {
+		if err := jsonIn.DecodeBytes(data, maxJSON, &r); err != nil {
 			if !errors.Is(err, ErrBadResponse) {
 				t.Fatalf("error %v does not wrap ErrBadResponse", err)
 			}
 			return
 		}
-		if depth(data) > maxDepth {
-			t.Fatalf("decoded JSON nested %d deep", depth(data))
+		if jsonIn.Depth(data) > maxDepth {
+			t.Fatalf("decoded JSON nested %d deep", jsonIn.Depth(data))
 		}
 		calls := []invocation{{"Email/query", nil, "q"}, {"Email/get", nil, "g"}}
 		var q queryJSON
@@ -37,7 +37,7 @@ func FuzzDecodeResponse(f *testing.F) {
 		var qc queryChangesJSON
 		r.into("fuzz", []invocation{{"Email/queryChanges", nil, "q"}}, []any{&qc})
 		var s sessionJSON
-		decodeBytes(data, maxJSON, &s)
+		jsonIn.DecodeBytes(data, maxJSON, &s)
 
 	})
 }
@@ -52,15 +52,15 @@ func TestDepth(t *testing.T) {
 		{`"\"[["`, 0},
 		{strings.Repeat("[", 40) + strings.Repeat("]", 40), maxDepth + 1},
 	} {
-		if got := depth([]byte(tt.in)); got != tt.want {
-			t.Errorf("depth(%s) = %d, want %d", tt.in, got, tt.want)
+		if got := jsonIn.Depth([]byte(tt.in)); got != tt.want {
+			t.Errorf("jsonIn.Depth(%s) = %d, want %d", tt.in, got, tt.want)
 		}
 	}
 	var v any
-	if err := decodeBytes([]byte(strings.Repeat("[", 40)+strings.Repeat("]", 40)), maxJSON, &v); !errors.Is(err, ErrBadResponse) {
+	if err := jsonIn.DecodeBytes([]byte(strings.Repeat("[", 40)+strings.Repeat("]", 40)), maxJSON, &v); !errors.Is(err, ErrBadResponse) {
 		t.Errorf("too deep: %v", err)
 	}
-	if err := decodeBytes([]byte(`"`+strings.Repeat("x", 100)+`"`), 50, &v); !errors.Is(err, ErrBadResponse) {
+	if err := jsonIn.DecodeBytes([]byte(`"`+strings.Repeat("x", 100)+`"`), 50, &v); !errors.Is(err, ErrBadResponse) {
 		t.Errorf("too large: %v", err)
 	}
 }

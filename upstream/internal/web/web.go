@@ -44,6 +44,26 @@ func DecodeBytes(data []byte, limit int64, maxDepth int, v any, bad error) error
 	return nil
 }
 
+// JSONBounds are a store's bounds on the JSON it reads: nested at most
+// MaxDepth levels, every refusal wrapping Bad (the store's sentinel).
+type JSONBounds struct {
+	MaxDepth int
+	Bad      error
+}
+
+// Decode is Decode within b.
+func (b JSONBounds) Decode(r io.Reader, limit int64, v any) error {
+	return Decode(r, limit, b.MaxDepth, v, b.Bad)
+}
+
+// DecodeBytes is DecodeBytes within b.
+func (b JSONBounds) DecodeBytes(data []byte, limit int64, v any) error {
+	return DecodeBytes(data, limit, b.MaxDepth, v, b.Bad)
+}
+
+// Depth is Depth, counted to b.MaxDepth.
+func (b JSONBounds) Depth(data []byte) int { return Depth(data, b.MaxDepth) }
+
 // Depth is the deepest nesting of objects and arrays in data, counted
 // without decoding: brackets inside strings do not count. It stops
 // counting once past limit. Malformed JSON is left for json.Unmarshal to
