@@ -56,10 +56,11 @@ type Message struct {
 // of messages is fixed when the maildrop is opened (RFC 1939 §4); messages
 // are addressed by their index in that list, from 0.
 type Maildrop interface {
-	// Messages returns the listing, once, at login. The caller owns the
-	// slice; the maildrop never changes it. A size the maildrop finds
-	// wrong once it has read the message reaches the session through the
-	// size Open returns, never by patching the listing.
+	// Messages returns the listing, once, at login. The slice is
+	// read-only for both: the maildrop may hand the same one to other
+	// sessions, and never changes it. A size the maildrop finds wrong once
+	// it has read the message reaches the session through the size Open
+	// returns, never by patching the listing.
 	Messages() []Message
 
 	// Open returns the message with CRLF line endings, undotted; a last

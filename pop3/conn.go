@@ -93,6 +93,7 @@ type conn struct {
 
 	maildrop    Maildrop
 	msgs        []Message // the listing, fixed at login; sizes corrected by resize
+	ownMsgs     bool      // msgs is the session's copy, not the maildrop's listing
 	deleted     []bool
 	badCommands int
 	authFails   int

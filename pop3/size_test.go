@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -14,6 +15,7 @@ import (
 type wrongSizes struct {
 	memMaildrop
 	listings int
+	listing  []Message // handed to every session, as a maildrop may
 }
 
 var wrongSizesBodies = [][]byte{
@@ -23,7 +25,10 @@ var wrongSizesBodies = [][]byte{
 
 func (m *wrongSizes) Messages() []Message {
 	m.listings++
-	return []Message{{Size: 100, UIDL: "a"}, {Size: 5, UIDL: "b"}}
+	if m.listing == nil {
+		m.listing = []Message{{Size: 100, UIDL: "a"}, {Size: 5, UIDL: "b"}}
+	}
+	return m.listing
 }
 
 func (m *wrongSizes) Open(ctx context.Context, i int) (io.ReadCloser, int64, error) {
@@ -67,4 +72,13 @@ func TestSizeCorrections(t *testing.T) {
 	if md.listings != 1 {
 		t.Fatalf("Messages called %d times, want once, at login", md.listings)
 	}
+	// The corrections were the session's own: the listing it was handed
+	// is as the maildrop made it, and the next session starts from it.
+	if want := []Message{{Size: 100, UIDL: "a"}, {Size: 5, UIDL: "b"}}; !slices.Equal(md.listing, want) {
+		t.Fatalf("the maildrop's listing became %v, want %v", md.listing, want)
+	}
+	c = h.dial()
+	c.login()
+	c.cmd("STAT", "+OK 2 105")
+	c.cmd("QUIT", "+OK Logging out.")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -236,10 +237,14 @@ func (c *conn) send(i int, lines int64) error {
 
 // resize records the exact size of message i, once the maildrop or a
 // complete transfer has shown it, so that STAT and LIST from then on agree
-// with what RETR sends (RFC 1939 §11).
+// with what RETR sends (RFC 1939 §11). The first correction copies the
+// listing, which the maildrop may share with other sessions.
 func (c *conn) resize(i int, size int64) {
 	if c.msgs[i].Size != size {
 		c.log.Debug("listed size corrected", "msg", i+1, "listed", c.msgs[i].Size, "exact", size)
+		if !c.ownMsgs {
+			c.msgs, c.ownMsgs = slices.Clone(c.msgs), true
+		}
 		c.msgs[i].Size = size
 	}
 }

@@ -93,7 +93,7 @@ func (f *fetcher) start(i int, handOff bool) bool {
 		total int64
 	)
 	for j := i; j < len(m.entries) && len(ids) < prefetchCount; j++ {
-		size := m.sizes[j]
+		size := m.size(j)
 		if size > limit || total+size > prefetchBytes && len(ids) > 0 {
 			break
 		}

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -150,7 +151,7 @@ func (g *Gateway) stamp(ctx context.Context, maildrop string, snap *snapshot) {
 		gen, _ = gs.Generation(ctx, maildrop)
 	}
 	if gen == "" {
-		snap.uidls, snap.hidden = nil, nil
+		snap.uidls, snap.hidden, snap.listing = nil, nil, nil
 	}
 	snap.gen = gen
 }
@@ -179,9 +180,10 @@ func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []st
 // assign asks the state store for the UIDLs of the listing's messages:
 // of those at the indices changed only, when the listing carries the
 // others' already, else of all. The listing is remembered with the
-// answer, unless the state store is shared and cannot tell when it
-// changes (stamp), when the next login must ask again; and only if the
-// snapshots' generation is since, unless since is 0.
+// answer and the POP3 listing made of it (snapshot.listing), unless the
+// state store is shared and cannot tell when it changes (stamp), when
+// the next login must ask again; and only if the snapshots' generation
+// is since, unless since is 0.
 func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, since uint64) (listed, error) {
 	if snap.uidls == nil {
 		proposed := make([]string, len(snap.entries))
@@ -194,6 +196,9 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		}
 		snap.uidls, snap.hidden = uidls, hidden
 		g.stamp(ctx, maildrop, snap)
+		if snap.uidls != nil {
+			snap.listing = pop3Listing(snap.entries, uidls, hidden)
+		}
 		g.snaps.putSince(maildrop, snap, since)
 		return listed{snap, uidls, hidden}, nil
 	}
@@ -211,10 +216,39 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		for j, i := range changed {
 			uidls[i], hidden[i] = got[j], gotHidden[j]
 		}
+		snap.listing = grownListing(snap, changed)
 		g.stamp(ctx, maildrop, snap)
+	}
+	if snap.listing == nil && snap.uidls != nil {
+		snap.listing = pop3Listing(snap.entries, uidls, hidden)
 	}
 	g.snaps.putSince(maildrop, snap, since)
 	return listed{snap, uidls, hidden}, nil
+}
+
+// grownListing is the POP3 listing merged from the last one with the
+// messages at the indices changed given their UIDLs: the last one's, with
+// the new messages appended where they are, in the arrays the merge
+// claimed, and a message ranked anew given its UIDL, in the arrays the
+// merge made private (mergeChanges). Nil when there is no last one, or a
+// message changed is not listed as the store lists it.
+func grownListing(snap *snapshot, changed []int) []pop3.Message {
+	listing := snap.listing
+	if listing == nil {
+		return nil
+	}
+	for _, i := range changed {
+		if !listedAsIs(snap.entries[i], snap.hidden[i]) {
+			return nil
+		}
+		if i < len(listing) {
+			listing[i].UIDL = snap.uidls[i]
+		}
+	}
+	for i := len(listing); i < len(snap.entries); i++ {
+		listing = append(listing, pop3.Message{Size: snap.entries[i].Size, UIDL: snap.uidls[i]})
+	}
+	return listing
 }
 
 // merged is the listing last merged with the store's changes since, and
@@ -319,6 +353,10 @@ func mergeChanges(last *snapshot, ch upstream.Changes, state upstream.Mailbox, w
 		snap.entries, snap.ids = grown(last.entries, n), grown(last.ids, n)
 		if withUIDLs {
 			snap.uidls, snap.hidden = grown(last.uidls, n), grown(last.hidden, n)
+			if len(last.listing) == len(last.entries) {
+				// assign appends the new messages (grownListing).
+				snap.listing = grown(last.listing, n)
+			}
 		}
 		snap.ext = last.ext
 		if withUIDLs && last.content > 0 {

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"testing"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -264,5 +267,80 @@ func TestMergeAppendsInPlaceOnce(t *testing.T) {
 	}
 	if first.entries[40].ID != "n1" || len(first.entries) != 41 {
 		t.Errorf("the listing appended to changed: %d messages, the last %s", len(first.entries), first.entries[len(first.entries)-1].ID)
+	}
+}
+
+// A login that lists every message as the store lists them reads the POP3
+// listing remembered with the maildrop's instead of building its own: the
+// one made when the mailbox was listed, grown in place when messages
+// came. A session that leaves a message out (one hidden by a delete that
+// keeps mail) builds its own, and so does every login after.
+func TestLoginsShareThePOP3Listing(t *testing.T) {
+	e := newEnv(t, envOptions{onDelete: upstream.DeleteKeep})
+	msg := func(n int) []byte {
+		return fmt.Appendf(nil, "Message-ID: <%d@example.com>\r\nSubject: %d\r\n\r\nbody %d\r\n", n, n, n)
+	}
+	if err := e.mem.AppendAt(alice, "INBOX", time.Unix(1_700_000_000, 0), msg(1), msg(2), msg(3)); err != nil {
+		t.Fatal(err)
+	}
+	remembered := func() *snapshot {
+		t.Helper()
+		e.gw.snaps.mu.Lock()
+		defer e.gw.snaps.mu.Unlock()
+		if e.gw.snaps.lru.Len() != 1 {
+			t.Fatalf("%d listings remembered, want 1", e.gw.snaps.lru.Len())
+		}
+		_, snap, _ := e.gw.snaps.lru.GetOldest()
+		return snap
+	}
+	// session logs in and returns the listing it was handed, after
+	// deleting the messages at the indices given.
+	session := func(dele ...int) []pop3.Message {
+		t.Helper()
+		md, err := e.gw.Login(context.Background(), &pop3.LoginInfo{
+			Username: "alice", Key: "alice", Password: localPassword, Method: "USER",
+			Remote: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1110},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer md.Close()
+		msgs := md.Messages()
+		if len(dele) > 0 {
+			if _, err := md.Commit(context.Background(), dele); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return msgs
+	}
+	sameArray := func(a, b []pop3.Message) bool { return len(a) > 0 && len(b) > 0 && &a[0] == &b[0] }
+
+	first := session()
+	if snap := remembered(); len(first) != 3 || !sameArray(first, snap.listing) {
+		t.Fatalf("first login: %d messages, remembered listing %v; want the 3 read from it", len(first), snap.listing)
+	}
+	if again := session(); !sameArray(again, first) || len(again) != 3 {
+		t.Error("a login to the unchanged mailbox built a listing of its own")
+	}
+	if err := e.mem.AppendAt(alice, "INBOX", time.Unix(1_700_000_100, 0), msg(4)); err != nil {
+		t.Fatal(err)
+	}
+	grown := session(1) // and deletes message 2, which stays upstream
+	if len(grown) != 4 || !sameArray(grown, first) {
+		t.Fatalf("login after a new message: %d messages, in the first listing's array: %v; want 4, true", len(grown), sameArray(grown, first))
+	}
+	if !slices.Equal(grown[:3], first) || grown[3].UIDL == "" || grown[3].UIDL == first[2].UIDL {
+		t.Errorf("the grown listing %v does not extend %v", grown, first)
+	}
+	if len(first) != 3 {
+		t.Error("the listing handed out before changed")
+	}
+	hidden := session()
+	want := []pop3.Message{grown[0], grown[2], grown[3]}
+	if !slices.Equal(hidden, want) {
+		t.Errorf("after a delete that keeps mail: %v, want %v", hidden, want)
+	}
+	if sameArray(hidden, grown) || remembered().listing != nil {
+		t.Error("a listing without the hidden message shares the remembered one's array")
 	}
 }

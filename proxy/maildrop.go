@@ -45,8 +45,8 @@ type maildrop struct {
 	entries []listedEntry   // as listed; read-only, perhaps the remembered listing's
 	ids     []string        // identities, for the state store; read-only too
 	pending []pendingDelete // deletes of earlier sessions not finished yet
-	listing []pop3.Message  // as listed at login; never changed
-	sizes   []int64         // each message's size as best known: listed, then exact
+	listing []pop3.Message  // as listed at login; never changed, perhaps the remembered listing's
+	sizes   []int64         // each message's size as best known, once one differs from the listing's (see size)
 	unlock  func()
 	broken  bool // an upstream command failed: the connection is not reused
 
@@ -78,10 +78,23 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 		account: acct.key(),
 		epoch:   list.state.Epoch,
 		pending: pending,
-		listing: make([]pop3.Message, 0, len(entries)),
-		sizes:   make([]int64, 0, len(entries)),
 	}
 	deleting := pendingIDs(pending)
+	// The sizes the cache recorded are asked for message by message only
+	// if it has any for this mailbox: a poller that only lists a large
+	// mailbox costs no lookup per message.
+	exact := g.cache.HasSizes(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch})
+	if list.listing != nil && len(list.listing) == len(entries) && len(deleting) == 0 && !exact {
+		// Every message is listed as the store lists it: the session
+		// reads the POP3 listing remembered with the maildrop's, which a
+		// poller's next login to a large mailbox then does not build
+		// again. Its capacity is cut, so nothing appends to it.
+		m.entries, m.ids = entries, ids
+		m.listing = list.listing[:len(list.listing):len(list.listing)]
+		m.ahead = newFetcher(ctx, m)
+		return m, nil
+	}
+	m.listing = make([]pop3.Message, 0, len(entries))
 	// A message flagged \Deleted goes at the next expunge by anyone,
 	// perhaps a delete of ours that a server without UIDPLUS could not
 	// finish; one the client deleted in a mode that keeps mail is hidden,
@@ -93,10 +106,6 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	}
 	m.entries, m.ids = entries, ids
 	shared := true // m.entries and m.ids are the listing's
-	// The sizes the cache recorded are asked for message by message only
-	// if it has any for this mailbox: a poller that only lists a large
-	// mailbox costs no lookup per message.
-	exact := g.cache.HasSizes(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch})
 	for i, e := range entries {
 		switch {
 		case !listed(i):
@@ -117,7 +126,6 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 			}
 		}
 		m.listing = append(m.listing, pop3.Message{Size: size, UIDL: uidls[i]})
-		m.sizes = append(m.sizes, size)
 	}
 	measured, err := m.measureUnknown(ctx)
 	if err != nil {
@@ -135,14 +143,10 @@ func (m *maildrop) key(i int) cache.Key {
 	return cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch, ID: string(m.id(i))}
 }
 
-// Messages hands the listing made at login to the POP3 session, which
-// asks for it once (pop3.Maildrop) and owns it from then on; the maildrop
-// keeps each message's size in sizes.
-func (m *maildrop) Messages() []pop3.Message {
-	listing := m.listing
-	m.listing = nil
-	return listing
-}
+// Messages is the listing made at login, which the POP3 session reads
+// and the maildrop keeps, read-only both (pop3.Maildrop): each corrects a
+// size in a place of its own.
+func (m *maildrop) Messages() []pop3.Message { return m.listing }
 
 // Open serves the message from the cache, or fetches it. A message the
 // cache can hold is read whole before Open returns, when the budget has
@@ -155,7 +159,7 @@ func (m *maildrop) Open(ctx context.Context, i int) (io.ReadCloser, int64, error
 	if err != nil {
 		return nil, 0, err
 	}
-	return r, m.sizes[i], nil
+	return r, m.size(i), nil
 }
 
 // open is Open, fetching the following messages ahead only if ahead is
@@ -187,22 +191,22 @@ func (m *maildrop) open(ctx context.Context, i int, ahead bool) (io.ReadCloser, 
 		abandon()
 		return nil, m.fetchFailed(i, err)
 	}
-	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.sizes[i] > 0 {
+	if sized, ok := raw.(interface{ Size() int64 }); ok && sized.Size() == 0 && m.size(i) > 0 {
 		// An empty literal for a message listed with octets is no
 		// message either.
 		raw.Close()
 		abandon()
-		m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.sizes[i])
+		m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.size(i))
 		return nil, errNoBody
 	}
 	resumable := newResumingReader(m, i, fetchCtx, raw)
 	r := &messageReader{m: m, i: i, ctx: ctx, abandon: abandon, raw: resumable, r: pop3.NewCRLFReader(resumable)}
 	limit := m.g.cache.MaxMessage()
-	if m.sizes[i] > limit {
+	if m.size(i) > limit {
 		return r, nil
 	}
 	res := &reservation{budget: m.g.budget}
-	body, whole, err := readUpTo(r.r, m.sizes[i], limit, res.fit)
+	body, whole, err := readUpTo(r.r, m.size(i), limit, res.fit)
 	if err != nil {
 		res.release()
 		r.err = err
@@ -305,7 +309,7 @@ func (m *maildrop) OpenTop(ctx context.Context, i int, lines int64) (io.ReadClos
 	if err != nil {
 		return nil, 0, err
 	}
-	return r, m.sizes[i], nil
+	return r, m.size(i), nil
 }
 
 func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadCloser, error) {
@@ -313,7 +317,7 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 	if body, ok := m.g.cache.Get(m.key(i)); ok {
 		return io.NopCloser(bytes.NewReader(body)), nil
 	}
-	if lines >= m.sizes[i] {
+	if lines >= m.size(i) {
 		// Every line takes an octet at least: this is the whole message.
 		return m.open(ctx, i, false)
 	}
@@ -327,8 +331,8 @@ func (m *maildrop) openTop(ctx context.Context, i int, lines int64) (io.ReadClos
 		}
 		raw = append(raw, got...)
 		whole := int64(len(got)) < n
-		if len(raw) == 0 && m.sizes[i] > 0 {
-			m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.sizes[i])
+		if len(raw) == 0 && m.size(i) > 0 {
+			m.log.Warn("the server sent an empty body for a listed message", "id", m.id(i), "listed", m.size(i))
 			return nil, errNoBody
 		}
 		body, _ := io.ReadAll(pop3.NewCRLFReader(bytes.NewReader(raw)))
@@ -424,14 +428,30 @@ func (m *maildrop) recordSize(i int, n int64) {
 	}
 }
 
-// setSize records the exact size of message i, which Open and OpenTop
-// return from then on.
-func (m *maildrop) setSize(i int, size int64) {
-	if m.sizes[i] != size {
-		m.log.Info("upstream size differs from the message; listing the exact size",
-			"id", m.id(i), "listed", m.sizes[i], "exact", size)
-		m.sizes[i] = size
+// size is message i's size as best known: listed, then exact.
+func (m *maildrop) size(i int) int64 {
+	if m.sizes != nil {
+		return m.sizes[i]
 	}
+	return m.listing[i].Size
+}
+
+// setSize records the exact size of message i, which Open and OpenTop
+// return from then on. The listing is left as it is: it may be shared
+// with other sessions, and a session corrects its own (pop3).
+func (m *maildrop) setSize(i int, size int64) {
+	if m.size(i) == size {
+		return
+	}
+	m.log.Info("upstream size differs from the message; listing the exact size",
+		"id", m.id(i), "listed", m.size(i), "exact", size)
+	if m.sizes == nil {
+		m.sizes = make([]int64, len(m.listing))
+		for j, msg := range m.listing {
+			m.sizes[j] = msg.Size
+		}
+	}
+	m.sizes[i] = size
 }
 
 // messageReader streams a message too large to cache from the server,
@@ -484,7 +504,7 @@ const drainLimit = 256 << 10
 // next command.
 func (r *messageReader) Close() error {
 	defer r.abandon()
-	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.sizes[r.i]-r.n > drainLimit {
+	if !r.eof && r.err == nil && r.ctx.Err() == nil && r.m.size(r.i)-r.n > drainLimit {
 		r.abandon()
 	}
 	return r.raw.Close()

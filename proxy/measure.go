@@ -83,8 +83,8 @@ func (m *maildrop) measure(ctx context.Context, unknown []int) (map[int]int64, e
 // the sizes measured, by ID, for the remembered listing.
 func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, error) {
 	var unknown []int
-	for i, size := range m.sizes {
-		if size < 0 {
+	for i, msg := range m.listing {
+		if msg.Size < 0 {
 			unknown = append(unknown, i)
 		}
 	}
@@ -93,7 +93,9 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 	}
 	byID := make(map[upstream.ID]int64, len(unknown))
 	found := func(i int, n int64) {
-		m.sizes[i], m.listing[i].Size = n, n
+		// A listing with a size unknown is the session's own (see
+		// newMaildrop), and m.sizes is not made yet.
+		m.listing[i].Size = n
 		byID[m.id(i)] = n
 	}
 	recorded, _ := m.g.state.(SizeStore)
@@ -139,7 +141,7 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 	}
 	if len(sizes) < len(unknown) {
 		m.log.Info("messages removed while they were measured are not listed", "count", len(unknown)-len(sizes))
-		gone := func(i int) bool { return m.sizes[i] < 0 }
+		gone := func(i int) bool { return m.listing[i].Size < 0 }
 		keep := 0
 		// The entries and identities may be the remembered listing's.
 		entries, ids := make([]listedEntry, 0, len(m.entries)), make([]string, 0, len(m.ids))
@@ -148,10 +150,10 @@ func (m *maildrop) measureUnknown(ctx context.Context) (map[upstream.ID]int64, e
 				continue
 			}
 			entries, ids = append(entries, m.entries[i]), append(ids, m.ids[i])
-			m.listing[keep], m.sizes[keep] = m.listing[i], m.sizes[i]
+			m.listing[keep] = m.listing[i]
 			keep++
 		}
-		m.entries, m.ids, m.listing, m.sizes = entries, ids, m.listing[:keep], m.sizes[:keep]
+		m.entries, m.ids, m.listing = entries, ids, m.listing[:keep]
 	}
 	return byID, nil
 }

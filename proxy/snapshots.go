@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/pop3gw/gateway/cache"
+	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
 
@@ -56,6 +57,11 @@ type snapshot struct {
 	// not known.
 	uidls  []string
 	hidden []bool
+	// listing is the POP3 listing of a session that lists every message
+	// as the store lists it, with uidls: nil unless each message is
+	// neither hidden, nor flagged \Deleted, nor of a size unknown. A
+	// login that needs no other shares it, read-only (pop3.Maildrop).
+	listing []pop3.Message
 	// gen is the state store's generation that uidls and hidden are the
 	// answer of, for a GenerationStore.
 	gen   string
@@ -64,7 +70,7 @@ type snapshot struct {
 	// share them (see extent).
 	ext *extent
 	// content is what the messages weigh in bytes (listingBytes without
-	// the key), once remembered; the first counted of them weigh
+	// the POP3 listing and the key), once remembered; the first counted of them weigh
 	// countedBytes, known from the listing this one was appended to.
 	content      int64
 	counted      int
@@ -112,6 +118,9 @@ func (snap *snapshot) privatise() {
 		snap.uidls = slices.Clone(snap.uidls)
 		snap.hidden = slices.Clone(snap.hidden)
 	}
+	if snap.listing != nil {
+		snap.listing = slices.Clone(snap.listing)
+	}
 	snap.ext = newExtent(len(snap.entries))
 	snap.counted, snap.countedBytes = 0, 0
 }
@@ -138,6 +147,28 @@ func listedEntries(entries []upstream.Entry) []listedEntry {
 	return listed
 }
 
+// pop3Listing is the POP3 listing of entries with their UIDLs, made with
+// room to grow (roomFor); nil unless every message is listed as the store
+// lists it (see snapshot.listing).
+func pop3Listing(entries []listedEntry, uidls []string, hidden []bool) []pop3.Message {
+	for i, e := range entries {
+		if !listedAsIs(e, hidden[i]) {
+			return nil
+		}
+	}
+	listing := make([]pop3.Message, len(entries), roomFor(len(entries)))
+	for i, e := range entries {
+		listing[i] = pop3.Message{Size: e.Size, UIDL: uidls[i]}
+	}
+	return listing
+}
+
+// listedAsIs tells whether a session lists a message as the store lists
+// it: not hidden, not flagged \Deleted, of a size known.
+func listedAsIs(e listedEntry, hidden bool) bool {
+	return !e.Deleted && !hidden && e.Size >= 0
+}
+
 func newSnapshots(budget *cache.Budget) *snapshots {
 	s := &snapshots{budget: budget, maxBytes: -1}
 	if budget != nil {
@@ -151,10 +182,15 @@ func newSnapshots(budget *cache.Budget) *snapshots {
 }
 
 // listingBytes is what remembering a listing costs: its entries, their
-// identities, UIDLs and hidden flags, its key and the bookkeeping around
-// them.
+// identities, UIDLs and hidden flags, its POP3 listing, its key and the
+// bookkeeping around them.
 func listingBytes(maildrop string, snap *snapshot) int64 {
-	return messagesBytes(snap, 0) + keyBytes(maildrop)
+	return messagesBytes(snap, 0) + pop3Bytes(snap) + keyBytes(maildrop)
+}
+
+// pop3Bytes is what the POP3 listing adds: its UIDLs are uidls' strings.
+func pop3Bytes(snap *snapshot) int64 {
+	return int64(len(snap.listing)) * int64(unsafe.Sizeof(pop3.Message{}))
 }
 
 // keyBytes is what remembering a listing costs besides its messages.
@@ -213,7 +249,7 @@ func (s *snapshots) putSince(maildrop string, snap *snapshot, since uint64) {
 	// A listing appended to the last one counts the messages appended
 	// only.
 	snap.content = snap.countedBytes + messagesBytes(snap, snap.counted)
-	n := snap.content + keyBytes(maildrop)
+	n := snap.content + pop3Bytes(snap) + keyBytes(maildrop)
 	snap.bytes = n
 	s.mu.Lock()
 	defer s.mu.Unlock()
