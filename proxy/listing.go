@@ -45,11 +45,13 @@ type changeLister interface {
 var _ changeLister = (*upstream.Session)(nil)
 
 // listed is a maildrop's listing at login with the state store's answer
-// for it.
+// for it, and the POP3 listing made of them, which the login may share
+// (snapshot.listing; the snapshot may be remembered without it).
 type listed struct {
 	*snapshot
 	uidls  []string
 	hidden []bool
+	shared []pop3.Message
 }
 
 // listing lists the mailbox sess has selected, from the remembered
@@ -92,7 +94,7 @@ func (g *Gateway) listingSince(ctx context.Context, sess Session, maildrop strin
 	shared := g.askAll(ctx, maildrop, last, log)
 	if last != nil && state.State != "" && last.state == state {
 		if last.uidls != nil && !shared {
-			return listed{last, last.uidls, last.hidden}, nil
+			return listed{last, last.uidls, last.hidden, last.listing}, nil
 		}
 		snap := &snapshot{state: state, entries: last.entries, ids: last.ids, ext: last.ext}
 		return g.assign(ctx, maildrop, snap, nil, since)
@@ -199,8 +201,9 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		if snap.uidls != nil {
 			snap.listing = pop3Listing(snap.entries, uidls, hidden)
 		}
+		shared := snap.listing
 		g.snaps.putSince(maildrop, snap, since)
-		return listed{snap, uidls, hidden}, nil
+		return listed{snap, uidls, hidden, shared}, nil
 	}
 	uidls, hidden := snap.uidls, snap.hidden
 	if len(changed) > 0 {
@@ -222,8 +225,9 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 	if snap.listing == nil && snap.uidls != nil {
 		snap.listing = pop3Listing(snap.entries, uidls, hidden)
 	}
+	shared := snap.listing
 	g.snaps.putSince(maildrop, snap, since)
-	return listed{snap, uidls, hidden}, nil
+	return listed{snap, uidls, hidden, shared}, nil
 }
 
 // grownListing is the POP3 listing merged from the last one with the

@@ -6,11 +6,13 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 
+	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/pop3"
 	"github.com/pop3gw/gateway/upstream"
 )
@@ -342,5 +344,58 @@ func TestLoginsShareThePOP3Listing(t *testing.T) {
 	}
 	if sameArray(hidden, grown) || remembered().listing != nil {
 		t.Error("a listing without the hidden message shares the remembered one's array")
+	}
+}
+
+// A listing whose POP3 listing would take it past the bound on one
+// listing is remembered without the POP3 listing, rather than not at all:
+// the next login builds its own, but lists only what changed.
+func TestListingRememberedWithoutPOP3ListingOverBound(t *testing.T) {
+	var entries []upstream.Entry
+	for i := range 1000 {
+		entries = append(entries, upstream.Entry{ID: upstream.ID(strconv.Itoa(i + 1)), UIDL: fmt.Sprintf("%016x", i+1), Size: 100})
+	}
+	snap := &snapshot{
+		state:   upstream.Mailbox{Name: "INBOX", Epoch: "e1", State: "s1", Messages: len(entries)},
+		entries: listedEntries(entries), ids: identities(entries), ext: newExtent(len(entries)),
+		uidls: make([]string, len(entries)), hidden: make([]bool, len(entries)),
+	}
+	for i, e := range entries {
+		snap.uidls[i] = e.UIDL
+	}
+	snap.listing = pop3Listing(snap.entries, snap.uidls, snap.hidden)
+	with := listingBytes("md", snap)
+	without := with - pop3Bytes(snap)
+	// The bound on one listing is a quarter of the budget: room for the
+	// listing without its POP3 listing only.
+	s := newSnapshots(cache.NewBudget(4 * (without + pop3Bytes(snap)/2)))
+	s.put("md", snap)
+	got := s.last("md")
+	if got != snap {
+		t.Fatal("the listing was not remembered")
+	}
+	if got.listing != nil || got.bytes != without || s.bytes != without {
+		t.Errorf("remembered with a POP3 listing of %d messages, %d bytes counted (snapshots: %d); want none, %d", len(got.listing), got.bytes, s.bytes, without)
+	}
+	// With room for both, both are kept.
+	snap2 := *snap
+	snap2.listing = pop3Listing(snap.entries, snap.uidls, snap.hidden)
+	s = newSnapshots(cache.NewBudget(4 * with))
+	s.put("md", &snap2)
+	if got := s.last("md"); got == nil || len(got.listing) != len(entries) || got.bytes != with {
+		t.Errorf("with room for it: remembered %v", got != nil)
+	}
+}
+
+// A UIDL the state store gave back as the store suggested it is one
+// string in memory, and a listing counts it once.
+func TestListingCountsSharedUIDLsOnce(t *testing.T) {
+	entries := listedEntries([]upstream.Entry{{ID: "1", UIDL: "00000001000000aa", Size: 10}, {ID: "2", UIDL: "00000002000000aa", Size: 20}})
+	snap := &snapshot{entries: entries, ids: []string{"a", "b"}, hidden: make([]bool, 2)}
+	snap.uidls = []string{entries[0].UIDL, entries[1].UIDL}
+	shared := messagesBytes(snap, 0)
+	snap.uidls = []string{strings.Clone(entries[0].UIDL), "another UIDL"}
+	if own := messagesBytes(snap, 0); own != shared+int64(len(entries[0].UIDL)+len("another UIDL")) {
+		t.Errorf("UIDLs of their own weigh %d bytes, the store's %d: want the difference to be their length", own, shared)
 	}
 }

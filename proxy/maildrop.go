@@ -84,13 +84,13 @@ func (g *Gateway) newMaildrop(ctx context.Context, sess Session, acct *account, 
 	// if it has any for this mailbox: a poller that only lists a large
 	// mailbox costs no lookup per message.
 	exact := g.cache.HasSizes(cache.Key{Account: m.account, Mailbox: m.up.Mailbox, Epoch: m.epoch})
-	if list.listing != nil && len(list.listing) == len(entries) && len(deleting) == 0 && !exact {
+	if list.shared != nil && len(list.shared) == len(entries) && len(deleting) == 0 && !exact {
 		// Every message is listed as the store lists it: the session
 		// reads the POP3 listing remembered with the maildrop's, which a
 		// poller's next login to a large mailbox then does not build
 		// again. Its capacity is cut, so nothing appends to it.
 		m.entries, m.ids = entries, ids
-		m.listing = list.listing[:len(list.listing):len(list.listing)]
+		m.listing = list.shared[:len(list.shared):len(list.shared)]
 		m.ahead = newFetcher(ctx, m)
 		return m, nil
 	}

@@ -72,6 +72,9 @@ func benchPollAfterChange(b *testing.B, n int, kind string, state proxy.StateSto
 		Passthrough: &proxy.Passthrough{Upstream: "uids"},
 	}
 	gw := proxy.New(cfg, cache.New(256<<20, 16<<20), log)
+	// The budget of a gateway whose file sets no cache.in_flight, which
+	// bounds the listings it remembers too.
+	gw.SetBudget(cache.NewBudget(128 << 20))
 	if state != nil {
 		gw.SetState(state)
 	}

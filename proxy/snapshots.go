@@ -210,8 +210,13 @@ func messagesBytes(snap *snapshot, from int) int64 {
 		n += int64(unsafe.Sizeof(id)) + int64(len(id))
 	}
 	if snap.uidls != nil {
-		for _, u := range snap.uidls[from:] {
-			n += int64(unsafe.Sizeof(u)) + int64(len(u))
+		for i, u := range snap.uidls[from:] {
+			n += int64(unsafe.Sizeof(u))
+			// The UIDL the store suggested, given back by the state store
+			// for a message new to it, is one string, held once.
+			if s := snap.entries[from+i].UIDL; len(s) != len(u) || unsafe.StringData(s) != unsafe.StringData(u) {
+				n += int64(len(u))
+			}
 		}
 	}
 	return n + int64(len(snap.hidden)-min(from, len(snap.hidden)))
@@ -250,6 +255,13 @@ func (s *snapshots) putSince(maildrop string, snap *snapshot, since uint64) {
 	// only.
 	snap.content = snap.countedBytes + messagesBytes(snap, snap.counted)
 	n := snap.content + pop3Bytes(snap) + keyBytes(maildrop)
+	if s.maxBytes >= 0 && n > s.maxBytes && snap.listing != nil {
+		// The POP3 listing only saves the next login building its own
+		// (this one has it: listed.shared): a listing too large with it
+		// is remembered without it.
+		n -= pop3Bytes(snap)
+		snap.listing = nil
+	}
 	snap.bytes = n
 	s.mu.Lock()
 	defer s.mu.Unlock()
