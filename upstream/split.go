@@ -76,8 +76,16 @@ const maxTail = 32
 // errSplit wraps every failure of the stream itself: the session is over.
 var errSplit = errors.New("upstream: response stream")
 
+// splitBuffer is the size of splitConn's read buffer, which every
+// upstream connection holds, idle or not, beneath the IMAP client's own.
+// It needs to hold only a response's first maxPrefix octets: a line
+// passes through in pieces, and a literal read into a larger buffer than
+// this one skips it. At 1 KiB a listing of 200,000 messages from Dovecot
+// took as long as at 4 KiB (2 s), and an idle session weighs 3 KiB less.
+const splitBuffer = 1 << 10
+
 func newSplitConn(c net.Conn) *splitConn {
-	s := &splitConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10)}
+	s := &splitConn{Conn: c, br: bufio.NewReaderSize(c, splitBuffer)}
 	s.setMailboxSize(0)
 	return s
 }
