@@ -284,7 +284,6 @@ func (c *conn) login(username, password, method string) error {
 	c.msgs = md.Messages()
 	c.deleted = make([]bool, len(c.msgs))
 	c.log = c.log.With("user", username)
-	c.growWriter()
 	c.log.Info("logged in", "method", method, "messages", len(c.deleted))
 	c.srv.observer().Login(method, "ok")
 	c.ok("Logged in.")

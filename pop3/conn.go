@@ -91,6 +91,7 @@ type conn struct {
 	cancel    context.CancelFunc
 	pending   string // name given by USER, waiting for PASS
 
+	small       *bufio.Writer // bw between messages and listings
 	maildrop    Maildrop
 	msgs        []Message // the listing, fixed at login; sizes corrected by resize
 	ownMsgs     bool      // msgs is the session's copy, not the maildrop's listing
@@ -137,29 +138,47 @@ func newConn(s *Server, nc net.Conn, tlsConfig *tls.Config, implicitTLS bool, id
 	}
 	c.out = &deadlineWriter{c: c}
 	c.br = bufio.NewReaderSize(c.nc, 4096)
-	// Before login the replies are a few short lines; the larger buffer
-	// that messages stream through comes with the login (growWriter), so
-	// connections that never log in, slow-loris ones among them, cost
-	// little memory.
-	c.bw = bufio.NewWriterSize(c.out, loginWriteBuffer)
+	// Most replies are a few short lines; the larger buffer that messages
+	// and listings stream through is taken for them (growWriter) and
+	// given back before the session waits for the client (shrinkWriter),
+	// so connections that never log in, slow-loris ones among them, and
+	// sessions that idle cost little memory.
+	c.small = bufio.NewWriterSize(c.out, smallWriteBuffer)
+	c.bw = c.small
 	return c
 }
 
-// Write buffer sizes before and after login.
+// Write buffer sizes: for short replies, and for messages and listings.
 const (
-	loginWriteBuffer   = 1024
-	sessionWriteBuffer = 16 * 1024
+	smallWriteBuffer = 1024
+	largeWriteBuffer = 16 * 1024
 )
 
-// growWriter gives a logged-in session the write buffer messages stream
-// through. What the small one holds is sent first, in order.
+// largeWriters are the large write buffers of the sessions sending a
+// message or a listing.
+var largeWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, largeWriteBuffer) }}
+
+// growWriter gives the session the large write buffer, for a message or a
+// listing. What the small one holds is sent first, in order.
 func (c *conn) growWriter() {
-	if c.bw.Size() >= sessionWriteBuffer {
+	if c.bw != c.small {
 		return
 	}
 	// A write error shows again at the next write or flush.
 	c.bw.Flush()
-	c.bw = bufio.NewWriterSize(c.out, sessionWriteBuffer)
+	c.bw = largeWriters.Get().(*bufio.Writer)
+	c.bw.Reset(c.out)
+}
+
+// shrinkWriter gives the large write buffer back once all it held is
+// sent.
+func (c *conn) shrinkWriter() {
+	if c.bw == c.small || c.bw.Buffered() > 0 {
+		return
+	}
+	c.bw.Reset(nil)
+	largeWriters.Put(c.bw)
+	c.bw = c.small
 }
 
 // deadlineWriter writes to the connection with a fresh write deadline for
@@ -243,6 +262,7 @@ func (c *conn) serve() {
 		}
 	}
 	c.bw.Flush()
+	c.shrinkWriter()
 }
 
 // admit checks the connection limits, and returns the refusal for one
@@ -342,6 +362,7 @@ func (c *conn) readLine(limit int) (string, error) {
 		if err := c.bw.Flush(); err != nil {
 			return "", err
 		}
+		c.shrinkWriter()
 	}
 	deadline := time.Now().Add(c.srv.idleTimeout())
 	if c.state == stateAuthorization {

@@ -105,6 +105,7 @@ func (c *conn) listing(arg string, header func(count int) string, value func([]b
 			count++
 		}
 	}
+	c.growWriter()
 	c.ok(header(count))
 	var line []byte
 	num := []byte{'0'} // message i+1's number, counted up digit by digit
@@ -182,6 +183,7 @@ func (c *conn) send(i int, lines int64) error {
 		return c.fail("open message", err)
 	}
 	c.resize(i, size)
+	c.growWriter()
 	if lines < 0 {
 		c.ok("%d octets", c.msgs[i].Size)
 	} else {
