@@ -59,6 +59,15 @@ const (
 	// connection is logged out after it, so the gateway's goroutines and
 	// descriptors are back to their baseline soon after the last session.
 	loadKeep = 3 * time.Second
+	// loadRuntimeGoroutines is how many goroutines more than the baseline
+	// go_goroutines (runtime.NumGoroutine) may count after a load: once it
+	// counted one more than before while the goroutine profile listed the
+	// same goroutines, at the same places, as at the baseline, so the one
+	// more was none of the gateway's. The gateway's own goroutines have to come back to
+	// the baseline: one leaked per session or connection shows in the
+	// hundreds here, and the gateway's tests check that none of its
+	// goroutines outlives a shutdown.
+	loadRuntimeGoroutines = 2
 	// loadInUseGrace is how long after a session of this bench released a
 	// maildrop an [IN-USE] for it still counts as expected.
 	loadInUseGrace = 5 * time.Second
@@ -229,7 +238,7 @@ func (r *loadResult) failures() []string {
 	if r.rssPeak >= loadBudget {
 		f = append(f, fmt.Sprintf("peak RSS %.1f MiB is over the budget of %d MiB", float64(r.rssPeak)/(1<<20), loadBudget>>20))
 	}
-	if r.gorAfter > r.gorBase {
+	if r.gorAfter > r.gorBase+loadRuntimeGoroutines {
 		f = append(f, fmt.Sprintf("%d goroutines after the run, %d before", r.gorAfter, r.gorBase))
 	}
 	if r.fdAfter > r.fdBase {
@@ -467,6 +476,8 @@ func (l *loadRun) run(ctx context.Context) (*loadResult, error) {
 			return nil, err
 		}
 		if r.gorAfter <= r.gorBase && r.fdAfter <= r.fdBase || time.Since(settleStart) > loadKeep+30*time.Second {
+			// Waits for the baseline itself: the runtime's extra goroutine
+			// (loadRuntimeGoroutines) is allowed only once it stays.
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
