@@ -187,26 +187,20 @@ func (g *Gateway) adopt(ctx context.Context, maildrop string, ids, previous []st
 // the next login must ask again; and only if the snapshots' generation
 // is since, unless since is 0.
 func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, changed []int, since uint64) (listed, error) {
-	if snap.uidls == nil {
+	uidls, hidden := snap.uidls, snap.hidden
+	switch {
+	case uidls == nil:
 		proposed := make([]string, len(snap.entries))
 		for i, e := range snap.entries {
 			proposed[i] = proposedUIDL(e)
 		}
-		uidls, hidden, err := g.state.Assign(ctx, maildrop, snap.ids, proposed)
-		if err != nil {
+		var err error
+		if uidls, hidden, err = g.state.Assign(ctx, maildrop, snap.ids, proposed); err != nil {
 			return listed{}, fmt.Errorf("recording UIDLs: %w", err)
 		}
 		snap.uidls, snap.hidden = uidls, hidden
 		g.stamp(ctx, maildrop, snap)
-		if snap.uidls != nil {
-			snap.listing = pop3Listing(snap.entries, uidls, hidden)
-		}
-		shared := snap.listing
-		g.snaps.putSince(maildrop, snap, since)
-		return listed{snap, uidls, hidden, shared}, nil
-	}
-	uidls, hidden := snap.uidls, snap.hidden
-	if len(changed) > 0 {
+	case len(changed) > 0:
 		ids := make([]string, len(changed))
 		proposed := make([]string, len(changed))
 		for j, i := range changed {
@@ -222,6 +216,7 @@ func (g *Gateway) assign(ctx context.Context, maildrop string, snap *snapshot, c
 		snap.listing = grownListing(snap, changed)
 		g.stamp(ctx, maildrop, snap)
 	}
+	// stamp may have dropped the answer from snap; this login has it.
 	if snap.listing == nil && snap.uidls != nil {
 		snap.listing = pop3Listing(snap.entries, uidls, hidden)
 	}

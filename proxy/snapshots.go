@@ -70,8 +70,9 @@ type snapshot struct {
 	// share them (see extent).
 	ext *extent
 	// content is what the messages weigh in bytes (listingBytes without
-	// the POP3 listing and the key), once remembered; the first counted of them weigh
-	// countedBytes, known from the listing this one was appended to.
+	// the POP3 listing and the key), once remembered; the first counted
+	// of them weigh countedBytes, known from the listing this one was
+	// appended to.
 	content      int64
 	counted      int
 	countedBytes int64
