@@ -163,12 +163,18 @@ func session(ctx context.Context, addr, user string, retr bool) (stats, error) {
 	}
 	defer context.AfterFunc(ctx, func() { c.Close() })()
 	defer c.Close()
-	uidl, err := c.UIDL()
-	if err != nil {
-		return st, fmt.Errorf("%s: UIDL: %w", user, err)
-	}
-	st.msgs = len(uidl)
-	if retr {
+	if !retr {
+		// Counted as read: a session that retrieves nothing needs no
+		// entries, and building them would be timed as the server's.
+		if st.msgs, err = c.CountUIDL(); err != nil {
+			return st, fmt.Errorf("%s: UIDL: %w", user, err)
+		}
+	} else {
+		uidl, err := c.UIDL()
+		if err != nil {
+			return st, fmt.Errorf("%s: UIDL: %w", user, err)
+		}
+		st.msgs = len(uidl)
 		for _, e := range uidl {
 			if _, err := c.OK(fmt.Sprintf("RETR %d", e.Num)); err != nil {
 				return st, fmt.Errorf("%s: RETR %d: %w", user, e.Num, err)
