@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -219,11 +221,7 @@ func TestRefusedNamesOnlyAtDebug(t *testing.T) {
 // refills, while mapped users and other upstreams go on.
 func TestPassthroughFailureBudget(t *testing.T) {
 	e := newEnv(t, envOptions{})
-	cfg := *e.config
-	mem := *cfg.Upstreams["mem"]
-	mem.PassthroughFailures = 2
-	cfg.Upstreams = map[string]*Upstream{"mem": &mem, "other": cfg.Upstreams["other"]}
-	e.gw.Reload(&cfg)
+	mem := capPassthrough(e, 2)
 	c := e.dial()
 	for range 2 {
 		expectReply(t, c, "USER bob@example.com", "+OK")
@@ -240,11 +238,105 @@ func TestPassthroughFailureBudget(t *testing.T) {
 	e.login("carol@example.org", "carol-pass").Quit()
 
 	// The budget refills over a minute.
-	b := e.gw.passthroughBudget(&mem)
+	b := e.gw.passthroughBudget(mem)
 	b.mu.Lock()
 	b.last = b.last.Add(-time.Minute)
 	b.mu.Unlock()
 	e.login("bob@example.com", "upstream-bob@example.com").Quit()
+}
+
+// capPassthrough reloads e's gateway with a budget of n refused
+// passthrough logins a minute for the upstream mem, and returns mem.
+func capPassthrough(e *env, n int) *Upstream {
+	cfg := *e.config
+	mem := *cfg.Upstreams["mem"]
+	mem.PassthroughFailures = n
+	cfg.Upstreams = map[string]*Upstream{"mem": &mem, "other": cfg.Upstreams["other"]}
+	e.gw.Reload(&cfg)
+	return &mem
+}
+
+// refusals is a RefusalCounter in memory, standing for the replicas'
+// count: what other replicas counted is set in it directly.
+type refusals struct {
+	mu     sync.Mutex
+	counts map[string]int
+	err    error // both methods fail with it, when set
+}
+
+func (r *refusals) RefusedLastMinute(_ context.Context, upstream string) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.counts[upstream], r.err
+}
+
+func (r *refusals) CountRefused(_ context.Context, upstream string) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return 0, r.err
+	}
+	r.counts[upstream]++
+	return r.counts[upstream], nil
+}
+
+func (r *refusals) set(upstream string, n int, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.counts[upstream], r.err = n, err
+}
+
+// TestPassthroughFailureBudgetShared: with a RefusalCounter the budget of
+// refused passthrough logins is the replicas' together: refusals another
+// replica counted spend it here, and this replica's count there. A
+// counter that cannot be asked leaves the replica's own budget in force,
+// logged.
+func TestPassthroughFailureBudgetShared(t *testing.T) {
+	var logs testenv.Buffer
+	shared := &refusals{counts: map[string]int{"mem": 1}} // one from another replica
+	e := newEnv(t, envOptions{refusals: shared, log: slog.New(slog.NewTextHandler(&logs, nil))})
+	capPassthrough(e, 2)
+
+	// One refusal here makes two of two: this replica's own bucket
+	// would still allow one more.
+	c := e.dial()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS guess", "-ERR [AUTH] Authentication failed.")
+	if n, _ := shared.RefusedLastMinute(context.Background(), "mem"); n != 2 {
+		t.Fatalf("the shared count is %d after a refusal here, want 2", n)
+	}
+	opened := e.proxy.Accepted()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS upstream-bob@example.com", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+	if n := e.proxy.Accepted(); n != opened {
+		t.Fatalf("a passthrough login over the shared budget reached the upstream (%d connections)", n-opened)
+	}
+	if n, _ := shared.RefusedLastMinute(context.Background(), "other"); n != 0 {
+		t.Fatalf("another upstream's count is %d", n)
+	}
+	e.login("alice", localPassword).Quit()
+	e.login("carol@example.org", "carol-pass").Quit()
+
+	// The minute passed for the replicas' count: logins go through.
+	shared.set("mem", 0, nil)
+	e.login("bob@example.com", "upstream-bob@example.com").Quit()
+
+	// Without the counter, the replica's own bucket decides: it holds
+	// one token of two after the refusal above. (Bob's own password would
+	// now take the connection kept for him, asking the upstream nothing.)
+	shared.set("mem", 5, errors.New("connection refused"))
+	c = e.dial()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS guess", "-ERR [AUTH] Authentication failed.")
+	opened = e.proxy.Accepted()
+	expectReply(t, c, "USER bob@example.com", "+OK")
+	expectReply(t, c, "PASS another-guess", "-ERR [SYS/TEMP] Temporary failure, please try again later.")
+	if n := e.proxy.Accepted(); n != opened {
+		t.Fatalf("a passthrough login over the replica's own budget reached the upstream (%d connections)", n-opened)
+	}
+	if !strings.Contains(logs.String(), "this replica's own budget applies") {
+		t.Fatalf("the unavailable shared count is not logged:\n%s", logs.String())
+	}
 }
 
 // TestMappedAndForwardedRefusalsTakeAlike: a wrong password for a mapped

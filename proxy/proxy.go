@@ -133,6 +133,7 @@ type Gateway struct {
 
 	budgetsMu sync.Mutex
 	budgets   map[string]*failureBudget // by upstream name
+	refusals  RefusalCounter            // shares the budgets; nil: none
 
 	// life ends when the gateway closes: it cancels every fetch under
 	// way. goroutines counts every goroutine the gateway starts; Close
@@ -341,12 +342,12 @@ func (g *Gateway) Login(ctx context.Context, login *pop3.LoginInfo) (pop3.Maildr
 		}
 		if sess = g.reuse(ctx, acct); sess == nil {
 			budget := g.passthroughBudget(acct.upstream)
-			if !budget.allow() {
+			if !budget.allow(ctx) {
 				log.Debug("passthrough failure budget spent: login not forwarded")
 				return nil, errTemporary
 			}
 			sess, err = g.open(ctx, acct)
-			if errors.Is(err, upstream.ErrAuthFailed) && budget.spend() {
+			if errors.Is(err, upstream.ErrAuthFailed) && budget.spend(ctx) {
 				log.Warn("too many refused passthrough logins: not forwarding any for now", "per_minute", budget.perMinute)
 			}
 		}

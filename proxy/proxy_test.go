@@ -45,6 +45,7 @@ type envOptions struct {
 	budget     *cache.Budget // default: none
 	log        *slog.Logger  // default: discard, or stderr with -v
 	caps       imap.CapSet   // the upstream's capabilities; nil: imapmem's default
+	refusals   RefusalCounter
 }
 
 func newEnv(t *testing.T, opts envOptions) *env {
@@ -121,6 +122,9 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	gw := New(cfg, c, log)
 	if opts.budget != nil {
 		gw.SetBudget(opts.budget)
+	}
+	if opts.refusals != nil {
+		gw.SetRefusalCounter(opts.refusals)
 	}
 	srv := &pop3.Server{Backend: gw, Logger: log}
 	addr := serve(t, srv, nil)

@@ -17,7 +17,6 @@ import (
 
 	"github.com/pop3gw/gateway/cache"
 	"github.com/pop3gw/gateway/internal/proxyproto"
-	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/testenv"
 	"github.com/pop3gw/gateway/pop3"
@@ -55,14 +54,7 @@ func startProxiedGateway(t *testing.T) *proxiedGateway {
 
 func startProxiedGatewayAuth(t *testing.T, allowInsecure bool) *proxiedGateway {
 	t.Helper()
-	mem, err := imapmem.Start("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mem.Close() })
-	if err := mem.AddUser(haUser, haPass); err != nil {
-		t.Fatal(err)
-	}
+	mem := startMem(t, haUser, haPass)
 	if err := mem.Append(haUser, "INBOX", []byte(haMsg)); err != nil {
 		t.Fatal(err)
 	}

@@ -96,18 +96,28 @@ func login(addr, password string) (*pop3client.Client, error) {
 	return c, nil
 }
 
+// startMem runs an in-memory IMAP server with the account user until the
+// end of the test.
+func startMem(t *testing.T, user, password string) *imapmem.Server {
+	t.Helper()
+	mem, err := imapmem.Start("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	if err := mem.AddUser(user, password); err != nil {
+		t.Fatal(err)
+	}
+	return mem
+}
+
 // TestReplicasShareStateThroughRedis runs two gateway processes with one
 // Redis: the [IN-USE] lock and the login-failure counters hold across
 // them, and a killed replica's lock expires.
 func TestReplicasShareStateThroughRedis(t *testing.T) {
 	redisAddr := redistest.Start(t)
 	bin := buildGateway(t)
-	mem, err := imapmem.Start("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mem.Close() })
-	mem.AddUser("alice@example.com", "upstream-pass")
+	mem := startMem(t, "alice@example.com", "upstream-pass")
 	mem.Append("alice@example.com", "INBOX", []byte("Subject: shared\r\n\r\nhello\r\n"))
 
 	const lockTTL = 3 * time.Second // the least the config allows
@@ -237,4 +247,61 @@ users:
 		t.Fatal(err)
 	}
 	return config
+}
+
+// TestReplicasShareThePassthroughBudget: the refused passthrough logins
+// that reach an upstream are counted for both replicas together, so a
+// guesser spreading logins over replicas meets one budget, not one each.
+func TestReplicasShareThePassthroughBudget(t *testing.T) {
+	redisAddr := redistest.Start(t)
+	bin := buildGateway(t)
+	mem := startMem(t, "bob@example.com", "bobs-pass")
+	config := filepath.Join(t.TempDir(), "gateway.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`listen:
+  pop3: "127.0.0.1:0"
+upstreams:
+  mem:
+    address: %q
+    tls: none
+    keep_connection: 0s
+    passthrough_failures: 2
+passthrough:
+  upstream: mem
+auth:
+  min_refusal_time: 0s
+limits:
+  login_delay: 0s
+  login_delay_max: 0s
+redis:
+  address: %q
+`, mem.Addr(), redisAddr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	one := startReplica(t, bin, config)
+	two := startReplica(t, bin, config)
+	bob := func(addr, password string) error {
+		c, err := pop3client.Dial(addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.Login("bob@example.com", password); err != nil {
+			return err
+		}
+		return c.Quit()
+	}
+	// One refusal on each replica: two of two.
+	for _, r := range []*replica{one, two} {
+		if err := bob(r.addr, "guess"); err == nil || !strings.Contains(err.Error(), "[AUTH]") {
+			t.Fatalf("a wrong password: %v, want -ERR [AUTH]", err)
+		}
+	}
+	// Replica one alone has refused one of two, but the budget is spent:
+	// even bob's own password is not forwarded.
+	if err := bob(one.addr, "bobs-pass"); err == nil || !strings.Contains(err.Error(), "[SYS/TEMP]") {
+		t.Fatalf("a login over the shared budget: %v, want -ERR [SYS/TEMP]", err)
+	}
+	if !strings.Contains(one.logs(), "passthrough failure budget spent") {
+		t.Fatalf("replica one forwarded a login over the shared budget:\n%s", one.logs())
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/pop3gw/gateway/internal/state/boltstate"
 	"github.com/pop3gw/gateway/internal/testkit/clienttest"
 	"github.com/pop3gw/gateway/internal/testkit/dovecottest"
-	"github.com/pop3gw/gateway/internal/testkit/imapmem"
 	"github.com/pop3gw/gateway/internal/testkit/pop3client"
 	"github.com/pop3gw/gateway/internal/testkit/redistest"
 	"github.com/pop3gw/gateway/pop3"
@@ -213,13 +212,8 @@ func TestKeepModesDeliverOnce(t *testing.T) {
 // gateway again: every UIDL is the same.
 func TestKilledGatewayKeepsUIDLs(t *testing.T) {
 	bin := buildGateway(t)
-	mem, err := imapmem.Start("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mem.Close() })
 	const user = "alice@example.com"
-	mem.AddUser(user, "upstream-pass")
+	mem := startMem(t, user, "upstream-pass")
 	arrived := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
 	var msgs [][]byte
 	for i := 1; i <= 3; i++ {
@@ -276,13 +270,8 @@ func TestKilledGatewayKeepsUIDLs(t *testing.T) {
 func TestReplicasShareUIDLsThroughRedis(t *testing.T) {
 	redisAddr := redistest.Start(t)
 	bin := buildGateway(t)
-	mem, err := imapmem.Start("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mem.Close() })
 	const user = "alice@example.com"
-	mem.AddUser(user, "upstream-pass")
+	mem := startMem(t, user, "upstream-pass")
 	arrived := time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC)
 	msgs := [][]byte{
 		[]byte("Message-ID: <1@example.com>\r\nSubject: 1\r\n\r\nbody\r\n"),

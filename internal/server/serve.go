@@ -164,8 +164,9 @@ func Start(ctx context.Context, opts Options) (_ *Server, err error) {
 		shared.CheckPersistence(ctx)
 		loginGuard = shared.Guard(delays)
 		sentCounter = shared
+		s.gateway.SetRefusalCounter(shared)
 		s.health.check("redis", shared.Ping)
-		log.Info("sharing maildrop locks, login counters, UIDLs and relayed message counts through Redis", "addr", cfg.Redis.Address)
+		log.Info("sharing maildrop locks, login counters, UIDLs, relayed message counts and refused passthrough logins through Redis", "addr", cfg.Redis.Address)
 	}
 	if err := s.localState(cfg); err != nil {
 		return nil, err

@@ -21,6 +21,7 @@ var (
 	_ proxy.HeldChecker = (*Store)(nil)
 	// The package stays free of proxy, whose tests use it.
 	_ proxy.GenerationStore = (*Store)(nil)
+	_ proxy.RefusalCounter  = (*Store)(nil)
 	_ proxy.SizeStore       = (*Store)(nil)
 	_ pop3.LoginGuard       = (*Guard)(nil)
 )

@@ -56,3 +56,38 @@ func TestSentCount(t *testing.T) {
 		t.Errorf("key TTL %v, want at most an hour", ttl)
 	}
 }
+
+// TestRefusedCount: refused passthrough logins counted by one replica are
+// counted by the other, per upstream, only for the last minute, under a
+// key that expires a minute after the last one.
+func TestRefusedCount(t *testing.T) {
+	addr := redistest.Start(t)
+	a, b := replica(t, addr, 0, nil), replica(t, addr, 0, nil)
+	ctx := context.Background()
+	for i := 1; i <= 2; i++ {
+		if n, err := a.CountRefused(ctx, "corp"); err != nil || n != i {
+			t.Fatalf("CountRefused = %d, %v; want %d", n, err, i)
+		}
+	}
+	if n, err := b.CountRefused(ctx, "corp"); err != nil || n != 3 {
+		t.Fatalf("CountRefused on the other replica = %d, %v; want 3", n, err)
+	}
+	if n, err := a.RefusedLastMinute(ctx, "corp"); err != nil || n != 3 {
+		t.Fatalf("RefusedLastMinute = %d, %v; want 3", n, err)
+	}
+	if n, err := b.RefusedLastMinute(ctx, "gmail"); err != nil || n != 0 {
+		t.Errorf("another upstream: %d, %v; want 0", n, err)
+	}
+	// A refusal of a minute and a second ago no longer counts.
+	rc := raw(t, addr)
+	old := float64(time.Now().Add(-time.Minute - time.Second).UnixMilli())
+	if err := rc.ZAdd(ctx, a.refusedKey("corp"), redis.Z{Score: old, Member: "old"}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.RefusedLastMinute(ctx, "corp"); err != nil || n != 3 {
+		t.Errorf("with an old refusal: %d, %v; want 3", n, err)
+	}
+	if ttl := rc.PTTL(ctx, a.refusedKey("corp")).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("key TTL %v, want at most a minute", ttl)
+	}
+}
