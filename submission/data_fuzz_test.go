@@ -14,7 +14,8 @@ import (
 // keeps to the RFC sees one message. The relay must see one too: it
 // answers the final dot once, runs nothing hidden in the message as a
 // command (QUIT is answered next), and the upstream receives at most one
-// message, with CRLF line endings only.
+// message, with CRLF line endings only: the message a reader keeping to
+// the RFC takes from the octets (rfcMessage).
 func FuzzDataReader(f *testing.F) {
 	for _, seed := range []string{
 		"Subject: x\r\n\r\nbody",
@@ -26,6 +27,9 @@ func FuzzDataReader(f *testing.F) {
 		"\r",
 		"\n",
 		"line\r\r\n.\r\r\nRSET",
+		"line\r",
+		"a\r\r\n..b\r\r\n.x",
+		"a\r\r\r\r\n.\r\r\n",
 		strings.Repeat("x", 1200) + "\r\n.\nNOOP",
 	} {
 		f.Add([]byte(seed))
@@ -34,14 +38,13 @@ func FuzzDataReader(f *testing.F) {
 		if bytes.Contains(append(append([]byte("\r\n"), data...), "\r\n"...), []byte("\r\n.\r\n")) {
 			t.Skip("the octets end the message themselves")
 		}
-		if bytes.HasSuffix(data, []byte("\r")) || bytes.Contains(data, []byte("\r\r")) {
-			// go-smtp v0.26.0's DATA reader leaves its after-CR state
-			// on a second CR without looking at it again (net/textproto
-			// unreads it), so a line ending in a bare CR hides the
-			// CRLF after it: the terminator is missed and the relay
-			// waits for more. A known defect of the library, left out
-			// here until it is fixed there.
-			t.Skip("a bare CR before a CR")
+		if dotBareCR(append(data, "\r\n.\r\n"...)) {
+			// go-smtp v0.26.0's DATA reader drops the CR of a line that
+			// begins with a dot and a bare CR, and after ".\r\r\n" takes
+			// the next line for the middle of one: the relay cannot see
+			// what it dropped, nor tell ".\r\r\n" from an empty line.
+			// A known defect of the library (see dataRepair).
+			t.Skip("a line that begins with a dot and a bare CR")
 		}
 		up := newFakeUpstream(t, nil)
 		h := newRelay(t, up, nil)
@@ -69,6 +72,51 @@ func FuzzDataReader(f *testing.F) {
 			if bytes.ContainsAny(bare, "\r\n") {
 				t.Fatalf("a bare CR or LF reached the upstream: %q", m.body)
 			}
+			if want := rfcMessage(append(data, "\r\n.\r\n"...)); !bytes.Equal(m.body, want) {
+				t.Fatalf("the upstream got %q of %q, want %q", m.body, data, want)
+			}
 		}
 	})
+}
+
+// dotBareCR tells whether a line of stream (after an LF, or the first)
+// begins with a dot and a CR that is not part of CRLF.
+func dotBareCR(stream []byte) bool {
+	stream = append([]byte("\n"), stream...)
+	for i := 0; i+3 < len(stream); i++ {
+		if stream[i] == '\n' && stream[i+1] == '.' && stream[i+2] == '\r' && stream[i+3] != '\n' {
+			return true
+		}
+	}
+	return false
+}
+
+// rfcMessage is the message that a reader keeping to RFC 5321 §4.5.2
+// takes from the octets after DATA's 354, up to the first "." line, with
+// each line's first dot removed, and its line endings made CRLF as the
+// relay makes them: a bare CR or LF ends a line.
+func rfcMessage(stream []byte) []byte {
+	var msg []byte
+	for {
+		line, rest, _ := bytes.Cut(stream, []byte("\r\n"))
+		stream = rest
+		if string(line) == "." {
+			break
+		}
+		line = bytes.TrimPrefix(line, []byte("."))
+		msg = append(append(msg, line...), "\r\n"...)
+	}
+	var out []byte
+	for i := 0; i < len(msg); i++ {
+		switch {
+		case msg[i] == '\r' && i+1 < len(msg) && msg[i+1] == '\n':
+			out = append(out, "\r\n"...)
+			i++
+		case msg[i] == '\r' || msg[i] == '\n':
+			out = append(out, "\r\n"...)
+		default:
+			out = append(out, msg[i])
+		}
+	}
+	return out
 }

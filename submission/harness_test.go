@@ -305,14 +305,20 @@ func (c *rawClient) login() {
 	c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00scanner\x00local")), "235 ")
 }
 
-// send runs one transaction with body as the DATA octets, the final
-// CRLF.CRLF added here, and returns the reply to the final ".".
-func (c *rawClient) send(from string, to []string, body string) string {
+// envelope begins a transaction: MAIL and RCPT, each accepted.
+func (c *rawClient) envelope(from string, to ...string) {
 	c.t.Helper()
 	c.cmd("MAIL FROM:<"+from+">", "250 ")
 	for _, r := range to {
 		c.cmd("RCPT TO:<"+r+">", "250 ")
 	}
+}
+
+// send runs one transaction with body as the DATA octets, the final
+// CRLF.CRLF added here, and returns the reply to the final ".".
+func (c *rawClient) send(from string, to []string, body string) string {
+	c.t.Helper()
+	c.envelope(from, to...)
 	c.cmd("DATA", "354 ")
 	io.WriteString(c.nc, body+"\r\n.\r\n")
 	return c.reply()

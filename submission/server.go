@@ -302,6 +302,12 @@ type clientConn struct {
 	// but live device; the idle timeout bounds each read instead, the
 	// silence between blocks (RFC 5321 §4.5.3.2.6, §4.5.3.2.7).
 	inData atomic.Bool
+	// pauses: a read during DATA returns errPause after pauseAfter of
+	// silence, and lastRead (Unix nanoseconds) is when an octet last
+	// came; cut: the next read returns errPause (see dataRepair).
+	pauses   atomic.Bool
+	lastRead atomic.Int64
+	cut      atomic.Bool
 }
 
 var errRefused = errors.New("submission: connection refused by the connection limits")
@@ -334,16 +340,57 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	if err := c.admit(); err != nil {
 		return 0, err
 	}
-	if c.inData.Load() {
-		c.Conn.SetReadDeadline(time.Now().Add(c.srv.idleTimeout()))
+	if c.cut.Swap(false) {
+		return 0, errPause
 	}
-	return c.Conn.Read(b)
+	if !c.inData.Load() {
+		return c.Conn.Read(b)
+	}
+	now := time.Now()
+	deadline := now.Add(c.srv.idleTimeout())
+	if !c.pauses.Load() {
+		c.Conn.SetReadDeadline(deadline)
+		return c.Conn.Read(b)
+	}
+	deadline = time.Unix(0, c.lastRead.Load()).Add(c.srv.idleTimeout())
+	c.Conn.SetReadDeadline(earliest(deadline, now.Add(pauseAfter)))
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	var ne net.Error
+	if n == 0 && errors.As(err, &ne) && ne.Timeout() && time.Now().Before(deadline) {
+		return 0, errPause
+	}
+	return n, err
+}
+
+// startPauses has reads during DATA pause (see dataRepair) until
+// stopPauses.
+func (c *clientConn) startPauses() {
+	c.lastRead.Store(time.Now().UnixNano())
+	c.pauses.Store(true)
+}
+
+func (c *clientConn) stopPauses() { c.pauses.Store(false) }
+
+// cutRead has the next read return errPause: go-smtp's DATA reader stops
+// reading a message that the relay ended. The reply to the message
+// clears it, should the reader not read again.
+func (c *clientConn) cutRead() { c.cut.Store(true) }
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func (c *clientConn) Write(b []byte) (int, error) {
 	if err := c.admit(); err != nil {
 		return 0, err
 	}
+	c.cut.Store(false)
 	return c.Conn.Write(b)
 }
 

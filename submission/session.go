@@ -382,6 +382,20 @@ func (s *session) data(r io.Reader) error {
 	}
 	s.cc.inData.Store(true)
 	defer s.cc.inData.Store(false)
+	if _, chunked := r.(*io.PipeReader); !chunked {
+		// DATA, not BDAT: go-smtp hands BDAT's counted chunks over
+		// through a pipe, and they are not dot-stuffed.
+		repair := newDataRepair(r, s.cc)
+		r = repair
+		s.cc.startPauses()
+		defer func() {
+			// What the relay did not read of the message is read here,
+			// where its end is found as the RFC says, not by go-smtp
+			// after this returns.
+			io.Copy(io.Discard, repair)
+			s.cc.stopPauses()
+		}()
+	}
 	if s.account.Mailer != nil && s.inMail && s.rcpts > 0 {
 		return s.dataAPI(r)
 	}
