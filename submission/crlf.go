@@ -7,7 +7,9 @@ import (
 
 // lineWriter writes a message body to the upstream connection as DATA
 // content (RFC 5321 §4.5.2): every line ending made CRLF, and every line
-// that starts with "." given one more.
+// that starts with "." given one more. A line ends at CRLF, at a bare LF
+// and at a bare CR; CRs before an LF end one line with it, as a device
+// that converts its CRLF line endings twice means them (CR CR LF).
 //
 // Line endings: go-smtp's DATA reader ends the data only at CRLF.CRLF,
 // but passes bare LF and bare CR through as data; an upstream that ends
@@ -30,8 +32,8 @@ type lineWriter struct {
 	stuff bool
 	// start: nothing written yet, so the next octet begins a line.
 	start bool
-	// cr: the last octet seen was a CR whose LF has not been seen.
-	cr bool
+	// crs: the last octets seen were this many CRs, and no LF yet.
+	crs int
 	// held: a line ended and its CRLF is not written yet.
 	held bool
 	// repaired counts the line endings that were not CRLF.
@@ -54,14 +56,29 @@ var crlf = []byte("\r\n")
 func (l *lineWriter) Write(p []byte) (int, error) {
 	out := l.buf[:0]
 	for i := 0; i < len(p); {
-		if l.cr {
-			l.cr = false
-			if p[i] == '\n' {
+		if l.crs > 0 {
+			switch p[i] {
+			case '\r':
+				l.crs++
 				i++
-			} else {
-				// A CR not followed by LF ends a line.
-				l.repaired++
+				continue
+			case '\n':
+				// CRLF; or CRs and LF, as a device that converts line
+				// endings twice writes CRLF: one line ending.
+				i++
+				if l.crs > 1 {
+					l.repaired++
+				}
+			default:
+				// A CR not followed by LF ends a line, each of them: the
+				// last one is held.
+				for range l.crs - 1 {
+					out = append(out, crlf...)
+				}
+				l.start = false
+				l.repaired += l.crs
 			}
+			l.crs = 0
 			l.held = true
 			continue
 		}
@@ -83,7 +100,7 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 		out = append(out, p[i:i+j]...)
 		i += j
 		if p[i] == '\r' {
-			l.cr = true
+			l.crs = 1
 		} else {
 			l.repaired++
 			l.held = true
@@ -104,16 +121,22 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 // after a complete last line, with CRLF "." after an unfinished one (or
 // none at all).
 func (l *lineWriter) Close(last io.Writer) error {
-	if l.cr {
-		// A final bare CR ends the last line.
-		l.cr = false
-		l.repaired++
-		l.held = true
+	ends := 0
+	if l.held {
+		ends = 1
 	}
-	if !l.held {
+	if l.crs > 0 {
+		// Final bare CRs end the last line and empty ones after it.
+		ends, l.repaired = l.crs, l.repaired+l.crs
+		if l.held {
+			ends++
+		}
+		l.crs = 0
+	}
+	if ends == 0 {
 		return nil
 	}
 	l.held = false
-	_, err := last.Write(crlf)
+	_, err := last.Write(bytes.Repeat(crlf, ends))
 	return err
 }

@@ -94,7 +94,7 @@ func dotBareCR(stream []byte) bool {
 // rfcMessage is the message that a reader keeping to RFC 5321 §4.5.2
 // takes from the octets after DATA's 354, up to the first "." line, with
 // each line's first dot removed, and its line endings made CRLF as the
-// relay makes them: a bare CR or LF ends a line.
+// relay makes them (crlfLines).
 func rfcMessage(stream []byte) []byte {
 	var msg []byte
 	for {
@@ -106,17 +106,5 @@ func rfcMessage(stream []byte) []byte {
 		line = bytes.TrimPrefix(line, []byte("."))
 		msg = append(append(msg, line...), "\r\n"...)
 	}
-	var out []byte
-	for i := 0; i < len(msg); i++ {
-		switch {
-		case msg[i] == '\r' && i+1 < len(msg) && msg[i+1] == '\n':
-			out = append(out, "\r\n"...)
-			i++
-		case msg[i] == '\r' || msg[i] == '\n':
-			out = append(out, "\r\n"...)
-		default:
-			out = append(out, msg[i])
-		}
-	}
-	return out
+	return crlfLines(msg)
 }

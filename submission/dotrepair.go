@@ -76,9 +76,9 @@ func newDataRepair(r io.Reader, cc *clientConn) *dataRepair {
 	return &dataRepair{r: r, cc: cc}
 }
 
-// Read implements io.Reader. It reads into p and mends from there: at
-// most one octet more comes out than went in (a held CR), kept for the
-// next call.
+// Read implements io.Reader. It reads into p and, where the two readers
+// part, mends from there through out: at most one octet more comes out
+// than went in (a held CR), kept for the next call.
 func (d *dataRepair) Read(p []byte) (int, error) {
 	for {
 		if len(d.pending) > 0 {
@@ -95,29 +95,65 @@ func (d *dataRepair) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 		n, err := d.r.Read(p)
+		if err != nil && !errors.Is(err, errPause) {
+			d.err = err
+		}
+		if d.inStep(p[:n]) {
+			// As nearly always: what go-smtp passed on is what the RFC's
+			// reader takes.
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
 		d.pending = d.mend(d.out[:0], p[:n])
 		d.out = d.pending[:0]
 		if d.ended && d.cc != nil {
 			d.cc.cutRead()
 		}
-		if err != nil && !errors.Is(err, errPause) {
-			d.err = err
-		}
 	}
+}
+
+// crcr is where go-smtp's reader may part from the RFC's.
+var crcr = []byte("\r\r")
+
+// inStep tells whether the two readers agree on all of in, and if so
+// moves both past it. They agree from the middle of a line on, and part
+// only at a CR after a CR.
+func (d *dataRepair) inStep(in []byte) bool {
+	if d.theirs != d.ours || d.dot || d.dotCR {
+		return false
+	}
+	if len(in) == 0 {
+		return true
+	}
+	if in[0] == '\r' && d.ours == afterCR || bytes.Contains(in, crcr) {
+		return false
+	}
+	// Where the line stands matters again only after a CR.
+	d.theirs, d.ours = inLine, inLine
+	if in[len(in)-1] == '\r' {
+		d.theirs, d.ours = afterCR, afterCR
+	}
+	return true
 }
 
 // mend appends to out what the RFC's reader makes of in, as go-smtp's
 // passed it on.
 func (d *dataRepair) mend(out, in []byte) []byte {
 	for i := 0; i < len(in); i++ {
-		if d.theirs == inLine && d.ours == inLine && !d.dot && !d.dotCR {
-			// Within a line for both, only a CR or LF changes anything.
-			j := bytes.IndexAny(in[i:], "\r\n")
-			if j < 0 {
+		if d.theirs == d.ours && !d.dot && !d.dotCR && (d.ours != afterCR || in[i] != '\r') {
+			// In step up to the next CR after a CR (see inStep).
+			k := bytes.Index(in[i:], crcr)
+			if k < 0 {
+				d.inStep(in[i:])
 				return append(out, in[i:]...)
 			}
-			out = append(out, in[i:i+j]...)
-			i += j
+			if k > 0 {
+				out = append(out, in[i:i+k]...)
+				i += k
+				d.theirs, d.ours = inLine, inLine
+			}
 		}
 		c := in[i]
 		theirs := d.theirs

@@ -14,15 +14,15 @@ import (
 // doubledCRCases are DATA octets, the terminator included, with lines
 // ending in CR CR LF (a device converting line endings twice), and the
 // message a reader that keeps to RFC 5321 §4.5.2 takes from them, line
-// endings made CRLF as the relay makes them (a bare CR ends a line).
+// endings made CRLF as the relay makes them (CRs and LF: one line ending).
 var doubledCRCases = []struct{ name, data, want string }{
-	{"the end after CR CR LF", "a\r\r\n.\r\n", "a\r\n\r\n"},
-	{"a stuffed dot after CR CR LF", "a\r\r\n..b\r\n.\r\n", "a\r\n\r\n.b\r\n"},
-	{"a dot and a bare CR after CR CR LF", "a\r\r\n.\rb\r\n.\r\n", "a\r\n\r\n\r\nb\r\n"},
-	{"a dot line ending CR CR LF", "a\r\r\n.\r\r\nb\r\n.\r\n", "a\r\n\r\n\r\n\r\nb\r\n"},
-	{"four CRs", "a\r\r\r\r\n.\r\n", "a\r\n\r\n\r\n\r\n"},
-	{"three CRs, which go-smtp reads right", "a\r\r\r\n..b\r\n.\r\n", "a\r\n\r\n\r\n.b\r\n"},
-	{"every line", "Subject: x\r\r\n\r\r\n..\r\r\nbody\r\r\n.\r\n", "Subject: x\r\n\r\n\r\n\r\n.\r\n\r\nbody\r\n\r\n"},
+	{"the end after CR CR LF", "a\r\r\n.\r\n", "a\r\n"},
+	{"a stuffed dot after CR CR LF", "a\r\r\n..b\r\n.\r\n", "a\r\n.b\r\n"},
+	{"a dot and a bare CR after CR CR LF", "a\r\r\n.\rb\r\n.\r\n", "a\r\n\r\nb\r\n"},
+	{"a dot line ending CR CR LF", "a\r\r\n.\r\r\nb\r\n.\r\n", "a\r\n\r\nb\r\n"},
+	{"four CRs", "a\r\r\r\r\n.\r\n", "a\r\n"},
+	{"three CRs, which go-smtp reads right", "a\r\r\r\n..b\r\n.\r\n", "a\r\n.b\r\n"},
+	{"every line", "Subject: x\r\r\n\r\r\n..\r\r\nbody\r\r\n.\r\n", "Subject: x\r\n\r\n.\r\nbody\r\n"},
 }
 
 // TestDoubledCRLineEndings: a message whose lines end in CR CR LF is read
@@ -85,7 +85,7 @@ func TestBDATNotMended(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages upstream, want 1", len(msgs))
 	}
-	if got := string(msgs[0].body); got != "a\r\n\r\n.\r\n..b\r\n" {
+	if got := string(msgs[0].body); got != "a\r\n.\r\n..b\r\n" {
 		t.Fatalf("upstream got %q", got)
 	}
 	c.cmd("QUIT", "221 ")

@@ -39,25 +39,41 @@ func upstreamWire(t testing.TB, data []byte) []byte {
 // CR and bare LF made CRLF, then dot-stuffed and terminated by
 // textproto's DotWriter, an octet at a time.
 func referenceWire(data []byte) []byte {
-	var lines bytes.Buffer
-	for i := 0; i < len(data); i++ {
-		switch {
-		case data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n':
-			lines.WriteString("\r\n")
-			i++
-		case data[i] == '\r' || data[i] == '\n':
-			lines.WriteString("\r\n")
-		default:
-			lines.WriteByte(data[i])
-		}
-	}
 	var wire bytes.Buffer
 	bw := bufio.NewWriter(&wire)
 	dw := textproto.NewWriter(bw).DotWriter()
-	dw.Write(lines.Bytes())
+	dw.Write(crlfLines(data))
 	dw.Close()
 	bw.Flush()
 	return wire.Bytes()
+}
+
+// crlfLines is data with its line endings made CRLF as the relay makes
+// them: CRLF stays, CRs before an LF end one line with it, and every
+// other CR, and every bare LF, ends a line.
+func crlfLines(data []byte) []byte {
+	var out []byte
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '\r':
+			j := i
+			for j < len(data) && data[j] == '\r' {
+				j++
+			}
+			if j < len(data) && data[j] == '\n' {
+				out = append(out, "\r\n"...)
+				i = j
+				continue
+			}
+			out = append(out, bytes.Repeat([]byte("\r\n"), j-i)...)
+			i = j - 1
+		case '\n':
+			out = append(out, "\r\n"...)
+		default:
+			out = append(out, data[i])
+		}
+	}
+	return out
 }
 
 // FuzzLineWriter: whatever octets a client's message holds, the upstream
