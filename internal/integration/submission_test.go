@@ -279,11 +279,55 @@ func testRelayRealClients(t *testing.T, f *relayFixture) {
 	}
 }
 
+// testRelayDoubledCR: swaks sends, as it is given, a message whose lines
+// end in CR CR LF (a device converting its line endings twice) over
+// STARTTLS; Postfix gets it once, each line ending CRLF, and swaks its
+// reply at once.
+func testRelayDoubledCR(t *testing.T, f *relayFixture) {
+	t.Helper()
+	base := len(f.delivered(t))
+	if _, err := exec.LookPath("swaks"); err != nil {
+		testenv.Missing(t, "swaks not found: install the Debian packages swaks libnet-ssleay-perl libio-socket-ssl-perl")
+	}
+	want := testMessage("scanner@example.com", "doubled-cr")
+	// Dot-stuffed, every line ending CR CR LF, and the end of the data
+	// after one: the stuffed lines and the end are what go-smtp's reader
+	// misses.
+	var data strings.Builder
+	for line := range strings.SplitSeq(strings.TrimSuffix(want, "\r\n"), "\r\n") {
+		if strings.HasPrefix(line, ".") {
+			data.WriteString(".")
+		}
+		data.WriteString(line + "\r\r\n")
+	}
+	data.WriteString(".\r\n")
+	_, port, _ := net.SplitHostPort(f.submission)
+	cmd := exec.Command("swaks", "--server", "127.0.0.1", "--port", port, "--tls", "--auth", "PLAIN",
+		"--auth-user", "scanner", "--auth-password", localPass, "--timeout", "20",
+		"--from", "scanner@example.com", "--to", "bob@example.org", "--no-data-fixup", "--data", "-")
+	cmd.Stdin = strings.NewReader(data.String())
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("swaks took %v", d)
+	}
+	msgs := f.deliveredSince(t, base)
+	if len(msgs) != 1 {
+		t.Fatalf("%d messages delivered, want 1", len(msgs))
+	}
+	if got := withoutReceived(t, msgs[0]); got != want {
+		t.Errorf("delivered %q, want %q", got, want)
+	}
+}
+
 // TestRelay runs the relay's cases against one gateway and one Postfix,
 // each counting only the messages delivered since it began.
 func TestRelay(t *testing.T) {
 	f := startRelay(t)
 	t.Run("RealClients", func(t *testing.T) { testRelayRealClients(t, f) })
+	t.Run("DoubledCR", func(t *testing.T) { testRelayDoubledCR(t, f) })
 	t.Run("Refusals", func(t *testing.T) { testRelayRefusals(t, f) })
 	t.Run("UpstreamDropsMidData", func(t *testing.T) { testRelayUpstreamDropsMidData(t, f) })
 	t.Run("Smuggling", func(t *testing.T) { testRelaySmuggling(t, f) })
