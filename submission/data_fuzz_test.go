@@ -59,7 +59,17 @@ func FuzzDataReader(f *testing.F) {
 		if !strings.HasPrefix(final, "250 ") && !strings.HasPrefix(final, "5") && !strings.HasPrefix(final, "4") {
 			t.Fatalf("reply %q to the final dot", final)
 		}
-		c.cmd("QUIT", "221 ")
+		if longLine(data) {
+			// A line longer than go-smtp's limit (MaxLineLength) is
+			// refused for good, and go-smtp closes the connection at the
+			// next command.
+			if !strings.HasPrefix(final, "554 5.6.0") {
+				t.Fatalf("reply %q to a message with a line over 2000 octets", final)
+			}
+			c.cmd("QUIT", "500 ")
+		} else {
+			c.cmd("QUIT", "221 ")
+		}
 		msgs := up.delivered()
 		if len(msgs) > 1 {
 			t.Fatalf("%d messages reached the upstream from one DATA: %q", len(msgs), data)
@@ -77,6 +87,18 @@ func FuzzDataReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// longLine tells whether data, followed by the end of the data, has a
+// line of more than 2000 octets, LF included, counting from the line
+// DATA began.
+func longLine(data []byte) bool {
+	for line := range bytes.SplitSeq(append(data, "\r\n.\r\n"...), []byte("\n")) {
+		if len(line)+1 > 2000 {
+			return true
+		}
+	}
+	return false
 }
 
 // dotBareCR tells whether a line of stream (after an LF, or the first)

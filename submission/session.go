@@ -35,7 +35,8 @@ var (
 	errUpstream        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
 	// A message the client stopped sending (a timeout, a reset) is a
 	// temporary failure: the client may send it again, whole.
-	errClientData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
+	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 2000 octets; nothing was sent"}
+	errClientData  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
 )
 
 type backend struct{ srv *Server }
@@ -430,6 +431,11 @@ func (s *session) data(r io.Reader) error {
 			s.srv.observeMessage("client-aborted")
 			if isSMTPError(src.err) {
 				return src.err // go-smtp's own reply, such as too big
+			}
+			if errors.Is(src.err, smtp.ErrTooLongLine) {
+				// Sending it again would meet the same line: a permanent
+				// refusal. go-smtp then closes the connection.
+				return errLineTooLong
 			}
 			// go-smtp would answer any other error with a 554 carrying
 			// its text: a permanent failure, and connection details.

@@ -518,3 +518,21 @@ func TestSTARTTLSInjection(t *testing.T) {
 	c.cmd("EHLO device.example", "250-") // a reply to the injected AUTH would come first
 	c.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0")
 }
+
+// TestLongLineRefused: a message with a line longer than go-smtp's limit
+// (2000 octets) is refused for good, not with a 4xx a device would retry
+// forever; nothing is sent, and the connection is closed.
+func TestLongLineRefused(t *testing.T) {
+	up := newFakeUpstream(t, nil)
+	h := newRelay(t, up, nil)
+	c := h.dial()
+	c.login()
+	reply := c.send("alice@example.com", []string{"b@example.org"}, "Subject: x\r\n\r\n"+strings.Repeat("<p>html</p>", 250)+"\r\nend")
+	if !strings.HasPrefix(reply, "554 5.6.0 ") {
+		t.Fatalf("reply %q, want 554 5.6.0", reply)
+	}
+	if n := len(up.delivered()); n != 0 {
+		t.Fatalf("%d messages upstream", n)
+	}
+	c.cmd("QUIT", "500 ")
+}
