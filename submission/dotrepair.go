@@ -68,8 +68,6 @@ type dataRepair struct {
 	err        error
 	// pending is mended octets not yet read, in out's array.
 	pending, out []byte
-	// mended counts the lines repaired: dots removed and ends found.
-	mended int
 }
 
 func newDataRepair(r io.Reader, cc *clientConn) *dataRepair {
@@ -165,7 +163,6 @@ func (d *dataRepair) mend(out, in []byte) []byte {
 				// "." CRLF: the end of the message. Anything after it
 				// came after the message.
 				d.ended = true
-				d.mended++
 				return out
 			}
 			out = append(out, '\r')
@@ -179,7 +176,6 @@ func (d *dataRepair) mend(out, in []byte) []byte {
 			// A line start that go-smtp missed: the dot is removed
 			// (RFC 5321 §4.5.2), and may begin the end line.
 			d.dot, d.ours = true, inLine
-			d.mended++
 			continue
 		}
 		out = append(out, c)
