@@ -26,6 +26,11 @@ const (
 	DefaultMessagesPerHour = 200
 )
 
+// maxLineLength bounds a line, commands and message lines alike: RFC 5321
+// §4.5.3.1.6's 1000 octets, doubled as go-smtp does. go-smtp holds a
+// command line whole.
+const maxLineLength = 2000
+
 // Backend turns a login into the account its mail goes to.
 type Backend interface {
 	// Login checks the credentials. A refusal is ErrAuthFailed (or an
@@ -129,7 +134,7 @@ func (s *Server) init() {
 		s.smtp.AllowInsecureAuth = true
 		s.smtp.ReadTimeout = s.idleTimeout()
 		s.smtp.WriteTimeout = s.idleTimeout()
-		s.smtp.MaxLineLength = 2000 // RFC 5321 §4.5.3.1.6, doubled as go-smtp does
+		s.smtp.MaxLineLength = maxLineLength
 		s.smtp.EnableSMTPUTF8 = s.Capabilities.SMTPUTF8
 		s.smtp.MaxMessageBytes = s.Capabilities.Size
 		s.smtp.ErrorLog = errorLog{s.logger()}

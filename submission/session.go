@@ -35,7 +35,7 @@ var (
 	errUpstream        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
 	// A message the client stopped sending (a timeout, a reset) is a
 	// temporary failure: the client may send it again, whole.
-	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Message has a line longer than 2000 octets; nothing was sent"}
+	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message has a line longer than %d octets; nothing was sent", maxLineLength)}
 	errClientData  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
 )
 
