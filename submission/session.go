@@ -33,10 +33,12 @@ var (
 	errTooBig          = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message too big for the upstream"}
 	errTooManySessions = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Too many sessions for this user, please try again later (rule: limits.sessions_per_user)"}
 	errUpstream        = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Upstream connection lost; nothing was sent, please try again"}
+	// A message with a line over go-smtp's limit would meet it again:
+	// a permanent failure.
+	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message has a line longer than %d octets; nothing was sent", maxLineLength)}
 	// A message the client stopped sending (a timeout, a reset) is a
 	// temporary failure: the client may send it again, whole.
-	errLineTooLong = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: fmt.Sprintf("Message has a line longer than %d octets; nothing was sent", maxLineLength)}
-	errClientData  = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
+	errClientData = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "Message not received in full; nothing was sent, please try again"}
 )
 
 type backend struct{ srv *Server }
@@ -433,9 +435,7 @@ func (s *session) data(r io.Reader) error {
 				return src.err // go-smtp's own reply, such as too big
 			}
 			if errors.Is(src.err, smtp.ErrTooLongLine) {
-				// Sending it again would meet the same line: a permanent
-				// refusal. go-smtp then closes the connection.
-				return errLineTooLong
+				return errLineTooLong // go-smtp then closes the connection
 			}
 			// go-smtp would answer any other error with a 554 carrying
 			// its text: a permanent failure, and connection details.
