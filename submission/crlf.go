@@ -121,22 +121,16 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 // after a complete last line, with CRLF "." after an unfinished one (or
 // none at all).
 func (l *lineWriter) Close(last io.Writer) error {
-	ends := 0
+	// Final bare CRs end the last line and empty ones after it.
+	ends := l.crs
 	if l.held {
-		ends = 1
+		ends++
 	}
-	if l.crs > 0 {
-		// Final bare CRs end the last line and empty ones after it.
-		ends, l.repaired = l.crs, l.repaired+l.crs
-		if l.held {
-			ends++
-		}
-		l.crs = 0
-	}
+	l.repaired += l.crs
+	l.crs, l.held = 0, false
 	if ends == 0 {
 		return nil
 	}
-	l.held = false
 	_, err := last.Write(bytes.Repeat(crlf, ends))
 	return err
 }

@@ -119,32 +119,41 @@ var crcr = []byte("\r\r")
 // moves both past it. They agree from the middle of a line on, and part
 // only at a CR after a CR.
 func (d *dataRepair) inStep(in []byte) bool {
-	if d.theirs != d.ours || d.dot || d.dotCR {
+	if !d.agree() {
 		return false
 	}
+	if len(in) > 0 && (in[0] == '\r' && d.ours == afterCR || bytes.Contains(in, crcr)) {
+		return false
+	}
+	d.pass(in)
+	return true
+}
+
+// pass moves both readers past in, on which they agree.
+func (d *dataRepair) pass(in []byte) {
 	if len(in) == 0 {
-		return true
-	}
-	if in[0] == '\r' && d.ours == afterCR || bytes.Contains(in, crcr) {
-		return false
+		return
 	}
 	// Where the line stands matters again only after a CR.
 	d.theirs, d.ours = inLine, inLine
 	if in[len(in)-1] == '\r' {
 		d.theirs, d.ours = afterCR, afterCR
 	}
-	return true
 }
+
+// agree tells whether the two readers are in the same state, with
+// nothing held.
+func (d *dataRepair) agree() bool { return d.theirs == d.ours && !d.dot && !d.dotCR }
 
 // mend appends to out what the RFC's reader makes of in, as go-smtp's
 // passed it on.
 func (d *dataRepair) mend(out, in []byte) []byte {
 	for i := 0; i < len(in); i++ {
-		if d.theirs == d.ours && !d.dot && !d.dotCR && (d.ours != afterCR || in[i] != '\r') {
+		if d.agree() && (d.ours != afterCR || in[i] != '\r') {
 			// In step up to the next CR after a CR (see inStep).
 			k := bytes.Index(in[i:], crcr)
 			if k < 0 {
-				d.inStep(in[i:])
+				d.pass(in[i:])
 				return append(out, in[i:]...)
 			}
 			if k > 0 {

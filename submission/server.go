@@ -351,14 +351,12 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	if !c.inData.Load() {
 		return c.Conn.Read(b)
 	}
-	now := time.Now()
-	deadline := now.Add(c.srv.idleTimeout())
 	if !c.pauses.Load() {
-		c.Conn.SetReadDeadline(deadline)
+		c.Conn.SetReadDeadline(time.Now().Add(c.srv.idleTimeout()))
 		return c.Conn.Read(b)
 	}
-	deadline = time.Unix(0, c.lastRead.Load()).Add(c.srv.idleTimeout())
-	c.Conn.SetReadDeadline(earliest(deadline, now.Add(pauseAfter)))
+	deadline := time.Unix(0, c.lastRead.Load()).Add(c.srv.idleTimeout())
+	c.Conn.SetReadDeadline(earliest(deadline, time.Now().Add(pauseAfter)))
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.lastRead.Store(time.Now().UnixNano())
